@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of flow-tracker and the alternatives (``make bench``)."""

@@ -1,0 +1,1 @@
+"""Job definitions the queue benchmarks run in real worker processes."""

@@ -1,0 +1,24 @@
+"""Celery app of the queue benchmark."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from benchmarks.apps import work
+from flow_tracker.integrations import celery as ft_celery
+
+app = Celery("ft_bench", broker=os.environ.get("FT_BENCH_REDIS", "redis://127.0.0.1:6379/10"))
+app.conf.update(worker_prefetch_multiplier=16, broker_connection_retry_on_startup=True)
+ft_celery.install(app)
+
+
+@app.task(name="bench.trivial")
+def trivial() -> None:
+    work.trivial()
+
+
+@app.task(name="bench.busy")
+def busy() -> None:
+    work.busy()

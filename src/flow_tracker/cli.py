@@ -1,0 +1,272 @@
+"""The ``flow-tracker`` command: set up the database, look at processes, clean up, demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+import flow_tracker
+from flow_tracker import render, runtime
+from flow_tracker.errors import FlowTrackerError
+from flow_tracker.status import Status
+from flow_tracker.store import migrate
+from flow_tracker.store.engine import Store, display_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+database_option = click.option(
+    "--database-url",
+    envvar="FLOW_TRACKER_DATABASE_URL",
+    default=None,
+    help="SQLAlchemy URL of the tracking database [env FLOW_TRACKER_DATABASE_URL; "
+    "default sqlite:///flow_tracker.db].",
+)
+
+APP_SNIPPET = """\
+# Paste where your application starts (e.g. settings.py, app factory, celery worker init):
+import flow_tracker
+
+flow_tracker.configure(
+    database_url={url!r},
+    retention_days=365,
+    default_category="jobs",
+)
+
+# Then, anywhere:
+with flow_tracker.track("MyProcess", category="services", metadata={{"user_id": 123}}) as tracker:
+    tracker.log("Starting process")
+    with tracker.flow("validate_input") as flow:
+        flow.log("Validating...")
+"""
+
+
+def _style() -> render.Style:
+    return click.style if sys.stdout.isatty() else render.plain
+
+
+def friendly_errors(command: F) -> F:
+    """Turn our errors and database errors into one clear line and exit code 1."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FlowTrackerError as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            raise click.ClickException(f"database error: {first}") from None
+
+    return run  # type: ignore[return-value]
+
+
+def _use(database_url: str | None) -> None:
+    """Point flow-tracker at ``database_url`` (or the environment's) for this command."""
+    options: dict[str, Any] = {"completion_timeout": 5.0}
+    if database_url:
+        options["database_url"] = database_url
+    flow_tracker.configure(verify=True, **options)
+
+
+@click.group()
+@click.version_option(flow_tracker.__version__, prog_name="flow-tracker")
+def main() -> None:
+    """flow-tracker: see what your background jobs and service processes actually did."""
+
+
+@main.command()
+@database_option
+@friendly_errors
+def init(database_url: str | None) -> None:
+    """Create the tables on the database and print the snippet to paste into your app."""
+    url = database_url or flow_tracker.config.settings_from_env().database_url
+    store = Store(url, auto_migrate=False)
+    store.check_connection()
+    migrate.upgrade(store.engine)
+    store.dispose()
+    click.echo(f"flow-tracker tables are ready on {display_url(store.url)}\n")
+    click.echo(APP_SNIPPET.format(url=url))
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@database_option
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@friendly_errors
+def db_upgrade(database_url: str | None, revision: str) -> None:
+    """Create or upgrade flow-tracker's tables (the migrations ship in the package)."""
+    url = database_url or flow_tracker.config.settings_from_env().database_url
+    store = Store(url, auto_migrate=False)
+    store.check_connection()
+    migrate.upgrade(store.engine, revision)
+    with store.engine.connect() as conn:
+        now = migrate.current_revision(conn)
+    store.dispose()
+    click.echo(f"{display_url(store.url)} is at revision {now}")
+
+
+@db.command("current")
+@database_option
+@friendly_errors
+def db_current(database_url: str | None) -> None:
+    """Print the database's revision and the newest one this version ships."""
+    url = database_url or flow_tracker.config.settings_from_env().database_url
+    store = Store(url, auto_migrate=False)
+    store.check_connection()
+    with store.engine.connect() as conn:
+        now = migrate.current_revision(conn)
+    store.dispose()
+    click.echo(f"current: {now or 'none (run flow-tracker db upgrade)'}")
+    click.echo(f"head:    {migrate.head_revision()}")
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(timezone.utc) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use 30m, 24h, 7d or an ISO date") from None
+
+
+@main.command("list")
+@database_option
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]))
+@click.option("--category", "categories", multiple=True)
+@click.option("--name", default=None, help="Exact process name.")
+@click.option("--search", default=None, help="Text in the name or in any log message.")
+@click.option("--since", default=None, help="30m, 24h, 7d or an ISO date.")
+@click.option("--meta", "meta", multiple=True, help="Metadata filter key=value (JSON values).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@friendly_errors
+def list_command(
+    database_url: str | None,
+    statuses: tuple[str, ...],
+    categories: tuple[str, ...],
+    name: str | None,
+    search: str | None,
+    since: str | None,
+    meta: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List processes, newest first."""
+    _use(database_url)
+    metadata: dict[str, Any] = {}
+    for pair in meta:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: use key=value", param_hint="--meta")
+        try:
+            metadata[key] = json.loads(raw)
+        except ValueError:
+            metadata[key] = raw
+    page = flow_tracker.list_processes(
+        status=statuses or None,
+        category=categories or None,
+        name=name,
+        search=search,
+        since=_parse_since(since),
+        metadata=metadata or None,
+        limit=limit,
+    )
+    style = _style()
+    for p in page:
+        click.echo(
+            json.dumps(p.to_dict(include_tree=False)) if as_json else render.process_row(p, style)
+        )
+    if not page.items and not as_json:
+        click.echo("no processes match")
+
+
+@main.command()
+@database_option
+@click.argument("process_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the process and its tree as JSON.")
+@friendly_errors
+def show(database_url: str | None, process_id: str, as_json: bool) -> None:
+    """Show a process as a tree of flows with durations and logs (id or job id)."""
+    _use(database_url)
+    status = flow_tracker.get_status(process_id)
+    record = flow_tracker.get_process(status.process_id) if status else None
+    if record is None:
+        raise click.ClickException(f"no process with id or job id {process_id!r}")
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render.process_tree(record, _style()))
+
+
+@main.command()
+@database_option
+@click.argument("process_or_job_id")
+@friendly_errors
+def status(database_url: str | None, process_or_job_id: str) -> None:
+    """Print the status of a process or job (by process id or job id) as JSON."""
+    _use(database_url)
+    found = flow_tracker.get_status(process_or_job_id)
+    if found is None:
+        raise click.ClickException(f"no process with id or job id {process_or_job_id!r}")
+    click.echo(found.to_json())
+
+
+@main.command()
+@database_option
+@click.option("--days", type=click.FloatRange(min=0), default=None, help="Default: retention_days.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Only these statuses (default: all but queued and running).",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@friendly_errors
+def cleanup(
+    database_url: str | None, days: float | None, statuses: tuple[str, ...], dry_run: bool
+) -> None:
+    """Delete processes older than N days with their flows and logs."""
+    _use(database_url)
+    age = days if days is not None else flow_tracker.config.current().retention_days
+    count = flow_tracker.cleanup(age, statuses=statuses or None, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {count} process{'es' if count != 1 else ''} older than {age:g} days")
+
+
+@main.command()
+@click.option(
+    "--database-url",
+    default="sqlite:///flow_tracker_demo.db",
+    show_default=True,
+    help="Where to record the demo processes.",
+)
+@click.option(
+    "--keep", is_flag=True, help="Add to an existing demo database instead of starting fresh."
+)
+@friendly_errors
+def demo(database_url: str, keep: bool) -> None:
+    """Record a realistic set of sample processes, then show them."""
+    from flow_tracker.demo import run_demo
+
+    run_demo(database_url, fresh=not keep, echo=click.echo, style=_style())
+    runtime.shutdown()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,183 @@
+"""The demo: records a realistic day of background work into a SQLite file and shows it.
+
+Nested flows, logs at every level, failures with real tracebacks, a flow that
+failed inside a process that recovered, progress, a child process linked to its
+parent, and one process still running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flow_tracker
+from flow_tracker import render
+from flow_tracker.store.engine import parse_url
+
+_rng = random.Random(7)  # the demo's own, so the host's random module is left alone
+
+
+class SmtpError(Exception):
+    """Stands for the error a mail client raises."""
+
+
+class PaymentGatewayTimeout(Exception):
+    """Stands for the timeout a payment provider's client raises."""
+
+
+def _pause(low: float, high: float) -> None:
+    time.sleep(_rng.uniform(low, high))
+
+
+def nightly_import(rows: int = 1200) -> None:
+    """A batch import with downloads, parsing with progress, validation and storing."""
+    with flow_tracker.track(
+        "nightly_import", category="jobs", metadata={"source": "s3://exports/2026-11-22"}
+    ) as tracker:
+        tracker.info("Import started", data={"rows_expected": rows})
+        with tracker.flow("download_files") as download:
+            for name in ("customers.csv", "orders.csv", "refunds.csv"):
+                with download.flow(f"fetch {name}", metadata={"bytes": _rng.randint(10**5, 10**7)}):
+                    _pause(0.01, 0.04)
+                    flow_tracker.log(f"Downloaded {name}", level="debug")
+        with tracker.flow("parse_rows", metadata={"rows": rows}) as parse:
+            tracker.progress.total = rows
+            for index in range(rows):
+                if index % 400 == 0:
+                    parse.debug("Parsing chunk", data={"offset": index})
+                    _pause(0.02, 0.05)
+                tracker.progress.increment()
+            parse.info("Parsed all rows")
+        with tracker.flow("validate") as validate:
+            validate.warning(
+                "Rows skipped: missing customer id", data={"skipped": 3, "lines": [118, 502, 977]}
+            )
+        with tracker.flow("store") as store:
+            for batch in range(3):
+                with store.flow("upsert batch", metadata={"batch": batch, "size": 400}):
+                    _pause(0.01, 0.03)
+            # A child process: linked to this one as its parent.
+            with flow_tracker.track("generate_thumbnails", category="jobs") as child:
+                with child.flow("resize"):
+                    _pause(0.01, 0.03)
+                child.info("Made 42 thumbnails")
+        tracker.update_metadata(rows_imported=rows - 3)
+        tracker.info("Import finished")
+
+
+def _load_user(user_id: int) -> dict[str, Any]:
+    with flow_tracker.flow("load_user"):
+        _pause(0.002, 0.01)
+        return {"id": user_id, "email": f"user{user_id}@example.com"}
+
+
+def _deliver(email: str, fail: bool) -> None:
+    if fail:
+        raise SmtpError(f"451 4.3.0 Mail server temporarily rejected message to {email}")
+
+
+def send_welcome_email(user_id: int, fail: bool = False) -> None:
+    """The Ruby gem's MyJob, in Python: load_user, send_email, update_stats."""
+    with flow_tracker.track("SendWelcomeEmail", metadata={"user_id": user_id}):
+        user = _load_user(user_id)
+        with flow_tracker.flow("send_email") as flow:
+            flow.log(f"Sending email to {user['email']}")
+            _pause(0.005, 0.02)
+            _deliver(user["email"], fail)
+        with flow_tracker.flow("update_stats"):
+            _pause(0.001, 0.005)
+
+
+def payment_webhook(payload: dict[str, Any]) -> None:
+    """An API request that fails deep inside, with secrets in its metadata (redacted)."""
+    with flow_tracker.track(
+        "PaymentWebhook",
+        category="api",
+        metadata={"provider": "stripe", "api_key": "sk_live_123", "event": payload.get("type")},
+    ) as tracker:
+        tracker.info("Webhook received", data={"headers": {"Authorization": "Bearer abc"}})
+        with tracker.flow("verify_signature"):
+            _pause(0.001, 0.004)
+        with tracker.flow("apply_event") as apply:
+            with apply.flow("charge_customer"):
+                apply.error("Gateway did not answer in 3 s", data={"attempt": 3})
+                raise PaymentGatewayTimeout("POST /v1/charges timed out after 3.0s")
+
+
+def monthly_report() -> None:
+    """A service run where one flow fails, is retried, and the process completes."""
+    with flow_tracker.track(
+        "MonthlyReport", category="services", metadata={"month": "2026-10"}
+    ) as t:
+        for attempt in (1, 2):
+            try:
+                with t.flow("fetch_exchange_rates", metadata={"attempt": attempt}):
+                    _pause(0.01, 0.02)
+                    if attempt == 1:
+                        raise ConnectionResetError("rates.example.com reset the connection")
+                    t.info("Rates fetched on second attempt")
+            except ConnectionResetError:
+                t.warning("Retrying exchange rates")
+        with t.flow("render_pdf", metadata={"pages": 14}):
+            _pause(0.02, 0.05)
+        t.critical("Revenue dropped 40% month on month", data={"previous": 120_400, "now": 72_100})
+
+
+def long_running_sync() -> None:
+    """A process left running, as one is while its worker is busy."""
+    running = flow_tracker.start("LongRunningSync", category="services", metadata={"shard": 3})
+    running.progress.total = 500
+    running.progress.current = 210
+    with running.flow("sync_accounts") as sync:
+        sync.info("Synced 210 of 500 accounts")
+    running.flow("sync_invoices").__enter__()  # still open: the process keeps running
+
+
+def run_demo(
+    database_url: str,
+    *,
+    fresh: bool = True,
+    echo: Callable[[str], None] = print,
+    style: render.Style = render.plain,
+) -> list[Any]:
+    """Record the demo processes into ``database_url`` and print what was recorded."""
+    url = parse_url(database_url)
+    if fresh and url.get_backend_name() == "sqlite" and url.database:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(url.database + suffix):
+                os.remove(url.database + suffix)
+    flow_tracker.configure(database_url=database_url, log_to_stdlib=False, progress_interval=0.05)
+    _rng.seed(7)
+    echo("Recording demo processes...")
+    nightly_import()
+    for user_id, fail in ((101, False), (102, False), (103, True), (104, False)):
+        with contextlib.suppress(SmtpError):
+            send_welcome_email(user_id, fail)
+    with contextlib.suppress(PaymentGatewayTimeout):
+        payment_webhook({"type": "charge.succeeded"})
+    monthly_report()
+    # In a context of its own, so the unfinished process does not stay current here.
+    contextvars.Context().run(long_running_sync)
+    flow_tracker.flush()
+
+    page = flow_tracker.list_processes(limit=50)
+    echo(f"\n{len(page.items)} processes recorded in {database_url}:\n")
+    for process in page:
+        echo(render.process_row(process, style))
+    main = next(p for p in page if p.name == "nightly_import")
+    failed = next(p for p in page if p.name == "PaymentWebhook")
+    for record in (flow_tracker.get_process(main.id), flow_tracker.get_process(failed.id)):
+        if record is not None:
+            echo("\n" + render.process_tree(record, style))
+    echo(
+        "\nLook around:\n"
+        f"  .venv/bin/flow-tracker list --database-url {database_url}\n"
+        f"  .venv/bin/flow-tracker show <id> --database-url {database_url}\n"
+        f"  .venv/bin/flow-tracker list --status failed --database-url {database_url}"
+    )
+    return page.items

@@ -1,0 +1,218 @@
+"""Celery: every task (or the opted-in ones) tracked as a process.
+
+Call :func:`install` with your app where it is configured; that module is
+imported by the code that sends tasks and by the worker alike::
+
+    from flow_tracker.integrations import celery as ft_celery
+    ft_celery.install(app)                    # or install(app, track_all=False) and
+                                              # @app.task(flow_tracker=True) per task
+
+Built on Celery's own signals (``task_prerun``, ``task_retry``,
+``task_failure``, ``task_postrun``), which fire in prefork children, thread
+pools and eager mode alike. On the sending side, the app's own
+``app.amqp.send_task_message`` is wrapped: ``before_task_publish`` does not say
+which app publishes (and every app's registry holds every shared task), and
+Celery has no signal for a publish the broker refuses.
+
+Celery's control-flow exceptions are not failures: ``Retry`` makes the process
+``retrying`` (``failed`` once retries are exhausted), ``Ignore`` ``skipped``,
+``Reject`` ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from typing import Any
+
+from flow_tracker import runtime
+from flow_tracker.integrations.jobs import (
+    finish_job,
+    record_enqueued,
+    record_publish_failed,
+    start_job,
+    warm_up,
+)
+from flow_tracker.nulls import NullTracker
+from flow_tracker.status import Status
+from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
+
+try:
+    import celery
+    from celery import signals
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "flow_tracker.integrations.celery needs Celery: pip install 'flow-tracker[celery]'"
+    ) from exc
+
+JOB_SYSTEM = "celery"
+MIN_VERSION = (5, 3)
+OPT_IN_OPTION = "flow_tracker"
+
+_STATES = {
+    "SUCCESS": Status.COMPLETED,
+    "FAILURE": Status.FAILED,
+    "RETRY": Status.RETRYING,
+    "IGNORED": Status.SKIPPED,
+    "REJECTED": Status.CANCELLED,
+}
+
+_lock = threading.Lock()
+_apps: list[tuple[celery.Celery, bool]] = []  # installed apps and their track_all
+_signals_connected = False
+# task id -> (tracker, error seen by task_failure/task_retry)
+_running: dict[str, tuple[Tracker | NullTracker, BaseException | None]] = {}
+
+
+def install(app: celery.Celery, *, track_all: bool = True) -> None:
+    """Track the tasks of ``app``; calling it again changes nothing.
+
+    Args:
+        app: the Celery app, in the sending and in the worker process alike.
+        track_all: False tracks only tasks declared ``@app.task(flow_tracker=True)``.
+    """
+    if tuple(int(p) for p in celery.__version__.split(".")[:2]) < MIN_VERSION:
+        raise ImportError(f"flow-tracker needs Celery >= {'.'.join(map(str, MIN_VERSION))}")
+    global _signals_connected
+    with _lock:
+        _apps[:] = [(a, t) for a, t in _apps if a is not app] + [(app, track_all)]
+        if not _signals_connected:
+            # weak=False: the receivers are module functions, kept for the process's life.
+            signals.task_prerun.connect(_task_prerun, weak=False)
+            signals.task_retry.connect(_task_retry, weak=False)
+            signals.task_failure.connect(_task_failure, weak=False)
+            signals.task_postrun.connect(_task_postrun, weak=False)
+            _signals_connected = True
+        _wrap_send_task_message(app)
+        from celery.exceptions import Ignore, Reject, Retry
+
+        register_control_flow(Retry, Status.RETRYING)
+        register_control_flow(Ignore, Status.SKIPPED)
+        register_control_flow(Reject, Status.CANCELLED)
+    warm_up()
+
+
+def _is_tracked(task: Any) -> bool:
+    app = getattr(task, "app", None)
+    for installed, track_all in _apps:
+        if installed is app:
+            return track_all or bool(getattr(task, OPT_IN_OPTION, False))
+    return False
+
+
+def _wrap_send_task_message(app: celery.Celery) -> None:
+    # Celery sends before_task_publish without saying which app publishes, and
+    # every app's registry holds every shared task, so the app's own sender is
+    # wrapped instead: it records the job before the message goes out, and marks
+    # it failed when the broker refuses it (Celery has no signal for that).
+    amqp = app.amqp
+    original = amqp.send_task_message
+    if getattr(original, "__flow_tracker__", False):
+        return
+
+    @functools.wraps(original)
+    def send_task_message(producer: Any, name: str, message: Any, *args: Any, **kw: Any) -> Any:
+        task_id = _record_publish(app, name, message, kw)
+        try:
+            return original(producer, name, message, *args, **kw)
+        except Exception as exc:
+            if task_id:
+                record_publish_failed(JOB_SYSTEM, task_id, exc)
+            raise
+
+    send_task_message.__flow_tracker__ = True  # type: ignore[attr-defined]
+    amqp.send_task_message = send_task_message
+
+
+def _record_publish(app: Any, name: str, message: Any, options: dict[str, Any]) -> str | None:
+    """Record a first publish of a tracked task; return its task id (None when untracked)."""
+    try:
+        headers, _properties, body, _sent = message
+        task_id = headers.get("id")
+        if not task_id or headers.get("retries", 0):
+            return None  # a retry re-publishes the same job: its row exists already
+        task = app.tasks.get(name)
+        if task is None or not _is_tracked(task):
+            return None
+        queue = options.get("queue")
+        queue_name = getattr(queue, "name", queue) or options.get("routing_key")
+        args, kwargs = _body_args(body)
+        record_enqueued(
+            job_system=JOB_SYSTEM,
+            job_id=task_id,
+            name=name,
+            queue=queue_name,
+            args=args,
+            kwargs=kwargs,
+            payload={"task": name, "args": args, "kwargs": kwargs, "queue": queue_name},
+            max_attempts=_max_attempts(task),
+        )
+        return str(task_id)
+    except Exception as exc:
+        runtime.report_internal_error(exc, "recording a Celery publish")
+        return None
+
+
+def _body_args(body: Any) -> tuple[list[Any], dict[str, Any]]:
+    # Message protocol 2: (args, kwargs, embed); protocol 1: a dict.
+    if isinstance(body, (tuple, list)) and len(body) >= 2:
+        return list(body[0] or ()), dict(body[1] or {})
+    if isinstance(body, dict):
+        return list(body.get("args") or ()), dict(body.get("kwargs") or {})
+    return [], {}
+
+
+def _max_attempts(task: Any) -> int | None:
+    max_retries = getattr(task, "max_retries", None)
+    return None if max_retries is None else int(max_retries) + 1
+
+
+def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    try:
+        if not task_id or task is None or not _is_tracked(task):
+            return
+        request = task.request
+        delivery = getattr(request, "delivery_info", None) or {}
+        tracker = start_job(
+            job_system=JOB_SYSTEM,
+            job_id=task_id,
+            name=task.name,
+            queue=delivery.get("routing_key") or delivery.get("queue"),
+            attempt=int(getattr(request, "retries", 0) or 0) + 1,
+            worker=getattr(request, "hostname", None),
+        )
+        _running[task_id] = (tracker, None)
+    except Exception as exc:
+        runtime.report_internal_error(exc, "starting a Celery task")
+
+
+def _remember_error(task_id: str | None, error: BaseException | None) -> None:
+    if task_id and task_id in _running and error is not None:
+        _running[task_id] = (_running[task_id][0], error)
+
+
+def _task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    task_id = getattr(request, "id", None)
+    _remember_error(task_id, reason if isinstance(reason, BaseException) else None)
+
+
+def _task_failure(
+    task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    _remember_error(task_id, exception)
+
+
+def _task_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+    entry = _running.pop(task_id, None) if task_id else None
+    if entry is None:
+        return
+    tracker, error = entry
+    status = _STATES.get(state or "")
+    if status is None:
+        # Eager mode with propagation re-raises before task_failure and sends
+        # task_postrun with no state, from a ``finally`` the error is passing through.
+        passing = error or sys.exc_info()[1]
+        status = outcome_of(passing)[0]
+        error = passing
+    finish_job(tracker, status, error if status in (Status.FAILED, Status.RETRYING) else None)

@@ -1,0 +1,194 @@
+"""Dramatiq: every message (or the opted-in actors') tracked as a process.
+
+Call :func:`install` where the broker is set up, in the sending process and in
+the workers alike::
+
+    from flow_tracker.integrations import dramatiq as ft_dramatiq
+    ft_dramatiq.install(broker)         # or install(broker, track_all=False) and
+                                        # @dramatiq.actor(flow_tracker=True) per actor
+
+A Dramatiq middleware does the work (``before_enqueue``,
+``before_process_message``, ``after_process_message``, ``after_skip_message``).
+It is placed before the ``Retries`` middleware, so that its ``after_*`` hooks,
+which Dramatiq runs in reverse order, see whether Retries gave up on the
+message. One wrapper is added: ``broker.enqueue`` has no hook for a failed
+publish, so it is wrapped to mark the already recorded job as failed.
+
+``dramatiq.Retry`` makes the process ``retrying`` (``failed`` once retries are
+exhausted) and a skipped message ends ``skipped``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from flow_tracker import runtime
+from flow_tracker.integrations.jobs import (
+    finish_job,
+    record_enqueued,
+    record_publish_failed,
+    start_job,
+    warm_up,
+)
+from flow_tracker.nulls import NullTracker
+from flow_tracker.status import Status
+from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
+
+try:
+    import dramatiq
+    from dramatiq.middleware import Middleware, Retries
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "flow_tracker.integrations.dramatiq needs Dramatiq: pip install 'flow-tracker[dramatiq]'"
+    ) from exc
+
+JOB_SYSTEM = "dramatiq"
+MIN_VERSION = (1, 16)
+OPT_IN_OPTION = "flow_tracker"
+DEFAULT_MAX_RETRIES = 20  # Dramatiq's own default in the Retries middleware
+
+
+class FlowTrackerMiddleware(Middleware):
+    """Records each message as a process: queued, running, retrying, completed, failed.
+
+    Args:
+        track_all: False tracks only actors declared with ``flow_tracker=True``.
+    """
+
+    def __init__(self, track_all: bool = True) -> None:
+        self.track_all = track_all
+        self._running: dict[str, Tracker | NullTracker] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def actor_options(self) -> set[str]:
+        """The actor option this middleware understands: ``flow_tracker``."""
+        return {OPT_IN_OPTION}
+
+    def _actor_options(self, broker: Any, actor_name: str) -> dict[str, Any]:
+        try:
+            return dict(broker.get_actor(actor_name).options)
+        except Exception:  # an actor this process does not know (sent by name)
+            return {}
+
+    def _is_tracked(self, broker: Any, message: Any) -> bool:
+        return self.track_all or bool(
+            self._actor_options(broker, message.actor_name).get(OPT_IN_OPTION)
+        )
+
+    def before_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        """Store the message's job as queued before the broker has it."""
+        try:
+            if message.options.get("retries") or not self._is_tracked(broker, message):
+                return  # a retry re-enqueues the same job: its row exists already
+            options = self._actor_options(broker, message.actor_name)
+            max_retries = message.options.get(
+                "max_retries", options.get("max_retries", DEFAULT_MAX_RETRIES)
+            )
+            record_enqueued(
+                job_system=JOB_SYSTEM,
+                job_id=message.message_id,
+                name=message.actor_name,
+                queue=message.queue_name,
+                args=list(message.args),
+                kwargs=dict(message.kwargs),
+                payload={
+                    "actor": message.actor_name,
+                    "queue": message.queue_name,
+                    "args": list(message.args),
+                    "kwargs": dict(message.kwargs),
+                    "options": {k: v for k, v in message.options.items() if k != "traceback"},
+                },
+                max_attempts=None if max_retries is None else int(max_retries) + 1,
+            )
+        except Exception as exc:
+            runtime.report_internal_error(exc, "recording a Dramatiq enqueue")
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        """Open the job's process as running and make it current in the worker thread."""
+        try:
+            if not self._is_tracked(broker, message):
+                return
+            tracker = start_job(
+                job_system=JOB_SYSTEM,
+                job_id=message.message_id,
+                name=message.actor_name,
+                queue=message.queue_name,
+                attempt=int(message.options.get("retries", 0) or 0) + 1,
+                worker=threading.current_thread().name,
+            )
+            with self._lock:
+                self._running[message.message_id] = tracker
+        except Exception as exc:
+            runtime.report_internal_error(exc, "starting a Dramatiq message")
+
+    def _pop(self, message: Any) -> Tracker | NullTracker | None:
+        with self._lock:
+            return self._running.pop(message.message_id, None)
+
+    def after_process_message(
+        self,
+        broker: Any,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """End the job's process: completed, retrying, or failed once Retries gave up."""
+        tracker = self._pop(message)
+        if tracker is None:
+            return
+        if exception is None:
+            finish_job(tracker, Status.COMPLETED)
+            return
+        status = outcome_of(exception)[0]
+        if status in (Status.FAILED, Status.RETRYING):
+            status = Status.FAILED if getattr(message, "failed", False) else Status.RETRYING
+        finish_job(tracker, status, exception)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        """A middleware skipped the message: the process ends skipped."""
+        tracker = self._pop(message)
+        if tracker is not None:
+            finish_job(tracker, Status.SKIPPED)
+
+
+def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
+    """Add flow-tracker's middleware to ``broker`` (once) and return it.
+
+    Args:
+        broker: the Dramatiq broker, in the sending and in the worker processes alike.
+        track_all: False tracks only actors declared ``@dramatiq.actor(flow_tracker=True)``.
+    """
+    if tuple(int(p) for p in dramatiq.__version__.split(".")[:2]) < MIN_VERSION:
+        raise ImportError(f"flow-tracker needs Dramatiq >= {'.'.join(map(str, MIN_VERSION))}")
+    for existing in broker.middleware:
+        if isinstance(existing, FlowTrackerMiddleware):
+            existing.track_all = track_all
+            return existing
+    middleware = FlowTrackerMiddleware(track_all)
+    if any(isinstance(m, Retries) for m in broker.middleware):
+        broker.add_middleware(middleware, before=Retries)
+    else:
+        broker.add_middleware(middleware)
+    _wrap_enqueue(broker, middleware)
+    register_control_flow(dramatiq.Retry, Status.RETRYING)
+    warm_up()
+    return middleware
+
+
+def _wrap_enqueue(broker: Any, middleware: FlowTrackerMiddleware) -> None:
+    original = broker.enqueue
+
+    @functools.wraps(original)
+    def enqueue(message: Any, *, delay: int | None = None) -> Any:
+        try:
+            return original(message, delay=delay)
+        except Exception as exc:
+            if not message.options.get("retries") and middleware._is_tracked(broker, message):
+                record_publish_failed(JOB_SYSTEM, message.message_id, exc)
+            raise
+
+    broker.enqueue = enqueue

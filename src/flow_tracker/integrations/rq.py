@@ -1,0 +1,201 @@
+"""RQ: every job (or the opted-in ones) tracked as a process.
+
+Call :func:`install` in the process that enqueues and in the worker, before it
+forks work-horses; with the ``rq worker`` command, from the module it loads with
+``-c``::
+
+    # myapp/rq_settings.py  ->  rq worker -c myapp.rq_settings
+    from flow_tracker.integrations import rq as ft_rq
+    ft_rq.install()                      # or install(track_all=False) + @ft_rq.tracked
+
+RQ has no enqueue or execution hooks that wrap a job, so two methods are
+wrapped, once per interpreter: ``Queue.enqueue_job`` (the job's row is stored
+as queued before the job reaches Redis, and marked failed if that fails) and
+``Job.perform`` (the job runs as the current process). Both the forking
+``Worker`` and ``SimpleWorker`` call ``Job.perform``; the final state is stored
+before ``perform`` returns, so the work-horse's ``os._exit`` loses nothing.
+
+In a forked work-horse the job's end is stored before ``perform`` returns even
+with ``completion_timeout=0``, since ``os._exit`` skips the flush at exit.
+
+Jobs enqueued with ``enqueue_many`` or scheduled for later get their row when
+they start. Retries (``Retry(max=...)``) run on the same row, attempt + 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flow_tracker import runtime
+from flow_tracker.integrations.jobs import (
+    finish_job,
+    record_enqueued,
+    record_publish_failed,
+    start_job,
+    warm_up,
+)
+from flow_tracker.status import Status
+from flow_tracker.tracker import outcome_of
+
+try:
+    import rq
+    from rq.job import Job
+    from rq.queue import Queue
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "flow_tracker.integrations.rq needs RQ: pip install 'flow-tracker[rq]'"
+    ) from exc
+
+JOB_SYSTEM = "rq"
+MIN_VERSION = (2, 0)
+OPT_IN_ATTRIBUTE = "__flow_tracker__"
+META_OPT_IN = "flow_tracker"
+META_MAX_RETRIES = "flow_tracker_max_retries"
+HORSE_FLUSH_TIMEOUT_S = 10.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_lock = threading.Lock()
+_track_all = True
+_installed = False
+_install_pid = 0  # the worker's own process; its forked work-horses have other pids
+
+
+def tracked(func: F) -> F:
+    """Mark a job function as tracked when :func:`install` ran with ``track_all=False``."""
+    setattr(func, OPT_IN_ATTRIBUTE, True)
+    return func
+
+
+def install(*, track_all: bool = True) -> None:
+    """Track the RQ jobs of this interpreter; calling it again changes nothing else.
+
+    Args:
+        track_all: False tracks only jobs whose function is decorated with
+            :func:`tracked` or that were enqueued with ``meta={"flow_tracker": True}``.
+    """
+    if tuple(int(p) for p in rq.__version__.split(".")[:2]) < MIN_VERSION:
+        raise ImportError(f"flow-tracker needs RQ >= {'.'.join(map(str, MIN_VERSION))}")
+    global _track_all, _installed, _install_pid
+    with _lock:
+        _track_all = track_all
+        if _installed:
+            return
+        _installed = True
+        _install_pid = os.getpid()
+        _wrap_enqueue_job()
+        _wrap_perform()
+    warm_up()
+
+
+def _is_tracked(job: Job) -> bool:
+    if _track_all or job.meta.get(META_OPT_IN):
+        return True
+    try:
+        return bool(getattr(job.func, OPT_IN_ATTRIBUTE, False))
+    except Exception:  # the function cannot be imported here (enqueued by name)
+        return False
+
+
+def _wrap_enqueue_job() -> None:
+    original = Queue.enqueue_job
+
+    @functools.wraps(original)
+    def enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
+        recorded = _record_enqueue(self, job)
+        try:
+            return original(self, job, *args, **kwargs)
+        except Exception as exc:
+            if recorded:
+                record_publish_failed(JOB_SYSTEM, job.id, exc)
+            raise
+
+    Queue.enqueue_job = enqueue_job  # type: ignore[method-assign]
+
+
+def _record_enqueue(queue: Queue, job: Job) -> bool:
+    try:
+        if not _is_tracked(job):
+            return False
+        # Kept in the job's meta (saved with it) to number the attempts of retries.
+        job.meta[META_MAX_RETRIES] = job.retries_left or 0
+        args, kwargs = list(job.args or ()), dict(job.kwargs or {})
+        record_enqueued(
+            job_system=JOB_SYSTEM,
+            job_id=job.id,
+            name=job.func_name or job.id,
+            queue=queue.name,
+            args=args,
+            kwargs=kwargs,
+            payload={"func": job.func_name, "args": args, "kwargs": kwargs, "queue": queue.name},
+            max_attempts=(job.retries_left or 0) + 1,
+        )
+        return True
+    except Exception as exc:
+        runtime.report_internal_error(exc, "recording an RQ enqueue")
+        return False
+
+
+def _attempt(job: Job) -> int:
+    max_retries = job.meta.get(META_MAX_RETRIES)
+    if isinstance(max_retries, int):
+        return max_retries - (job.retries_left or 0) + 1
+    return (getattr(job, "number_of_retries", None) or 0) + 1
+
+
+def _wrap_perform() -> None:
+    original = Job.perform
+
+    @functools.wraps(original)
+    def perform(self: Job) -> Any:
+        try:
+            tracker = (
+                start_job(
+                    job_system=JOB_SYSTEM,
+                    job_id=self.id,
+                    name=self.func_name or self.id,
+                    queue=self.origin,
+                    attempt=_attempt(self),
+                    worker=self.worker_name,
+                )
+                if _is_tracked(self)
+                else None
+            )
+        except Exception as exc:
+            runtime.report_internal_error(exc, "starting an RQ job")
+            tracker = None
+        if tracker is None:
+            return original(self)
+        try:
+            result = original(self)
+        except BaseException as exc:
+            status = outcome_of(exc)[0]
+            if status is Status.FAILED and _will_retry(self):
+                status = Status.RETRYING
+            finish_job(tracker, status, exc)
+            _store_before_exit()
+            raise
+        finish_job(tracker, Status.COMPLETED)
+        _store_before_exit()
+        return result
+
+    Job.perform = perform  # type: ignore[method-assign]
+
+
+def _store_before_exit() -> None:
+    # A forking Worker's work-horse ends with os._exit, which skips flow-tracker's
+    # exit flush: there, store everything now, even with completion_timeout=0.
+    # A SimpleWorker runs jobs in the process that installed, and lives on.
+    if os.getpid() != _install_pid:
+        runtime.flush(HORSE_FLUSH_TIMEOUT_S)
+
+
+def _will_retry(job: Job) -> bool:
+    try:
+        return bool(job.should_retry)
+    except Exception:
+        return bool(job.retries_left)

@@ -1,0 +1,117 @@
+"""Progress of a process (activejob-status): total, current, increment, finish.
+
+Updates are throttled: ``increment``/``decrement`` emit at most one event per
+``progress_interval`` seconds; setting ``total``/``current`` and ``finish()``
+emit at once. The final value is always stored with the process's end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class Progress:
+    """How far a process has come: ``current`` out of ``total``.
+
+    Args:
+        emit: called with ``(current, total)`` whenever the value should be stored.
+        interval: least seconds between two throttled emits.
+    """
+
+    __slots__ = ("_current", "_emit", "_interval", "_last_emit", "_lock", "_total")
+
+    def __init__(self, emit: Callable[[float, float], None], interval: float) -> None:
+        self._emit = emit
+        self._interval = interval
+        self._current: float = 0
+        self._total: float = 0
+        self._last_emit = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> float:
+        """The amount of work to do (0 = unknown)."""
+        return self._total
+
+    @total.setter
+    def total(self, value: float) -> None:
+        self._total = _number(value, "total")
+        self._emit_now()
+
+    @property
+    def current(self) -> float:
+        """The amount of work done."""
+        return self._current
+
+    @current.setter
+    def current(self, value: float) -> None:
+        self._current = _number(value, "current")
+        self._emit_now()
+
+    @property
+    def fraction(self) -> float:
+        """``current / total`` clamped to 0..1 (0 while the total is unknown)."""
+        if self._total <= 0:
+            return 0.0
+        return max(0.0, min(1.0, self._current / self._total))
+
+    def increment(self, n: float = 1) -> None:
+        """Add ``n`` to ``current`` (throttled)."""
+        with self._lock:
+            self._current += n
+        self._maybe_emit()
+
+    def decrement(self, n: float = 1) -> None:
+        """Subtract ``n`` from ``current`` (throttled)."""
+        with self._lock:
+            self._current -= n
+        self._maybe_emit()
+
+    def finish(self) -> None:
+        """Mark all the work done: ``current = total``."""
+        self._current = self._total
+        self._emit_now()
+
+    def update(self, current: float | None = None, total: float | None = None) -> None:
+        """Set ``current`` and/or ``total`` in one emit."""
+        if total is not None:
+            self._total = _number(total, "total")
+        if current is not None:
+            self._current = _number(current, "current")
+        self._emit_now()
+
+    def _maybe_emit(self) -> None:
+        now = time.monotonic()
+        if now - self._last_emit >= self._interval:
+            self._last_emit = now
+            self._emit(self._current, self._total)
+
+    def _emit_now(self) -> None:
+        self._last_emit = time.monotonic()
+        self._emit(self._current, self._total)
+
+    def __repr__(self) -> str:
+        return f"<Progress {self._current:g}/{self._total:g}>"
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        from flow_tracker.errors import UsageError
+
+        raise UsageError(f"progress {name} must be a number, got {value!r}")
+    return value
+
+
+class NullProgress(Progress):
+    """The progress of a disabled tracker: remembers values, stores nothing."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(_ignore, 0.0)
+
+
+def _ignore(_current: float, _total: float) -> None:
+    return None

@@ -1,0 +1,214 @@
+r"""Make any value safe to store: redact secrets, keep JSON valid, bound the size.
+
+Runs in the background writer, never in the job's thread. The rules:
+
+* keys that look sensitive (password, token, api_key, cookie, …, matched
+  case-insensitively on the key with ``_``/``-``/spaces removed, at any depth)
+  have their values replaced by ``"[REDACTED]"``;
+* values JSON cannot hold become their ``repr`` (bytes, objects, sets become lists,
+  NaN/Infinity become strings); dict keys become strings;
+* NUL characters become the visible text ``\\u0000`` and lone surrogates their
+  ``\\udXXX`` escape, because PostgreSQL's text and JSONB reject both;
+* long strings are cut with a ``…[truncated N chars]`` marker, nesting deeper
+  than :data:`MAX_DEPTH` and containers longer than :data:`MAX_ITEMS` are cut
+  with a marker, and whole documents over the size limit become a preview.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+MAX_DEPTH = 32
+MAX_ITEMS = 1_000
+MAX_STRING = 8_192
+MAX_REPR = 1_024
+
+SENSITIVE_KEY_FRAGMENTS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "authorization",
+    "cookie",
+    "session",
+    "creditcard",
+    "cardnumber",
+    "cvv",
+    "cvc",
+    "ssn",
+    "iban",
+    "signature",
+    "credentials",
+    "pwd",
+)
+# "auth" (auth_header, oauth, x-auth) is sensitive, but "author" and "authored_at" are not.
+_AUTH_PATTERN = r"auth(?!or)"
+_KEY_NORMALISE = re.compile(r"[\s_\-.]")
+
+
+def clean_text(value: str) -> str:
+    """Return ``value`` without NUL characters or lone surrogates, nothing else changed."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\u0000")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def truncate(value: str, limit: int) -> str:
+    """Cut ``value`` to ``limit`` characters plus a marker saying how much was cut."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…[truncated {len(value) - limit} chars]"
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, bounded, and a placeholder when ``__repr__`` itself fails."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not lose the record
+        text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+    return clean_text(truncate(text, MAX_REPR))
+
+
+class Redactor:
+    """Turns values into safe JSON documents under one set of rules.
+
+    Args:
+        extra_keys: key fragments to redact besides :data:`SENSITIVE_KEY_FRAGMENTS`.
+        max_string: strings longer than this are truncated.
+        max_size: a serialised document longer than this is replaced by a preview.
+    """
+
+    def __init__(
+        self,
+        extra_keys: Iterable[str] = (),
+        *,
+        max_string: int = MAX_STRING,
+        max_size: int = 65_536,
+    ) -> None:
+        fragments = [*SENSITIVE_KEY_FRAGMENTS, *(_normalise_key(k) for k in extra_keys)]
+        alternatives = [re.escape(f) for f in fragments if f] + [_AUTH_PATTERN]
+        self._pattern = re.compile("|".join(alternatives))
+        self._verdicts: dict[str, bool] = {}
+        self.max_string = max_string
+        self.max_size = max_size
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def is_sensitive(self, key: str) -> bool:
+        """True when values under ``key`` must not be stored."""
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            norm = _normalise_key(key)
+            verdict = bool(self._pattern.search(norm))
+            if len(self._verdicts) < 10_000:
+                self._verdicts[key] = verdict
+        return verdict
+
+    def scrub(self, value: Any, depth: int = 0) -> Any:
+        """Return a JSON-safe, redacted copy of ``value``."""
+        if value is None or value is True or value is False:
+            return value
+        kind = type(value)
+        if kind is str:
+            return clean_text(truncate(value, self.max_string))
+        if kind is int:
+            return value
+        if kind is float:
+            return value if math.isfinite(value) else str(value)
+        if depth >= MAX_DEPTH:
+            return "[max depth reached]"
+        if isinstance(value, Mapping):
+            return self._scrub_mapping(value, depth)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return self._scrub_sequence(value, depth)
+        if isinstance(value, str):  # str subclasses, e.g. enums of str
+            return clean_text(truncate(str.__str__(value), self.max_string))
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return self.scrub(float(value), depth)
+        return safe_repr(value)
+
+    def _scrub_mapping(self, value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            items = list(value.items())
+        except Exception:
+            return {"[unreadable mapping]": safe_repr(value)}
+        for index, (key, item) in enumerate(items):
+            if index >= MAX_ITEMS:
+                out["[truncated]"] = f"{len(items) - MAX_ITEMS} more keys"
+                break
+            name = key if type(key) is str else safe_repr(key)
+            name = clean_text(truncate(name, 256))
+            out[name] = REDACTED if self.is_sensitive(name) else self.scrub(item, depth + 1)
+        return out
+
+    def _scrub_sequence(self, value: Iterable[Any], depth: int) -> list[Any]:
+        items = list(value)
+        out = [self.scrub(item, depth + 1) for item in items[:MAX_ITEMS]]
+        if len(items) > MAX_ITEMS:
+            out.append(f"[truncated {len(items) - MAX_ITEMS} more items]")
+        return out
+
+    def to_json(self, value: Any) -> str | None:
+        """Scrub ``value`` and serialise it; None stays None (SQL NULL)."""
+        if value is None:
+            return None
+        # Most data is a small flat dict of plain values: encode it as it is.
+        text = self._encode(value if self._is_plain(value) else self.scrub(value))
+        if len(text) > self.max_size:
+            preview = truncate(text, min(self.max_size // 2, 4_096))
+            text = json.dumps(
+                {"_truncated": True, "original_size": len(text), "preview": preview},
+                ensure_ascii=False,
+            )
+        return text
+
+    def _is_plain(self, value: Any) -> bool:
+        """True for a flat dict that scrubbing would leave exactly as it is."""
+        if type(value) is not dict or len(value) > 64:
+            return False
+        sensitive = self.is_sensitive
+        limit = self.max_string
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or "\x00" in key or sensitive(key):
+                return False
+            kind = type(item)
+            if kind is str:
+                if len(item) > limit or not item.isascii() or "\x00" in item:
+                    return False
+            elif kind is float:
+                if not math.isfinite(item):
+                    return False
+            elif not (kind is int or kind is bool or item is None):
+                return False
+        return True
+
+    def text(self, value: object, limit: int) -> str:
+        """Return ``value`` as safe, bounded text (``str()`` of non-strings)."""
+        if type(value) is not str:
+            try:
+                value = str(value)
+            except Exception:
+                value = safe_repr(value)
+        return clean_text(truncate(value, limit))
+
+
+def _normalise_key(key: str) -> str:
+    return _KEY_NORMALISE.sub("", key.lower())

@@ -1,0 +1,1 @@
+"""Storage: the schema, engines, bulk writes, queries and migrations."""

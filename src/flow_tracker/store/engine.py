@@ -1,0 +1,198 @@
+"""Engines for the tracking database: URL checks, SQLite and PostgreSQL settings, schema set-up.
+
+Dialect differences of the connection layer live here; those of bulk writes
+live in :mod:`flow_tracker.store.bulk`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from flow_tracker.errors import ConfigurationError, DatabaseUnavailableError
+
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 5
+
+
+def parse_url(database_url: str) -> URL:
+    """Return ``database_url`` as a SQLAlchemy URL, or raise a clear :class:`ConfigurationError`.
+
+    ``postgres://`` and ``postgresql://`` use psycopg 3 (``postgresql+psycopg``).
+    """
+    try:
+        url = make_url(database_url.strip())
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(
+            f"database_url {database_url!r} is not a database URL "
+            "(expected e.g. sqlite:///flow_tracker.db or postgresql://user@host/db)"
+        ) from exc
+    backend = url.get_backend_name()
+    if backend == "postgres":
+        url = url.set(drivername="postgresql")
+        backend = "postgresql"
+    if backend not in SUPPORTED_BACKENDS:
+        raise ConfigurationError(
+            f"database_url uses {backend!r}; flow-tracker supports {', '.join(SUPPORTED_BACKENDS)}"
+        )
+    if backend == "postgresql":
+        driver = url.get_driver_name()
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        elif driver != "psycopg":
+            raise ConfigurationError(
+                f"database_url uses driver {driver!r}; flow-tracker talks to PostgreSQL "
+                "through psycopg 3 (postgresql+psycopg://...)"
+            )
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigurationError(
+                "PostgreSQL needs psycopg 3: pip install 'flow-tracker[postgres]'"
+            )
+    elif url.database and url.database != ":memory:":
+        folder = os.path.dirname(os.path.abspath(url.database))
+        if not os.path.isdir(folder):
+            raise ConfigurationError(
+                f"database_url {database_url!r}: folder {folder!r} does not exist"
+            )
+    return url
+
+
+def display_url(url: URL) -> str:
+    """The URL with its password hidden, for messages."""
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event (below) start transactions instead of the
+    # sqlite3 module, so that writers can use BEGIN IMMEDIATE and wait their turn
+    # (busy_timeout) instead of failing when two processes write at once.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    _enable_wal(cursor)
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    # Switching a new file to WAL needs a moment of exclusive access, and SQLite
+    # answers "database is locked" at once (without its busy handler) when several
+    # processes open the same new file together: retry until the busy timeout.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("flow_tracker_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def build_engine(url: URL, *, pg_synchronous_commit: bool = False) -> Engine:
+    """Create the engine for ``url`` with the settings flow-tracker relies on."""
+    if url.get_backend_name() == "sqlite":
+        kwargs: dict[str, Any] = {
+            "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        }
+        if not url.database or url.database == ":memory:":
+            # One shared connection, or each thread would see its own empty database.
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    connect_args: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": "flow-tracker",
+    }
+    if not pg_synchronous_commit:
+        # Only flow-tracker's own connections: see Settings.pg_synchronous_commit.
+        connect_args["options"] = "-c synchronous_commit=off"
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
+    )
+
+
+class Store:
+    """One database: its engine, created lazily, and the schema check done once.
+
+    A forked child must not use the parent's connections: :meth:`after_fork`
+    forgets them without closing them (they still belong to the parent).
+    """
+
+    def __init__(
+        self, database_url: str, *, auto_migrate: bool = True, pg_synchronous_commit: bool = False
+    ) -> None:
+        self.url = parse_url(database_url)
+        self.dialect = self.url.get_backend_name()
+        self.auto_migrate = auto_migrate
+        self.pg_synchronous_commit = pg_synchronous_commit
+        self._engine: Engine | None = None
+        self._schema_ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, created on first use."""
+        engine = self._engine
+        if engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = build_engine(
+                        self.url, pg_synchronous_commit=self.pg_synchronous_commit
+                    )
+                engine = self._engine
+        return engine
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the tables once, when ``auto_migrate`` is on."""
+        if self._schema_ready:
+            return
+        if self.auto_migrate:
+            from flow_tracker.store.migrate import upgrade_if_needed
+
+            upgrade_if_needed(self.engine)
+        self._schema_ready = True
+
+    def check_connection(self) -> None:
+        """Connect once; raise :class:`DatabaseUnavailableError` with the reason if that fails."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except (OperationalError, DBAPIError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseUnavailableError(
+                f"cannot reach the tracking database {display_url(self.url)}: {reason}"
+            ) from None
+
+    def after_fork(self) -> None:
+        """Drop the parent's pooled connections in a forked child, without closing them."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

@@ -1,0 +1,85 @@
+"""Run the Alembic migrations shipped inside the package.
+
+The version is kept in ``flow_tracker_alembic_version`` so that it never mixes
+with the host application's own Alembic history. Concurrent first uses are
+serialised: an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from flow_tracker.store.schema import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only when it is needed (an upgrade, the CLI): every
+# forked work-horse checks the schema, and importing Alembic costs ~50 ms.
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# The newest revision in migrations/versions (a test checks they agree). Knowing
+# it without Alembic makes the first-use check one small query: it runs in every
+# forked work-horse of an RQ worker, where loading the scripts cost ~100 ms a job.
+HEAD_REVISION = "0001"
+# Any constant works; it only has to be the same for every flow-tracker process.
+_PG_ADVISORY_LOCK_KEY = 0x666C6F77  # "flow"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config pointing at the packaged migrations (and at ``connection``)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped with this version of flow-tracker."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision``, waiting for any other process doing the same."""
+    from alembic import command
+
+    with engine.connect() as conn:
+        conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_ADVISORY_LOCK_KEY})")
+            command.upgrade(alembic_config(conn), revision)
+
+
+def stored_revision(conn: Connection) -> str | None:
+    """The revision in the version table, read with one query (None if there is none)."""
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            row = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").first()
+    except DBAPIError:
+        return None
+    return None if row is None else str(row[0])
+
+
+def upgrade_if_needed(engine: Engine) -> None:
+    """Upgrade to head unless the database is there already (one small query when it is)."""
+    with engine.connect() as conn:
+        if stored_revision(conn) == HEAD_REVISION:
+            return
+    upgrade(engine)

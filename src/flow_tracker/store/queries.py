@@ -1,0 +1,355 @@
+"""Reading what was recorded: one process with its tree, lists with filters, statuses.
+
+All functions take a :class:`~flow_tracker.store.engine.Store`; the public
+wrappers in :mod:`flow_tracker.reading` pass the configured one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, exists, func, literal, or_, select, true
+from sqlalchemy.dialects import postgresql
+
+from flow_tracker.errors import UsageError
+from flow_tracker.ids import parse_id
+from flow_tracker.records import ErrorInfo, FlowRecord, LogEntryRecord, Page, ProcessRecord
+from flow_tracker.status import Status
+from flow_tracker.store.engine import Store
+from flow_tracker.store.schema import flows, log_entries, processes
+
+MAX_PAGE = 500
+MAX_LOGS_PER_PROCESS = 100_000
+
+
+def _error(row: Row[Any]) -> ErrorInfo | None:
+    if row.error_class is None and row.error_message is None:
+        return None
+    # List queries leave the (large) traceback out; get_process reads it.
+    trace = row._mapping.get("error_traceback")
+    return ErrorInfo(row.error_class or "Error", row.error_message or "", trace)
+
+
+def process_from_row(row: Row[Any]) -> ProcessRecord:
+    """Build a :class:`ProcessRecord` (without tree) from a processes row."""
+    return ProcessRecord(
+        id=row.id,
+        name=row.name,
+        category=row.category,
+        status=Status(row.status),
+        metadata=row.metadata or {},
+        error=_error(row),
+        created_at=row.created_at,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=row.duration_ms,
+        progress_current=row.progress_current or 0,
+        progress_total=row.progress_total or 0,
+        job_system=row.job_system,
+        job_id=row.job_id,
+        queue=row.queue,
+        attempt=row.attempt,
+        parent_process_id=row.parent_process_id,
+        host=row.host,
+        pid=row.pid,
+        heartbeat_at=row.heartbeat_at,
+        dropped_logs=row.dropped_logs or 0,
+        job_args=row._mapping.get("job_args"),
+    )
+
+
+_LIST_COLUMNS = [c for c in processes.c if c.name not in ("job_payload", "error_traceback")]
+
+
+def get_process(store: Store, process_id: uuid.UUID | str) -> ProcessRecord | None:
+    """One process with its flow tree and every log entry, or None."""
+    pid = parse_id(process_id)
+    if pid is None:
+        raise UsageError(f"{process_id!r} is not a process id (UUID)")
+    store.ensure_schema()
+    with store.engine.connect() as conn:
+        row = conn.execute(select(processes).where(processes.c.id == pid)).first()
+        if row is None:
+            return None
+        flow_rows = conn.execute(
+            select(flows).where(flows.c.process_id == pid).order_by(flows.c.position)
+        ).all()
+        log_rows = conn.execute(
+            select(log_entries)
+            .where(log_entries.c.process_id == pid)
+            .order_by(log_entries.c.position)
+            .limit(MAX_LOGS_PER_PROCESS)
+        ).all()
+    record = process_from_row(row)
+    by_id: dict[uuid.UUID, FlowRecord] = {}
+    for fr in flow_rows:
+        by_id[fr.id] = FlowRecord(
+            id=fr.id,
+            process_id=fr.process_id,
+            parent_id=fr.parent_id,
+            name=fr.name,
+            status=Status(fr.status),
+            metadata=fr.metadata or {},
+            error=_error(fr),
+            started_at=fr.started_at,
+            finished_at=fr.finished_at,
+            duration_ms=fr.duration_ms,
+            attempt=fr.attempt,
+            position=fr.position,
+            depth=fr.depth,
+        )
+    for node in by_id.values():
+        parent = by_id.get(node.parent_id) if node.parent_id else None
+        (parent.children if parent else record.flows).append(node)
+    for lr in log_rows:
+        entry = LogEntryRecord(
+            id=lr.id,
+            process_id=lr.process_id,
+            flow_id=lr.flow_id,
+            level=lr.level,
+            message=lr.message,
+            data=lr.data,
+            created_at=lr.created_at,
+            position=lr.position,
+        )
+        owner = by_id.get(lr.flow_id) if lr.flow_id else None
+        (owner.logs if owner else record.logs).append(entry)
+    return record
+
+
+def find_process_row(store: Store, id_or_job_id: uuid.UUID | str) -> Row[Any] | None:
+    """The process with this id, else the newest one with this job id."""
+    store.ensure_schema()
+    pid = parse_id(id_or_job_id)
+    with store.engine.connect() as conn:
+        if pid is not None:
+            row = conn.execute(select(*_LIST_COLUMNS).where(processes.c.id == pid)).first()
+            if row is not None:
+                return row
+        return conn.execute(
+            select(*_LIST_COLUMNS)
+            .where(processes.c.job_id == str(id_or_job_id))
+            .order_by(processes.c.created_at.desc())
+            .limit(1)
+        ).first()
+
+
+def _encode_cursor(created_at: datetime, process_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{process_id.hex}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, hex_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
+        return datetime.fromisoformat(stamp), uuid.UUID(hex_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise UsageError(f"invalid cursor {cursor!r}") from None
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return [str(getattr(v, "value", v)) for v in value]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _metadata_filter(store: Store, metadata: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    if store.dialect == "postgresql":
+        # jsonb @> uses the GIN (jsonb_path_ops) index.
+        column = processes.c.metadata.cast(postgresql.JSONB)
+        return [column.contains(dict(metadata))]
+    conditions: list[ColumnElement[bool]] = []
+    for key, value in metadata.items():
+        path = '$."' + str(key).replace('"', '""') + '"'
+        extracted = func.json_extract(processes.c.metadata, path)
+        if isinstance(value, bool):
+            conditions.append(extracted == (1 if value else 0))
+        elif value is None:
+            conditions.append(extracted.is_(None))
+        elif isinstance(value, (int, float, str)):
+            conditions.append(extracted == value)
+        else:
+            raise UsageError("metadata filters take str, number, bool or None values on SQLite")
+    return conditions
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_processes(
+    store: Store,
+    *,
+    status: str | Iterable[str] | None = None,
+    category: str | Iterable[str] | None = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    search: str | None = None,
+    job_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Processes newest first, filtered; ``Page.next_cursor`` continues the list.
+
+    Args:
+        store: the database to read.
+        status: one status or several.
+        category: one category or several.
+        name: the exact process name.
+        since: created at or after this time.
+        until: created before this time.
+        metadata: every key must have this value (JSON containment on PostgreSQL).
+        search: text contained in the name or in any log message (case-insensitive).
+        job_id: the queue's job id.
+        limit: page size, 1 to 500.
+        cursor: ``next_cursor`` of the previous page.
+    """
+    limit = max(1, min(int(limit), MAX_PAGE))
+    conditions: list[ColumnElement[bool]] = []
+    statuses = _as_list(status)
+    if statuses:
+        for s in statuses:
+            Status(s)  # raise early on a typo
+        conditions.append(processes.c.status.in_(statuses))
+    categories = _as_list(category)
+    if categories:
+        conditions.append(processes.c.category.in_(categories))
+    if name:
+        conditions.append(processes.c.name == name)
+    if job_id:
+        conditions.append(processes.c.job_id == job_id)
+    if since is not None:
+        conditions.append(processes.c.created_at >= _aware(since))
+    if until is not None:
+        conditions.append(processes.c.created_at < _aware(until))
+    if metadata:
+        conditions.extend(_metadata_filter(store, metadata))
+    if search:
+        pattern = _like_pattern(search)
+        in_logs = exists().where(
+            and_(
+                log_entries.c.process_id == processes.c.id,
+                log_entries.c.message.ilike(pattern, escape="\\"),
+            )
+        )
+        conditions.append(or_(processes.c.name.ilike(pattern, escape="\\"), in_logs))
+    if cursor:
+        stamp, last_id = _decode_cursor(cursor)
+        conditions.append(
+            or_(
+                processes.c.created_at < stamp,
+                and_(processes.c.created_at == stamp, processes.c.id < last_id),
+            )
+        )
+    query = (
+        select(*_LIST_COLUMNS)
+        .where(and_(true(), *conditions))
+        .order_by(processes.c.created_at.desc(), processes.c.id.desc())
+        .limit(limit + 1)
+    )
+    store.ensure_schema()
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    items = [process_from_row(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = _encode_cursor(last.created_at, last.id)
+    return Page(items=items, next_cursor=next_cursor)
+
+
+def _cleanup_condition(
+    days: float, statuses: Sequence[str] | None
+) -> tuple[ColumnElement[bool], datetime]:
+    cutoff = datetime.now(timezone.utc).timestamp() - days * 86_400
+    cutoff_dt = datetime.fromtimestamp(cutoff, timezone.utc)
+    if statuses:
+        chosen: ColumnElement[bool] = processes.c.status.in_(list(statuses))
+    else:
+        # Unfinished processes are kept unless asked for: a long job is still running.
+        chosen = processes.c.status.notin_([s.value for s in (Status.QUEUED, Status.RUNNING)])
+    return and_(processes.c.created_at < cutoff_dt, chosen), cutoff_dt
+
+
+def count_for_cleanup(store: Store, days: float, statuses: Sequence[str] | None = None) -> int:
+    """How many processes :func:`cleanup` would delete."""
+    condition, _ = _cleanup_condition(days, statuses)
+    store.ensure_schema()
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(condition)).scalar_one())
+
+
+def cleanup(
+    store: Store,
+    days: float,
+    statuses: Sequence[str] | None = None,
+    batch_size: int = 1_000,
+) -> int:
+    """Delete processes created more than ``days`` ago, with their flows and logs.
+
+    Deletes in batches of ``batch_size`` processes, one short transaction each, so
+    that no lock is held for long on a busy database. Queued and running processes
+    are kept unless ``statuses`` names them.
+    """
+    if days < 0:
+        raise UsageError("days must be zero or more")
+    for s in statuses or ():
+        Status(s)
+    condition, _ = _cleanup_condition(days, statuses)
+    store.ensure_schema()
+    deleted = 0
+    while True:
+        with store.engine.connect() as conn:
+            conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
+            with conn.begin():
+                ids = list(
+                    conn.execute(
+                        select(processes.c.id).where(condition).limit(batch_size)
+                    ).scalars()
+                )
+                if not ids:
+                    return deleted
+                conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
+                conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
+                conn.execute(processes.delete().where(processes.c.id.in_(ids)))
+                deleted += len(ids)
+
+
+def count_by_status(store: Store) -> dict[str, int]:
+    """How many processes there are in each status."""
+    store.ensure_schema()
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(processes.c.status, func.count()).group_by(processes.c.status)
+        ).all()
+    return {str(status): int(count) for status, count in rows}
+
+
+def database_time(store: Store) -> datetime:
+    """The database server's current time (UTC)."""
+    with store.engine.connect() as conn:
+        if store.dialect == "postgresql":
+            value = conn.execute(select(func.now())).scalar_one()
+        else:
+            value = datetime.fromisoformat(
+                conn.execute(
+                    select(func.strftime("%Y-%m-%d %H:%M:%f", literal("now")))
+                ).scalar_one()
+            )
+    return _aware(value)

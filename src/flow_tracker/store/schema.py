@@ -1,0 +1,155 @@
+"""The tables, as SQLAlchemy Core metadata. Migrations in ``migrations/`` create them.
+
+There are no foreign keys on purpose: every row is written by the background
+writer in batches (COPY on PostgreSQL), and per-row key checks would halve that
+throughput and rule out the time-partitioned log and flow tables planned for
+large installations. The writer keeps the links right and :mod:`cleanup`
+deletes children explicitly.
+
+Every index serves a dashboard or API query:
+
+* processes: latest first (``created_at``), filtered by status, category or
+  name; job id look-ups; running processes by heartbeat (the reaper); parent
+  links; metadata containment (GIN, PostgreSQL only);
+* flows and log entries: everything of one process in order (``process_id``,
+  ``position``); flows by name over time (slowest-flow statistics).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+
+from flow_tracker.store.types import UTCDateTime, json_type
+
+PREFIX = "flow_tracker_"
+VERSION_TABLE = "flow_tracker_alembic_version"
+
+metadata = MetaData()
+
+
+def _error_columns() -> list[Column[object]]:
+    return [
+        Column("error_class", String(255)),
+        Column("error_message", Text),
+        Column("error_traceback", Text),
+    ]
+
+
+processes = Table(
+    "flow_tracker_processes",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("metadata", json_type()),
+    *_error_columns(),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("queued_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("updated_at", UTCDateTime),
+    Column("duration_ms", Float),
+    Column("progress_current", Float, nullable=False, server_default=text("0")),
+    Column("progress_total", Float, nullable=False, server_default=text("0")),
+    # Queued jobs (integrations): what system, which job, where, and what it needs
+    # to be enqueued again. job_args is redacted for display; job_payload is kept
+    # intact for requeue and never shown.
+    Column("job_system", String(32)),
+    Column("job_id", String(255)),
+    Column("queue", String(255)),
+    Column("job_args", json_type()),
+    Column("job_payload", json_type()),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    Column("max_attempts", Integer),
+    Column("parent_process_id", Uuid),
+    Column("requeued_from_id", Uuid),
+    Column("lost_count", Integer, nullable=False, server_default=text("0")),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("worker", String(255)),
+    Column("heartbeat_at", UTCDateTime),
+    Column("dropped_logs", Integer, nullable=False, server_default=text("0")),
+    Index("ix_flow_tracker_processes_created", "created_at", "id"),
+    Index("ix_flow_tracker_processes_status_created", "status", "created_at"),
+    Index("ix_flow_tracker_processes_category_created", "category", "created_at"),
+    Index("ix_flow_tracker_processes_name_created", "name", "created_at"),
+    Index("ix_flow_tracker_processes_job_id", "job_id"),
+    Index("ix_flow_tracker_processes_parent", "parent_process_id"),
+    Index(
+        "ix_flow_tracker_processes_heartbeat",
+        "heartbeat_at",
+        postgresql_where=text("status IN ('running', 'retrying')"),
+        sqlite_where=text("status IN ('running', 'retrying')"),
+    ),
+    Index("ix_flow_tracker_processes_finished", "finished_at"),
+    Index(
+        "ix_flow_tracker_processes_metadata",
+        "metadata",
+        postgresql_using="gin",
+        postgresql_ops={"metadata": "jsonb_path_ops"},
+    ).ddl_if(dialect="postgresql"),
+)
+
+flows = Table(
+    "flow_tracker_flows",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("process_id", Uuid, nullable=False),
+    Column("parent_id", Uuid),
+    Column("name", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("metadata", json_type()),
+    *_error_columns(),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("duration_ms", Float),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    Column("position", BigInteger, nullable=False),
+    Column("depth", Integer, nullable=False, server_default=text("0")),
+    Index("ix_flow_tracker_flows_process", "process_id", "position"),
+    Index("ix_flow_tracker_flows_name_started", "name", "started_at"),
+)
+
+log_entries = Table(
+    "flow_tracker_log_entries",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("process_id", Uuid, nullable=False),
+    Column("flow_id", Uuid),
+    Column("level", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", json_type()),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Index("ix_flow_tracker_log_entries_process", "process_id", "position"),
+)
+
+# Critical sections (flow_tracker.exclusive): one row per held (name, key).
+# ``fence`` grows with every new holder so a stale holder's late release can be told apart.
+locks = Table(
+    "flow_tracker_locks",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("process_id", Uuid),
+    Column("fence", BigInteger, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_flow_tracker_locks_expires", "expires_at"),
+)
+
+ALL_TABLES = (processes, flows, log_entries, locks)

@@ -1,0 +1,559 @@
+"""Processes (:class:`Tracker`), nested flows (:class:`Flow`) and their logs.
+
+The innermost running process or flow of the current context is kept in one
+:class:`~contextvars.ContextVar`, so asyncio tasks started inside a process
+belong to it, two processes running at once in one interpreter never mix, and
+threads join in through :func:`bind`.
+
+Everything here runs in the user's thread, so it only builds small tuples and
+hands them to the background writer (:mod:`flow_tracker.writer`). It never
+raises into user code except for misuse (an unknown level, a bad category),
+and it never changes the user's result or exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from flow_tracker import config, runtime
+from flow_tracker import events as ev
+from flow_tracker.errors import UsageError
+from flow_tracker.ids import new_id, new_id_int
+from flow_tracker.progress import Progress
+from flow_tracker.status import Status
+from flow_tracker.writer import Writer
+
+_now = time.time
+ATTEMPT_POSITION_SHIFT = 40
+stdlib_logger = logging.getLogger("flow_tracker")
+
+# level name -> (stored name, logging level number)
+LEVELS: dict[str, tuple[str, int]] = {
+    "debug": ("debug", logging.DEBUG),
+    "info": ("info", logging.INFO),
+    "warning": ("warning", logging.WARNING),
+    "warn": ("warning", logging.WARNING),
+    "error": ("error", logging.ERROR),
+    "critical": ("critical", logging.CRITICAL),
+}
+
+CURRENT_NODE: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "flow_tracker_current", default=None
+)
+_hostname: str | None = None
+
+
+def _host() -> str:
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname
+
+
+def resolve_level(level: object) -> tuple[str, int]:
+    """Return ``(stored name, logging number)`` for ``level`` or raise :class:`UsageError`.
+
+    Accepts the names in any case and the standard ``logging`` numbers.
+    """
+    found = LEVELS.get(level) if isinstance(level, str) else None
+    if found is not None:
+        return found
+    if isinstance(level, str) and level.lower() in LEVELS:
+        return LEVELS[level.lower()]
+    if isinstance(level, int) and not isinstance(level, bool):
+        for name in ("critical", "error", "warning", "info", "debug"):
+            if level >= LEVELS[name][1]:
+                return LEVELS[name]
+        return LEVELS["debug"]
+    raise UsageError(
+        f"unknown log level {level!r}; use one of debug, info, warning (warn), error, critical"
+    )
+
+
+def describe_error(exc: BaseException) -> ev.ErrorTuple:
+    """Return ``(class name, message, traceback)`` of an exception, never raising."""
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<str() of {name} failed>"
+    try:
+        trace = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    except Exception:
+        trace = None
+    return name, message, trace
+
+
+# Exceptions a job queue uses for control flow (Celery's Retry, Dramatiq's
+# SkipMessage, ...): registered by the integrations, never counted as failures.
+CONTROL_FLOW: dict[type[BaseException], Status] = {}
+
+
+def register_control_flow(exc_type: type[BaseException], status: Status) -> None:
+    """Make blocks left by ``exc_type`` end with ``status`` instead of ``failed``."""
+    CONTROL_FLOW[exc_type] = status
+
+
+def outcome_of(exc: BaseException | None) -> tuple[Status, ev.ErrorTuple | None]:
+    """The status a block ends with, given the exception leaving it (if any)."""
+    if exc is None:
+        return Status.COMPLETED, None
+    for exc_type, status in CONTROL_FLOW.items():
+        if isinstance(exc, exc_type):
+            return status, describe_error(exc)
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
+        return Status.CANCELLED, describe_error(exc)
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return Status.COMPLETED, None
+    return Status.FAILED, describe_error(exc)
+
+
+def _copy_data(data: object) -> object:
+    # A shallow copy, so that a dict the caller changes after logging is stored
+    # as it was when logged. The writer scrubs and serialises it later.
+    if type(data) is dict:
+        return data.copy()
+    if type(data) is list:
+        return list(data)
+    return data
+
+
+class _Node:
+    """What processes and flows share: logging and opening child flows."""
+
+    __slots__ = ()
+    _tracker: Tracker
+    _flow_id: int | None
+    _depth: int
+
+    def log(self, message: object, level: str = "info", data: object = None) -> None:
+        """Write a log entry here.
+
+        Args:
+            message: the text (anything else is stored as its ``str()``).
+            level: debug, info, warning (or warn), error or critical.
+            data: any value; stored as JSON, redacted, non-JSON values as their repr.
+
+        Raises:
+            UsageError: the level is unknown.
+        """
+        name, rank = LEVELS.get(level) or resolve_level(level)
+        tracker = self._tracker
+        event = (
+            ev.LOG,
+            new_id_int(),
+            tracker._id_int,
+            self._flow_id,
+            name,
+            message,
+            None if data is None else _copy_data(data),
+            _now(),
+            next(tracker._positions),
+        )
+        if not tracker._writer.put_log(event, rank):
+            tracker._dropped += 1
+        if tracker._mirror and stdlib_logger.isEnabledFor(rank):
+            _mirror(tracker, rank, message, data)
+
+    def debug(self, message: object, data: object = None) -> None:
+        """Write a debug log entry."""
+        self.log(message, "debug", data)
+
+    def info(self, message: object, data: object = None) -> None:
+        """Write an info log entry."""
+        self.log(message, "info", data)
+
+    def warning(self, message: object, data: object = None) -> None:
+        """Write a warning log entry."""
+        self.log(message, "warning", data)
+
+    warn = warning
+
+    def error(self, message: object, data: object = None) -> None:
+        """Write an error log entry."""
+        self.log(message, "error", data)
+
+    def critical(self, message: object, data: object = None) -> None:
+        """Write a critical log entry."""
+        self.log(message, "critical", data)
+
+    def flow(self, name: str, metadata: Mapping[str, Any] | None = None) -> Flow:
+        """A child flow, to use as ``with node.flow("name") as flow:`` (or ``async with``).
+
+        Raises:
+            UsageError: ``name`` is not a non-empty string.
+        """
+        if type(name) is not str or not name:
+            check_name(name, "flow")
+        return Flow(self._tracker, self._flow_id, self._depth + 1, name, metadata)
+
+    @property
+    def process_id(self) -> uuid.UUID:
+        """The UUID of the process this belongs to."""
+        return self._tracker._process_id
+
+    @property
+    def progress(self) -> Progress:
+        """The progress of the process this belongs to."""
+        return self._tracker._progress
+
+
+def check_name(name: object, what: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is a non-empty string (str subclasses too)."""
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"a {what} needs a non-empty name, got {name!r}")
+
+
+def _mirror(tracker: Tracker, rank: int, message: object, data: object) -> None:
+    try:
+        stdlib_logger.log(
+            rank,
+            "[%s] %s",
+            tracker.name,
+            message,
+            extra={"flow_tracker_process_id": str(tracker._process_id), "flow_tracker_data": data},
+        )
+    except Exception as exc:  # a broken handler of the host app must not break the job
+        runtime.report_internal_error(exc, "mirroring a log to the logging module")
+
+
+class Flow(_Node):
+    """One step inside a process; flows nest to any depth.
+
+    Use it as a context manager (``with`` or ``async with``). An exception leaving
+    the block marks the flow ``failed`` with the error, and goes on unchanged.
+    """
+
+    __slots__ = (
+        "_depth",
+        "_finished",
+        "_flow_id",
+        "_kept",
+        "_metadata",
+        "_parent_id",
+        "_started",
+        "_token",
+        "_tracker",
+        "name",
+        "status",
+    )
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        parent_id: int | None,
+        depth: int,
+        name: str,
+        metadata: Mapping[str, Any] | None,
+    ) -> None:
+        self._tracker = tracker
+        self._flow_id = new_id_int()
+        self._parent_id = parent_id
+        self._depth = depth
+        self.name = name
+        self._metadata = dict(metadata) if metadata else None
+        self._started = 0.0
+        self._token: contextvars.Token[_Node | None] | None = None
+        self._finished = False
+        self._kept = False
+        self.status = Status.RUNNING
+
+    @property
+    def flow_id(self) -> uuid.UUID:
+        """The UUID of the flow."""
+        return uuid.UUID(int=self._flow_id)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the flow's metadata."""
+        return dict(self._metadata or {})
+
+    def __enter__(self) -> Flow:
+        started = _now()
+        self._started = started
+        tracker = self._tracker
+        self._token = CURRENT_NODE.set(self)
+        event = (
+            ev.FLOW_START,
+            self._flow_id,
+            tracker._id_int,
+            self._parent_id,
+            self.name,
+            self._metadata,
+            started,
+            next(tracker._positions),
+            self._depth,
+            tracker._attempt,
+        )
+        # A flow whose start was kept always gets its end stored (see _finish);
+        # under memory pressure whole flows are dropped, never just their end.
+        self._kept = tracker._writer.put_flow(event)
+        if not self._kept:
+            tracker._dropped += 1
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token = self._token
+        if token is not None:
+            self._token = None
+            reset_current(token, self)
+        if not self._finished:
+            status, error = (Status.COMPLETED, None) if exc is None else outcome_of(exc)
+            self._finish(status, error)
+
+    async def __aenter__(self) -> Flow:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def complete(self, error: BaseException | None = None) -> None:
+        """End the flow now (``failed`` with ``error`` if given); later ends are ignored."""
+        if self._finished:
+            return
+        try:
+            status, described = outcome_of(error)
+            self._finish(status, described)
+        except Exception as exc:
+            runtime.report_internal_error(exc, "completing a flow")
+
+    def _finish(self, status: Status, error: ev.ErrorTuple | None) -> None:
+        self._finished = True
+        self.status = status
+        finished = _now()
+        started = self._started or finished
+        event = (
+            ev.FLOW_END,
+            self._flow_id,
+            status.value,
+            finished,
+            (finished - started) * 1000.0,
+            error,
+            None,
+        )
+        if self._kept:
+            self._tracker._writer.put(event)
+
+    def update_metadata(self, **values: Any) -> None:
+        """Merge ``values`` into the flow's metadata."""
+        self._metadata = {**(self._metadata or {}), **values}
+        if self._kept:
+            self._tracker._writer.put((ev.FLOW_UPDATE, self._flow_id, self._metadata))
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name!r} {self.status.value}>"
+
+
+class Tracker(_Node):
+    """One tracked process: a job run, a service call, a script.
+
+    Made by :func:`track` (block or decorator) or :func:`start` (ended by
+    :meth:`complete`). Log to it, open flows on it, set its progress and metadata.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_attempt",
+        "_dropped",
+        "_finished",
+        "_id_int",
+        "_metadata",
+        "_mirror",
+        "_positions",
+        "_process_id",
+        "_progress",
+        "_settings",
+        "_started",
+        "_status",
+        "_token",
+        "_writer",
+        "category",
+        "name",
+    )
+    _flow_id = None
+    _depth = -1
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        category: str,
+        metadata: Mapping[str, Any] | None,
+        settings: config.Settings,
+        writer: Writer,
+        process_id: uuid.UUID | None = None,
+        attempt: int = 1,
+    ) -> None:
+        self.name = name
+        self.category = category
+        self._process_id = process_id or new_id()
+        self._id_int = self._process_id.int
+        self._metadata: dict[str, Any] = dict(metadata) if metadata else {}
+        self._settings = settings
+        self._writer = writer
+        self._mirror = settings.log_to_stdlib
+        # Positions order flows and logs within the process; each attempt of a job
+        # gets its own range, so a retry's entries sort after the previous attempt's.
+        self._positions = itertools.count((attempt - 1) << ATTEMPT_POSITION_SHIFT)
+        self._attempt = attempt
+        self._dropped = 0
+        self._finished = False
+        self._status = Status.RUNNING
+        self._started = 0.0
+        self._token: contextvars.Token[_Node | None] | None = None
+        self._progress = Progress(self._emit_progress, settings.progress_interval)
+
+    @property
+    def _tracker(self) -> Tracker:  # type: ignore[override]
+        return self
+
+    @property
+    def status(self) -> Status:
+        """The process's status as this interpreter knows it."""
+        return self._status
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the process's metadata."""
+        return dict(self._metadata)
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt of the job this is (1 for the first run)."""
+        return self._attempt
+
+    def _begin(self, parent: _Node | None, extra: Mapping[str, Any] | None = None) -> None:
+        """Store the process as running and make it the current one of this context."""
+        started = _now()
+        self._started = started
+        row: dict[str, Any] = {
+            "name": self.name,
+            "category": self.category,
+            "status": Status.RUNNING.value,
+            "metadata": self._metadata,
+            "created_at": started,
+            "started_at": started,
+            "updated_at": started,
+            "heartbeat_at": started,
+            "host": _host(),
+            "pid": os.getpid(),
+            "attempt": self._attempt,
+        }
+        if parent is not None and isinstance(parent._tracker, Tracker):
+            row["parent_process_id"] = parent._tracker._id_int
+        if extra:
+            row.update(extra)
+        self._writer.put((ev.PROCESS_START, self._id_int, row))
+        self._token = CURRENT_NODE.set(self)
+
+    def _emit_progress(self, current: float, total: float) -> None:
+        self._writer.put(
+            (
+                ev.PROCESS_UPDATE,
+                self._id_int,
+                {"progress_current": current, "progress_total": total, "updated_at": _now()},
+            )
+        )
+
+    def update_metadata(self, **values: Any) -> None:
+        """Merge ``values`` into the process's metadata."""
+        self._metadata = {**self._metadata, **values}
+        self._writer.put(
+            (ev.PROCESS_UPDATE, self._id_int, {"metadata": self._metadata, "updated_at": _now()})
+        )
+
+    def complete(
+        self,
+        error: BaseException | None = None,
+        *,
+        status: Status | str | None = None,
+        wait: bool = True,
+    ) -> None:
+        """End the process: ``completed``, or ``failed`` with ``error``; later ends are ignored.
+
+        Args:
+            error: the exception the process ended with, if any.
+            status: another end state to record (``cancelled``, ``skipped``, ...).
+            wait: wait (up to ``completion_timeout``) until the final state is stored;
+                never done while the database is unreachable.
+
+        Raises:
+            UsageError: ``status`` is not a known status.
+        """
+        try:
+            chosen = None if status is None else Status(status)
+        except ValueError:
+            raise UsageError(f"unknown status {status!r}") from None
+        if self._finished:
+            return
+        try:
+            end, described = outcome_of(error)
+            self._end(chosen or end, described)
+        except Exception as exc:
+            runtime.report_internal_error(exc, "completing a process")
+            return
+        if wait:
+            self._wait_until_stored()
+
+    def _end(self, status: Status, error: ev.ErrorTuple | None) -> None:
+        self._finished = True
+        self._status = status
+        finished = _now()
+        fields: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": finished,
+            "updated_at": finished,
+            "duration_ms": (finished - (self._started or finished)) * 1000.0,
+            "error": error,
+            "progress_current": self._progress.current,
+            "progress_total": self._progress.total,
+            "dropped_logs": self._dropped,
+        }
+        self._writer.put((ev.PROCESS_UPDATE, self._id_int, fields))
+        token = self._token
+        if token is not None:
+            self._token = None
+            reset_current(token, self)
+
+    def _wait_until_stored(self) -> None:
+        timeout = self._settings.completion_timeout
+        if timeout > 0:
+            self._writer.flush(timeout)
+
+    def __repr__(self) -> str:
+        return f"<Tracker {self.name!r} {self._status.value} {self._process_id}>"
+
+
+def reset_current(token: contextvars.Token[Any], node: object) -> None:
+    """Restore the context as it was before ``node`` became current, where possible."""
+    try:
+        CURRENT_NODE.reset(token)
+    except ValueError:
+        # The block ended in another context than it began (a generator, a task
+        # handed over): put the previous node back by hand if ``node`` is current.
+        if CURRENT_NODE.get() is node:
+            CURRENT_NODE.set(token.old_value if token.old_value is not token.MISSING else None)

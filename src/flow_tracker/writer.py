@@ -1,0 +1,366 @@
+"""The background writer: a buffer the job's thread appends to, stored in batches.
+
+One daemon thread per interpreter takes what the job's threads append to an
+in-memory buffer and stores it in batches.
+
+The job's thread never waits on the database here. What it pays per event is a
+tuple, a ``len`` and a ``deque.append``. The writer thread:
+
+* wakes every ``flush_interval`` or as soon as a batch is full, and stores up to
+  ``batch_size`` events per transaction (:class:`~flow_tracker.store.bulk.BatchWriter`);
+* keeps a batch and retries it with exponential backoff while the database is
+  away (connection errors, SQLite's "database is locked"), logging the outage
+  once and the recovery once;
+* isolates bad data: a batch the database refuses for any other reason is split
+  in halves until the offending event is found, which alone is dropped and counted.
+
+Memory is bounded: past ``capacity`` events debug logs are dropped, past 1.5x
+every log, past 2x new flows too. Process events and the ends of flows already
+kept are never dropped: they are few (bounded by the flows open at once) and
+they carry final states, so a stored flow is never left "running". The caller
+counts what was dropped on its process.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+from flow_tracker import events as ev
+from flow_tracker.store.bulk import BatchWriter
+from flow_tracker.store.engine import Store, display_url
+
+internal_log = logging.getLogger("flow_tracker.internal")
+
+BACKOFF_START_S = 0.25
+BACKOFF_MAX_S = 15.0
+LEVEL_DEBUG_RANK = 10
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that mean "the database is away or busy", worth retrying as they are."""
+    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Writer:
+    """Buffers events and stores them from a background thread.
+
+    Args:
+        store: the database to write to.
+        batch_writer: turns a batch into statements for that database.
+        capacity: events held at most before logs are dropped (see module docs).
+        batch_size: events stored per transaction at most.
+        flush_interval: seconds to wait for more events before storing what there is.
+        on_error: called with every internal error (counted and logged by the runtime).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        batch_writer: BatchWriter,
+        *,
+        capacity: int,
+        batch_size: int,
+        flush_interval: float,
+        on_error: Callable[[BaseException, str], None],
+    ) -> None:
+        self.store = store
+        self.batch_writer = batch_writer
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.on_error = on_error
+        self._init_runtime_state()
+
+    def _init_runtime_state(self) -> None:
+        # Counters describe this interpreter: a forked child starts from zero.
+        self.dropped = 0
+        self.rows_written = 0
+        self.batches_written = 0
+        self.poison_events = 0
+        self.buffer: collections.deque[ev.Event] = collections.deque()
+        self._log_limit = self.capacity
+        self._any_log_limit = self.capacity + self.capacity // 2
+        self._flow_limit = self.capacity * 2
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.healthy = True
+        self._outage_since: float | None = None
+        # The writer thread's own connection, kept between batches: checking one
+        # out of the pool pings the server every time (~0.1 ms on PostgreSQL).
+        # In a forked child it is forgotten, never used or closed.
+        self._conn: Connection | None = None
+        self._draining = False  # a batch has been taken from the buffer and not yet stored
+
+    # -- job's thread ---------------------------------------------------------
+
+    def put(self, event: ev.Event) -> None:
+        """Queue an event that must not be dropped (process events, ends of kept flows)."""
+        self.buffer.append(event)
+        if self._thread is None:
+            self._start()
+        if len(self.buffer) >= self.batch_size:
+            self._wake.set()
+
+    def put_flow(self, event: ev.Event) -> bool:
+        """Queue the start of a flow; False when the buffer was too full and it was dropped."""
+        buffer = self.buffer
+        n = len(buffer)
+        if n >= self._flow_limit:
+            self.dropped += 1
+            return False
+        buffer.append(event)
+        if self._thread is None:
+            self._start()
+        if n == self.batch_size:
+            self._wake.set()
+        return True
+
+    def put_log(self, event: ev.Event, rank: int) -> bool:
+        """Queue a log event of level ``rank``; False when it was dropped for room."""
+        buffer = self.buffer
+        n = len(buffer)
+        if n >= self._log_limit and (rank <= LEVEL_DEBUG_RANK or n >= self._any_log_limit):
+            self.dropped += 1
+            return False
+        buffer.append(event)
+        if self._thread is None:
+            self._start()
+        if n == self.batch_size:
+            self._wake.set()
+        return True
+
+    def write_now(self, event: ev.Event) -> bool:
+        """Store ``event`` before returning, on the calling thread; True once stored.
+
+        For the few records that must be durable before something else happens (a
+        job's row before its message is published). While the database is known to
+        be unreachable, or when this attempt finds it so, the event goes to the
+        buffer instead and is stored later: the caller is never held up for long
+        (at most the connect timeout) and never gets an error.
+        """
+        if not self.healthy:
+            self.put(event)
+            return False
+        # A statement builder of its own: BatchWriter keeps per-thread caches.
+        builder = BatchWriter(
+            self.batch_writer.dialect,
+            self.batch_writer.redactor,
+            self.batch_writer.max_message_length,
+        )
+        try:
+            self.store.ensure_schema()
+            with self.store.engine.connect() as conn:
+                conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
+                with conn.begin():
+                    builder.write(conn, [event])
+        except Exception as exc:
+            if not is_transient(exc):
+                self.on_error(exc, "storing a record at once")
+            self.put(event)
+            return False
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far is stored; False on timeout or outage.
+
+        Returns at once while the database is known to be unreachable: a job is
+        never held back by the tracking database.
+        """
+        if not self.healthy or timeout <= 0:
+            return False
+        if not self.buffer and not self._draining:
+            return True  # what this thread queued is stored already
+        if threading.current_thread() is self._thread:
+            return False
+        done = threading.Event()
+        self.put((ev.MARKER, done))
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            if not self.healthy or time.monotonic() >= deadline:
+                return False
+        return True
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._closing:
+                return
+            thread = threading.Thread(target=self._run, name="flow-tracker-writer", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def close(self, timeout: float) -> None:
+        """Store what is buffered (waiting up to ``timeout``) and stop the thread."""
+        thread = self._thread
+        self._closing = True
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout if self.healthy else min(timeout, 1.0))
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's thread, buffer and connections; start afresh when used."""
+        self._init_runtime_state()
+        self.store.after_fork()
+
+    # -- writer thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                self._drain()
+                if self._closing and not self.buffer:
+                    self._drop_connection()
+                    return
+        except BaseException as exc:  # pragma: no cover - last resort, keep the host alive
+            self.on_error(exc, "writer thread stopped")
+            self._thread = None
+
+    def _drain(self) -> None:
+        buffer = self.buffer
+        self._draining = True
+        try:
+            self._drain_buffer(buffer)
+        finally:
+            self._draining = False
+
+    def _drain_buffer(self, buffer: collections.deque[ev.Event]) -> None:
+        while buffer:
+            batch: list[ev.Event] = []
+            markers: list[threading.Event] = []
+            popleft = buffer.popleft
+            try:
+                while len(batch) < self.batch_size:
+                    event = popleft()
+                    if event[0] == ev.MARKER:
+                        markers.append(event[1])
+                    else:
+                        batch.append(event)
+            except IndexError:
+                pass
+            if batch:
+                self._write_until_stored(batch)
+            for marker in markers:
+                marker.set()
+
+    def _write_until_stored(self, batch: list[ev.Event]) -> None:
+        delay = BACKOFF_START_S
+        while True:
+            try:
+                self._write_isolating(batch)
+            except Exception as exc:
+                if not is_transient(exc):  # pragma: no cover - _write_isolating handles these
+                    self.on_error(exc, "writing a batch")
+                    return
+                self._note_outage(exc)
+                if self._closing:
+                    self.dropped += len(batch)
+                    return
+                self._wake.wait(delay)
+                self._wake.clear()
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self._note_recovery()
+            return
+
+    def _write_isolating(self, batch: list[ev.Event]) -> None:
+        try:
+            self._write(batch)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(batch) == 1:
+                self.poison_events += 1
+                self.on_error(exc, f"dropped an event the database refused ({batch[0][0]})")
+                return
+            middle = len(batch) // 2
+            self._write_isolating(batch[:middle])
+            self._write_isolating(batch[middle:])
+
+    def _write(self, batch: list[ev.Event]) -> None:
+        self.store.ensure_schema()
+        reused = self._conn is not None
+        try:
+            self._write_on(self._connection(), batch)
+        except Exception as exc:
+            self._drop_connection()
+            if not (reused and is_transient(exc)):
+                raise
+            # A kept connection the server closed while idle: one more try, afresh.
+            self._write_on(self._connection(), batch)
+        self.batches_written += 1
+
+    def _write_on(self, conn: Connection, batch: list[ev.Event]) -> None:
+        with conn.begin():
+            self.rows_written += self.batch_writer.write(conn, batch)
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self.store.engine.connect()
+            self._conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self.healthy = False
+            reason = _first_line(exc)
+            internal_log.error(
+                "flow-tracker: cannot store to %s (%s); keeping up to %d events in memory "
+                "and retrying. Jobs are not affected.",
+                display_url(self.store.url),
+                reason,
+                self.capacity,
+            )
+
+    def _note_recovery(self) -> None:
+        if self._outage_since is not None:
+            lasted = time.monotonic() - self._outage_since
+            self._outage_since = None
+            self.healthy = True
+            internal_log.warning(
+                "flow-tracker: storing to %s again after %.1f s; %d events dropped so far",
+                display_url(self.store.url),
+                lasted,
+                self.dropped,
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health checks and benchmarks."""
+        return {
+            "buffered": len(self.buffer),
+            "dropped": self.dropped,
+            "rows_written": self.rows_written,
+            "batches_written": self.batches_written,
+            "poison_events": self.poison_events,
+            "healthy": self.healthy,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

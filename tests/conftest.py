@@ -1,0 +1,96 @@
+"""Shared fixtures: a tracking database on SQLite and on PostgreSQL for every store test.
+
+PostgreSQL tests use a database created for this test run on 127.0.0.1:5432
+(``FLOW_TRACKER_TEST_PG`` overrides the server URL). Without a server they skip
+with the reason, except in CI (``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+import flow_tracker
+from flow_tracker import runtime, tracker
+from flow_tracker.store.engine import Store
+
+PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TABLES = (
+    "flow_tracker_log_entries",
+    "flow_tracker_flows",
+    "flow_tracker_processes",
+    "flow_tracker_locks",
+)
+
+
+def _service_missing(reason: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: service-backed tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test run, dropped at the end."""
+    name = f"flow_tracker_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        admin = psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _service_missing(f"PostgreSQL not reachable at {PG_SERVER}: {exc}".strip())
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_SERVER.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    flow_tracker.reset()
+    with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty tracking database, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tracker.db'}"
+        return
+    url: str = request.getfixturevalue("pg_server_url")
+    _truncate(url)
+    yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """The URL of an empty SQLite tracking database."""
+    return f"sqlite:///{tmp_path / 'tracker.db'}"
+
+
+def _truncate(url: str) -> None:
+    store = Store(url)
+    store.ensure_schema()
+    with store.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+    store.dispose()
+
+
+@pytest.fixture
+def tracked(database_url: str) -> Iterator[str]:
+    """flow-tracker configured on ``database_url`` (both backends) for the test."""
+    flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
+    yield database_url
+    flow_tracker.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runtime() -> Iterator[None]:
+    token = tracker.CURRENT_NODE.set(None)
+    yield
+    tracker.CURRENT_NODE.reset(token)
+    runtime.shutdown(timeout=2.0)
+    flow_tracker.config.reset()

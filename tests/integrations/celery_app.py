@@ -1,0 +1,72 @@
+"""The Celery app the integration tests run in real worker processes.
+
+Broker and result backend come from ``FT_TEST_BROKER`` / ``FT_TEST_BACKEND``; the
+tracking database from ``FLOW_TRACKER_DATABASE_URL`` (read by flow-tracker itself).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+import flow_tracker
+from flow_tracker.integrations import celery as ft_celery
+from tests.integrations import job_bodies
+
+app = Celery(
+    "ft_tests",
+    broker=os.environ.get("FT_TEST_BROKER", "redis://127.0.0.1:6379/14"),
+    backend=os.environ.get("FT_TEST_BACKEND", "redis://127.0.0.1:6379/14"),
+)
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=4,
+    broker_connection_retry_on_startup=True,
+    task_default_queue="ft-default",
+)
+ft_celery.install(app)
+
+
+@app.task
+def succeed(i: int) -> int:
+    return job_bodies.my_job(i)
+
+
+@app.task
+def fail(i: int) -> None:
+    job_bodies.failing_job(i)
+
+
+@app.task(bind=True, max_retries=3)
+def flaky(self: object, i: int) -> int:
+    """Fails its first attempt, succeeds on the second."""
+    request = self.request  # type: ignore[attr-defined]
+    with flow_tracker.flow("try"):
+        flow_tracker.log(f"attempt {request.retries + 1}")
+        if request.retries == 0:
+            raise self.retry(countdown=0, exc=ConnectionError("flaky upstream"))  # type: ignore[attr-defined]
+    return i
+
+
+@app.task(bind=True, max_retries=2)
+def always_retry(self: object, i: int) -> None:
+    """Retries until its retries are exhausted (3 attempts), then fails."""
+    with flow_tracker.flow("try"):
+        raise self.retry(countdown=0, exc=ConnectionError("never works"))  # type: ignore[attr-defined]
+
+
+@app.task
+def slow_progress(steps: int) -> str:
+    return job_bodies.progress_job(steps)
+
+
+@app.task
+def parent_task() -> str:
+    child = child_task.apply_async(queue=os.environ.get("FT_TEST_QUEUE", "ft-default"))
+    return str(child.id)
+
+
+@app.task
+def child_task() -> str:
+    return "child"

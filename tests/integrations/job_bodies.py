@@ -1,0 +1,35 @@
+"""What the test jobs do, shared by the Celery, RQ and Dramatiq test apps."""
+
+from __future__ import annotations
+
+import time
+
+import flow_tracker
+
+
+def my_job(i: int) -> int:
+    """The Ruby gem's MyJob in Python: load_user, send_email, update_stats."""
+    with flow_tracker.flow("load_user"):
+        flow_tracker.log("loading", data={"user_id": i})
+    with flow_tracker.flow("send_email") as flow:
+        flow.info(f"Sending email to user{i}@example.com")
+    with flow_tracker.flow("update_stats"):
+        pass
+    return i * 2
+
+
+def failing_job(i: int) -> None:
+    """Fails with the job's own error inside a flow."""
+    with flow_tracker.flow("doomed"):
+        raise ValueError(f"bad input {i}")
+
+
+def progress_job(steps: int) -> str:
+    """Reports progress while it runs, for readers in other processes."""
+    tracker = flow_tracker.current()
+    assert tracker is not None
+    tracker.progress.total = steps
+    for _ in range(steps):
+        time.sleep(0.1)
+        tracker.progress.increment()
+    return "done"

@@ -1,0 +1,228 @@
+"""Celery: real brokers (Redis, RabbitMQ), real prefork and thread workers."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+import flow_tracker
+from flow_tracker import Status
+from tests.integrations.workers import (
+    check_job_mix,
+    poll_progress,
+    require_service,
+    wait_until_final,
+    worker_process,
+)
+
+BROKERS = {
+    "redis": ("redis://127.0.0.1:6379/14", "redis", 6379),
+    "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", "RabbitMQ", 5672),
+}
+BACKEND = "redis://127.0.0.1:6379/14"
+
+
+@pytest.fixture
+def celery_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    broker_name = getattr(request, "param", "redis")
+    broker, label, port = BROKERS[broker_name]
+    require_service("127.0.0.1", port, label)
+    require_service("127.0.0.1", 6379, "Redis (result backend)")
+    queue = f"ft-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FT_TEST_BROKER", broker)
+    monkeypatch.setenv("FT_TEST_BACKEND", BACKEND)
+    monkeypatch.setenv("FT_TEST_QUEUE", queue)
+    from tests.integrations import celery_app
+
+    app = celery_app.app
+    app.conf.broker_url = broker
+    # Forget connections made for another broker by an earlier test.
+    app.close()
+    app.amqp._producer_pool = None
+    return {"FT_TEST_BROKER": broker, "FT_TEST_BACKEND": BACKEND, "FT_TEST_QUEUE": queue}
+
+
+def worker_args(queue: str, pool: str = "prefork", concurrency: int = 2) -> list[str]:
+    return [
+        "-m",
+        "celery",
+        "-A",
+        "tests.integrations.celery_app",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-Q",
+        queue,
+        "-l",
+        "warning",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"{queue}@%h",
+    ]
+
+
+def enqueue_mix(count: int, queue: str) -> dict[str, str]:
+    """Enqueue ``count`` jobs, a quarter of each kind; return kind by task id."""
+    from tests.integrations import celery_app as ca
+
+    kinds = {}
+    for i in range(count):
+        task = (ca.succeed, ca.fail, ca.flaky, ca.always_retry)[i % 4]
+        kind = task.name.rsplit(".", 1)[-1].replace("always_retry", "always_fail")
+        kinds[task.apply_async((i,), queue=queue).id] = kind
+    return kinds
+
+
+def check_mix(kinds: dict[str, str], log: Path) -> None:
+    check_job_mix(kinds, log, "celery", retried_flow_status=Status.RETRYING)
+
+
+@pytest.mark.parametrize("celery_env", ["redis", "rabbitmq"], indirect=True)
+def test_every_job_of_a_prefork_worker_has_one_row_with_the_right_outcome(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    queue = celery_env["FT_TEST_QUEUE"]
+    kinds = enqueue_mix(200, queue)
+    queued = flow_tracker.get_status(next(iter(kinds)))
+    assert queued is not None  # stored before the broker had the message
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    log = tmp_path / "worker.log"
+    with worker_process(worker_args(queue), env, log):
+        check_mix(kinds, log)
+
+
+def test_thread_pool_worker_tracks_every_job(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    queue = celery_env["FT_TEST_QUEUE"]
+    kinds = enqueue_mix(40, queue)
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    with worker_process(worker_args(queue, pool="threads", concurrency=4), env, log):
+        check_mix(kinds, log)
+
+
+def test_progress_is_readable_by_task_id_from_another_process_while_it_runs(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.integrations import celery_app as ca
+
+    queue = celery_env["FT_TEST_QUEUE"]
+    task_id = ca.slow_progress.apply_async((30,), queue=queue).id
+    assert flow_tracker.get_status(task_id).is_queued  # type: ignore[union-attr]
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    with worker_process(worker_args(queue), env, log):
+        seen = poll_progress(task_id)
+    assert seen, "never saw the job running with partial progress"
+    assert seen == sorted(seen)
+    final = flow_tracker.get_status(task_id)
+    assert final is not None and final.is_completed and final.current == 30 and final.total == 30
+
+
+def test_job_enqueued_inside_a_tracked_job_records_it_as_parent(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.integrations import celery_app as ca
+
+    queue = celery_env["FT_TEST_QUEUE"]
+    parent = ca.parent_task.apply_async(queue=queue)
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    with worker_process(worker_args(queue), env, log):
+        child_id = parent.get(timeout=60)
+        found = wait_until_final([parent.id, child_id], log)
+    assert found[child_id].parent_process_id == found[parent.id].id
+    assert found[parent.id].parent_process_id is None
+
+
+def test_jobs_succeed_and_return_their_values_when_the_tracking_database_is_down(
+    celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.integrations import celery_app as ca
+
+    down = "postgresql://postgres@127.0.0.1:1/nowhere"
+    flow_tracker.configure(database_url=down, verify=False, log_to_stdlib=False)
+    queue = celery_env["FT_TEST_QUEUE"]
+    results = [ca.succeed.apply_async((i,), queue=queue) for i in range(20)]
+    log = tmp_path / "worker.log"
+    with worker_process(worker_args(queue), {**celery_env, "FLOW_TRACKER_DATABASE_URL": down}, log):
+        values = [r.get(timeout=60) for r in results]
+    assert values == [i * 2 for i in range(20)]
+
+
+def test_eager_mode_tracks_in_process(tracked: str, celery_env: dict[str, str]) -> None:
+    from tests.integrations import celery_app as ca
+
+    ca.app.conf.task_always_eager = True
+    try:
+        result = ca.succeed.delay(21)
+        with pytest.raises(ValueError, match="bad input 5"):
+            ca.fail.apply((5,), throw=True)
+    finally:
+        ca.app.conf.task_always_eager = False
+    assert result.get() == 42
+    status = flow_tracker.get_status(result.id)
+    assert status is not None and status.is_completed
+    record = flow_tracker.get_process(status.process_id)
+    assert record is not None and record.flows[0].name == "load_user"
+    failed = flow_tracker.list_processes(status="failed", name="tests.integrations.celery_app.fail")
+    assert len(failed) == 1 and failed.items[0].error is not None
+
+
+def test_track_all_false_tracks_only_opted_in_tasks(tracked: str) -> None:
+    from celery import Celery
+
+    from flow_tracker.integrations import celery as ft_celery
+
+    app = Celery("opt_in", broker="memory://", backend="cache+memory://")
+    app.conf.task_always_eager = True
+    ft_celery.install(app, track_all=False)
+    ft_celery.install(app, track_all=False)  # idempotent
+
+    @app.task(name="plain", shared=False)
+    def plain() -> int:
+        assert flow_tracker.current() is None
+        return 1
+
+    @app.task(name="opted_in", flow_tracker=True, shared=False)
+    def opted_in() -> int:
+        assert isinstance(flow_tracker.current(), flow_tracker.Tracker)
+        return 2
+
+    assert plain.delay().get() == 1
+    assert opted_in.delay().get() == 2
+    assert [p.name for p in flow_tracker.list_processes()] == ["opted_in"]
+
+
+def test_a_publish_the_broker_refuses_leaves_a_failed_row(tracked: str) -> None:
+    from celery import Celery
+
+    from flow_tracker.integrations import celery as ft_celery
+
+    app = Celery("no_broker", broker="redis://127.0.0.1:1/0")
+    app.conf.update(
+        task_publish_retry=False,
+        broker_connection_retry=False,
+        broker_connection_max_retries=0,
+        broker_connection_timeout=1,
+    )
+    ft_celery.install(app)
+
+    @app.task(name="unsendable", shared=False)
+    def unsendable() -> None:
+        return None
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - kombu's own connection error
+        unsendable.apply_async(task_id="will-not-publish")
+    status = flow_tracker.get_status("will-not-publish")
+    assert status is not None and status.is_failed
+    assert "publishing to the broker failed" in (
+        status.record.error.message if status.record.error else ""
+    )

@@ -1,0 +1,163 @@
+"""RQ: real Redis, the real ``rq worker`` command with its forking Worker and SimpleWorker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rq import Queue
+
+import flow_tracker
+from flow_tracker import Status
+from tests.integrations.workers import (
+    check_job_mix,
+    poll_progress,
+    require_service,
+    wait_until_final,
+    worker_process,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@pytest.fixture
+def rq_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[Queue]:
+    require_service("127.0.0.1", 6379, "Redis")
+    from redis import Redis
+
+    from flow_tracker.integrations import rq as ft_rq
+
+    ft_rq.install()
+    monkeypatch.setenv("FT_TEST_REDIS", REDIS_URL)
+    redis = Redis.from_url(REDIS_URL)
+    queue = Queue(f"ft-test-{uuid.uuid4().hex[:8]}", connection=redis)
+    yield queue
+    queue.delete(delete_jobs=True)
+
+
+def worker(queue: Queue, worker_class: str = "rq.worker.Worker", burst: bool = True) -> list[str]:
+    args = [
+        "rq",
+        "worker",
+        "-c",
+        "tests.integrations.rq_settings",
+        "--url",
+        REDIS_URL,
+        "-w",
+        worker_class,
+        "--logging_level",
+        "WARNING",
+    ]
+    return [*args, *(["--burst"] if burst else []), queue.name]
+
+
+def enqueue_mix(queue: Queue, count: int) -> dict[str, str]:
+    from rq import Retry
+
+    from tests.integrations import rq_jobs
+
+    kinds = {}
+    for i in range(count):
+        kind = ("succeed", "fail", "flaky", "always_fail")[i % 4]
+        retry = {"flaky": Retry(max=1), "always_fail": Retry(max=2)}.get(kind)
+        job = queue.enqueue(getattr(rq_jobs, kind), i, retry=retry)
+        kinds[job.id] = kind
+    return kinds
+
+
+def check_mix(kinds: dict[str, str], log: Path) -> None:
+    check_job_mix(kinds, log, "rq", retried_flow_status=Status.FAILED)
+
+
+@pytest.mark.parametrize("worker_class", ["rq.worker.Worker", "rq.worker.SimpleWorker"])
+def test_every_job_has_one_row_with_the_right_outcome(
+    tracked: str, rq_queue: Queue, worker_class: str, tmp_path: Path
+) -> None:
+    kinds = enqueue_mix(rq_queue, 200)
+    assert flow_tracker.get_status(next(iter(kinds))).is_queued  # type: ignore[union-attr]
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": tracked, "FT_TEST_REDIS": REDIS_URL}
+    with worker_process(worker(rq_queue, worker_class), env, log) as proc:
+        proc.wait(timeout=300)
+        check_mix(kinds, log)
+
+
+def test_work_horses_store_every_job_even_without_waiting_for_completion(
+    tracked: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    from tests.integrations import rq_jobs
+
+    jobs = [rq_queue.enqueue(rq_jobs.succeed, i) for i in range(20)]
+    log = tmp_path / "worker.log"
+    env = {
+        "FLOW_TRACKER_DATABASE_URL": tracked,
+        "FT_TEST_REDIS": REDIS_URL,
+        "FLOW_TRACKER_COMPLETION_TIMEOUT": "0",
+    }
+    with worker_process(worker(rq_queue), env, log) as proc:
+        proc.wait(timeout=120)
+    found = wait_until_final([job.id for job in jobs], log, seconds=30)
+    assert all(p.status is Status.COMPLETED for p in found.values())
+
+
+def test_progress_is_readable_by_job_id_while_it_runs(
+    tracked: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    from tests.integrations import rq_jobs
+
+    job = rq_queue.enqueue(rq_jobs.slow_progress, 30)
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": tracked, "FT_TEST_REDIS": REDIS_URL}
+    with worker_process(worker(rq_queue), env, log):
+        seen = poll_progress(job.id)
+    assert seen and seen == sorted(seen)
+
+
+def test_job_enqueued_inside_a_job_records_its_parent(
+    tracked: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    from tests.integrations import rq_jobs
+
+    parent = rq_queue.enqueue(rq_jobs.parent_job, rq_queue.name)
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": tracked, "FT_TEST_REDIS": REDIS_URL}
+    with worker_process(worker(rq_queue), env, log) as proc:
+        proc.wait(timeout=120)
+    child_id = str(parent.return_value(refresh=True))
+    found = wait_until_final([parent.id, child_id], log)
+    assert found[child_id].parent_process_id == found[parent.id].id
+
+
+def test_jobs_succeed_when_the_tracking_database_is_down(rq_queue: Queue, tmp_path: Path) -> None:
+    from tests.integrations import rq_jobs
+
+    down = "postgresql://postgres@127.0.0.1:1/nowhere"
+    flow_tracker.configure(database_url=down, verify=False, log_to_stdlib=False)
+    jobs = [rq_queue.enqueue(rq_jobs.succeed, i) for i in range(20)]
+    log = tmp_path / "worker.log"
+    with worker_process(
+        worker(rq_queue), {"FLOW_TRACKER_DATABASE_URL": down, "FT_TEST_REDIS": REDIS_URL}, log
+    ) as proc:
+        proc.wait(timeout=120)
+    for i, job in enumerate(jobs):
+        assert job.return_value(refresh=True) == i * 2, log.read_text()
+
+
+def test_track_all_false_tracks_only_opted_in_jobs(tracked: str, rq_queue: Queue) -> None:
+    from rq import SimpleWorker
+
+    from flow_tracker.integrations import rq as ft_rq
+    from tests.integrations import rq_jobs
+
+    ft_rq.install(track_all=False)
+    try:
+        plain = rq_queue.enqueue(rq_jobs.succeed, 1)
+        opted = rq_queue.enqueue(rq_jobs.succeed, 2, meta={"flow_tracker": True})
+        SimpleWorker([rq_queue], connection=rq_queue.connection).work(burst=True)
+    finally:
+        ft_rq.install(track_all=True)
+    assert flow_tracker.get_status(plain.id) is None
+    status = flow_tracker.get_status(opted.id)
+    assert status is not None and status.is_completed

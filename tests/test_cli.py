@@ -1,0 +1,125 @@
+"""The flow-tracker command: init, db upgrade, list, show, status, cleanup, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import flow_tracker
+from flow_tracker.cli import main
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def record_sample(url: str) -> str:
+    flow_tracker.configure(database_url=url, log_to_stdlib=False)
+    try:
+        with flow_tracker.track("cli sample", metadata={"tenant": "acme"}) as tracker:
+            tracker.info("hello from the sample")
+            with tracker.flow("outer") as outer, outer.flow("inner") as inner:
+                inner.warning("deep", data={"n": 1})
+                raise LookupError("missing row")
+    except LookupError:
+        pass
+    flow_tracker.reset()
+    return str(tracker.process_id)
+
+
+def test_init_creates_tables_and_prints_the_app_snippet(
+    runner: CliRunner, database_url: str
+) -> None:
+    result = runner.invoke(main, ["init", "--database-url", database_url])
+    assert result.exit_code == 0, result.output
+    assert "tables are ready" in result.output
+    assert "flow_tracker.configure(" in result.output
+    current = runner.invoke(main, ["db", "current", "--database-url", database_url])
+    assert "current: 0001" in current.output and "head:    0001" in current.output
+
+
+def test_db_upgrade_is_idempotent(runner: CliRunner, sqlite_url: str) -> None:
+    for _ in range(2):
+        result = runner.invoke(main, ["db", "upgrade", "--database-url", sqlite_url])
+        assert result.exit_code == 0, result.output
+        assert "is at revision 0001" in result.output
+
+
+def test_unreachable_database_is_one_clear_line_and_exit_code_1(runner: CliRunner) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/nowhere"
+    for args in (["db", "upgrade"], ["init"], ["list"]):
+        result = runner.invoke(main, [*args, "--database-url", url])
+        assert result.exit_code == 1
+        assert "cannot reach the tracking database" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_bad_url_is_a_clear_error(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["list", "--database-url", "oracle://scott@db/x"])
+    assert result.exit_code == 1 and "supports sqlite, postgresql" in result.output
+
+
+def test_list_show_and_status(runner: CliRunner, database_url: str) -> None:
+    process_id = record_sample(database_url)
+    listed = runner.invoke(main, ["list", "--database-url", database_url])
+    assert listed.exit_code == 0, listed.output
+    assert "cli sample" in listed.output and "failed" in listed.output
+    filtered = runner.invoke(
+        main, ["list", "--status", "completed", "--database-url", database_url]
+    )
+    assert "no processes match" in filtered.output
+    by_meta = runner.invoke(
+        main, ["list", "--meta", "tenant=acme", "--json", "--database-url", database_url]
+    )
+    assert json.loads(by_meta.output.splitlines()[0])["id"] == process_id
+
+    shown = runner.invoke(main, ["show", process_id, "--database-url", database_url])
+    assert shown.exit_code == 0, shown.output
+    for text in ("cli sample", "outer", "inner", "deep", "LookupError: missing row", "hello from"):
+        assert text in shown.output
+    as_json = json.loads(
+        runner.invoke(main, ["show", process_id, "--json", "--database-url", database_url]).output
+    )
+    assert as_json["flows"][0]["children"][0]["logs"][0]["message"] == "deep"
+
+    status = runner.invoke(main, ["status", process_id, "--database-url", database_url])
+    assert json.loads(status.output)["status"] == "failed"
+    missing = runner.invoke(main, ["status", "nope", "--database-url", database_url])
+    assert missing.exit_code == 1 and "no process" in missing.output
+
+
+def test_cleanup_dry_run_counts_and_cleanup_deletes(runner: CliRunner, sqlite_url: str) -> None:
+    record_sample(sqlite_url)
+    dry = runner.invoke(main, ["cleanup", "--days", "0", "--dry-run", "--database-url", sqlite_url])
+    assert dry.exit_code == 0 and "would delete 1 process " in dry.output
+    real = runner.invoke(main, ["cleanup", "--days", "0", "--database-url", sqlite_url])
+    assert "deleted 1 process " in real.output
+    again = runner.invoke(main, ["cleanup", "--days", "0", "--database-url", sqlite_url])
+    assert "deleted 0 processes" in again.output
+
+
+def test_demo_records_every_kind_of_process(runner: CliRunner, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = runner.invoke(main, ["demo", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "processes recorded" in result.output and "nightly_import" in result.output
+    flow_tracker.configure(database_url=url)
+    page = flow_tracker.list_processes(limit=100)
+    statuses = {p.name: p.status.value for p in page}
+    assert statuses["LongRunningSync"] == "running"
+    assert statuses["PaymentWebhook"] == "failed"
+    assert statuses["MonthlyReport"] == "completed"
+    levels = set()
+    for p in page:
+        record = flow_tracker.get_process(p.id)
+        assert record is not None
+        levels |= {e.level for e in record.all_logs()}
+    assert levels == {"debug", "info", "warning", "error", "critical"}
+    webhook = next(p for p in page if p.name == "PaymentWebhook")
+    assert webhook.metadata["api_key"] == "[REDACTED]"
+    thumbnails = next(p for p in page if p.name == "generate_thumbnails")
+    assert thumbnails.parent_process_id == next(p.id for p in page if p.name == "nightly_import")

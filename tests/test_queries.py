@@ -1,0 +1,166 @@
+"""Reading: list filters and keyset pages, statuses by process or job id, batches, cleanup."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import update
+
+import flow_tracker
+from flow_tracker import Status, runtime
+from flow_tracker.recording import open_tracker
+from flow_tracker.store.schema import processes
+
+
+def make(name: str, *, category: str = "jobs", fail: bool = False, **meta: object) -> uuid.UUID:
+    try:
+        with flow_tracker.track(name, category=category, metadata=meta or None) as tracker:
+            tracker.info(f"log of {name}")
+            if fail:
+                raise RuntimeError("failed on purpose")
+    except RuntimeError:
+        pass
+    return tracker.process_id
+
+
+def age(process_id: uuid.UUID, days: float) -> None:
+    """Move a stored process ``days`` into the past."""
+    flow_tracker.flush()
+    store = runtime.store()
+    when = datetime.now(timezone.utc) - timedelta(days=days)
+    with store.engine.begin() as conn:
+        conn.execute(update(processes).where(processes.c.id == process_id).values(created_at=when))
+
+
+def test_list_filters_by_status_category_name_metadata_and_search(tracked: str) -> None:
+    ok = make("import", category="jobs", tenant="acme", tier=2)
+    bad = make("import", category="jobs", fail=True, tenant="globex")
+    api = make("webhook", category="api", tenant="acme")
+
+    def ids(**filters: object) -> set[uuid.UUID]:
+        return {p.id for p in flow_tracker.list_processes(**filters)}  # type: ignore[arg-type]
+
+    assert ids() == {ok, bad, api}
+    assert ids(status="failed") == {bad}
+    assert ids(status=["completed", "failed"], category="jobs") == {ok, bad}
+    assert ids(category="api") == {api}
+    assert ids(name="import") == {ok, bad}
+    assert ids(metadata={"tenant": "acme"}) == {ok, api}
+    assert ids(metadata={"tenant": "acme", "tier": 2}) == {ok}
+    assert ids(search="WEBHOOK") == {api}
+    assert ids(search="log of import") == {ok, bad}
+    assert ids(search="100%_") == set()
+    with pytest.raises(ValueError, match="bogus"):
+        flow_tracker.list_processes(status="bogus")
+
+
+def test_list_filters_by_time_range(tracked: str) -> None:
+    old = make("old")
+    new = make("new")
+    age(old, 3)
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    assert {p.id for p in flow_tracker.list_processes(since=since)} == {new}
+    assert {p.id for p in flow_tracker.list_processes(until=since)} == {old}
+
+
+def test_list_pages_with_a_keyset_cursor_newest_first(tracked: str) -> None:
+    made = [make(f"p{i}") for i in range(25)]
+    seen: list[uuid.UUID] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = flow_tracker.list_processes(limit=10, cursor=cursor)
+        seen += [p.id for p in page]
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(made))
+    with pytest.raises(flow_tracker.UsageError, match="cursor"):
+        flow_tracker.list_processes(cursor="not-a-cursor")
+
+
+def test_get_status_by_process_id_and_by_job_id(tracked: str) -> None:
+    tracker = open_tracker("queued job", None, None, extra={"job_id": "celery-abc-123"})
+    assert isinstance(tracker, flow_tracker.Tracker)
+    tracker.progress.total = 4
+    tracker.progress.current = 1
+    tracker.update_metadata(step="A")
+    flow_tracker.flush()
+    by_job = flow_tracker.get_status("celery-abc-123")
+    by_id = flow_tracker.get_status(tracker.process_id)
+    assert by_job is not None and by_id is not None
+    assert by_job.process_id == by_id.process_id == tracker.process_id
+    assert by_job.is_running and not by_job.is_completed
+    assert by_job.progress == 0.25 and by_job["step"] == "A" and by_job.get("nope") is None
+    tracker.complete()
+    done = flow_tracker.get_status("celery-abc-123")
+    assert done is not None and done.is_completed and done.progress == 1.0
+    as_dict = done.to_dict()
+    assert as_dict["status"] == "completed" and as_dict["job_id"] == "celery-abc-123"
+    assert '"status": "completed"' in done.to_json()
+    assert flow_tracker.get_status("no-such-job") is None
+    assert flow_tracker.get_status(uuid.uuid4()) is None
+
+
+def test_batch_status_follows_activejob_status_rules(tracked: str) -> None:
+    ok1, ok2 = make("a"), make("b")
+    bad = make("c", fail=True)
+    running = flow_tracker.start("d")
+    assert flow_tracker.batch_status([ok1, ok2]).status is Status.COMPLETED
+    assert flow_tracker.batch_status([ok1, bad, running.process_id]).is_failed
+    mixed = flow_tracker.batch_status([ok1, running.process_id])
+    assert mixed.is_running and mixed.progress == pytest.approx(0.5)
+    assert flow_tracker.batch_status(["unknown-1", "unknown-2"]).is_queued
+    partly = flow_tracker.batch_status([ok1, "unknown"])
+    assert partly.status is Status.RUNNING and partly.missing == ["unknown"]
+    running.complete()
+
+
+def test_get_process_returns_none_for_unknown_and_rejects_non_ids(tracked: str) -> None:
+    assert flow_tracker.get_process(uuid.uuid4()) is None
+    with pytest.raises(flow_tracker.UsageError):
+        flow_tracker.get_process("not-a-uuid")
+
+
+def test_cleanup_deletes_old_processes_with_flows_and_logs_in_batches(tracked: str) -> None:
+    old = [make(f"old{i}") for i in range(7)]
+    keep = make("recent")
+    running = flow_tracker.start("old but running")
+    flow_tracker.flush()
+    for process_id in [*old, running.process_id]:
+        age(process_id, 10)
+    assert flow_tracker.cleanup(days=7, dry_run=True) == 7
+    store = runtime.store()
+    from flow_tracker.store import queries
+
+    assert queries.cleanup(store, 7, batch_size=3) == 7
+    assert flow_tracker.get_process(old[0]) is None
+    assert flow_tracker.get_process(keep) is not None
+    assert flow_tracker.get_process(running.process_id) is not None
+    with store.engine.connect() as conn:
+        from sqlalchemy import func, select
+
+        from flow_tracker.store.schema import flows, log_entries
+
+        orphan_logs = conn.execute(
+            select(func.count()).where(log_entries.c.process_id.in_(old))
+        ).scalar_one()
+        orphan_flows = conn.execute(
+            select(func.count()).where(flows.c.process_id.in_(old))
+        ).scalar_one()
+    assert orphan_logs == 0 and orphan_flows == 0
+    assert flow_tracker.cleanup(days=7, statuses=["running"]) == 1
+    running.complete()
+
+
+def test_cleanup_defaults_to_retention_days(tracked: str) -> None:
+    flow_tracker.configure(database_url=tracked, retention_days=30, log_to_stdlib=False)
+    young, old = make("young"), make("old")
+    age(young, 20)
+    age(old, 40)
+    assert flow_tracker.cleanup() == 1
+    assert flow_tracker.get_process(young) is not None
