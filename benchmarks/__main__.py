@@ -1,24 +1,26 @@
-"""``python -m benchmarks [core] [queues] [--quick]``: run the side-by-side benchmarks."""
+"""``python -m benchmarks [core] [queues] [dashboard] [--quick]``: side-by-side benchmarks."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import core, queues
+from benchmarks import core, dashboard, queues
 
 
 def main() -> int:
     """Run the benchmarks named on the command line (default: all)."""
     args = sys.argv[1:]
-    names = [a for a in args if not a.startswith("-")] or ["core", "queues"]
+    names = [a for a in args if not a.startswith("-")] or ["core", "queues", "dashboard"]
     status = 0
     for name in names:
         if name == "core":
             status |= core.main(args)
         elif name == "queues":
             status |= queues.main(args)
+        elif name == "dashboard":
+            status |= dashboard.main(args)
         else:
-            print(f"unknown benchmark {name!r}; known: core, queues", file=sys.stderr)
+            print(f"unknown benchmark {name!r}; known: core, queues, dashboard", file=sys.stderr)
             return 2
     return status
 

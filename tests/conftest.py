@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 import flow_tracker
-from flow_tracker import runtime, tracker
+from flow_tracker import runtime, statistics_keeper, tracker
 from flow_tracker.store.engine import Store
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -28,6 +28,9 @@ TABLES = (
     "flow_tracker_flows",
     "flow_tracker_processes",
     "flow_tracker_locks",
+    "flow_tracker_rollup_counts",
+    "flow_tracker_rollup_durations",
+    "flow_tracker_state",
 )
 
 
@@ -93,4 +96,5 @@ def _fresh_runtime() -> Iterator[None]:
     yield
     tracker.CURRENT_NODE.reset(token)
     runtime.shutdown(timeout=2.0)
+    statistics_keeper.stop_all()  # a dashboard's background thread must not outlive its test
     flow_tracker.config.reset()

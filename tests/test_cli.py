@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 import flow_tracker
 from flow_tracker.cli import main
+from flow_tracker.store import migrate
 
 
 @pytest.fixture
@@ -39,14 +41,15 @@ def test_init_creates_tables_and_prints_the_app_snippet(
     assert "tables are ready" in result.output
     assert "flow_tracker.configure(" in result.output
     current = runner.invoke(main, ["db", "current", "--database-url", database_url])
-    assert "current: 0001" in current.output and "head:    0001" in current.output
+    head = migrate.HEAD_REVISION
+    assert f"current: {head}" in current.output and f"head:    {head}" in current.output
 
 
 def test_db_upgrade_is_idempotent(runner: CliRunner, sqlite_url: str) -> None:
     for _ in range(2):
         result = runner.invoke(main, ["db", "upgrade", "--database-url", sqlite_url])
         assert result.exit_code == 0, result.output
-        assert "is at revision 0001" in result.output
+        assert f"is at revision {migrate.HEAD_REVISION}" in result.output
 
 
 def test_unreachable_database_is_one_clear_line_and_exit_code_1(runner: CliRunner) -> None:
@@ -108,7 +111,11 @@ def test_demo_records_every_kind_of_process(runner: CliRunner, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "processes recorded" in result.output and "nightly_import" in result.output
     flow_tracker.configure(database_url=url)
-    page = flow_tracker.list_processes(limit=100)
+    # The live demo processes; the week of history before them is at least 10 min old.
+    recent = datetime.now(timezone.utc) - timedelta(minutes=5)
+    page = flow_tracker.list_processes(limit=100, since=recent)
+    history = flow_tracker.list_processes(limit=500, until=recent)
+    assert len(history) == 500 and {p.status.value for p in history} == {"completed", "failed"}
     statuses = {p.name: p.status.value for p in page}
     assert statuses["LongRunningSync"] == "running"
     assert statuses["PaymentWebhook"] == "failed"

@@ -57,7 +57,7 @@ def test_concurrent_first_use_from_several_processes_migrates_once(sqlite_url: s
         assert b"internal error" not in err, err.decode()
     store = Store(sqlite_url)
     with store.engine.connect() as conn:
-        assert migrate.current_revision(conn) == "0001"
+        assert migrate.current_revision(conn) == migrate.HEAD_REVISION
         count = conn.exec_driver_sql("SELECT count(*) FROM flow_tracker_processes").scalar_one()
     assert count == 4
     store.dispose()

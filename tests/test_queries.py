@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 import flow_tracker
 from flow_tracker import Status, runtime
 from flow_tracker.recording import open_tracker
-from flow_tracker.store.schema import processes
+from flow_tracker.store.schema import log_entries, processes
 
 
 def make(name: str, *, category: str = "jobs", fail: bool = False, **meta: object) -> uuid.UUID:
@@ -164,3 +166,73 @@ def test_cleanup_defaults_to_retention_days(tracked: str) -> None:
     age(old, 40)
     assert flow_tracker.cleanup() == 1
     assert flow_tracker.get_process(young) is not None
+
+
+def _v7_at(moment: datetime, rng: random.Random) -> uuid.UUID:
+    """A UUIDv7 made at ``moment`` (random low bits)."""
+    ms = int(moment.timestamp() * 1000)
+    return uuid.UUID(int=(ms << 80) | (0x7 << 76) | rng.getrandbits(76))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_search_pages_equal_a_full_scan_whatever_the_age_of_the_matching_logs(
+    tracked: str, seed: int
+) -> None:
+    # Processes created over two days, some running for hours, with log entries
+    # written any time after their start: the stretched backwards read of the logs
+    # must give exactly the pages a full scan would.
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    store = runtime.store()
+    store.ensure_schema()
+    rows: list[dict[str, Any]] = []
+    logs: list[dict[str, Any]] = []
+    for index in range(300):
+        created = now - timedelta(seconds=rng.uniform(0, 2 * 86_400))
+        pid = _v7_at(created, rng)
+        name = "NeedleJob" if rng.random() < 0.05 else f"Job{index % 7}"
+        rows.append(
+            {
+                "id": pid,
+                "name": name,
+                "category": "jobs",
+                "status": "running",
+                "created_at": created,
+                "attempt": 1,
+            }
+        )
+        for position in range(rng.randrange(0, 4)):
+            written = created + (now - created) * rng.random() ** 3
+            text = "found the needle here" if rng.random() < 0.08 else "nothing to see"
+            logs.append(
+                {
+                    "id": _v7_at(written, rng),
+                    "process_id": pid,
+                    "level": "info",
+                    "message": text,
+                    "created_at": written,
+                    "position": position,
+                }
+            )
+    with store.engine.begin() as conn:
+        conn.execute(insert(processes), rows)
+        conn.execute(insert(log_entries), logs)
+    with_logs = {log["process_id"] for log in logs if "needle" in log["message"]}
+    expected = [
+        r["id"]
+        for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+        if "needle" in r["name"].lower() or r["id"] in with_logs
+    ]
+    assert expected, "the sample should match something"
+    for page_size in (1, 4, 50):
+        seen: list[uuid.UUID] = []
+        cursor = None
+        while True:
+            page = flow_tracker.list_processes(search="NEEDLE", limit=page_size, cursor=cursor)
+            seen.extend(p.id for p in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == expected
+    oldest_first = flow_tracker.list_processes(search="needle", order="oldest", limit=500)
+    assert [p.id for p in oldest_first.items] == expected[::-1]

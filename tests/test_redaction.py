@@ -148,3 +148,12 @@ def same_json(stored: Any, expected: Any) -> bool:
     if isinstance(expected, list) and isinstance(stored, list):
         return len(stored) == len(expected) and all(map(same_json, stored, expected))
     return bool(stored == expected) and type(stored) is type(expected)
+
+
+def test_integers_beyond_64_bits_are_kept_as_their_digits() -> None:
+    value = {"small": 2**63 - 1, "big": 2**63, "negative": -(2**70), "huge": 10**5000}
+    stored = json.loads(redactor.to_json(value) or "null")
+    assert stored["small"] == 2**63 - 1
+    assert stored["big"] == str(2**63)
+    assert stored["negative"] == str(-(2**70))
+    assert stored["huge"] == "[integer of 16610 bits]"

@@ -259,13 +259,71 @@ def cleanup(
 @click.option(
     "--keep", is_flag=True, help="Add to an existing demo database instead of starting fresh."
 )
+@click.option(
+    "--serve/--no-serve",
+    default=None,
+    help="Open the dashboard on the demo data afterwards (default: when run in a terminal).",
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @friendly_errors
-def demo(database_url: str, keep: bool) -> None:
-    """Record a realistic set of sample processes, then show them."""
+def demo(database_url: str, keep: bool, serve: bool | None, port: int) -> None:
+    """Record a realistic set of sample processes, then show them in the dashboard."""
     from flow_tracker.demo import run_demo
 
     run_demo(database_url, fresh=not keep, echo=click.echo, style=_style())
     runtime.shutdown()
+    if serve is None:
+        serve = sys.stdin.isatty() and sys.stdout.isatty()
+    if serve:
+        _serve(database_url, "127.0.0.1", port, read_only=False, basic_auth=None)
+
+
+def _serve(
+    database_url: str | None,
+    host: str,
+    port: int,
+    *,
+    read_only: bool,
+    basic_auth: tuple[str, str] | None,
+) -> None:
+    try:
+        import uvicorn
+
+        from flow_tracker.web import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc}. The dashboard needs: pip install 'flow-tracker[web]'"
+        ) from None
+    _use(database_url)
+    app = create_app(read_only=read_only, basic_auth=basic_auth)
+    click.echo(f"\nflow-tracker dashboard: http://{host}:{port}/   (Ctrl+C to stop)\n")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
+@database_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--read-only", is_flag=True, help="Hide and refuse every action (cleanup).")
+@click.option(
+    "--basic-auth",
+    envvar="FLOW_TRACKER_BASIC_AUTH",
+    default=None,
+    metavar="USER:PASSWORD",
+    help="Require HTTP basic auth [env FLOW_TRACKER_BASIC_AUTH].",
+)
+@friendly_errors
+def serve(
+    database_url: str | None, host: str, port: int, read_only: bool, basic_auth: str | None
+) -> None:
+    """Serve the web dashboard (overview, processes, detail, cleanup, JSON API)."""
+    credentials = None
+    if basic_auth is not None:
+        user, sep, password = basic_auth.partition(":")
+        if not sep or not user or not password:
+            raise click.BadParameter("expected USER:PASSWORD", param_hint="--basic-auth")
+        credentials = (user, password)
+    _serve(database_url, host, port, read_only=read_only, basic_auth=credentials)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ class Settings:
         log_to_stdlib: mirror tracker logs to ``logging.getLogger("flow_tracker")``.
         heartbeat_interval: seconds between heartbeats of running processes.
         lost_after: a running process whose heartbeat is older than this is lost.
+        stale_after: a job still queued after this many seconds is reported as stale.
         buffer_size: events held in memory at most before the least valuable are dropped.
         batch_size: events the background writer stores in one transaction at most.
         flush_interval: seconds the writer waits for more events before storing them.
@@ -58,6 +59,7 @@ class Settings:
     log_to_stdlib: bool = True
     heartbeat_interval: float = 10.0
     lost_after: float = 60.0
+    stale_after: float = 900.0
     buffer_size: int = 100_000
     batch_size: int = 5_000
     flush_interval: float = 0.2
@@ -122,6 +124,7 @@ def _validate(s: Settings) -> None:
         "retention_days": s.retention_days,
         "heartbeat_interval": s.heartbeat_interval,
         "lost_after": s.lost_after,
+        "stale_after": s.stale_after,
         "buffer_size": s.buffer_size,
         "batch_size": s.batch_size,
         "flush_interval": s.flush_interval,

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import flow_tracker
-from flow_tracker import render
+from flow_tracker import render, runtime
+from flow_tracker.demo_history import record_history
 from flow_tracker.store.engine import parse_url
 
 _rng = random.Random(7)  # the demo's own, so the host's random module is left alone
@@ -164,6 +165,8 @@ def run_demo(
     # In a context of its own, so the unfinished process does not stay current here.
     contextvars.Context().run(long_running_sync)
     flow_tracker.flush()
+    past = record_history(runtime.store())
+    echo(f"Added {past:,} finished runs of the past week, for the dashboard's charts.")
 
     page = flow_tracker.list_processes(limit=50)
     echo(f"\n{len(page.items)} processes recorded in {database_url}:\n")
@@ -176,8 +179,8 @@ def run_demo(
             echo("\n" + render.process_tree(record, style))
     echo(
         "\nLook around:\n"
-        f"  .venv/bin/flow-tracker list --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker show <id> --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker list --status failed --database-url {database_url}"
+        f"  .venv/bin/flow-tracker serve --database-url {database_url}\n"
+        f"  .venv/bin/flow-tracker list --status failed --database-url {database_url}\n"
+        f"  .venv/bin/flow-tracker show <id> --database-url {database_url}"
     )
     return page.items

@@ -41,6 +41,7 @@ def list_processes(
     job_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    order: str = "newest",
 ) -> Page:
     """Processes newest first, with filters.
 
@@ -58,6 +59,7 @@ def list_processes(
         job_id=job_id,
         limit=limit,
         cursor=cursor,
+        order=order,
     )
 
 
@@ -90,7 +92,7 @@ def cleanup(
 ) -> int:
     """Delete processes older than ``days`` (default: ``retention_days``) with their flows and logs.
 
-    Queued and running processes are kept unless ``statuses`` names them.
+    Queued, running and retrying processes are kept unless ``statuses`` names them.
 
     Returns:
         How many processes were deleted (or, with ``dry_run``, would be).

@@ -83,6 +83,21 @@ def safe_repr(value: object) -> str:
     return clean_text(truncate(text, MAX_REPR))
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _big_int(value: int) -> str:
+    """An integer beyond 64 bits as its decimal digits.
+
+    SQLite's JSON functions turn such numbers into floats (losing digits) and the
+    dashboard's JavaScript could not hold them either; the digits as a string are exact.
+    """
+    try:
+        return str(value)
+    except ValueError:  # more digits than Python converts by default
+        return f"[integer of {value.bit_length()} bits]"
+
+
 class Redactor:
     """Turns values into safe JSON documents under one set of rules.
 
@@ -125,7 +140,7 @@ class Redactor:
         if kind is str:
             return clean_text(truncate(value, self.max_string))
         if kind is int:
-            return value
+            return value if _INT64_MIN <= value <= _INT64_MAX else _big_int(value)
         if kind is float:
             return value if math.isfinite(value) else str(value)
         if depth >= MAX_DEPTH:
@@ -139,7 +154,7 @@ class Redactor:
         if isinstance(value, bool):
             return bool(value)
         if isinstance(value, int):
-            return int(value)
+            return self.scrub(int(value), depth)
         if isinstance(value, float):
             return self.scrub(float(value), depth)
         return safe_repr(value)
@@ -196,7 +211,10 @@ class Redactor:
             elif kind is float:
                 if not math.isfinite(item):
                     return False
-            elif not (kind is int or kind is bool or item is None):
+            elif kind is int:
+                if not _INT64_MIN <= item <= _INT64_MAX:
+                    return False
+            elif not (kind is bool or item is None):
                 return False
         return True
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from flow_tracker.errors import ConfigurationError, DatabaseUnavailableError
+from flow_tracker.store.histogram import duration_bucket
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -82,6 +83,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     _enable_wal(cursor)
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
+    # SQLite has no ln() in every build: the dashboard's duration histograms need it.
+    dbapi_connection.create_function("flow_tracker_bucket", 1, duration_bucket, deterministic=True)
 
 
 def _enable_wal(cursor: Any) -> None:
@@ -109,8 +112,13 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def build_engine(url: URL, *, pg_synchronous_commit: bool = False) -> Engine:
-    """Create the engine for ``url`` with the settings flow-tracker relies on."""
+def build_engine(url: URL, *, pg_synchronous_commit: bool = False, reader: bool = False) -> Engine:
+    """Create the engine for ``url`` with the settings flow-tracker relies on.
+
+    ``reader`` engines (the dashboard's) never let psycopg prepare statements: after
+    five runs of one query PostgreSQL may switch to a generic plan, and for the
+    dashboard's filters (metadata containment, rare statuses) that plan is the slow one.
+    """
     if url.get_backend_name() == "sqlite":
         kwargs: dict[str, Any] = {
             "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -126,9 +134,16 @@ def build_engine(url: URL, *, pg_synchronous_commit: bool = False) -> Engine:
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": "flow-tracker",
     }
+    options = []
+    if reader:
+        connect_args["prepare_threshold"] = None
+        # The dashboard's queries are short; JIT compiling one costs ~100 ms by itself.
+        options.append("-c jit=off")
     if not pg_synchronous_commit:
         # Only flow-tracker's own connections: see Settings.pg_synchronous_commit.
-        connect_args["options"] = "-c synchronous_commit=off"
+        options.append("-c synchronous_commit=off")
+    if options:
+        connect_args["options"] = " ".join(options)
     return create_engine(
         url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
     )
@@ -142,12 +157,18 @@ class Store:
     """
 
     def __init__(
-        self, database_url: str, *, auto_migrate: bool = True, pg_synchronous_commit: bool = False
+        self,
+        database_url: str,
+        *,
+        auto_migrate: bool = True,
+        pg_synchronous_commit: bool = False,
+        reader: bool = False,
     ) -> None:
         self.url = parse_url(database_url)
         self.dialect = self.url.get_backend_name()
         self.auto_migrate = auto_migrate
         self.pg_synchronous_commit = pg_synchronous_commit
+        self.reader = reader
         self._engine: Engine | None = None
         self._schema_ready = False
         self._lock = threading.Lock()
@@ -160,7 +181,9 @@ class Store:
             with self._lock:
                 if self._engine is None:
                     self._engine = build_engine(
-                        self.url, pg_synchronous_commit=self.pg_synchronous_commit
+                        self.url,
+                        pg_synchronous_commit=self.pg_synchronous_commit,
+                        reader=self.reader,
                     )
                 engine = self._engine
         return engine

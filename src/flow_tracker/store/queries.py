@@ -10,16 +10,17 @@ import base64
 import binascii
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, exists, func, literal, or_, select, true
+from sqlalchemy import ColumnElement, Row, and_, func, literal, or_, select, true
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
 
 from flow_tracker.errors import UsageError
 from flow_tracker.ids import parse_id
 from flow_tracker.records import ErrorInfo, FlowRecord, LogEntryRecord, Page, ProcessRecord
-from flow_tracker.status import Status
+from flow_tracker.status import UNFINISHED_STATUSES, Status
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import flows, log_entries, processes
 
@@ -67,8 +68,14 @@ def process_from_row(row: Row[Any]) -> ProcessRecord:
 _LIST_COLUMNS = [c for c in processes.c if c.name not in ("job_payload", "error_traceback")]
 
 
-def get_process(store: Store, process_id: uuid.UUID | str) -> ProcessRecord | None:
-    """One process with its flow tree and every log entry, or None."""
+def get_process(
+    store: Store,
+    process_id: uuid.UUID | str,
+    *,
+    max_flows: int | None = None,
+    max_logs: int = MAX_LOGS_PER_PROCESS,
+) -> ProcessRecord | None:
+    """One process with its flow tree and log entries (the first ``max_logs``), or None."""
     pid = parse_id(process_id)
     if pid is None:
         raise UsageError(f"{process_id!r} is not a process id (UUID)")
@@ -77,14 +84,15 @@ def get_process(store: Store, process_id: uuid.UUID | str) -> ProcessRecord | No
         row = conn.execute(select(processes).where(processes.c.id == pid)).first()
         if row is None:
             return None
-        flow_rows = conn.execute(
-            select(flows).where(flows.c.process_id == pid).order_by(flows.c.position)
-        ).all()
+        flow_query = select(flows).where(flows.c.process_id == pid).order_by(flows.c.position)
+        if max_flows is not None:
+            flow_query = flow_query.limit(max_flows)
+        flow_rows = conn.execute(flow_query).all()
         log_rows = conn.execute(
             select(log_entries)
             .where(log_entries.c.process_id == pid)
             .order_by(log_entries.c.position)
-            .limit(MAX_LOGS_PER_PROCESS)
+            .limit(max_logs)
         ).all()
     record = process_from_row(row)
     by_id: dict[uuid.UUID, FlowRecord] = {}
@@ -121,6 +129,30 @@ def get_process(store: Store, process_id: uuid.UUID | str) -> ProcessRecord | No
         owner = by_id.get(lr.flow_id) if lr.flow_id else None
         (owner.logs if owner else record.logs).append(entry)
     return record
+
+
+def count_children(store: Store, process_id: uuid.UUID) -> tuple[int, int]:
+    """How many flows and log entries a process has (to say when a page shows fewer)."""
+    with store.engine.connect() as conn:
+        n_flows = conn.execute(
+            select(func.count()).where(flows.c.process_id == process_id)
+        ).scalar_one()
+        n_logs = conn.execute(
+            select(func.count()).where(log_entries.c.process_id == process_id)
+        ).scalar_one()
+    return int(n_flows), int(n_logs)
+
+
+def child_processes(store: Store, process_id: uuid.UUID, limit: int = 50) -> list[ProcessRecord]:
+    """Processes enqueued from inside this one (oldest first)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(*_LIST_COLUMNS)
+            .where(processes.c.parent_process_id == process_id)
+            .order_by(processes.c.created_at, processes.c.id)
+            .limit(limit)
+        ).all()
+    return [process_from_row(r) for r in rows]
 
 
 def find_process_row(store: Store, id_or_job_id: uuid.UUID | str) -> Row[Any] | None:
@@ -191,6 +223,119 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
+def id_floor(moment: datetime) -> uuid.UUID:
+    """The smallest UUIDv7 of ``moment``'s millisecond: ids from then on are not smaller."""
+    ms = int(_aware(moment).timestamp() * 1000)
+    return uuid.UUID(int=max(ms, 0) << 80)
+
+
+def max_time(*moments: datetime | None) -> datetime | None:
+    """The latest of the given times (None when none is given)."""
+    present = [_aware(m) for m in moments if m is not None]
+    return max(present) if present else None
+
+
+def _message_matches(store: Store, search: str) -> ColumnElement[bool]:
+    """Log messages that contain ``search``, ignoring case."""
+    message: ColumnElement[str] = log_entries.c.message
+    if store.dialect == "postgresql" and search.isascii():
+        # An ASCII term only needs ASCII case folding: lower() in the "C" collation
+        # and a plain substring search are several times cheaper than ILIKE in the
+        # database's locale, and the message scan is what a search costs.
+        return func.strpos(func.lower(message.collate("C")), search.lower()) > 0
+    return message.ilike(_like_pattern(search), escape="\\")
+
+
+def _search_condition(store: Store, search: str, since: datetime | None) -> ColumnElement[bool]:
+    """Processes whose name or any log message contains ``search`` (case-insensitive).
+
+    Log entries have UUIDv7 ids, so "logs written since the list's start time" is
+    a range of the primary key: a time filter bounds how many messages are scanned.
+    """
+    logs = select(log_entries.c.process_id).where(_message_matches(store, search))
+    if since is not None:
+        logs = logs.where(log_entries.c.id >= id_floor(since))
+    name = processes.c.name.ilike(_like_pattern(search), escape="\\")
+    return or_(name, processes.c.id.in_(logs))
+
+
+def _id_time(value: uuid.UUID) -> datetime:
+    """The millisecond a UUIDv7 was made in."""
+    return datetime.fromtimestamp((value.int >> 80) / 1000, timezone.utc)
+
+
+_RECENT_STRETCH = timedelta(minutes=15)
+
+
+def _search_newest_first(
+    conn: Connection,
+    store: Store,
+    conditions: list[ColumnElement[bool]],
+    search: str,
+    logs_since: datetime | None,
+    wanted: int,
+) -> list[Row[Any]]:
+    """The ``wanted`` newest processes matching ``conditions`` whose name or logs hold ``search``.
+
+    One query that joins every matching log message of the window to the list
+    scans all of them, however common the term. Here the log messages of the last
+    15 minutes are read first: a process is created before it writes a log entry,
+    so once ``wanted`` matches were created within those minutes, no older log can
+    change the page, and a common term costs a few milliseconds. Otherwise the rest
+    of the window is read in one scan (in parallel on PostgreSQL), as the single
+    query would.
+    """
+    order = (processes.c.created_at.desc(), processes.c.id.desc())
+    named = conn.execute(
+        select(*_LIST_COLUMNS)
+        .where(
+            and_(true(), *conditions, processes.c.name.ilike(_like_pattern(search), escape="\\"))
+        )
+        .order_by(*order)
+        .limit(wanted)
+    ).all()
+    found: dict[Any, Row[Any]] = {row.id: row for row in named}
+    if logs_since is None:
+        first_log = select(log_entries.c.id).order_by(log_entries.c.id).limit(1)
+        oldest = conn.execute(first_log).scalar()  # PostgreSQL has no min(uuid)
+        if oldest is None:
+            return list(named)
+        logs_since = _id_time(oldest if isinstance(oldest, uuid.UUID) else uuid.UUID(str(oldest)))
+    floor = _aware(logs_since)
+    matches = _message_matches(store, search)
+    recent = max(datetime.now(timezone.utc) - _RECENT_STRETCH, floor)
+    # Newest first: the last minutes (open-ended: clocks differ), then the rest.
+    for lower, upper in ((recent, None), (floor, recent)):
+        if upper is not None:
+            if upper <= floor:
+                break
+            if sum(1 for row in found.values() if _aware(row.created_at) >= upper) >= wanted:
+                break  # every process matched by an older log was created before ``upper``
+            if store.dialect == "postgresql":
+                # One long scan of messages: let PostgreSQL share it among parallel
+                # workers, which its default costs keep for bigger tables.
+                conn.exec_driver_sql("SET LOCAL parallel_setup_cost = 10")
+                conn.exec_driver_sql("SET LOCAL parallel_tuple_cost = 0.001")
+        logs = select(log_entries.c.process_id).where(matches, log_entries.c.id >= id_floor(lower))
+        if upper is not None:
+            logs = logs.where(log_entries.c.id < id_floor(upper))
+        # The process ids first, then their rows: joined in one query, the planner
+        # guesses that most messages match and probes the logs of every process.
+        fresh = [pid for pid in conn.execute(logs.distinct()).scalars() if pid not in found]
+        for offset in range(0, len(fresh), 1_000):
+            batch = fresh[offset : offset + 1_000]
+            newest = (
+                select(*_LIST_COLUMNS)
+                .where(and_(true(), *conditions, processes.c.id.in_(batch)))
+                .order_by(*order)
+                .limit(wanted)  # any other match has ``wanted`` newer ones: not on the page
+            )
+            for row in conn.execute(newest):
+                found[row.id] = row
+    ranked = sorted(found.values(), key=lambda r: (_aware(r.created_at), r.id), reverse=True)
+    return ranked[:wanted]
+
+
 def list_processes(
     store: Store,
     *,
@@ -204,8 +349,10 @@ def list_processes(
     job_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    order: str = "newest",
+    search_logs_since: datetime | None = None,
 ) -> Page:
-    """Processes newest first, filtered; ``Page.next_cursor`` continues the list.
+    """Processes newest first (or oldest first), filtered; ``Page.next_cursor`` continues.
 
     Args:
         store: the database to read.
@@ -219,7 +366,12 @@ def list_processes(
         job_id: the queue's job id.
         limit: page size, 1 to 500.
         cursor: ``next_cursor`` of the previous page.
+        order: "newest" (default) or "oldest" first.
+        search_logs_since: search only log messages written since then (default:
+            ``since``); bounds the scan when the list itself has no time filter.
     """
+    if order not in ("newest", "oldest"):
+        raise UsageError(f"order must be 'newest' or 'oldest', not {order!r}")
     limit = max(1, min(int(limit), MAX_PAGE))
     conditions: list[ColumnElement[bool]] = []
     statuses = _as_list(status)
@@ -240,32 +392,38 @@ def list_processes(
         conditions.append(processes.c.created_at < _aware(until))
     if metadata:
         conditions.extend(_metadata_filter(store, metadata))
-    if search:
-        pattern = _like_pattern(search)
-        in_logs = exists().where(
-            and_(
-                log_entries.c.process_id == processes.c.id,
-                log_entries.c.message.ilike(pattern, escape="\\"),
-            )
-        )
-        conditions.append(or_(processes.c.name.ilike(pattern, escape="\\"), in_logs))
+    logs_since = max_time(since, search_logs_since)
+    newest = order == "newest"
+    if search and not newest:
+        conditions.append(_search_condition(store, search, logs_since))
     if cursor:
         stamp, last_id = _decode_cursor(cursor)
-        conditions.append(
-            or_(
-                processes.c.created_at < stamp,
-                and_(processes.c.created_at == stamp, processes.c.id < last_id),
+        if newest:
+            conditions.append(
+                or_(
+                    processes.c.created_at < stamp,
+                    and_(processes.c.created_at == stamp, processes.c.id < last_id),
+                )
             )
-        )
-    query = (
-        select(*_LIST_COLUMNS)
-        .where(and_(true(), *conditions))
-        .order_by(processes.c.created_at.desc(), processes.c.id.desc())
-        .limit(limit + 1)
+        else:
+            conditions.append(
+                or_(
+                    processes.c.created_at > stamp,
+                    and_(processes.c.created_at == stamp, processes.c.id > last_id),
+                )
+            )
+    ordering = (
+        (processes.c.created_at.desc(), processes.c.id.desc())
+        if newest
+        else (processes.c.created_at.asc(), processes.c.id.asc())
     )
     store.ensure_schema()
     with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
+        if search and newest:
+            rows = _search_newest_first(conn, store, conditions, search, logs_since, limit + 1)
+        else:
+            query = select(*_LIST_COLUMNS).where(and_(true(), *conditions)).order_by(*ordering)
+            rows = list(conn.execute(query.limit(limit + 1)).all())
     items = [process_from_row(r) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
@@ -283,16 +441,33 @@ def _cleanup_condition(
         chosen: ColumnElement[bool] = processes.c.status.in_(list(statuses))
     else:
         # Unfinished processes are kept unless asked for: a long job is still running.
-        chosen = processes.c.status.notin_([s.value for s in (Status.QUEUED, Status.RUNNING)])
+        chosen = processes.c.status.notin_([s.value for s in UNFINISHED_STATUSES])
     return and_(processes.c.created_at < cutoff_dt, chosen), cutoff_dt
 
 
 def count_for_cleanup(store: Store, days: float, statuses: Sequence[str] | None = None) -> int:
-    """How many processes :func:`cleanup` would delete."""
-    condition, _ = _cleanup_condition(days, statuses)
+    """How many processes :func:`cleanup` would delete.
+
+    Counted from the indexes alone: everything older than the cutoff (the time
+    index) minus the unfinished ones (the status index), not row by row.
+    """
+    condition, cutoff = _cleanup_condition(days, statuses)
     store.ensure_schema()
     with store.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).where(condition)).scalar_one())
+        if statuses:
+            return int(conn.execute(select(func.count()).where(condition)).scalar_one())
+        older = conn.execute(
+            select(func.count()).where(processes.c.created_at < cutoff)
+        ).scalar_one()
+        kept = conn.execute(
+            select(func.count()).where(
+                and_(
+                    processes.c.created_at < cutoff,
+                    processes.c.status.in_([s.value for s in UNFINISHED_STATUSES]),
+                )
+            )
+        ).scalar_one()
+        return int(older) - int(kept)
 
 
 def cleanup(
@@ -304,7 +479,7 @@ def cleanup(
     """Delete processes created more than ``days`` ago, with their flows and logs.
 
     Deletes in batches of ``batch_size`` processes, one short transaction each, so
-    that no lock is held for long on a busy database. Queued and running processes
+    that no lock is held for long on a busy database. Queued, running and retrying processes
     are kept unless ``statuses`` names them.
     """
     if days < 0:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     text,
 )
 
-from flow_tracker.store.types import UTCDateTime, json_type
+from flow_tracker.store.types import UTCDateTime, int_list_type, json_type
 
 PREFIX = "flow_tracker_"
 VERSION_TABLE = "flow_tracker_alembic_version"
@@ -121,6 +122,8 @@ flows = Table(
     Column("depth", Integer, nullable=False, server_default=text("0")),
     Index("ix_flow_tracker_flows_process", "process_id", "position"),
     Index("ix_flow_tracker_flows_name_started", "name", "started_at"),
+    # The dashboard's statistics roll up flows by the hour they finished in.
+    Index("ix_flow_tracker_flows_finished", "finished_at"),
 )
 
 log_entries = Table(
@@ -152,4 +155,42 @@ locks = Table(
     Index("ix_flow_tracker_locks_expires", "expires_at"),
 )
 
-ALL_TABLES = (processes, flows, log_entries, locks)
+# Dashboard statistics (see store/rollups.py): finished processes and flows counted
+# per hour and per day, so that a 30-day overview reads thousands of rows, not millions.
+# grain is "h" or "d"; kind is "p" (process) or "f" (flow; category is "" for flows).
+rollup_counts = Table(
+    "flow_tracker_rollup_counts",
+    metadata,
+    Column("grain", String(1), primary_key=True),
+    Column("bucket_start", UTCDateTime, primary_key=True),
+    Column("kind", String(1), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("category", String(32), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("duration_ms_sum", Float, nullable=False),
+)
+
+# Histograms of durations for p50/p95: one row per name and hour (or day), its counts
+# as a dense list from first_bucket on (log-scale buckets, see store/histogram.py).
+rollup_durations = Table(
+    "flow_tracker_rollup_durations",
+    metadata,
+    Column("grain", String(1), primary_key=True),
+    Column("bucket_start", UTCDateTime, primary_key=True),
+    Column("kind", String(1), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("first_bucket", SmallInteger, nullable=False),
+    Column("counts", int_list_type(), nullable=False),
+)
+
+# Small named values shared by every flow-tracker process (rollup watermark, ...).
+state = Table(
+    "flow_tracker_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+ALL_TABLES = (processes, flows, log_entries, locks, rollup_counts, rollup_durations, state)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, DateTime
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -43,6 +43,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+
+def int_list_type() -> TypeEngine[Any]:
+    """A list of integers: a native ``bigint[]`` on PostgreSQL (unnested in SQL), JSON elsewhere."""
+    return JSON().with_variant(ARRAY(BigInteger), "postgresql")
 
 
 def json_type() -> TypeEngine[Any]:

@@ -1,0 +1,92 @@
+"""``create_app``: the dashboard's ASGI app, its routes and what every handler shares."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from flow_tracker import config
+from flow_tracker.statistics_keeper import StatisticsKeeper
+from flow_tracker.store.engine import Store
+from flow_tracker.web import api, views
+from flow_tracker.web.context import HERE, Dashboard, make_templates
+from flow_tracker.web.security import AuthHook, SecurityMiddleware
+
+
+def create_app(
+    database_url: str | None = None,
+    auth: AuthHook | None = None,
+    read_only: bool = False,
+    *,
+    basic_auth: tuple[str, str] | None = None,
+    title: str = "flow-tracker",
+    refresh_seconds: int = 5,
+    keep_statistics: bool = True,
+) -> Starlette:
+    """The dashboard as an ASGI app, to mount under any prefix or serve on its own.
+
+    Args:
+        database_url: the tracking database; default: the configured one
+            (``flow_tracker.configure`` / ``FLOW_TRACKER_DATABASE_URL``).
+        auth: called with each request (sync or async); a falsy result answers 403.
+        read_only: hide and refuse every action (cleanup).
+        basic_auth: ``(user, password)`` to require HTTP basic auth.
+        title: shown in the header and the browser tab.
+        refresh_seconds: how often live pages refresh themselves (they can be paused).
+        keep_statistics: refresh and sum the overview's rollups in a background
+            thread (started by the first request), so no page view waits for them.
+
+    Returns:
+        A Starlette application.
+    """
+    settings = config.current()
+    store = Store(
+        database_url or settings.database_url,
+        auto_migrate=settings.auto_migrate,
+        reader=True,
+    )
+    if basic_auth is not None and (not basic_auth[0] or not basic_auth[1]):
+        raise ValueError("basic_auth needs a non-empty user and password")
+    routes = [
+        Route("/", views.overview, name="overview"),
+        Route("/processes", views.process_list, name="processes"),
+        Route("/processes/{process_id}", views.process_detail, name="process"),
+        Route("/cleanup", views.cleanup_form, methods=["GET"], name="cleanup"),
+        Route("/cleanup", views.cleanup_run, methods=["POST"], name="cleanup_run"),
+        Route("/api/processes", api.list_processes, name="api_processes"),
+        Route("/api/processes/{process_id}", api.get_process, name="api_process"),
+        Route("/api/status/{ident:path}", api.get_status, name="api_status"),
+        Route("/api/stats", api.stats, name="api_stats"),
+        Route("/api/openapi.json", api.openapi, name="api_openapi"),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    keeper = StatisticsKeeper(store) if keep_statistics else None
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if keeper is not None:  # mounted apps get no lifespan: the thread is a daemon
+            keeper.stop()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityMiddleware, auth=auth, basic_auth=basic_auth)],
+        exception_handlers={404: views.not_found, 405: views.method_not_allowed},
+    )
+    app.state.dashboard = Dashboard(
+        store=store,
+        templates=make_templates(),
+        read_only=read_only,
+        title=title,
+        refresh_seconds=max(1, int(refresh_seconds)),
+        stale_after=settings.stale_after,
+        lost_after=settings.lost_after,
+        keeper=keeper,
+    )
+    return app

@@ -1,0 +1,217 @@
+"""The OpenAPI 3.1 document of the dashboard's JSON API, written out by hand.
+
+Hand-written because the API is small and its shapes are the records'
+``to_dict`` forms; a test checks that every path here answers as described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flow_tracker import __version__
+from flow_tracker.statistics import WINDOWS
+from flow_tracker.status import Status
+from flow_tracker.web.params import DEFAULT_LIMIT, MAX_LIMIT, RANGES
+
+_STATUS_VALUES = [s.value for s in Status]
+
+
+def _query(
+    name: str, description: str, schema: dict[str, Any], many: bool = False
+) -> dict[str, Any]:
+    param: dict[str, Any] = {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "array", "items": schema} if many else schema,
+    }
+    if many:
+        param["explode"] = True
+    return param
+
+
+LIST_PARAMETERS = [
+    _query(
+        "status", "Only these statuses (repeat or comma-separate).", {"enum": _STATUS_VALUES}, True
+    ),
+    _query("category", "Only these categories.", {"type": "string"}, True),
+    _query("name", "Exact process name.", {"type": "string"}),
+    _query("q", "Text in the process name or any of its log messages.", {"type": "string"}),
+    _query(
+        "meta",
+        "Metadata filter key=value (numbers, true/false/null and quoted strings as JSON).",
+        {"type": "string"},
+        True,
+    ),
+    _query("range", "Created within the last …", {"enum": list(RANGES)}),
+    _query("since", "Created at or after (ISO 8601).", {"type": "string", "format": "date-time"}),
+    _query("until", "Created before (ISO 8601).", {"type": "string", "format": "date-time"}),
+    _query("order", "newest (default) or oldest first.", {"enum": ["newest", "oldest"]}),
+    _query(
+        "limit",
+        f"Page size (clamped to 1..{MAX_LIMIT}).",
+        {"type": "integer", "default": DEFAULT_LIMIT, "minimum": 1, "maximum": MAX_LIMIT},
+    ),
+    _query("cursor", "next_cursor of the previous page.", {"type": "string"}),
+]
+
+_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+    "required": ["error", "status"],
+}
+_ERROR_RESPONSE = {
+    "description": "The reason, as JSON.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_PROCESS = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "category": {"type": "string"},
+        "status": {"enum": _STATUS_VALUES},
+        "metadata": {"type": "object"},
+        "error": {"type": ["object", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "duration_ms": {"type": ["number", "null"]},
+        "progress": {"type": "object"},
+        "job_system": {"type": ["string", "null"]},
+        "job_id": {"type": ["string", "null"]},
+        "queue": {"type": ["string", "null"]},
+        "attempt": {"type": "integer"},
+    },
+    "required": ["id", "name", "category", "status", "created_at"],
+}
+
+
+def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def document(server_url: str = "/") -> dict[str, Any]:
+    """The OpenAPI document, with the mount prefix as its server URL."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "flow-tracker API",
+            "version": __version__,
+            "description": "Read what background jobs and processes did: "
+            "processes, their flows and logs, job statuses and statistics.",
+        },
+        "servers": [{"url": server_url}],
+        "paths": {
+            "/api/processes": {
+                "get": {
+                    "operationId": "listProcesses",
+                    "summary": "Processes, newest first, filtered, one page at a time.",
+                    "parameters": LIST_PARAMETERS,
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Process"},
+                                    },
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                                "required": ["items", "next_cursor"],
+                            },
+                            "A page of processes.",
+                        ),
+                        "400": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/processes/{process_id}": {
+                "get": {
+                    "operationId": "getProcess",
+                    "summary": "One process with its flow tree and log entries.",
+                    "parameters": [
+                        {
+                            "name": "process_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {"$ref": "#/components/schemas/Process"},
+                            "The process, with flows, logs, counts and truncated.",
+                        ),
+                        "404": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/status/{id}": {
+                "get": {
+                    "operationId": "getStatus",
+                    "summary": "Status and progress by process id or by the queue's job id.",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "description": "A process id, a Celery task id, an RQ job id "
+                            "or a Dramatiq message id.",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "process_id": {"type": "string"},
+                                    "status": {"enum": _STATUS_VALUES},
+                                    "progress": {"type": "number"},
+                                    "current": {"type": "number"},
+                                    "total": {"type": "number"},
+                                },
+                                "required": ["process_id", "status", "progress"],
+                            },
+                            "The status.",
+                        ),
+                        "404": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/stats": {
+                "get": {
+                    "operationId": "getStats",
+                    "summary": "The overview's numbers for a window.",
+                    "parameters": [
+                        _query(
+                            "window",
+                            "The window to summarise.",
+                            {"enum": list(WINDOWS), "default": "24h"},
+                        )
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "finished": {"type": "object"},
+                                    "failure_rate": {"type": ["number", "null"]},
+                                    "throughput": {"type": "object"},
+                                    "slowest_processes": {"type": "array"},
+                                    "slowest_flows": {"type": "array"},
+                                },
+                                "required": ["finished", "throughput"],
+                            },
+                            "Counts, throughput, failure rate and slowest names.",
+                        ),
+                        "400": _ERROR_RESPONSE,
+                    },
+                }
+            },
+        },
+        "components": {"schemas": {"Process": _PROCESS, "Error": _ERROR}},
+    }

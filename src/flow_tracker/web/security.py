@@ -1,0 +1,174 @@
+"""Who may see the dashboard, and the headers and tokens that keep it safe to open.
+
+One ASGI middleware wraps every route, static files included:
+
+* authentication: optional HTTP basic auth (constant-time compare) and an
+  ``auth`` hook given the request; 401 or 403 before any route runs;
+* a CSRF token in a ``SameSite=Strict`` cookie, handed to templates, that every
+  POST must echo (double submit), plus a same-origin check of ``Origin`` /
+  ``Referer`` / ``Sec-Fetch-Site``: :func:`check_post`;
+* headers on every response: a Content-Security-Policy with no inline script or
+  style, ``Cache-Control: no-store``, no framing, no sniffing, and the server
+  time (``Server-Timing``) that the benchmark reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import inspect
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+AuthHook = Callable[[Request], bool | Awaitable[bool]]
+
+CSRF_COOKIE = "flow_tracker_csrf"
+CSRF_FIELD = "csrf_token"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+class SecurityMiddleware:
+    """Authentication, CSRF cookie and security headers for the whole dashboard."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        auth: AuthHook | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.basic_auth = basic_auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check access, then run the app with the headers added to its response."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request = Request(scope)
+        denied = await self._deny(request)
+        token = request.cookies.get(CSRF_COOKIE, "")
+        new_cookie = not _plausible_token(token)
+        if new_cookie:
+            token = secrets.token_urlsafe(32)
+        scope.setdefault("state", {})["csrf_token"] = token
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.decode().lower() not in SECURITY_HEADERS
+                ]
+                headers.extend((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
+                elapsed = (time.perf_counter() - started) * 1000
+                headers.append((b"server-timing", f"app;dur={elapsed:.2f}".encode()))
+                if new_cookie and denied is None:
+                    headers.append((b"set-cookie", _csrf_cookie(scope, token).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if denied is not None:
+            await denied(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+    async def _deny(self, request: Request) -> Response | None:
+        if self.basic_auth is not None and not _basic_auth_ok(request, self.basic_auth):
+            return PlainTextResponse(
+                "authentication required",
+                status_code=401,
+                headers={"www-authenticate": 'Basic realm="flow-tracker", charset="UTF-8"'},
+            )
+        if self.auth is not None:
+            allowed = self.auth(request)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                return PlainTextResponse("forbidden", status_code=403)
+        return None
+
+
+def _plausible_token(token: str) -> bool:
+    return 32 <= len(token) <= 64 and token.replace("-", "").replace("_", "").isalnum()
+
+
+def _csrf_cookie(scope: Scope, token: str) -> str:
+    cookie: SimpleCookie = SimpleCookie()
+    cookie[CSRF_COOKIE] = token
+    morsel = cookie[CSRF_COOKIE]
+    morsel["path"] = (scope.get("root_path") or "") + "/"
+    morsel["httponly"] = True
+    morsel["samesite"] = "Strict"
+    if scope.get("scheme") == "https":
+        morsel["secure"] = True
+    return morsel.OutputString()
+
+
+def _basic_auth_ok(request: Request, expected: tuple[str, str]) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # Compare both parts, always, in constant time: no early exit on a wrong user.
+    user_ok = hmac.compare_digest(user.encode(), expected[0].encode())
+    password_ok = hmac.compare_digest(password.encode(), expected[1].encode())
+    return user_ok & password_ok
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a state-changing request comes from a page of this dashboard's origin."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return False
+    host = request.headers.get("host", "")
+    expected = f"{request.url.scheme}://{host}".lower()
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin.lower() == expected
+    referer = request.headers.get("referer")
+    if referer:
+        return _origin_of(referer) == expected
+    return False
+
+
+def check_post(request: Request, form: Mapping[str, Any]) -> str | None:
+    """Why a POST must be refused (a CSRF token or origin problem), or None if it may go on."""
+    if not same_origin(request):
+        return "cross-origin request refused"
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = str(form.get(CSRF_FIELD, ""))
+    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        return "missing or invalid CSRF token; reload the page and try again"
+    return None
