@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 import flow_tracker
-from flow_tracker import runtime, statistics_keeper, tracker
+from flow_tracker import heartbeat, runtime, statistics_keeper, tracker
 from flow_tracker.store.engine import Store
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -95,6 +95,7 @@ def _fresh_runtime() -> Iterator[None]:
     token = tracker.CURRENT_NODE.set(None)
     yield
     tracker.CURRENT_NODE.reset(token)
+    heartbeat.HEARTBEAT.clear()  # processes a test left running are not stamped later
     runtime.shutdown(timeout=2.0)
     statistics_keeper.stop_all()  # a dashboard's background thread must not outlive its test
     flow_tracker.config.reset()

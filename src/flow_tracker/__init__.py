@@ -20,15 +20,19 @@ from __future__ import annotations
 from typing import Any
 
 from flow_tracker import config as _config
+from flow_tracker import recovery
 from flow_tracker import runtime as _runtime
 from flow_tracker.config import Settings
 from flow_tracker.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     FlowTrackerError,
+    LockConflictError,
     NotFoundError,
+    Skipped,
     UsageError,
 )
+from flow_tracker.locks import Lease, exclusive
 from flow_tracker.nulls import NullFlow, NullTracker
 from flow_tracker.progress import Progress
 from flow_tracker.reading import batch_status, cleanup, get_process, get_status, list_processes
@@ -43,6 +47,7 @@ from flow_tracker.recording import (
     track,
 )
 from flow_tracker.records import ErrorInfo, FlowRecord, LogEntryRecord, Page, ProcessRecord
+from flow_tracker.recovery import Health, ReapResult, RequeueResult, health, reap, requeue
 from flow_tracker.runtime import flush
 from flow_tracker.status import BatchStatus, JobStatus, Status
 from flow_tracker.store.engine import Store
@@ -97,7 +102,10 @@ __all__ = [
     "Flow",
     "FlowRecord",
     "FlowTrackerError",
+    "Health",
     "JobStatus",
+    "Lease",
+    "LockConflictError",
     "LogEntryRecord",
     "NotFoundError",
     "NullFlow",
@@ -105,7 +113,10 @@ __all__ = [
     "Page",
     "ProcessRecord",
     "Progress",
+    "ReapResult",
+    "RequeueResult",
     "Settings",
+    "Skipped",
     "Status",
     "Tracker",
     "UsageError",
@@ -117,12 +128,17 @@ __all__ = [
     "configure",
     "current",
     "current_flow",
+    "exclusive",
     "flow",
     "flush",
     "get_process",
     "get_status",
+    "health",
     "list_processes",
     "log",
+    "reap",
+    "recovery",
+    "requeue",
     "reset",
     "start",
     "track",

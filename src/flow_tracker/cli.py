@@ -328,3 +328,146 @@ def serve(
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- recovery and locks -------------------------------------------------------
+
+
+def _import_modules(modules: tuple[str, ...]) -> None:
+    """Import the user's modules that install integrations (needed to requeue)."""
+    import importlib
+
+    sys.path.insert(0, ".")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise click.ClickException(
+                f"cannot import {name}: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+@main.command()
+@database_option
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Run again every SECONDS until interrupted (default: once).",
+)
+@click.option(
+    "--lost-after",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Seconds without heartbeat [default: the lost_after setting].",
+)
+@friendly_errors
+def reap(database_url: str | None, every: float | None, lost_after: float | None) -> None:
+    """Mark running processes whose heartbeat stopped as lost."""
+    _use(database_url)
+    while True:
+        result = flow_tracker.reap(lost_after=lost_after)
+        stamp = result.checked_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{stamp}  lost: {len(result.lost)}  stale queued: {result.stale_queued}")
+        for process_id in result.lost:
+            click.echo(f"  lost {process_id}")
+        if every is None:
+            return
+        import time
+
+        time.sleep(every)
+
+
+@main.command()
+@database_option
+@click.argument("process_ids", nargs=-1)
+@click.option("--lost", "which", flag_value="lost", help="Every lost job not requeued yet.")
+@click.option("--failed", "which", flag_value="failed", help="Every failed job not requeued yet.")
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Module that installs the integration (e.g. myapp.celery_app); repeatable.",
+)
+@friendly_errors
+def requeue(
+    database_url: str | None,
+    process_ids: tuple[str, ...],
+    which: str | None,
+    modules: tuple[str, ...],
+) -> None:
+    """Enqueue lost or failed jobs again, through their own queue, with their stored arguments."""
+    if bool(process_ids) == bool(which):
+        raise click.UsageError("give process ids, or one of --lost / --failed")
+    _use(database_url)
+    _import_modules(modules)
+    ids: list[Any] = list(process_ids)
+    if which:
+        ids = flow_tracker.recovery.requeue_candidates(Status(which))
+    results = flow_tracker.requeue(ids)
+    failed = 0
+    for result in results:
+        detail = f" -> {result.new_process_id}" if result.new_process_id else ""
+        reason = f" ({result.reason})" if result.reason else ""
+        click.echo(f"{result.process_id}  {result.outcome}{detail}{reason}")
+        failed += not result.ok
+    click.echo(f"{len(results) - failed} of {len(results)} enqueued")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+def health(database_url: str | None, as_json: bool) -> None:
+    """Lost, silent and stale jobs; exit code 0 when healthy, 1 otherwise."""
+    _use(database_url)
+    report = flow_tracker.health()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        oldest = report.oldest_queued_age_s
+        last = report.last_reap.strftime("%Y-%m-%d %H:%M:%S") if report.last_reap else "never"
+        click.echo(f"{'healthy' if report.healthy else 'UNHEALTHY'}")
+        click.echo(f"  running:       {report.running} ({report.silent} without heartbeat)")
+        click.echo(f"  lost (24 h):   {report.lost} not requeued")
+        click.echo(f"  stale queued:  {report.stale_queued}")
+        click.echo(f"  oldest queued: {'-' if oldest is None else f'{oldest:.0f} s'}")
+        click.echo(f"  last reap:     {last}")
+    sys.exit(0 if report.healthy else 1)
+
+
+@main.command("locks")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@friendly_errors
+def locks_command(database_url: str | None, as_json: bool) -> None:
+    """Locks of flow_tracker.exclusive held now."""
+    _use(database_url)
+    from flow_tracker.locks import held_locks
+
+    held = held_locks()
+    for lock in held:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "name": lock.name,
+                        "key": lock.key,
+                        "holder": lock.holder,
+                        "process_id": None if lock.process_id is None else str(lock.process_id),
+                        "fence": lock.fence,
+                        "acquired_at": lock.acquired_at.isoformat(),
+                        "expires_at": lock.expires_at.isoformat(),
+                    }
+                )
+            )
+        else:
+            click.echo(
+                f"{lock.name}  {lock.key}  held by {lock.holder}  fence {lock.fence}  "
+                f"since {lock.acquired_at:%H:%M:%S}  until {lock.expires_at:%H:%M:%S}"
+            )
+    if not held and not as_json:
+        click.echo("no locks held")

@@ -35,6 +35,7 @@ class Settings:
         heartbeat_interval: seconds between heartbeats of running processes.
         lost_after: a running process whose heartbeat is older than this is lost.
         stale_after: a job still queued after this many seconds is reported as stale.
+        max_lost: a job lost this many times is not re-enqueued again (poison pill).
         buffer_size: events held in memory at most before the least valuable are dropped.
         batch_size: events the background writer stores in one transaction at most.
         flush_interval: seconds the writer waits for more events before storing them.
@@ -60,6 +61,7 @@ class Settings:
     heartbeat_interval: float = 10.0
     lost_after: float = 60.0
     stale_after: float = 900.0
+    max_lost: int = 3
     buffer_size: int = 100_000
     batch_size: int = 5_000
     flush_interval: float = 0.2
@@ -125,6 +127,7 @@ def _validate(s: Settings) -> None:
         "heartbeat_interval": s.heartbeat_interval,
         "lost_after": s.lost_after,
         "stale_after": s.stale_after,
+        "max_lost": s.max_lost,
         "buffer_size": s.buffer_size,
         "batch_size": s.batch_size,
         "flush_interval": s.flush_interval,

@@ -21,3 +21,25 @@ class NotFoundError(FlowTrackerError, LookupError):
 
 class UsageError(FlowTrackerError, ValueError):
     """flow-tracker was called wrongly: an unknown log level, a bad category or name."""
+
+
+class LockConflictError(FlowTrackerError):
+    """A lock of ``flow_tracker.exclusive`` is held by another holder.
+
+    Raised with ``on_conflict="raise"``, and with ``"wait"`` once ``timeout`` has passed.
+    """
+
+    def __init__(self, name: str, key: str, holder: str | None, waited: float = 0.0) -> None:
+        self.name, self.key, self.holder, self.waited = name, key, holder, waited
+        by = f" by {holder}" if holder else ""
+        after = f" after waiting {waited:.1f} s" if waited else ""
+        super().__init__(f"lock {name!r} for key {key!r} is held{by}{after}")
+
+
+class Skipped(FlowTrackerError):
+    """Raised by an ``exclusive(..., on_conflict="skip")`` block whose lock is held.
+
+    The current process ends ``skipped``; a ``flow_tracker.track`` block and the
+    RQ integration swallow it. The decorator form never raises it: the function
+    is not called and returns None.
+    """

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
 from flow_tracker import config, runtime
+from flow_tracker.errors import Skipped
 from flow_tracker.nulls import NULL_FLOW, NULL_TRACKER, NullFlow, NullTracker
 from flow_tracker.tracker import (
     CURRENT_NODE,
@@ -97,10 +98,12 @@ class TrackContext(_Decorating):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         tracker = self._pop()
         if isinstance(tracker, Tracker):
             tracker.complete(exc)
+        # A skipped critical section ends the process as skipped, and the block quietly.
+        return isinstance(exc, Skipped)
 
     async def __aenter__(self) -> AnyTracker:
         return self.__enter__()
@@ -110,7 +113,7 @@ class TrackContext(_Decorating):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         tracker = self._pop()
         if isinstance(tracker, Tracker):
             tracker.complete(exc, wait=False)
@@ -120,6 +123,7 @@ class TrackContext(_Decorating):
                 await asyncio.get_running_loop().run_in_executor(
                     None, tracker._writer.flush, timeout
                 )
+        return isinstance(exc, Skipped)
 
     def _fresh(self) -> TrackContext:
         return TrackContext(self._name, self._category, self._metadata)

@@ -129,6 +129,10 @@ class ProcessRecord:
     heartbeat_at: datetime | None
     dropped_logs: int
     job_args: Any = None
+    requeued_from_id: uuid.UUID | None = None
+    """The lost or failed process this run re-enqueued (:func:`flow_tracker.requeue`)."""
+    lost_count: int = 0
+    """How many times this job (and the runs it was requeued from) was lost."""
     flows: list[FlowRecord] = dataclasses.field(default_factory=list)
     logs: list[LogEntryRecord] = dataclasses.field(default_factory=list)
 
@@ -169,6 +173,8 @@ class ProcessRecord:
             "heartbeat_at": _iso(self.heartbeat_at),
             "dropped_logs": self.dropped_logs,
             "job_args": self.job_args,
+            "requeued_from_id": str(self.requeued_from_id) if self.requeued_from_id else None,
+            "lost_count": self.lost_count,
         }
         if include_tree:
             out["flows"] = [f.to_dict() for f in self.flows]

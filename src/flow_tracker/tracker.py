@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from flow_tracker import config, runtime
+from flow_tracker import config, heartbeat, runtime
 from flow_tracker import events as ev
-from flow_tracker.errors import UsageError
+from flow_tracker.errors import Skipped, UsageError
 from flow_tracker.ids import new_id, new_id_int
 from flow_tracker.progress import Progress
 from flow_tracker.status import Status
@@ -106,6 +106,9 @@ CONTROL_FLOW: dict[type[BaseException], Status] = {}
 def register_control_flow(exc_type: type[BaseException], status: Status) -> None:
     """Make blocks left by ``exc_type`` end with ``status`` instead of ``failed``."""
     CONTROL_FLOW[exc_type] = status
+
+
+register_control_flow(Skipped, Status.SKIPPED)
 
 
 def outcome_of(exc: BaseException | None) -> tuple[Status, ev.ErrorTuple | None]:
@@ -387,6 +390,7 @@ class Tracker(_Node):
         "_process_id",
         "_progress",
         "_settings",
+        "_skip_reason",
         "_started",
         "_status",
         "_token",
@@ -425,6 +429,7 @@ class Tracker(_Node):
         self._status = Status.RUNNING
         self._started = 0.0
         self._token: contextvars.Token[_Node | None] | None = None
+        self._skip_reason: str | None = None
         self._progress = Progress(self._emit_progress, settings.progress_interval)
 
     @property
@@ -468,6 +473,8 @@ class Tracker(_Node):
         if extra:
             row.update(extra)
         self._writer.put((ev.PROCESS_START, self._id_int, row))
+        if isinstance(self._writer, Writer):  # not a warm-up's capture
+            heartbeat.add_process(self._id_int)
         self._token = CURRENT_NODE.set(self)
 
     def _emit_progress(self, current: float, total: float) -> None:
@@ -485,6 +492,15 @@ class Tracker(_Node):
         self._writer.put(
             (ev.PROCESS_UPDATE, self._id_int, {"metadata": self._metadata, "updated_at": _now()})
         )
+
+    def skip(self, reason: str) -> None:
+        """Make the process end ``skipped`` (with ``reason`` in its metadata) unless it fails.
+
+        Used by ``exclusive(..., on_conflict="skip")``; the process goes on until its
+        block or job ends.
+        """
+        self._skip_reason = str(reason)
+        self.update_metadata(skip_reason=self._skip_reason)
 
     def complete(
         self,
@@ -512,6 +528,8 @@ class Tracker(_Node):
             return
         try:
             end, described = outcome_of(error)
+            if end is Status.COMPLETED and self._skip_reason is not None:
+                end = Status.SKIPPED
             self._end(chosen or end, described)
         except Exception as exc:
             runtime.report_internal_error(exc, "completing a process")
@@ -521,6 +539,7 @@ class Tracker(_Node):
 
     def _end(self, status: Status, error: ev.ErrorTuple | None) -> None:
         self._finished = True
+        heartbeat.remove_process(self._id_int)
         self._status = status
         finished = _now()
         fields: dict[str, Any] = {

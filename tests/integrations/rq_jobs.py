@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from redis import Redis
 from rq import Queue, get_current_job
@@ -49,3 +50,11 @@ def child_job() -> str:
 
 def noop() -> None:
     """A trivial job, for the benchmark."""
+
+
+def sleepy(i: int, seconds: float = 1.0) -> int:
+    """Long enough to be running when its worker is killed."""
+    with flow_tracker.flow("work") as flow:
+        flow.info("working", data={"i": i})
+        time.sleep(seconds)
+    return i

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from flow_tracker import runtime
@@ -34,6 +35,7 @@ from flow_tracker.integrations.jobs import (
     start_job,
     warm_up,
 )
+from flow_tracker.integrations.registry import register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
 from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
@@ -90,7 +92,19 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
         register_control_flow(Retry, Status.RETRYING)
         register_control_flow(Ignore, Status.SKIPPED)
         register_control_flow(Reject, Status.CANCELLED)
+        register_requeuer(JOB_SYSTEM, functools.partial(_requeue, app))
     warm_up()
+
+
+def _requeue(app: celery.Celery, payload: Mapping[str, Any], job_id: str) -> None:
+    # Sent by name with the stored arguments and a new task id (flow_tracker.requeue).
+    app.send_task(
+        payload["task"],
+        args=list(payload.get("args") or ()),
+        kwargs=dict(payload.get("kwargs") or {}),
+        queue=payload.get("queue") or None,
+        task_id=job_id,
+    )
 
 
 def _is_tracked(task: Any) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from flow_tracker import runtime
@@ -32,6 +33,7 @@ from flow_tracker.integrations.jobs import (
     start_job,
     warm_up,
 )
+from flow_tracker.integrations.registry import register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
 from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
@@ -44,6 +46,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "flow_tracker.integrations.dramatiq needs Dramatiq: pip install 'flow-tracker[dramatiq]'"
     ) from exc
 
+# Options of one delivery, not of the job: a requeued message starts afresh.
+_ATTEMPT_OPTIONS = frozenset({"retries", "traceback", "redis_message_id", "eta"})
 JOB_SYSTEM = "dramatiq"
 MIN_VERSION = (1, 16)
 OPT_IN_OPTION = "flow_tracker"
@@ -175,8 +179,25 @@ def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
         broker.add_middleware(middleware)
     _wrap_enqueue(broker, middleware)
     register_control_flow(dramatiq.Retry, Status.RETRYING)
+    register_requeuer(JOB_SYSTEM, functools.partial(_requeue, broker))
     warm_up()
     return middleware
+
+
+def _requeue(broker: Any, payload: Mapping[str, Any], job_id: str) -> None:
+    # The stored message again, under a new message id (flow_tracker.requeue).
+    options = {
+        k: v for k, v in dict(payload.get("options") or {}).items() if k not in _ATTEMPT_OPTIONS
+    }
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=payload["queue"],
+        actor_name=payload["actor"],
+        args=tuple(payload.get("args") or ()),
+        kwargs=dict(payload.get("kwargs") or {}),
+        options=options,
+        message_id=job_id,
+    )
+    broker.enqueue(message)
 
 
 def _wrap_enqueue(broker: Any, middleware: FlowTrackerMiddleware) -> None:

@@ -27,10 +27,11 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from flow_tracker import runtime
+from flow_tracker.errors import Skipped
 from flow_tracker.integrations.jobs import (
     finish_job,
     record_enqueued,
@@ -38,11 +39,13 @@ from flow_tracker.integrations.jobs import (
     start_job,
     warm_up,
 )
+from flow_tracker.integrations.registry import register_requeuer
 from flow_tracker.status import Status
 from flow_tracker.tracker import outcome_of
 
 try:
     import rq
+    from redis import Redis
     from rq.job import Job
     from rq.queue import Queue
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -63,6 +66,23 @@ _lock = threading.Lock()
 _track_all = True
 _installed = False
 _install_pid = 0  # the worker's own process; its forked work-horses have other pids
+_connection: Redis | None = None  # for flow_tracker.requeue
+
+
+def _requeue(payload: Mapping[str, Any], job_id: str) -> None:
+    # The stored call again, under a new job id (flow_tracker.requeue).
+    if _connection is None:
+        raise RuntimeError(
+            "RQ needs a Redis connection to requeue: "
+            "flow_tracker.integrations.rq.install(connection=Redis(...))"
+        )
+    queue = Queue(payload.get("queue") or "default", connection=_connection)
+    queue.enqueue_call(
+        func=payload["func"],
+        args=tuple(payload.get("args") or ()),
+        kwargs=dict(payload.get("kwargs") or {}),
+        job_id=job_id,
+    )
 
 
 def tracked(func: F) -> F:
@@ -71,18 +91,24 @@ def tracked(func: F) -> F:
     return func
 
 
-def install(*, track_all: bool = True) -> None:
+def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
     """Track the RQ jobs of this interpreter; calling it again changes nothing else.
 
     Args:
         track_all: False tracks only jobs whose function is decorated with
             :func:`tracked` or that were enqueued with ``meta={"flow_tracker": True}``.
+        connection: the Redis connection :func:`flow_tracker.requeue` enqueues
+            with. Without it, the connection of the last queue that enqueued or
+            ran a job here is used.
     """
     if tuple(int(p) for p in rq.__version__.split(".")[:2]) < MIN_VERSION:
         raise ImportError(f"flow-tracker needs RQ >= {'.'.join(map(str, MIN_VERSION))}")
-    global _track_all, _installed, _install_pid
+    global _track_all, _installed, _install_pid, _connection
     with _lock:
         _track_all = track_all
+        if connection is not None:
+            _connection = connection
+        register_requeuer(JOB_SYSTEM, _requeue)
         if _installed:
             return
         _installed = True
@@ -118,7 +144,10 @@ def _wrap_enqueue_job() -> None:
 
 
 def _record_enqueue(queue: Queue, job: Job) -> bool:
+    global _connection
     try:
+        if _connection is None:
+            _connection = queue.connection
         if not _is_tracked(job):
             return False
         # Kept in the job's meta (saved with it) to number the attempts of retries.
@@ -172,6 +201,10 @@ def _wrap_perform() -> None:
             return original(self)
         try:
             result = original(self)
+        except Skipped:  # exclusive(..., on_conflict="skip") as a block: not a failure
+            finish_job(tracker, Status.SKIPPED)
+            _store_before_exit()
+            return None
         except BaseException as exc:
             status = outcome_of(exc)[0]
             if status is Status.FAILED and _will_retry(self):

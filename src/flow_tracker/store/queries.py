@@ -62,6 +62,8 @@ def process_from_row(row: Row[Any]) -> ProcessRecord:
         heartbeat_at=row.heartbeat_at,
         dropped_logs=row.dropped_logs or 0,
         job_args=row._mapping.get("job_args"),
+        requeued_from_id=row._mapping.get("requeued_from_id"),
+        lost_count=row._mapping.get("lost_count") or 0,
     )
 
 

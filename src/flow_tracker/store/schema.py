@@ -10,7 +10,7 @@ Every index serves a dashboard or API query:
 
 * processes: latest first (``created_at``), filtered by status, category or
   name; job id look-ups; running processes by heartbeat (the reaper); parent
-  links; metadata containment (GIN, PostgreSQL only);
+  links; the re-enqueued run of a lost job; metadata containment (GIN, PostgreSQL only);
 * flows and log entries: everything of one process in order (``process_id``,
   ``position``); flows by name over time (slowest-flow statistics).
 """
@@ -89,6 +89,12 @@ processes = Table(
     Index("ix_flow_tracker_processes_name_created", "name", "created_at"),
     Index("ix_flow_tracker_processes_job_id", "job_id"),
     Index("ix_flow_tracker_processes_parent", "parent_process_id"),
+    Index(
+        "ix_flow_tracker_processes_requeued_from",
+        "requeued_from_id",
+        postgresql_where=text("requeued_from_id IS NOT NULL"),
+        sqlite_where=text("requeued_from_id IS NOT NULL"),
+    ),
     Index(
         "ix_flow_tracker_processes_heartbeat",
         "heartbeat_at",

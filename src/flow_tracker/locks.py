@@ -1,0 +1,472 @@
+"""Critical sections per key: ``flow_tracker.exclusive(name, key=...)``.
+
+At most one holder per ``(name, key)`` across processes and hosts. The database
+decides, in one statement: a row per ``(name, key)`` in ``flow_tracker_locks``
+is taken with an upsert that only succeeds when the row is free, expired (by
+the database's clock) or already the caller's. Every new holder gets a larger
+``fence``; release and renewal name the fence they hold, so a stale holder
+(paused past its lease, then woken) can neither free nor extend the lock of
+the holder that took over. Rows are kept after release (one per key ever
+used) so that fences only grow.
+
+The holder is the current process: for a queued job its process id is derived
+from the job id, so a retry of the same job re-enters a lock its earlier attempt
+left behind. Outside any process every ``with`` block is a holder of its own.
+While it is held, the heartbeat thread (:mod:`flow_tracker.heartbeat`) renews
+the lease every ``ttl / 3`` seconds; a holder that dies is taken over once its
+lease has run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from flow_tracker import runtime
+from flow_tracker.errors import DatabaseUnavailableError, LockConflictError, Skipped, UsageError
+from flow_tracker.heartbeat import HEARTBEAT
+from flow_tracker.store.clock import database_now, now_sql
+from flow_tracker.store.engine import Store
+from flow_tracker.store.schema import locks
+from flow_tracker.tracker import CURRENT_NODE, Tracker
+
+F = TypeVar("F", bound=Callable[..., Any])
+OnConflict = Literal["skip", "raise", "wait"]
+_ON_CONFLICT = ("skip", "raise", "wait")
+KEY_LIMIT = 255
+_RELEASED = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    """A row of ``flow-tracker locks``: who holds what, since when, until when."""
+
+    name: str
+    key: str
+    holder: str
+    process_id: uuid.UUID | None
+    fence: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class Lease:
+    """A lock held by this interpreter: what a ``with exclusive(...)`` block yields.
+
+    Attributes:
+        name, key: what is locked.
+        fence: grows with every new holder of the key; pass it to systems that can
+            refuse writes from an older holder.
+        lost: True once a renewal found the lock taken over (the lease ran out
+            while this holder was paused).
+    """
+
+    def __init__(self, name: str, key: str, holder: str, fence: int, ttl: float) -> None:
+        self.name, self.key, self.holder, self.fence, self.ttl = name, key, holder, fence, ttl
+        self.lost = False
+        self._depth = 1
+
+    def renew(self) -> None:
+        """Extend the lease by ``ttl`` from now (called by the heartbeat thread)."""
+        if self.lost:
+            return
+        store = runtime.store()
+        with store.engine.connect() as conn, conn.begin():
+            renewed = conn.execute(
+                update(locks)
+                .where(self._mine())
+                .values(expires_at=now_sql(store.dialect, self.ttl))
+            ).rowcount
+        if not renewed:
+            self.lost = True
+            HEARTBEAT.remove_lease(self)
+            runtime.internal_log.warning(
+                "flow-tracker: lock %r for key %r was taken over (fence %d ran out)",
+                self.name,
+                self.key,
+                self.fence,
+            )
+
+    def _mine(self) -> Any:
+        return and_(
+            locks.c.name == self.name,
+            locks.c.key == self.key,
+            locks.c.holder == self.holder,
+            locks.c.fence == self.fence,
+        )
+
+    def release(self) -> bool:
+        """Free the lock if this holder still holds it; False when it had been taken over."""
+        HEARTBEAT.remove_lease(self)
+        store = runtime.store()
+        with store.engine.connect() as conn, conn.begin():
+            freed = conn.execute(
+                update(locks).where(self._mine()).values(expires_at=_RELEASED, holder="")
+            ).rowcount
+        return bool(freed)
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.name!r} {self.key!r} fence={self.fence}>"
+
+
+# Leases held here, by (name, key, holder): a nested block for the same key re-enters.
+_held: dict[tuple[str, str, str], Lease] = {}
+_held_lock = threading.Lock()
+_held_pid = os.getpid()
+
+
+def _held_here() -> dict[tuple[str, str, str], Lease]:
+    global _held, _held_lock, _held_pid
+    if _held_pid != os.getpid():  # a forked child holds nothing of its parent's
+        _held, _held_lock, _held_pid = {}, threading.Lock(), os.getpid()
+    return _held
+
+
+def _normalise_key(key: object) -> str:
+    text = str(key)
+    if len(text) > KEY_LIMIT:  # still one key per value, stored in the column's width
+        return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return text
+
+
+def _current_holder() -> tuple[str, uuid.UUID | None]:
+    node = CURRENT_NODE.get()
+    tracker = getattr(node, "_tracker", None)
+    if isinstance(tracker, Tracker):
+        return f"process:{tracker._process_id}", tracker._process_id
+    return f"block:{uuid.uuid4()}", None
+
+
+def _try_acquire(
+    conn: Connection, dialect: str, name: str, key: str, holder: str, process_id: Any, ttl: float
+) -> int | None:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = now_sql(dialect)
+    values = insert(locks).values(
+        name=name,
+        key=key,
+        holder=holder,
+        process_id=process_id,
+        fence=1,
+        acquired_at=now,
+        expires_at=now_sql(dialect, ttl),
+    )
+    new = values.excluded
+    stmt = values.on_conflict_do_update(
+        index_elements=["name", "key"],
+        set_={
+            "holder": new.holder,
+            "process_id": new.process_id,
+            "fence": locks.c.fence + 1,
+            "acquired_at": new.acquired_at,
+            "expires_at": new.expires_at,
+        },
+        # Free (released or expired by the database's clock) or the caller's own.
+        where=(locks.c.expires_at <= new.acquired_at) | (locks.c.holder == holder),
+    ).returning(locks.c.fence)
+    fence = conn.execute(stmt).scalar()
+    return None if fence is None else int(fence)
+
+
+def _holder_of(conn: Connection, name: str, key: str) -> str | None:
+    row = conn.execute(
+        select(locks.c.holder, locks.c.expires_at).where(
+            and_(locks.c.name == name, locks.c.key == key)
+        )
+    ).first()
+    if row is None or not row.holder:
+        return None
+    return str(row.holder)
+
+
+def acquire(name: str, key: str, ttl: float) -> tuple[Lease | None, str | None]:
+    """One attempt to take the lock: ``(lease, None)`` or ``(None, current holder)``.
+
+    Raises:
+        DatabaseUnavailableError: the database cannot be reached. A lock that cannot
+            be checked is not granted: exclusion is the point.
+    """
+    holder, process_id = _current_holder()
+    held = _held_here()
+    with _held_lock:
+        for (n, k, h), lease in held.items():
+            if n == name and k == key and h == holder and not lease.lost:
+                lease._depth += 1
+                return lease, None
+    store = runtime.store()
+    try:
+        store.ensure_schema()
+        with store.engine.connect() as conn, conn.begin():
+            fence = _try_acquire(conn, store.dialect, name, key, holder, process_id, ttl)
+            current = None if fence is not None else _holder_of(conn, name, key)
+    except Exception as exc:
+        raise DatabaseUnavailableError(
+            f"cannot take lock {name!r} for key {key!r}: the tracking database is unreachable "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if fence is None:
+        return None, current
+    lease = Lease(name, key, holder, fence, ttl)
+    with _held_lock:
+        held[(name, key, holder)] = lease
+    HEARTBEAT.add_lease(lease)
+    return lease, None
+
+
+def release(lease: Lease) -> bool:
+    """Leave a block of ``lease``; the lock is freed when its outermost block ends."""
+    with _held_lock:
+        lease._depth -= 1
+        if lease._depth > 0:
+            return True
+        _held_here().pop((lease.name, lease.key, lease.holder), None)
+    try:
+        return lease.release()
+    except Exception as exc:
+        # The lease runs out by itself; a release that could not be stored only delays that.
+        runtime.report_internal_error(exc, "releasing a lock")
+        return False
+
+
+class Exclusive:
+    """What :func:`exclusive` returns: a ``with`` / ``async with`` block and a decorator."""
+
+    def __init__(
+        self,
+        name: str,
+        key: object,
+        ttl: float,
+        on_conflict: OnConflict,
+        timeout: float | None,
+    ) -> None:
+        if type(name) is not str or not name or len(name) > KEY_LIMIT:
+            raise UsageError(f"lock name must be a non-empty string of at most {KEY_LIMIT} chars")
+        if on_conflict not in _ON_CONFLICT:
+            raise UsageError(
+                f"on_conflict must be one of {', '.join(_ON_CONFLICT)}, not {on_conflict!r}"
+            )
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
+            raise UsageError(f"ttl must be a positive number of seconds, not {ttl!r}")
+        if timeout is not None and not timeout >= 0:
+            raise UsageError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        self.name = name
+        self.key = key
+        self.ttl = float(ttl)
+        self.on_conflict = on_conflict
+        self.timeout = self.ttl if timeout is None else float(timeout)
+        self._stack: list[Lease] = []
+
+    # -- taking the lock ------------------------------------------------------
+
+    def _take(self, key: str) -> Lease | None:
+        """The lease, or None when skipping; raises on conflict in the other modes."""
+        started = time.monotonic()
+        delay = 0.02
+        while True:
+            lease, holder = acquire(self.name, key, self.ttl)
+            if lease is not None:
+                return lease
+            waited = time.monotonic() - started
+            if self.on_conflict == "skip":
+                _mark_skipped(self.name, key, holder)
+                return None
+            if self.on_conflict == "raise" or waited >= self.timeout:
+                raise LockConflictError(self.name, key, holder, waited)
+            time.sleep(min(delay * random.uniform(0.5, 1.5), self.timeout - waited))
+            delay = min(delay * 2, 1.0)
+
+    async def _take_async(self, key: str) -> Lease | None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        delay = 0.02
+        while True:
+            lease, holder = await loop.run_in_executor(None, acquire, self.name, key, self.ttl)
+            if lease is not None:
+                return lease
+            waited = time.monotonic() - started
+            if self.on_conflict == "skip":
+                _mark_skipped(self.name, key, holder)
+                return None
+            if self.on_conflict == "raise" or waited >= self.timeout:
+                raise LockConflictError(self.name, key, holder, waited)
+            await asyncio.sleep(min(delay * random.uniform(0.5, 1.5), self.timeout - waited))
+            delay = min(delay * 2, 1.0)
+
+    def _block_key(self) -> str:
+        if callable(self.key):
+            raise UsageError("a key computed from arguments works in the decorator form only")
+        return _normalise_key(self.key)
+
+    # -- with / async with ----------------------------------------------------
+
+    def __enter__(self) -> Lease:
+        lease = self._take(self._block_key())
+        if lease is None:
+            raise Skipped(f"skipped: lock {self.name!r} for key {self.key!r} is held")
+        self._stack.append(lease)
+        return lease
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        release(self._stack.pop())
+
+    async def __aenter__(self) -> Lease:
+        lease = await self._take_async(self._block_key())
+        if lease is None:
+            raise Skipped(f"skipped: lock {self.name!r} for key {self.key!r} is held")
+        self._stack.append(lease)
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._stack.pop()
+        await asyncio.get_running_loop().run_in_executor(None, release, lease)
+
+    # -- decorator ------------------------------------------------------------
+
+    def __call__(self, func: F) -> F:
+        """Run every call of ``func`` holding the lock; a skipped call returns None.
+
+        ``key`` may be a callable given the call's arguments, or a string with
+        ``{argument}`` fields filled from them (``key="{user_id}"``).
+        """
+        signature = inspect.signature(func)
+        key_of = self._key_function(signature)
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                lease = await self._take_async(key_of(args, kwargs))
+                if lease is None:
+                    return None
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    await asyncio.get_running_loop().run_in_executor(None, release, lease)
+
+            return cast(F, run_async)
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            lease = self._take(key_of(args, kwargs))
+            if lease is None:
+                return None
+            try:
+                return func(*args, **kwargs)
+            finally:
+                release(lease)
+
+        return cast(F, run)
+
+    def _key_function(
+        self, signature: inspect.Signature
+    ) -> Callable[[tuple[Any, ...], Mapping[str, Any]], str]:
+        key = self.key
+        if callable(key):
+            return lambda args, kwargs: _normalise_key(key(*args, **kwargs))
+        if isinstance(key, str) and "{" in key:
+
+            def formatted(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                return _normalise_key(key.format(**bound.arguments))
+
+            return formatted
+        fixed = _normalise_key(key)
+        return lambda args, kwargs: fixed
+
+
+def _mark_skipped(name: str, key: str, holder: str | None) -> None:
+    node = CURRENT_NODE.get()
+    tracker = getattr(node, "_tracker", None)
+    if isinstance(tracker, Tracker):
+        by = f" by {holder}" if holder else ""
+        tracker.skip(f"lock {name!r} for key {key!r} is held{by}")
+
+
+def exclusive(
+    name: str,
+    key: object = "",
+    *,
+    ttl: float = 60.0,
+    on_conflict: OnConflict = "raise",
+    timeout: float | None = None,
+) -> Exclusive:
+    """A critical section: at most one holder of ``(name, key)`` at a time, across hosts.
+
+    ::
+
+        with flow_tracker.exclusive("financial", key=user.id):
+            charge(user)
+
+        @flow_tracker.exclusive("financial", key="{user_id}", on_conflict="skip")
+        def charge_job(user_id): ...
+
+    Args:
+        name: what kind of section (``"financial"``).
+        key: which one (a user id...); in the decorator form also a callable given the
+            call's arguments, or a ``"{argument}"`` template.
+        ttl: seconds the lock stays held if its holder dies; renewed while it lives.
+        on_conflict: ``"raise"`` a :class:`LockConflictError`; ``"skip"`` the work (the
+            current process ends ``skipped`` with the reason; a block raises
+            :class:`Skipped`, which ``track`` blocks swallow); ``"wait"`` up to ``timeout``.
+        timeout: seconds to wait in ``"wait"`` mode (default: ``ttl``).
+
+    Raises:
+        UsageError: a bad name, ttl, timeout or on_conflict.
+    """
+    return Exclusive(name, key, ttl, on_conflict, timeout)
+
+
+def held_locks(store: Store | None = None) -> list[HeldLock]:
+    """The locks held now (unexpired by the database's clock), oldest first.
+
+    Args:
+        store: the database to read (default: the configured one).
+    """
+    store = store or runtime.store()
+    store.ensure_schema()
+    with store.engine.connect() as conn:
+        now = database_now(conn)
+        rows = conn.execute(
+            select(locks)
+            .where(and_(locks.c.expires_at > now, locks.c.holder != ""))
+            .order_by(locks.c.acquired_at)
+        ).all()
+    return [
+        HeldLock(
+            name=row.name,
+            key=row.key,
+            holder=row.holder,
+            process_id=row.process_id,
+            fence=int(row.fence),
+            acquired_at=row.acquired_at,
+            expires_at=row.expires_at,
+        )
+        for row in rows
+    ]

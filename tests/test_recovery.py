@@ -1,0 +1,208 @@
+"""Heartbeats, the reaper, requeue outcomes and health, on SQLite and PostgreSQL.
+
+Requeueing through real queues after SIGKILLed workers is in
+tests/integrations/test_recovery_rq.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, update
+
+import flow_tracker
+from flow_tracker import Status, runtime
+from flow_tracker.heartbeat import HEARTBEAT
+from flow_tracker.recovery import requeue_candidates, requeue_job_id
+from flow_tracker.store.clock import database_now
+from flow_tracker.store.schema import flows, processes
+
+
+def _db_now() -> Any:
+    runtime.store().ensure_schema()
+    with runtime.store().engine.connect() as conn:
+        return database_now(conn)
+
+
+def _silence(process_ids: list[uuid.UUID], seconds: float) -> None:
+    """Make the processes' last heartbeat ``seconds`` old by the database's clock."""
+    old = _db_now() - timedelta(seconds=seconds)
+    with runtime.store().engine.begin() as conn:
+        conn.execute(
+            update(processes).where(processes.c.id.in_(process_ids)).values(heartbeat_at=old)
+        )
+
+
+def _job_row(**values: Any) -> uuid.UUID:
+    now = _db_now()
+    row = {
+        "id": uuid.uuid4(),
+        "name": "charge",
+        "category": "jobs",
+        "status": "lost",
+        "created_at": now,
+        "job_system": "rq",
+        "job_id": uuid.uuid4().hex,
+        "queue": "default",
+        "job_payload": {"func": "app.charge", "args": [1], "kwargs": {}, "queue": "default"},
+        **values,
+    }
+    with runtime.store().engine.begin() as conn:
+        conn.execute(insert(processes).values(**row))
+    return row["id"]  # type: ignore[no-any-return]
+
+
+def test_heartbeats_stamp_running_processes_with_the_database_clock(tracked: str) -> None:
+    flow_tracker.configure(database_url=tracked, heartbeat_interval=0.1, log_to_stdlib=False)
+    tracker = flow_tracker.start("long_job")
+    flow_tracker.flush()
+    _silence([tracker.process_id], 3600)
+    deadline = time.monotonic() + 10
+    while True:
+        record = flow_tracker.get_process(tracker.process_id)
+        assert record is not None and record.heartbeat_at is not None
+        if abs((_db_now() - record.heartbeat_at).total_seconds()) < 5:
+            break
+        assert time.monotonic() < deadline, "no heartbeat stamped"
+        time.sleep(0.05)
+    assert tracker.process_id in HEARTBEAT.running_here()
+    tracker.complete()
+    assert tracker.process_id not in HEARTBEAT.running_here()
+
+
+def test_the_reaper_marks_silent_running_processes_lost_once(tracked: str) -> None:
+    silent = flow_tracker.start("died")
+    with silent.flow("step"):
+        alive = flow_tracker.start("alive")
+        flow_tracker.flush()
+        _silence([silent.process_id], 120)
+        result = flow_tracker.reap(lost_after=60)
+        assert result.lost == [silent.process_id]
+        assert flow_tracker.reap(lost_after=60).lost == []
+    record = flow_tracker.get_process(silent.process_id)
+    assert record is not None
+    # The flow's end was written by this very interpreter after the reap: a
+    # process that was only slow, not dead, still records what it did.
+    with runtime.store().engine.connect() as conn:
+        row = conn.execute(select(processes).where(processes.c.id == silent.process_id)).one()
+    assert (row.status, row.lost_count, row.error_class) == ("lost", 1, "flow_tracker.Lost")
+    assert "no heartbeat for 60 s" in row.error_message
+    alive_record = flow_tracker.get_process(alive.process_id)
+    assert alive_record is not None and alive_record.status is Status.RUNNING
+    alive.complete()
+
+
+def test_the_reaper_marks_the_running_flows_of_a_lost_process_lost(tracked: str) -> None:
+    tracker = flow_tracker.start("died")
+    tracker.flow("stuck").__enter__()
+    flow_tracker.flush()
+    HEARTBEAT.clear()  # the worker dies: nothing ends the flow or stamps the process
+    _silence([tracker.process_id], 120)
+    assert flow_tracker.reap(lost_after=60).lost == [tracker.process_id]
+    with runtime.store().engine.connect() as conn:
+        statuses = conn.execute(
+            select(flows.c.status).where(flows.c.process_id == tracker.process_id)
+        ).scalars()
+        assert list(statuses) == ["lost"]
+
+
+def test_reapers_running_at_once_mark_each_process_once(tracked: str) -> None:
+    trackers = [flow_tracker.start(f"job {i}") for i in range(120)]
+    flow_tracker.flush()
+    HEARTBEAT.clear()
+    _silence([t.process_id for t in trackers], 120)
+    results: list[list[uuid.UUID]] = []
+    start = threading.Barrier(4)
+
+    def reaper() -> None:
+        start.wait()
+        results.append(flow_tracker.reap(lost_after=60).lost)
+
+    threads = [threading.Thread(target=reaper) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    marked = [process_id for result in results for process_id in result]
+    assert sorted(marked) == sorted(t.process_id for t in trackers)
+
+
+def test_the_reaper_trusts_the_database_clock_not_the_hosts(
+    tracked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = flow_tracker.start("job")
+    flow_tracker.flush()
+    _silence([tracker.process_id], 30)  # 30 s old by the database's clock
+    skewed = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: skewed)  # this host runs an hour ahead
+    assert flow_tracker.reap(lost_after=60).lost == []
+    monkeypatch.undo()
+    tracker.complete()
+
+
+def test_requeue_refuses_what_it_cannot_or_must_not_enqueue_and_says_why(tracked: str) -> None:
+    running = _job_row(status="running")
+    plain = _job_row(job_system=None, job_id=None)
+    no_args = _job_row(job_payload=None)
+    poisoned = _job_row(lost_count=3)
+    other_queue = _job_row(job_system="beanstalk")
+    missing = uuid.uuid4()
+    results = flow_tracker.requeue([running, plain, no_args, poisoned, other_queue, missing])
+    outcomes = [(r.outcome, r.ok) for r in results]
+    assert outcomes == [
+        ("not_finished", False),
+        ("not_a_job", False),
+        ("not_a_job", False),
+        ("poison_pill", False),
+        ("integration_not_installed", False),
+        ("not_found", False),
+    ]
+    assert "max_lost=3" in results[3].reason
+    with pytest.raises(flow_tracker.UsageError):
+        flow_tracker.requeue(["not an id"])
+
+
+def test_requeue_candidates_are_lost_jobs_not_requeued_yet(tracked: str) -> None:
+    first = _job_row()
+    done = _job_row()
+    _job_row(requeued_from_id=done, status="completed")
+    _job_row(status="failed")
+    assert requeue_candidates(Status.LOST) == [first]
+    assert len(requeue_candidates(Status.FAILED)) == 1
+
+
+def test_health_is_bad_while_a_job_is_silent_lost_or_stale_and_good_after(
+    tracked: str,
+) -> None:
+    report = flow_tracker.health()
+    assert report.healthy and report.last_reap is None
+    tracker = flow_tracker.start("job")
+    flow_tracker.flush()
+    HEARTBEAT.clear()
+    _silence([tracker.process_id], 120)
+    report = flow_tracker.health()
+    assert (report.healthy, report.running, report.silent) == (False, 1, 1)
+    flow_tracker.reap()
+    report = flow_tracker.health()
+    assert (report.healthy, report.silent, report.lost) == (False, 0, 1)
+    assert report.last_reap is not None
+    # Enqueued again (here: its new row stored as a requeue would): nothing is forgotten.
+    _job_row(
+        requeued_from_id=tracker.process_id,
+        status="queued",
+        job_id=requeue_job_id(tracker.process_id),
+    )
+    report = flow_tracker.health()
+    assert report.healthy, report
+    old = _db_now() - timedelta(hours=2)
+    stale = _job_row(status="queued", created_at=old)
+    report = flow_tracker.health()
+    assert (report.healthy, report.stale_queued) == (False, 1)
+    assert report.oldest_queued_age_s is not None and report.oldest_queued_age_s > 7000
+    assert report.to_dict()["stale_queued"] == 1
+    assert stale
