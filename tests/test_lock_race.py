@@ -50,13 +50,13 @@ def test_eight_processes_racing_for_fifty_keys_never_hold_one_key_at_once(
         lines = file.read_text().splitlines()
         assert len(lines) == rounds
         for line in lines:
-            key, start, end = line.split()
-            intervals[key].append((int(start), int(end)))
+            key, begun, ended = line.split()
+            intervals[key].append((int(begun), int(ended)))
     assert sum(len(v) for v in intervals.values()) == 8 * rounds
     for key, spans in intervals.items():
         spans.sort()
-        for (_, previous_end), (start, _) in itertools.pairwise(spans):
-            assert start >= previous_end, f"key {key} held twice at once"
+        for (_, previous_end), (next_start, _) in itertools.pairwise(spans):
+            assert next_start >= previous_end, f"key {key} held twice at once"
     assert held_locks() == []
 
 

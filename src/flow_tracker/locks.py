@@ -45,6 +45,7 @@ from flow_tracker.store.clock import database_now, now_sql
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import locks
 from flow_tracker.tracker import CURRENT_NODE, Tracker
+from flow_tracker.writer import is_transient
 
 F = TypeVar("F", bound=Callable[..., Any])
 OnConflict = Literal["skip", "raise", "wait"]
@@ -138,9 +139,21 @@ def _held_here() -> dict[tuple[str, str, str], Lease]:
     return _held
 
 
+def _storable(text: str) -> bool:
+    # PostgreSQL text holds neither NUL nor lone surrogates.
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _normalise_key(key: object) -> str:
     text = str(key)
-    if len(text) > KEY_LIMIT:  # still one key per value, stored in the column's width
+    if len(text) > KEY_LIMIT or not _storable(text):
+        # Still one stored key per distinct value, within the column's width.
         return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return text
 
@@ -216,6 +229,8 @@ def acquire(name: str, key: str, ttl: float) -> tuple[Lease | None, str | None]:
             fence = _try_acquire(conn, store.dialect, name, key, holder, process_id, ttl)
             current = None if fence is not None else _holder_of(conn, name, key)
     except Exception as exc:
+        if not is_transient(exc):
+            raise
         raise DatabaseUnavailableError(
             f"cannot take lock {name!r} for key {key!r}: the tracking database is unreachable "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
@@ -255,8 +270,11 @@ class Exclusive:
         on_conflict: OnConflict,
         timeout: float | None,
     ) -> None:
-        if type(name) is not str or not name or len(name) > KEY_LIMIT:
-            raise UsageError(f"lock name must be a non-empty string of at most {KEY_LIMIT} chars")
+        if type(name) is not str or not name or len(name) > KEY_LIMIT or not _storable(name):
+            raise UsageError(
+                f"lock name must be a non-empty string of at most {KEY_LIMIT} characters "
+                "(no NUL, no lone surrogate)"
+            )
         if on_conflict not in _ON_CONFLICT:
             raise UsageError(
                 f"on_conflict must be one of {', '.join(_ON_CONFLICT)}, not {on_conflict!r}"

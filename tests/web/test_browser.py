@@ -92,6 +92,7 @@ def test_every_page_loads_without_console_errors(site: tuple[str, Watched], samp
         f"/processes/{sample.charged}",
         f"/processes/{sample.running}",
         "/cleanup?days=0",
+        "/health",
     ]:
         response = page.goto(base + path)
         assert response is not None and response.status == 200, path
@@ -120,6 +121,7 @@ def test_demo_pages_load_cleanly_and_are_photographed(database_url: str, browser
             ("process-failed", f"/processes/{ids['PaymentWebhook']}"),
             ("process-running", f"/processes/{ids['LongRunningSync']}"),
             ("cleanup", "/cleanup?days=3"),
+            ("health", "/health"),
         ]:
             response = watched.page.goto(base + path)
             assert response is not None and response.status == 200, path

@@ -17,10 +17,12 @@ EVERY_ROUTE = [
     "/processes",
     "/processes/0192f000-0000-7000-8000-000000000000",
     "/cleanup",
+    "/health",
     "/api/processes",
     "/api/processes/0192f000-0000-7000-8000-000000000000",
     "/api/status/x",
     "/api/stats",
+    "/api/health",
     "/api/openapi.json",
     "/static/app.css",
     "/no/such/route",
@@ -52,7 +54,7 @@ def test_every_response_carries_the_security_headers(client: TestClient) -> None
 
 
 def test_pages_have_no_inline_script_or_style(client: TestClient, sample: Sample) -> None:
-    for path in ("/", "/processes", f"/processes/{sample.imported}", "/cleanup?days=0"):
+    for path in ("/", "/processes", f"/processes/{sample.imported}", "/cleanup?days=0", "/health"):
         html = client.get(path).text
         assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
         assert " style=" not in html and "<style" not in html, path
@@ -147,6 +149,8 @@ def test_every_route_answers_401_without_basic_auth(guarded: dict[str, TestClien
         assert response.status_code == 401, path
         assert response.headers["www-authenticate"].startswith("Basic"), path
     assert client.post("/cleanup", data={}).status_code == 401
+    assert client.post("/health/reap", data={}).status_code == 401
+    assert client.post("/health/requeue", data={}).status_code == 401
     assert client.get("/", auth=("admin", "wrong")).status_code == 401
     assert client.get("/", auth=("root", "s3cret")).status_code == 401
     assert client.get("/", auth=("admin", "s3cret")).status_code == 200
@@ -159,6 +163,7 @@ def test_every_route_answers_403_when_the_auth_hook_says_no(
     for path in EVERY_ROUTE:
         assert client.get(path).status_code == 403, path
     assert client.post("/cleanup", data={}).status_code == 403
+    assert client.post("/health/reap", data={}).status_code == 403
     assert client.get("/", headers={"x-user": "ok"}).status_code == 200
 
 

@@ -10,13 +10,18 @@ carry an event handler or a ``javascript:`` link.
 from __future__ import annotations
 
 import contextlib
+import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from sqlalchemy import update
 from starlette.testclient import TestClient
 
 import flow_tracker
+from flow_tracker import runtime
+from flow_tracker.store.schema import processes
 from flow_tracker.web import create_app
 from tests.conftest import _service_missing
 from tests.web.browser import CHROMIUM_FLAGS, chromium_path, missing_reason, serve
@@ -55,14 +60,27 @@ def filter_urls(payload: str) -> list[str]:
         "/processes?" + urlencode({"since": payload}),
         "/cleanup?" + urlencode({"status": payload, "days": payload}),
         "/?" + urlencode({"window": payload}),
+        "/health?" + urlencode({"requeued": payload, "refused": "1", "reason": payload}),
         "/processes/" + quote(payload, safe=""),
     ]
 
 
 @pytest.fixture
-def hostile(tracked: str) -> tuple[str, list[str]]:
-    """The tracking database with the corpus recorded."""
-    return tracked, record_payloads()
+def hostile(tracked: str) -> Iterator[tuple[str, list[str]]]:
+    """The tracking database with the corpus recorded; some lost, some as held locks."""
+    ids = record_payloads()
+    with runtime.store().engine.begin() as conn:  # the health page lists lost jobs
+        conn.execute(
+            update(processes)
+            .where(processes.c.id.in_([uuid.UUID(i) for i in ids[:40]]))
+            .values(status="lost", host=PAYLOADS[0], queue=PAYLOADS[1], job_system=PAYLOADS[2][:32])
+        )
+    leases = [flow_tracker.exclusive(p[:200] or "x", key=p, ttl=300) for p in PAYLOADS[:30]]
+    for lease in leases:
+        lease.__enter__()
+    yield tracked, ids
+    for lease in leases:
+        lease.__exit__(None, None, None)
 
 
 def test_corpus_has_at_least_a_hundred_payloads() -> None:
@@ -75,7 +93,7 @@ def test_no_page_contains_a_payload_unescaped(hostile: tuple[str, list[str]]) ->
     app = create_app(url)
     with TestClient(app, base_url=ORIGIN) as client:
         pages = ["/", "/?window=30d", "/processes?limit=200", "/processes?category=xss&limit=200"]
-        pages += [f"/processes/{pid}" for pid in ids]
+        pages += ["/health"] + [f"/processes/{pid}" for pid in ids]
         for path in pages:
             response = client.get(path)
             assert response.status_code == 200, path
@@ -146,7 +164,7 @@ def test_no_payload_runs_in_the_browser(hostile: tuple[str, list[str]]) -> None:
         )
         page.on("pageerror", lambda e: problems.append(f"page error {e}"))
         paths = ["/", "/?window=30d", "/processes?limit=200", "/processes?category=xss&limit=200"]
-        paths += [f"/processes/{pid}" for pid in ids]
+        paths += ["/health"] + [f"/processes/{pid}" for pid in ids]
         paths += [p for payload in PAYLOADS for p in filter_urls(payload)[:2]]
         for path in paths:
             response = page.goto(base + path)

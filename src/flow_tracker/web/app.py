@@ -13,7 +13,7 @@ from starlette.staticfiles import StaticFiles
 from flow_tracker import config
 from flow_tracker.statistics_keeper import StatisticsKeeper
 from flow_tracker.store.engine import Store
-from flow_tracker.web import api, views
+from flow_tracker.web import api, recovery_views, views
 from flow_tracker.web.context import HERE, Dashboard, make_templates
 from flow_tracker.web.security import AuthHook, SecurityMiddleware
 
@@ -34,7 +34,7 @@ def create_app(
         database_url: the tracking database; default: the configured one
             (``flow_tracker.configure`` / ``FLOW_TRACKER_DATABASE_URL``).
         auth: called with each request (sync or async); a falsy result answers 403.
-        read_only: hide and refuse every action (cleanup).
+        read_only: hide and refuse every action (cleanup, reap, requeue).
         basic_auth: ``(user, password)`` to require HTTP basic auth.
         title: shown in the header and the browser tab.
         refresh_seconds: how often live pages refresh themselves (they can be paused).
@@ -58,6 +58,12 @@ def create_app(
         Route("/processes/{process_id}", views.process_detail, name="process"),
         Route("/cleanup", views.cleanup_form, methods=["GET"], name="cleanup"),
         Route("/cleanup", views.cleanup_run, methods=["POST"], name="cleanup_run"),
+        Route("/health", recovery_views.health_page, name="health"),
+        Route("/health/reap", recovery_views.reap_now, methods=["POST"], name="health_reap"),
+        Route(
+            "/health/requeue", recovery_views.requeue_now, methods=["POST"], name="health_requeue"
+        ),
+        Route("/api/health", recovery_views.health_json, name="api_health"),
         Route("/api/processes", api.list_processes, name="api_processes"),
         Route("/api/processes/{process_id}", api.get_process, name="api_process"),
         Route("/api/status/{ident:path}", api.get_status, name="api_status"),

@@ -16,6 +16,22 @@ from flow_tracker.web.params import DEFAULT_LIMIT, MAX_LIMIT, RANGES
 _STATUS_VALUES = [s.value for s in Status]
 
 
+_HEALTH: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "healthy": {"type": "boolean"},
+        "running": {"type": "integer"},
+        "silent": {"type": "integer"},
+        "lost": {"type": "integer"},
+        "stale_queued": {"type": "integer"},
+        "oldest_queued_age_s": {"type": ["number", "null"]},
+        "last_reap": {"type": ["string", "null"], "format": "date-time"},
+        "checked_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["healthy", "running", "silent", "lost", "stale_queued", "checked_at"],
+}
+
+
 def _query(
     name: str, description: str, schema: dict[str, Any], many: bool = False
 ) -> dict[str, Any]:
@@ -209,6 +225,16 @@ def document(server_url: str = "/") -> dict[str, Any]:
                             "Counts, throughput, failure rate and slowest names.",
                         ),
                         "400": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/health": {
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "Lost, silent and stale jobs now (for probes: 503 when unhealthy).",
+                    "responses": {
+                        "200": _ok(_HEALTH, "Healthy: no silent, lost or stale job."),
+                        "503": _ok(_HEALTH, "Unhealthy: the same report."),
                     },
                 }
             },

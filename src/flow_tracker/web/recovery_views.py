@@ -1,0 +1,140 @@
+"""The dashboard's health page: lost, silent and stale jobs, requeue buttons, held locks.
+
+Reading is :func:`flow_tracker.health` and :func:`flow_tracker.locks.held_locks`;
+the two actions (reap now, requeue) are POSTs with the CSRF token and a
+same-origin check, refused in read-only mode, like cleanup.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import aliased
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from flow_tracker import recovery
+from flow_tracker.locks import held_locks
+from flow_tracker.status import Status
+from flow_tracker.store import queries
+from flow_tracker.store.schema import processes
+from flow_tracker.web.context import dashboard_of, render
+from flow_tracker.web.params import clamp_int
+from flow_tracker.web.security import check_post
+from flow_tracker.web.views import MAX_FORM_BYTES, _guard, _now, _read_only, _refused
+
+LOST_SHOWN = 50
+
+
+def _lost_not_requeued(request: Request) -> list[Any]:
+    """The newest lost jobs that were not enqueued again."""
+    store = dashboard_of(request).store
+    again = aliased(processes)
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(processes)
+            .where(
+                and_(
+                    processes.c.status == Status.LOST.value,
+                    ~exists().where(again.c.requeued_from_id == processes.c.id),
+                )
+            )
+            .order_by(processes.c.created_at.desc())
+            .limit(LOST_SHOWN)
+        ).all()
+    return [queries.process_from_row(row) for row in rows]
+
+
+@_guard
+def health_page(request: Request) -> Response:
+    """Health now, the lost jobs not requeued, the locks held."""
+    board = dashboard_of(request)
+    report = recovery.health(store=board.store)
+    notice = {
+        key: clamp_int(request.query_params.get(key), 0, 0, 10**9)
+        for key in ("reaped", "requeued", "refused")
+        if key in request.query_params
+    }
+    return render(
+        request,
+        "health.html",
+        status_code=200,
+        report=report,
+        lost=_lost_not_requeued(request),
+        locks=held_locks(board.store),
+        notice=notice,
+        reasons=request.query_params.getlist("reason")[:10],
+        now=_now(),
+        live=True,
+    )
+
+
+@_guard
+def health_json(request: Request) -> Response:
+    """``GET /api/health``: the health report; 503 when unhealthy (for probes)."""
+    report = recovery.health(store=dashboard_of(request).store)
+    return JSONResponse(report.to_dict(), status_code=200 if report.healthy else 503)
+
+
+async def _checked_form(request: Request) -> tuple[dict[str, list[str]], Response | None]:
+    board = dashboard_of(request)
+    if board.read_only:
+        return {}, _read_only(request)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}, _refused(request, 413, "form too large")
+    form = parse_qs(body.decode("utf-8", "replace"))
+    problem = check_post(request, {k: v[0] for k, v in form.items()})
+    if problem:
+        return {}, _refused(request, 403, problem)
+    return form, None
+
+
+def _back(request: Request, **values: Any) -> Response:
+    reasons = values.pop("reason", [])
+    query = urlencode({**values, **({"reason": reasons} if reasons else {})}, doseq=True)
+    return RedirectResponse(request.url_for("health").path + "?" + query, status_code=303)
+
+
+async def reap_now(request: Request) -> Response:
+    """``POST /health/reap``: run the reaper once."""
+    _, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    store = dashboard_of(request).store
+    result = await run_in_threadpool(lambda: recovery.reap(store=store))
+    return _back(request, reaped=len(result.lost))
+
+
+async def requeue_now(request: Request) -> Response:
+    """``POST /health/requeue``: requeue one process (``process_id``) or every lost job."""
+    form, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    store = dashboard_of(request).store
+    ids: list[uuid.UUID] = []
+    for raw in form.get("process_id", [])[:LOST_SHOWN]:
+        try:
+            ids.append(uuid.UUID(raw))
+        except ValueError:
+            return _refused(request, 400, "not a process id")
+    if form.get("all") == ["lost"]:
+        ids = await run_in_threadpool(
+            lambda: recovery.requeue_candidates(Status.LOST, store=store, limit=LOST_SHOWN)
+        )
+    if not ids:
+        return _refused(request, 400, "nothing to requeue")
+    results = await run_in_threadpool(lambda: recovery.requeue(ids, store=store))
+    refused_ones = [r for r in results if not r.ok]
+    return _back(
+        request,
+        requeued=len(results) - len(refused_ones),
+        refused=len(refused_ones),
+        reason=sorted(
+            {f"{r.outcome}: {r.reason}" if r.reason else r.outcome for r in refused_ones}
+        ),
+    )
