@@ -361,10 +361,24 @@ def _import_modules(modules: tuple[str, ...]) -> None:
     default=None,
     help="Seconds without heartbeat [default: the lost_after setting].",
 )
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Module that installs an integration, so that jobs a dying worker had taken "
+    "from the broker are found too (RQ; Celery on Redis); repeatable.",
+)
 @friendly_errors
-def reap(database_url: str | None, every: float | None, lost_after: float | None) -> None:
+def reap(
+    database_url: str | None,
+    every: float | None,
+    lost_after: float | None,
+    modules: tuple[str, ...],
+) -> None:
     """Mark running processes whose heartbeat stopped as lost."""
     _use(database_url)
+    _import_modules(modules)
     while True:
         result = flow_tracker.reap(lost_after=lost_after)
         stamp = result.checked_at.strftime("%Y-%m-%d %H:%M:%S")

@@ -36,6 +36,10 @@ class Settings:
         lost_after: a running process whose heartbeat is older than this is lost.
         stale_after: a job still queued after this many seconds is reported as stale.
         max_lost: a job lost this many times is not re-enqueued again (poison pill).
+        durable_start: a queued job's running row is stored before its code runs, so
+            a worker killed at once leaves a row the reaper finds (one commit per job).
+            False buffers it: cheaper, but a job killed in its first moments stays
+            "queued" (reported as stale) instead of becoming lost.
         buffer_size: events held in memory at most before the least valuable are dropped.
         batch_size: events the background writer stores in one transaction at most.
         flush_interval: seconds the writer waits for more events before storing them.
@@ -62,6 +66,7 @@ class Settings:
     lost_after: float = 60.0
     stale_after: float = 900.0
     max_lost: int = 3
+    durable_start: bool = True
     buffer_size: int = 100_000
     batch_size: int = 5_000
     flush_interval: float = 0.2
@@ -141,7 +146,13 @@ def _validate(s: Settings) -> None:
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigurationError(f"{name} must be zero or a positive number, got {value!r}")
-    for name in ("enabled", "log_to_stdlib", "auto_migrate", "pg_synchronous_commit"):
+    for name in (
+        "enabled",
+        "log_to_stdlib",
+        "auto_migrate",
+        "pg_synchronous_commit",
+        "durable_start",
+    ):
         if not isinstance(getattr(s, name), bool):
             raise ConfigurationError(f"{name} must be True or False")
     if not all(isinstance(k, str) and k for k in s.redact_keys):

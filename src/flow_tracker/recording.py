@@ -137,8 +137,12 @@ def open_tracker(
     process_id: uuid.UUID | None = None,
     attempt: int = 1,
     extra: Mapping[str, Any] | None = None,
+    durable: bool = False,
 ) -> AnyTracker:
-    """Start a process and make it current; the null tracker when disabled or on failure."""
+    """Start a process and make it current; the null tracker when disabled or on failure.
+
+    ``durable``: store the running row before returning (see ``Tracker._begin``).
+    """
     settings = config.current()
     if not settings.enabled:
         return NULL_TRACKER
@@ -152,7 +156,7 @@ def open_tracker(
             process_id=process_id,
             attempt=attempt,
         )
-        tracker._begin(CURRENT_NODE.get(), extra)
+        tracker._begin(CURRENT_NODE.get(), extra, durable)
     except Exception as exc:
         runtime.report_internal_error(exc, "starting a process")
         return NULL_TRACKER

@@ -451,8 +451,15 @@ class Tracker(_Node):
         """Which attempt of the job this is (1 for the first run)."""
         return self._attempt
 
-    def _begin(self, parent: _Node | None, extra: Mapping[str, Any] | None = None) -> None:
-        """Store the process as running and make it the current one of this context."""
+    def _begin(
+        self, parent: _Node | None, extra: Mapping[str, Any] | None = None, durable: bool = False
+    ) -> None:
+        """Store the process as running and make it the current one of this context.
+
+        ``durable`` stores the running row before returning (a queued job: if its
+        worker dies a moment later, the row already says where it ran, and the
+        reaper can find it), instead of leaving it to the background writer.
+        """
         started = _now()
         self._started = started
         row: dict[str, Any] = {
@@ -472,7 +479,11 @@ class Tracker(_Node):
             row["parent_process_id"] = parent._tracker._id_int
         if extra:
             row.update(extra)
-        self._writer.put((ev.PROCESS_START, self._id_int, row))
+        event = (ev.PROCESS_START, self._id_int, row)
+        if durable and isinstance(self._writer, Writer):
+            self._writer.write_now(event)  # buffered instead while the database is away
+        else:
+            self._writer.put(event)
         if isinstance(self._writer, Writer):  # not a warm-up's capture
             heartbeat.add_process(self._id_int)
         self._token = CURRENT_NODE.set(self)

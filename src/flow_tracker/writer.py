@@ -103,6 +103,7 @@ class Writer:
         # In a forked child it is forgotten, never used or closed.
         self._conn: Connection | None = None
         self._draining = False  # a batch has been taken from the buffer and not yet stored
+        self._local = threading.local()  # write_now's statement builders, per thread
 
     # -- job's thread ---------------------------------------------------------
 
@@ -154,12 +155,15 @@ class Writer:
         if not self.healthy:
             self.put(event)
             return False
-        # A statement builder of its own: BatchWriter keeps per-thread caches.
-        builder = BatchWriter(
-            self.batch_writer.dialect,
-            self.batch_writer.redactor,
-            self.batch_writer.max_message_length,
-        )
+        # A statement builder per calling thread: BatchWriter's caches are not shared.
+        builder: BatchWriter | None = getattr(self._local, "builder", None)
+        if builder is None:
+            builder = BatchWriter(
+                self.batch_writer.dialect,
+                self.batch_writer.redactor,
+                self.batch_writer.max_message_length,
+            )
+            self._local.builder = builder
         try:
             self.store.ensure_schema()
             with self.store.engine.connect() as conn:

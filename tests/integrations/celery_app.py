@@ -24,6 +24,9 @@ app.conf.update(
     worker_prefetch_multiplier=4,
     broker_connection_retry_on_startup=True,
     task_default_queue="ft-default",
+    # Messages a killed worker had prefetched, not started, come back after this
+    # (Redis broker; Celery's default is an hour).
+    broker_transport_options={"visibility_timeout": 10},
 )
 ft_celery.install(app)
 
@@ -59,6 +62,11 @@ def always_retry(self: object, i: int) -> None:
 @app.task
 def slow_progress(steps: int) -> str:
     return job_bodies.progress_job(steps)
+
+
+@app.task(acks_late=False)  # Celery's default: a killed worker takes the message with it
+def sleepy(i: int, seconds: float) -> int:
+    return job_bodies.sleepy_job(i, seconds)
 
 
 @app.task

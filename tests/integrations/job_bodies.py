@@ -33,3 +33,11 @@ def progress_job(steps: int) -> str:
         time.sleep(0.1)
         tracker.progress.increment()
     return "done"
+
+
+def sleepy_job(i: int, seconds: float) -> int:
+    """Long enough to be running when its worker is killed."""
+    with flow_tracker.flow("work") as flow:
+        flow.info("working", data={"i": i})
+        time.sleep(seconds)
+    return i

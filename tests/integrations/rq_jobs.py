@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from redis import Redis
 from rq import Queue, get_current_job
@@ -52,9 +51,5 @@ def noop() -> None:
     """A trivial job, for the benchmark."""
 
 
-def sleepy(i: int, seconds: float = 1.0) -> int:
-    """Long enough to be running when its worker is killed."""
-    with flow_tracker.flow("work") as flow:
-        flow.info("working", data={"i": i})
-        time.sleep(seconds)
-    return i
+def sleepy(i: int, seconds: float) -> int:
+    return job_bodies.sleepy_job(i, seconds)

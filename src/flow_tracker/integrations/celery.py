@@ -21,10 +21,12 @@ Celery's control-flow exceptions are not failures: ``Retry`` makes the process
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flow_tracker import runtime
@@ -35,7 +37,7 @@ from flow_tracker.integrations.jobs import (
     start_job,
     warm_up,
 )
-from flow_tracker.integrations.registry import register_requeuer
+from flow_tracker.integrations.registry import register_probe, register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
 from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
@@ -93,7 +95,49 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
         register_control_flow(Ignore, Status.SKIPPED)
         register_control_flow(Reject, Status.CANCELLED)
         register_requeuer(JOB_SYSTEM, functools.partial(_requeue, app))
+        register_probe(JOB_SYSTEM, functools.partial(_pending, app))
     warm_up()
+
+
+# Queues longer than this are not read to find a job: every job is taken as pending.
+PROBE_LIMIT = 100_000
+_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "<queue>\x06\x16<priority>"
+
+
+def _pending(app: celery.Celery, jobs: Sequence[tuple[str, str | None]]) -> set[str]:
+    """The tasks still waiting in the broker (Redis): in their queue, or reserved by a worker.
+
+    A task acknowledged by a worker that died before the task started is in
+    neither: the reaper marks it lost. Brokers other than Redis cannot be read
+    without consuming, so there every task is taken as pending.
+    """
+    wanted = {job_id for job_id, _queue in jobs}
+    if app.connection_for_read().transport.driver_type != "redis":
+        return wanted
+    found: set[str] = set()
+    queues = {queue or app.conf.task_default_queue for _job_id, queue in jobs}
+    with app.connection_for_read() as conn:
+        client = conn.default_channel.client
+        for queue in queues:
+            for key in [queue] + [f"{queue}{_PRIORITY_SEP}{p}" for p in range(1, 10)]:
+                if client.llen(key) > PROBE_LIMIT:
+                    return wanted
+                found |= {_task_id(raw) for raw in client.lrange(key, 0, -1)}
+        if client.hlen("unacked") > PROBE_LIMIT:
+            return wanted
+        for raw in client.hvals("unacked"):  # [message, exchange, routing key]
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                found.add(_task_id(json.dumps(json.loads(raw)[0])))
+    return wanted & found
+
+
+def _task_id(raw: bytes | str) -> str:
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return ""
+    headers = message.get("headers") or {}
+    return str(headers.get("id") or (message.get("properties") or {}).get("correlation_id") or "")
 
 
 def _requeue(app: celery.Celery, payload: Mapping[str, Any], job_id: str) -> None:

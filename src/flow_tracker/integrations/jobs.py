@@ -131,7 +131,16 @@ def start_job(
     worker: str | None = None,
     category: str | None = None,
 ) -> Tracker | NullTracker:
-    """Open the job's process in the worker and make it current (``running``)."""
+    """Open the job's process in the worker and make it current (``running``).
+
+    With ``durable_start`` (the default) the running row is stored before the
+    job's code runs: a worker killed a moment later leaves a row that says where
+    the job ran and stops getting heartbeats, so the reaper finds it. Buffered,
+    it would have died with the worker and the job would look queued forever.
+    With ``completion_timeout=0`` the row is buffered like everything else, since
+    then an earlier attempt's end may still be buffered and must be stored first.
+    """
+    settings = config.current()
     extra = _job_start_fields(job_system, job_id, queue, worker)
     tracker = open_tracker(
         name,
@@ -140,6 +149,7 @@ def start_job(
         process_id=process_id_for(job_system, job_id),
         attempt=max(1, attempt),
         extra=extra,
+        durable=settings.durable_start and settings.completion_timeout > 0,
     )
     return tracker if isinstance(tracker, Tracker) else NULL_TRACKER
 

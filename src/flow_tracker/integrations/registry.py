@@ -1,21 +1,27 @@
-"""How :func:`flow_tracker.requeue` reaches each job queue.
+"""How :func:`flow_tracker.requeue` and :func:`flow_tracker.reap` reach each job queue.
 
 Each integration's ``install`` registers a function that enqueues a job again
-from the payload it stored at the first enqueue, under a given job id. Kept
-apart from the integrations so that requeueing never imports a queue library
+from the payload it stored at the first enqueue, under a given job id; and,
+where the queue can answer it, a probe that says which jobs the broker still
+holds (a job taken by a worker that died before it could mark the job running
+is in neither the broker nor a running row: the probe lets the reaper find it).
+Kept apart from the integrations so that reaping never imports a queue library
 that is not installed.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Requeuer = Callable[[Mapping[str, Any], str], None]
+Probe = Callable[[Sequence[tuple[str, str | None]]], set[str]]
+"""Given ``(job id, queue)`` pairs, the job ids the queue still holds or runs."""
 
 _lock = threading.Lock()
 _requeuers: dict[str, Requeuer] = {}
+_probes: dict[str, Probe] = {}
 
 
 def register_requeuer(job_system: str, send: Requeuer) -> None:
@@ -27,3 +33,14 @@ def register_requeuer(job_system: str, send: Requeuer) -> None:
 def requeuer_for(job_system: str) -> Requeuer | None:
     """The registered requeuer of ``job_system``, if its integration is installed here."""
     return _requeuers.get(job_system)
+
+
+def register_probe(job_system: str, pending: Probe) -> None:
+    """Let the reaper ask ``pending([(job_id, queue), ...])`` which jobs the broker still holds."""
+    with _lock:
+        _probes[job_system] = pending
+
+
+def probes() -> dict[str, Probe]:
+    """The registered probes, by job system."""
+    return dict(_probes)

@@ -27,10 +27,11 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from flow_tracker import runtime
+from flow_tracker import config, runtime
 from flow_tracker.errors import Skipped
 from flow_tracker.integrations.jobs import (
     finish_job,
@@ -39,7 +40,7 @@ from flow_tracker.integrations.jobs import (
     start_job,
     warm_up,
 )
-from flow_tracker.integrations.registry import register_requeuer
+from flow_tracker.integrations.registry import register_probe, register_requeuer
 from flow_tracker.status import Status
 from flow_tracker.tracker import outcome_of
 
@@ -67,6 +68,30 @@ _track_all = True
 _installed = False
 _install_pid = 0  # the worker's own process; its forked work-horses have other pids
 _connection: Redis | None = None  # for flow_tracker.requeue
+
+
+_PENDING = frozenset({"queued", "deferred", "scheduled"})
+
+
+def _pending(jobs: Sequence[tuple[str, str | None]]) -> set[str]:
+    # The jobs RQ still means to run, or started so recently that their running
+    # row may not be stored yet. A job started longer ago than lost_after, failed
+    # (abandoned by a dead worker) or expired is not pending.
+    job_ids = [job_id for job_id, _queue in jobs]
+    if _connection is None:
+        return set(job_ids)  # cannot ask: assume every job is still pending
+    recent = datetime.now(timezone.utc) - timedelta(seconds=config.current().lost_after)
+    pending = set()
+    for job in Job.fetch_many(job_ids, connection=_connection):
+        if job is None:
+            continue
+        status = str(getattr(job.get_status(), "value", job.get_status()))
+        started = job.started_at
+        if started is not None and started.tzinfo is None:
+            started = started.replace(tzinfo=timezone.utc)
+        if status in _PENDING or (status == "started" and started and started > recent):
+            pending.add(job.id)
+    return pending
 
 
 def _requeue(payload: Mapping[str, Any], job_id: str) -> None:
@@ -109,6 +134,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
         if connection is not None:
             _connection = connection
         register_requeuer(JOB_SYSTEM, _requeue)
+        register_probe(JOB_SYSTEM, _pending)
         if _installed:
             return
         _installed = True
