@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -9,8 +10,9 @@ from rq import Queue as RqQueue
 from sqlalchemy import update
 
 import flow_tracker
-from flow_tracker import runtime
+from flow_tracker import Status, runtime
 from flow_tracker.store.schema import processes
+from tests.conftest import _truncate
 from tests.integrations import recovery_harness as harness
 from tests.integrations.test_celery import celery_env, worker_args  # noqa: F401 - a fixture
 from tests.integrations.test_rq import REDIS_URL, rq_queue, worker  # noqa: F401 - a fixture
@@ -127,3 +129,46 @@ def test_a_celery_task_acked_by_a_worker_that_died_before_starting_it_is_reaped(
     assert flow_tracker.get_status(waiting.id).is_queued  # type: ignore[union-attr]
     with celery_app.app.connection_for_write() as conn:
         conn.default_channel.client.delete(name)
+
+
+def test_jobs_run_on_while_the_tracking_database_restarts_and_their_records_catch_up(
+    pg_server_url: str,
+    rq_queue: RqQueue,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.integrations import rq_jobs
+    from tests.integrations.workers import wait_until_final, worker_process
+    from tests.support.proxy import TcpProxy
+
+    _truncate(pg_server_url)
+    real = make_url(pg_server_url)
+    proxy = TcpProxy(real.host or "127.0.0.1", real.port or 5432)
+    proxy.start()
+    url = real.set(port=proxy.port).render_as_string(hide_password=False)
+    try:
+        flow_tracker.configure(database_url=url, log_to_stdlib=False)
+        jobs = [rq_queue.enqueue(rq_jobs.sleepy, i, 0.05) for i in range(80)]
+        log = tmp_path / "worker.log"
+        env = {"FLOW_TRACKER_DATABASE_URL": url, "FT_TEST_REDIS": REDIS_URL}
+        args = worker(rq_queue, "rq.worker.SimpleWorker")
+        with worker_process(args, env, log) as proc:
+            while len(flow_tracker.list_processes(status="completed", limit=20)) < 10:
+                time.sleep(0.05)
+            proxy.stop()  # the database goes away mid-run...
+            time.sleep(3)
+            proxy.start()  # ...and comes back
+            assert proc.wait(timeout=300) == 0
+        assert "cannot store to" in log.read_text()  # the worker did see the outage
+        # No job failed because of tracking: each returned its value...
+        assert [job.return_value(refresh=True) for job in jobs] == list(range(80))
+        # ...and every record caught up once the database was back.
+        found = wait_until_final([job.id for job in jobs], log, seconds=120)
+        assert {p.status for p in found.values()} == {Status.COMPLETED}
+        for job in jobs[::20]:
+            record = flow_tracker.get_process(found[job.id].id)
+            assert record is not None and [f.name for f in record.flows] == ["work"]
+    finally:
+        flow_tracker.reset()
+        proxy.stop()

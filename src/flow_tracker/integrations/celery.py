@@ -105,10 +105,12 @@ _PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "<queue>\x06\x16<priority
 
 
 def _pending(app: celery.Celery, jobs: Sequence[tuple[str, str | None]]) -> set[str]:
-    """The tasks still waiting in the broker (Redis): in their queue, or reserved by a worker.
+    """Every task except those a dead worker dropped (Redis broker).
 
-    A task acknowledged by a worker that died before the task started is in
-    neither: the reaper marks it lost. Brokers other than Redis cannot be read
+    Pending: in its queue, reserved by a worker (unacknowledged), or with a state
+    in the result backend (it ran, while the tracking database was away). A task
+    acknowledged by a worker that died before the task started is in none of
+    these: the reaper marks it lost. Brokers other than Redis cannot be read
     without consuming, so there every task is taken as pending.
     """
     wanted = {job_id for job_id, _queue in jobs}
@@ -128,6 +130,10 @@ def _pending(app: celery.Celery, jobs: Sequence[tuple[str, str | None]]) -> set[
         for raw in client.hvals("unacked"):  # [message, exchange, routing key]
             with contextlib.suppress(ValueError, TypeError, IndexError):
                 found.add(_task_id(json.dumps(json.loads(raw)[0])))
+    for job_id in wanted - found:
+        with contextlib.suppress(Exception):  # no result backend: nothing more to learn
+            if app.AsyncResult(job_id).state != "PENDING":
+                found.add(job_id)  # the backend knows it: it ran
     return wanted & found
 
 

@@ -70,18 +70,17 @@ _install_pid = 0  # the worker's own process; its forked work-horses have other 
 _connection: Redis | None = None  # for flow_tracker.requeue
 
 
-_PENDING = frozenset({"queued", "deferred", "scheduled"})
-
-
 def _pending(jobs: Sequence[tuple[str, str | None]]) -> set[str]:
-    # The jobs RQ still means to run, or started so recently that their running
-    # row may not be stored yet. A job started longer ago than lost_after, failed
-    # (abandoned by a dead worker) or expired is not pending.
+    # Every job except those RQ knows were dropped by a dead worker: started
+    # longer than lost_after ago (its running row never came), or failed as
+    # abandoned. Queued, deferred, finished (stored while the tracking database
+    # was away) or otherwise failed jobs are not lost; neither is a job RQ does
+    # not know (expired): without proof, nothing is marked lost.
     job_ids = [job_id for job_id, _queue in jobs]
     if _connection is None:
-        return set(job_ids)  # cannot ask: assume every job is still pending
+        return set(job_ids)
     recent = datetime.now(timezone.utc) - timedelta(seconds=config.current().lost_after)
-    pending = set()
+    dropped = set()
     for job in Job.fetch_many(job_ids, connection=_connection):
         if job is None:
             continue
@@ -89,9 +88,11 @@ def _pending(jobs: Sequence[tuple[str, str | None]]) -> set[str]:
         started = job.started_at
         if started is not None and started.tzinfo is None:
             started = started.replace(tzinfo=timezone.utc)
-        if status in _PENDING or (status == "started" and started and started > recent):
-            pending.add(job.id)
-    return pending
+        died_mid_start = status == "started" and started is not None and started <= recent
+        abandoned = status == "failed" and "abandon" in str(job.exc_info or "").lower()
+        if died_mid_start or abandoned:
+            dropped.add(job.id)
+    return set(job_ids) - dropped
 
 
 def _requeue(payload: Mapping[str, Any], job_id: str) -> None:
