@@ -206,3 +206,32 @@ def test_health_is_bad_while_a_job_is_silent_lost_or_stale_and_good_after(
     assert report.oldest_queued_age_s is not None and report.oldest_queued_age_s > 7000
     assert report.to_dict()["stale_queued"] == 1
     assert stale
+
+
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_a_late_end_of_an_earlier_attempt_never_overwrites_a_later_attempt(
+    tracked: str, same_batch: bool
+) -> None:
+    from flow_tracker.integrations.jobs import finish_job, start_job
+
+    if same_batch:  # nothing stored at once: every event waits in the buffer
+        flow_tracker.configure(database_url=tracked, completion_timeout=0, log_to_stdlib=False)
+    first = start_job(job_system="test", job_id="j", name="charge", queue="q", attempt=1)
+    flow_tracker.flush()
+    # The retry runs in another thread and finishes before the first attempt's end
+    # is stored (its retry message went out from inside its body).
+    done: list[Any] = []
+
+    def retry() -> None:
+        second = start_job(job_system="test", job_id="j", name="charge", queue="q", attempt=2)
+        finish_job(second, Status.COMPLETED)
+        done.append(second)
+
+    thread = threading.Thread(target=retry)
+    thread.start()
+    thread.join()
+    finish_job(first, Status.RETRYING, ConnectionError("flaky"))
+    flow_tracker.flush()
+    record = flow_tracker.get_process(first.process_id)
+    assert record is not None
+    assert (record.status, record.attempt, record.error) == (Status.COMPLETED, 2, None)

@@ -161,7 +161,9 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
                 )
                 .values(status=Status.LOST.value)
             )
-        lost += _reap_vanished(conn, now, cutoff)
+    # Asking brokers may take a while: never inside the transaction above.
+    lost += _reap_vanished(chosen, now, cutoff)
+    with chosen.engine.connect() as conn, conn.begin():
         stale = _stale_queued(conn, now, settings.stale_after)
         _write_state(conn, chosen.dialect, LAST_REAP_KEY, now.isoformat(), now)
     return ReapResult(lost=lost, stale_queued=stale, checked_at=now)
@@ -170,7 +172,7 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
 VANISHED_BATCH = 1000
 
 
-def _reap_vanished(conn: Connection, now: datetime, cutoff: datetime) -> list[uuid.UUID]:
+def _reap_vanished(store: Store, now: datetime, cutoff: datetime) -> list[uuid.UUID]:
     """Queued rows whose job the broker no longer holds: taken by a worker that died.
 
     Only for queues whose integration can answer (a probe is registered in this
@@ -179,44 +181,48 @@ def _reap_vanished(conn: Connection, now: datetime, cutoff: datetime) -> list[uu
     """
     found: list[uuid.UUID] = []
     for job_system, pending in probes().items():
-        rows = conn.execute(
-            select(processes.c.id, processes.c.job_id, processes.c.queue)
-            .where(
-                and_(
-                    processes.c.status == Status.QUEUED.value,
-                    processes.c.job_system == job_system,
-                    processes.c.created_at < cutoff,
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    processes.c.id, processes.c.job_id, processes.c.queue, processes.c.job_payload
                 )
-            )
-            .order_by(processes.c.created_at)
-            .limit(VANISHED_BATCH)
-        ).all()
+                .where(
+                    and_(
+                        processes.c.status == Status.QUEUED.value,
+                        processes.c.job_system == job_system,
+                        processes.c.created_at < cutoff,
+                    )
+                )
+                .order_by(processes.c.created_at)
+                .limit(VANISHED_BATCH)
+            ).all()
         if not rows:
             continue
         try:
-            still = pending([(str(row.job_id), row.queue) for row in rows])
+            still = pending([(str(row.job_id), row.queue, row.job_payload) for row in rows])
         except Exception as exc:  # the broker is away: ask again next time
             runtime.report_internal_error(exc, f"asking {job_system} which jobs are pending")
             continue
         gone = [row.id for row in rows if str(row.job_id) not in still]
         if not gone:
             continue
-        marked = conn.execute(
-            update(processes)
-            .where(and_(processes.c.id.in_(gone), processes.c.status == Status.QUEUED.value))
-            .values(
-                status=Status.LOST.value,
-                lost_count=processes.c.lost_count + 1,
-                finished_at=now,
-                updated_at=now,
-                error_class=LOST_ERROR_CLASS,
-                error_message=(
-                    "taken from the queue by a worker that died before it could start it"
-                ),
-            )
-            .returning(processes.c.id)
-        ).scalars()
-        found += [uuid.UUID(str(value)) for value in marked]
+        with store.engine.connect() as conn, conn.begin():
+            marked = conn.execute(
+                update(processes)
+                .where(and_(processes.c.id.in_(gone), processes.c.status == Status.QUEUED.value))
+                .values(
+                    status=Status.LOST.value,
+                    lost_count=processes.c.lost_count + 1,
+                    finished_at=now,
+                    updated_at=now,
+                    error_class=LOST_ERROR_CLASS,
+                    error_message=(
+                        "taken from the queue by a worker that died before it could start it"
+                    ),
+                )
+                .returning(processes.c.id)
+            ).scalars()
+            found += [uuid.UUID(str(value)) for value in marked]
     return found
 
 

@@ -32,6 +32,7 @@ from flow_tracker.errors import Skipped, UsageError
 from flow_tracker.ids import new_id, new_id_int
 from flow_tracker.progress import Progress
 from flow_tracker.status import Status
+from flow_tracker.store.bulk import ATTEMPT_GUARD
 from flow_tracker.writer import Writer
 
 _now = time.time
@@ -562,6 +563,7 @@ class Tracker(_Node):
             "progress_current": self._progress.current,
             "progress_total": self._progress.total,
             "dropped_logs": self._dropped,
+            ATTEMPT_GUARD: self._attempt,
         }
         self._writer.put((ev.PROCESS_UPDATE, self._id_int, fields))
         token = self._token

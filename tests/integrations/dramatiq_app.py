@@ -17,7 +17,13 @@ from tests.integrations import job_bodies
 REDIS_URL = os.environ.get("FT_TEST_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/11")
 QUEUE = os.environ.get("FT_TEST_DRAMATIQ_QUEUE", "ft-default")
 
-broker = RedisBroker(url=REDIS_URL)
+# A worker that dies leaves its unacknowledged messages; other workers put them
+# back after heartbeat_timeout. Tests shorten it, and do the upkeep on every call.
+broker = RedisBroker(
+    url=REDIS_URL,
+    heartbeat_timeout=int(os.environ.get("FT_TEST_DRAMATIQ_HEARTBEAT_TIMEOUT_MS", "60000")),
+    maintenance_chance=1_000_000,
+)
 broker.add_middleware(Results(backend=RedisBackend(url=REDIS_URL)))
 broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
@@ -69,3 +75,8 @@ def child_job() -> str:
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def noop() -> None:
     """A trivial job, for the benchmark."""
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def sleepy(i: int, seconds: float) -> int:
+    return job_bodies.sleepy_job(i, seconds)

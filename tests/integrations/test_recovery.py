@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from rq import Queue as RqQueue
 from sqlalchemy import update
@@ -15,6 +16,9 @@ from flow_tracker.store.schema import processes
 from tests.conftest import _truncate
 from tests.integrations import recovery_harness as harness
 from tests.integrations.test_celery import celery_env, worker_args  # noqa: F401 - a fixture
+from tests.integrations.test_dramatiq import app  # noqa: F401 - a fixture
+from tests.integrations.test_dramatiq import env_for as dramatiq_env
+from tests.integrations.test_dramatiq import worker_command as dramatiq_worker
 from tests.integrations.test_rq import REDIS_URL, rq_queue, worker  # noqa: F401 - a fixture
 
 
@@ -66,6 +70,25 @@ def test_celery_jobs_of_killed_prefork_workers_are_reaped_requeued_and_all_finis
         drain_args=worker_args(name),
         env={**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked},
         burst=False,
+    )
+    harness.kill_reap_requeue(queue, tmp_path)
+
+
+def test_dramatiq_jobs_of_killed_workers_are_reaped_and_redelivered_and_all_finish(
+    tracked: str,
+    app: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    _configure(tracked)
+    env = {**dramatiq_env(tracked), "FT_TEST_DRAMATIQ_HEARTBEAT_TIMEOUT_MS": "4000"}
+    queue = harness.Queue(
+        job_system="dramatiq",
+        enqueue=lambda i: str(app.sleepy.send(i, harness.JOB_SECONDS).message_id),
+        worker_args=dramatiq_worker(),
+        drain_args=dramatiq_worker(),
+        env=env,
+        burst=False,
+        redelivers=True,
     )
     harness.kill_reap_requeue(queue, tmp_path)
 

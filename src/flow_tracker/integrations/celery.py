@@ -94,8 +94,8 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
         register_control_flow(Retry, Status.RETRYING)
         register_control_flow(Ignore, Status.SKIPPED)
         register_control_flow(Reject, Status.CANCELLED)
-        register_requeuer(JOB_SYSTEM, functools.partial(_requeue, app))
-        register_probe(JOB_SYSTEM, functools.partial(_pending, app))
+        register_requeuer(JOB_SYSTEM, _requeue)
+        register_probe(JOB_SYSTEM, _pending)
     warm_up()
 
 
@@ -104,7 +104,28 @@ PROBE_LIMIT = 100_000
 _PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "<queue>\x06\x16<priority>"
 
 
-def _pending(app: celery.Celery, jobs: Sequence[tuple[str, str | None]]) -> set[str]:
+def _app_for(payload: Mapping[str, Any] | None) -> celery.Celery:
+    """The installed app that sent the job (by its main name), else the first installed."""
+    name = (payload or {}).get("app")
+    for app, _track_all in _apps:
+        if app.main == name:
+            return app
+    return _apps[0][0]
+
+
+def _pending(jobs: Sequence[tuple[str, str | None, Any]]) -> set[str]:
+    """The jobs not proven dropped, asking each job's own app."""
+    by_app: dict[int, tuple[celery.Celery, list[tuple[str, str | None]]]] = {}
+    for job_id, queue, payload in jobs:
+        app = _app_for(payload)
+        by_app.setdefault(id(app), (app, []))[1].append((job_id, queue))
+    pending: set[str] = set()
+    for app, group in by_app.values():
+        pending |= _pending_in(app, group)
+    return pending
+
+
+def _pending_in(app: celery.Celery, jobs: Sequence[tuple[str, str | None]]) -> set[str]:
     """Every task except those a dead worker dropped (Redis broker).
 
     Pending: in its queue, reserved by a worker (unacknowledged), or with a state
@@ -146,9 +167,10 @@ def _task_id(raw: bytes | str) -> str:
     return str(headers.get("id") or (message.get("properties") or {}).get("correlation_id") or "")
 
 
-def _requeue(app: celery.Celery, payload: Mapping[str, Any], job_id: str) -> None:
-    # Sent by name with the stored arguments and a new task id (flow_tracker.requeue).
-    app.send_task(
+def _requeue(payload: Mapping[str, Any], job_id: str) -> None:
+    # Sent by name with the stored arguments and a new task id (flow_tracker.requeue),
+    # through the app that sent it first.
+    _app_for(payload).send_task(
         payload["task"],
         args=list(payload.get("args") or ()),
         kwargs=dict(payload.get("kwargs") or {}),
@@ -209,7 +231,13 @@ def _record_publish(app: Any, name: str, message: Any, options: dict[str, Any]) 
             queue=queue_name,
             args=args,
             kwargs=kwargs,
-            payload={"task": name, "args": args, "kwargs": kwargs, "queue": queue_name},
+            payload={
+                "task": name,
+                "args": args,
+                "kwargs": kwargs,
+                "queue": queue_name,
+                "app": app.main,
+            },
             max_attempts=_max_attempts(task),
         )
         return str(task_id)

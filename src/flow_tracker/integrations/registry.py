@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Requeuer = Callable[[Mapping[str, Any], str], None]
-Probe = Callable[[Sequence[tuple[str, str | None]]], set[str]]
-"""Given ``(job id, queue)`` pairs, the job ids the queue still holds or runs."""
+Probe = Callable[[Sequence[tuple[str, str | None, Mapping[str, Any] | None]]], set[str]]
+"""Given ``(job id, queue, stored payload)``, the job ids not proven dropped by a dead worker."""
 
 _lock = threading.Lock()
 _requeuers: dict[str, Requeuer] = {}
@@ -36,7 +36,7 @@ def requeuer_for(job_system: str) -> Requeuer | None:
 
 
 def register_probe(job_system: str, pending: Probe) -> None:
-    """Let the reaper ask ``pending([(job_id, queue), ...])`` which jobs the broker still holds."""
+    """Let the reaper ask ``pending([(job_id, queue, payload), ...])`` what is not dropped."""
     with _lock:
         _probes[job_system] = pending
 

@@ -70,13 +70,13 @@ _install_pid = 0  # the worker's own process; its forked work-horses have other 
 _connection: Redis | None = None  # for flow_tracker.requeue
 
 
-def _pending(jobs: Sequence[tuple[str, str | None]]) -> set[str]:
+def _pending(jobs: Sequence[tuple[str, str | None, Any]]) -> set[str]:
     # Every job except those RQ knows were dropped by a dead worker: started
     # longer than lost_after ago (its running row never came), or failed as
     # abandoned. Queued, deferred, finished (stored while the tracking database
     # was away) or otherwise failed jobs are not lost; neither is a job RQ does
     # not know (expired): without proof, nothing is marked lost.
-    job_ids = [job_id for job_id, _queue in jobs]
+    job_ids = [job_id for job_id, _queue, _payload in jobs]
     if _connection is None:
         return set(job_ids)
     recent = datetime.now(timezone.utc) - timedelta(seconds=config.current().lost_after)

@@ -48,6 +48,9 @@ TRACEBACK_LIMIT = 65_536
 
 # Process columns an upsert may overwrite when the row already exists (a queued
 # job's row, written before enqueue, then started by a worker).
+# In the fields of a process's end: the attempt that ended. Such an update is not
+# applied over a row a later attempt of the same job has started.
+ATTEMPT_GUARD = "b_attempt"
 _UPSERT_KEEP = frozenset({"id", "created_at", "queued_at", "parent_process_id", "job_payload"})
 # What a "queued" row (written at enqueue) may add to a row that exists already:
 # the worker can get there first when the enqueuing side had to buffer its row,
@@ -209,6 +212,12 @@ class BatchWriter:
                 target = proc_inserts.get(process_id)
                 if target is None:
                     target = proc_updates.setdefault(process_id, {})
+                # The end of an earlier attempt of a job can come after a later attempt
+                # started (a retry picked up by another thread): it changes nothing then.
+                ended = fields.get(ATTEMPT_GUARD)
+                newest = target.get("attempt", target.get(ATTEMPT_GUARD))
+                if ended is not None and newest is not None and ended < newest:
+                    continue
                 target.update(fields)
 
         if proc_inserts:
@@ -256,6 +265,8 @@ class BatchWriter:
                 values[key] = self.redactor.scrub(value) if key != "job_payload" else value
             elif key in _TEXT_LIMITS and value is not None:
                 values[key] = self.redactor.text(value, _TEXT_LIMITS[key])
+            elif key == ATTEMPT_GUARD:
+                values[key] = value  # a condition of the UPDATE, not a column
             elif key in ("parent_process_id", "requeued_from_id") and isinstance(value, int):
                 values[key] = uuid.UUID(int=value)
             else:
@@ -268,6 +279,7 @@ class BatchWriter:
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for process_id, fields in rows.items():
             values = self._process_values(process_id, fields)
+            values.pop(ATTEMPT_GUARD, None)  # the start of that same attempt
             groups.setdefault(tuple(sorted(values)), []).append(values)
         for columns, params in groups.items():
             queued = [p for p in params if p.get("status") == "queued"]
@@ -301,8 +313,10 @@ class BatchWriter:
             stmt = (
                 update(table)
                 .where(table.c.id == bindparam("b_id"))
-                .values({c: bindparam(c) for c in columns if c != "b_id"})
+                .values({c: bindparam(c) for c in columns if c not in ("b_id", ATTEMPT_GUARD)})
             )
+            if ATTEMPT_GUARD in columns:  # not over a row a later attempt has started
+                stmt = stmt.where(table.c.attempt <= bindparam(ATTEMPT_GUARD))
             self._statements[key] = stmt
         return stmt
 
