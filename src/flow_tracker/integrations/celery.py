@@ -65,8 +65,10 @@ _STATES = {
 _lock = threading.Lock()
 _apps: list[tuple[celery.Celery, bool]] = []  # installed apps and their track_all
 _signals_connected = False
-# task id -> (tracker, error seen by task_failure/task_retry)
-_running: dict[str, tuple[Tracker | NullTracker, BaseException | None]] = {}
+# (task id, thread) -> (tracker, error seen by task_failure/task_retry). The thread is
+# part of the key: in a thread pool, the retry of a task can start in another thread
+# before the attempt that asked for it has ended.
+_running: dict[tuple[str, int], tuple[Tracker | NullTracker, BaseException | None]] = {}
 
 
 def install(app: celery.Celery, *, track_all: bool = True) -> None:
@@ -274,14 +276,15 @@ def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None
             attempt=int(getattr(request, "retries", 0) or 0) + 1,
             worker=getattr(request, "hostname", None),
         )
-        _running[task_id] = (tracker, None)
+        _running[(task_id, threading.get_ident())] = (tracker, None)
     except Exception as exc:
         runtime.report_internal_error(exc, "starting a Celery task")
 
 
 def _remember_error(task_id: str | None, error: BaseException | None) -> None:
-    if task_id and task_id in _running and error is not None:
-        _running[task_id] = (_running[task_id][0], error)
+    key = (task_id or "", threading.get_ident())
+    if task_id and key in _running and error is not None:
+        _running[key] = (_running[key][0], error)
 
 
 def _task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
@@ -296,7 +299,7 @@ def _task_failure(
 
 
 def _task_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
-    entry = _running.pop(task_id, None) if task_id else None
+    entry = _running.pop((task_id, threading.get_ident()), None) if task_id else None
     if entry is None:
         return
     tracker, error = entry

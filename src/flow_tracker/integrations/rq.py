@@ -90,9 +90,16 @@ def _pending(jobs: Sequence[tuple[str, str | None, Any]]) -> set[str]:
             started = started.replace(tzinfo=timezone.utc)
         died_mid_start = status == "started" and started is not None and started <= recent
         abandoned = status == "failed" and "abandon" in str(job.exc_info or "").lower()
-        if died_mid_start or abandoned:
+        # Taken off its queue by a worker killed before it marked the job started.
+        orphaned = status == "queued" and _position(job) is None
+        if died_mid_start or abandoned or orphaned:
             dropped.add(job.id)
     return set(job_ids) - dropped
+
+
+def _position(job: Job) -> int | None:
+    queue = Queue(job.origin, connection=_connection)
+    return queue.get_job_position(job.id)
 
 
 def _requeue(payload: Mapping[str, Any], job_id: str) -> None:
