@@ -140,7 +140,10 @@ def _stamp(ids: list[int]) -> None:
     store = runtime.store()
     store.ensure_schema()
     now = now_sql(store.dialect)
-    with store.engine.connect() as conn, conn.begin():
+    with (
+        store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+        conn.begin(),
+    ):
         for offset in range(0, len(ids), BATCH):
             chunk = [uuid.UUID(int=i) for i in ids[offset : offset + BATCH]]
             conn.execute(

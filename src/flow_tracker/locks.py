@@ -88,7 +88,10 @@ class Lease:
         if self.lost:
             return
         store = runtime.store()
-        with store.engine.connect() as conn, conn.begin():
+        with (
+            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+            conn.begin(),
+        ):
             renewed = conn.execute(
                 update(locks)
                 .where(self._mine())
@@ -116,7 +119,10 @@ class Lease:
         """Free the lock if this holder still holds it; False when it had been taken over."""
         HEARTBEAT.remove_lease(self)
         store = runtime.store()
-        with store.engine.connect() as conn, conn.begin():
+        with (
+            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+            conn.begin(),
+        ):
             freed = conn.execute(
                 update(locks).where(self._mine()).values(expires_at=_RELEASED, holder="")
             ).rowcount
@@ -225,7 +231,10 @@ def acquire(name: str, key: str, ttl: float) -> tuple[Lease | None, str | None]:
     store = runtime.store()
     try:
         store.ensure_schema()
-        with store.engine.connect() as conn, conn.begin():
+        with (
+            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+            conn.begin(),
+        ):
             fence = _try_acquire(conn, store.dialect, name, key, holder, process_id, ttl)
             current = None if fence is not None else _holder_of(conn, name, key)
     except Exception as exc:

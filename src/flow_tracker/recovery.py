@@ -125,7 +125,10 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
     if not after > 0:
         raise UsageError(f"lost_after must be a positive number of seconds, not {lost_after!r}")
     chosen = _store(store)
-    with chosen.engine.connect() as conn, conn.begin():
+    with (
+        chosen.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+        conn.begin(),
+    ):
         now = database_now(conn)
         cutoff = now - timedelta(seconds=after)
         # One statement: a second reaper running at once waits for these rows, then
@@ -163,7 +166,10 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
             )
     # Asking brokers may take a while: never inside the transaction above.
     lost += _reap_vanished(chosen, now, cutoff)
-    with chosen.engine.connect() as conn, conn.begin():
+    with (
+        chosen.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+        conn.begin(),
+    ):
         stale = _stale_queued(conn, now, settings.stale_after)
         _write_state(conn, chosen.dialect, LAST_REAP_KEY, now.isoformat(), now)
     return ReapResult(lost=lost, stale_queued=stale, checked_at=now)
@@ -206,7 +212,10 @@ def _reap_vanished(store: Store, now: datetime, cutoff: datetime) -> list[uuid.U
         gone = [row.id for row in rows if str(row.job_id) not in still]
         if not gone:
             continue
-        with store.engine.connect() as conn, conn.begin():
+        with (
+            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+            conn.begin(),
+        ):
             marked = conn.execute(
                 update(processes)
                 .where(and_(processes.c.id.in_(gone), processes.c.status == Status.QUEUED.value))
@@ -324,7 +333,10 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
 def _claim(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> bool:
     """Store the new run's queued row; False when another requeue stored it first."""
     upsert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
-    with store.engine.connect() as conn, conn.begin():
+    with (
+        store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+        conn.begin(),
+    ):
         now = database_now(conn)
         stmt = (
             upsert(processes)
