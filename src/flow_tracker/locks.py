@@ -303,37 +303,45 @@ class Exclusive:
 
     def _take(self, key: str) -> Lease | None:
         """The lease, or None when skipping; raises on conflict in the other modes."""
-        started = time.monotonic()
-        delay = 0.02
+        started, delay = time.monotonic(), 0.02
         while True:
             lease, holder = acquire(self.name, key, self.ttl)
             if lease is not None:
                 return lease
-            waited = time.monotonic() - started
-            if self.on_conflict == "skip":
-                _mark_skipped(self.name, key, holder)
+            pause = self._pause_after_conflict(key, holder, started, delay)
+            if pause is None:
                 return None
-            if self.on_conflict == "raise" or waited >= self.timeout:
-                raise LockConflictError(self.name, key, holder, waited)
-            time.sleep(min(delay * random.uniform(0.5, 1.5), self.timeout - waited))
+            time.sleep(pause)
             delay = min(delay * 2, 1.0)
 
     async def _take_async(self, key: str) -> Lease | None:
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        delay = 0.02
+        started, delay = time.monotonic(), 0.02
         while True:
             lease, holder = await loop.run_in_executor(None, acquire, self.name, key, self.ttl)
             if lease is not None:
                 return lease
-            waited = time.monotonic() - started
-            if self.on_conflict == "skip":
-                _mark_skipped(self.name, key, holder)
+            pause = self._pause_after_conflict(key, holder, started, delay)
+            if pause is None:
                 return None
-            if self.on_conflict == "raise" or waited >= self.timeout:
-                raise LockConflictError(self.name, key, holder, waited)
-            await asyncio.sleep(min(delay * random.uniform(0.5, 1.5), self.timeout - waited))
+            await asyncio.sleep(pause)
             delay = min(delay * 2, 1.0)
+
+    def _pause_after_conflict(
+        self, key: str, holder: str | None, started: float, delay: float
+    ) -> float | None:
+        """What a refused attempt leads to: None to skip, else seconds before the next.
+
+        Raises:
+            LockConflictError: ``on_conflict="raise"``, or waiting ran past ``timeout``.
+        """
+        waited = time.monotonic() - started
+        if self.on_conflict == "skip":
+            _mark_skipped(self.name, key, holder)
+            return None
+        if self.on_conflict == "raise" or waited >= self.timeout:
+            raise LockConflictError(self.name, key, holder, waited)
+        return min(delay * random.uniform(0.5, 1.5), self.timeout - waited)
 
     def _block_key(self) -> str:
         if callable(self.key):

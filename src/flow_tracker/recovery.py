@@ -110,6 +110,19 @@ def _write_state(conn: Connection, dialect: str, key: str, value: str, now: date
     )
 
 
+def _lost_values(now: datetime, reason: str) -> dict[str, Any]:
+    """What a process marked lost gets: the status, one more loss, the time and the reason."""
+    return {
+        "status": Status.LOST.value,
+        "lost_count": processes.c.lost_count + 1,
+        "finished_at": now,
+        "updated_at": now,
+        "error_class": LOST_ERROR_CLASS,
+        "error_message": reason,
+        "error_traceback": None,
+    }
+
+
 def reap(*, lost_after: float | None = None, store: Store | None = None) -> ReapResult:
     """Mark running processes that stopped sending heartbeats as ``lost``.
 
@@ -141,15 +154,7 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
                     processes.c.heartbeat_at < cutoff,
                 )
             )
-            .values(
-                status=Status.LOST.value,
-                lost_count=processes.c.lost_count + 1,
-                finished_at=now,
-                updated_at=now,
-                error_class=LOST_ERROR_CLASS,
-                error_message=f"no heartbeat for {after:g} s: its worker died or hung",
-                error_traceback=None,
-            )
+            .values(_lost_values(now, f"no heartbeat for {after:g} s: its worker died or hung"))
             .returning(processes.c.id)
         ).scalars()
         lost = [uuid.UUID(str(value)) for value in marked]
@@ -220,14 +225,9 @@ def _reap_vanished(store: Store, now: datetime, cutoff: datetime) -> list[uuid.U
                 update(processes)
                 .where(and_(processes.c.id.in_(gone), processes.c.status == Status.QUEUED.value))
                 .values(
-                    status=Status.LOST.value,
-                    lost_count=processes.c.lost_count + 1,
-                    finished_at=now,
-                    updated_at=now,
-                    error_class=LOST_ERROR_CLASS,
-                    error_message=(
-                        "taken from the queue by a worker that died before it could start it"
-                    ),
+                    _lost_values(
+                        now, "taken from the queue by a worker that died before it could start it"
+                    )
                 )
                 .returning(processes.c.id)
             ).scalars()
