@@ -120,6 +120,14 @@ def test_demo_records_every_kind_of_process(runner: CliRunner, tmp_path: Path) -
     assert statuses["LongRunningSync"] == "running"
     assert statuses["PaymentWebhook"] == "failed"
     assert statuses["MonthlyReport"] == "completed"
+    assert statuses["ResizeUploads"] == "lost"  # found by the reaper
+    charges = sorted(p.status.value for p in page if p.name == "ChargeCustomer")
+    assert charges == ["completed", "skipped"]
+    skipped = next(p for p in page if p.name == "ChargeCustomer" and p.status.value == "skipped")
+    assert "lock 'financial' for key 'user:103' is held" in skipped.metadata["skip_reason"]
+    assert [(lock.name, lock.key) for lock in flow_tracker.locks.held_locks()] == [
+        ("account-sync", "shard:3")
+    ]
     levels = set()
     for p in page:
         record = flow_tracker.get_process(p.id)

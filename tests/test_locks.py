@@ -205,3 +205,19 @@ def test_no_lock_is_granted_when_the_database_is_unreachable() -> None:
     with pytest.raises(DatabaseUnavailableError, match="unreachable"):
         with flow_tracker.exclusive("financial", key=1):
             pytest.fail("the body must not run without the lock")
+
+
+def test_a_jobs_critical_section_option_takes_an_exclusive_or_its_arguments() -> None:
+    from flow_tracker.integrations.jobs import exclusive_option
+
+    given = flow_tracker.exclusive("charge", key="{user_id}")
+    assert exclusive_option(given) is given
+    built = exclusive_option({"name": "charge", "key": "{user_id}", "on_conflict": "skip"})
+    assert built is not None and (built.name, built.on_conflict) == ("charge", "skip")
+    assert exclusive_option(None) is None
+    with pytest.raises(flow_tracker.UsageError, match="flow_tracker_exclusive"):
+        exclusive_option("charge")
+    with pytest.raises(flow_tracker.UsageError, match="flow_tracker_exclusive"):
+        exclusive_option({"name": "charge", "lease": 5})
+    with pytest.raises(flow_tracker.UsageError, match="on_conflict"):
+        exclusive_option({"name": "charge", "on_conflict": "later"})

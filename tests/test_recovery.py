@@ -235,3 +235,52 @@ def test_a_late_end_of_an_earlier_attempt_never_overwrites_a_later_attempt(
     record = flow_tracker.get_process(first.process_id)
     assert record is not None
     assert (record.status, record.attempt, record.error) == (Status.COMPLETED, 2, None)
+
+
+def test_a_requeue_never_claims_a_job_its_broker_already_started_again(tracked: str) -> None:
+    from flow_tracker.recovery import _claim
+
+    lost = _job_row()
+    with runtime.store().engine.connect() as conn:
+        row = conn.execute(select(processes).where(processes.c.id == lost)).one()
+    # Between requeue's first read and its claim, a redelivery stored the job running.
+    with runtime.store().engine.begin() as conn:
+        conn.execute(update(processes).where(processes.c.id == lost).values(status="running"))
+    new_id = uuid.uuid4()
+    assert _claim(runtime.store(), row, new_id, requeue_job_id(lost)) == "came_back"
+    with runtime.store().engine.connect() as conn:
+        assert conn.execute(select(processes.c.id).where(processes.c.id == new_id)).first() is None
+
+
+def test_a_job_with_a_requeued_copy_stands_down_and_says_why(tracked: str) -> None:
+    from flow_tracker.integrations.jobs import job_body, process_id_for, start_job
+
+    ran: list[int] = []
+
+    def charge(i: int) -> int:
+        ran.append(i)
+        return i
+
+    body = job_body(charge)
+    original = _job_row(id=process_id_for("rq", "original-job"), job_id="original-job")
+    _job_row(requeued_from_id=original, status="queued")
+    # The broker delivers the lost job again after the operator requeued it.
+    tracker = start_job(
+        job_system="rq", job_id="original-job", name="charge", queue="default", attempt=1
+    )
+    assert body(7) is None
+    tracker.complete()
+    assert ran == []
+    record = flow_tracker.get_process(original)
+    assert record is not None
+    assert record.status is Status.SKIPPED
+    assert "requeued as process" in record.metadata["skip_reason"]
+    # A job without a copy runs as usual, its result unchanged.
+    other = start_job(
+        job_system="rq", job_id="other-job", name="charge", queue="default", attempt=1
+    )
+    assert body(8) == 8
+    other.complete()
+    assert ran == [8]
+    other_record = flow_tracker.get_process(process_id_for("rq", "other-job"))
+    assert other_record is not None and other_record.status is Status.COMPLETED

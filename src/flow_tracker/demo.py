@@ -2,7 +2,9 @@
 
 Nested flows, logs at every level, failures with real tracebacks, a flow that
 failed inside a process that recovered, progress, a child process linked to its
-parent, and one process still running.
+parent, one process still running (holding a critical section), a charge skipped
+because its critical section was held, and a job whose worker died, found by the
+reaper.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flow_tracker
+from flow_tracker import events as ev
 from flow_tracker import render, runtime
 from flow_tracker.demo_history import record_history
 from flow_tracker.store.engine import parse_url
@@ -129,9 +132,53 @@ def monthly_report() -> None:
         t.critical("Revenue dropped 40% month on month", data={"previous": 120_400, "now": 72_100})
 
 
+def charge_customer(user_id: int) -> None:
+    """A job inside a critical section: one charge per user at a time."""
+    with flow_tracker.track("ChargeCustomer", category="jobs", metadata={"user_id": user_id}) as t:
+        with flow_tracker.exclusive("financial", key=f"user:{user_id}", on_conflict="skip"):
+            with t.flow("charge_card"):
+                _pause(0.005, 0.02)
+            t.info("Charged 49.00 EUR")
+
+
+def charge_while_another_charge_runs(user_id: int) -> None:
+    """The second charge of a user finds the first one's lock held and is skipped."""
+    with flow_tracker.exclusive("financial", key=f"user:{user_id}"):
+        charge_customer(user_id)  # ends `skipped`, saying who holds the lock
+
+
+def job_of_a_dead_worker() -> None:
+    """A job whose worker was killed mid-run: its heartbeats stopped 2 minutes ago."""
+    now = time.time()
+    job_id = f"rq-{_rng.getrandbits(64):016x}"
+    row = {
+        "name": "ResizeUploads",
+        "category": "jobs",
+        "status": "running",
+        "created_at": now - 150,
+        "queued_at": now - 150,
+        "started_at": now - 140,
+        "updated_at": now - 120,
+        "heartbeat_at": now - 120,
+        "host": "worker-2",
+        "pid": 4242,
+        "job_system": "rq",
+        "job_id": job_id,
+        "queue": "media",
+        "job_args": {"args": [8812], "kwargs": {}},
+        "job_payload": {"func": "media.resize_uploads", "args": [8812], "kwargs": {}},
+        "attempt": 1,
+    }
+    from flow_tracker.integrations.jobs import process_id_for
+
+    runtime.writer().write_now((ev.PROCESS_START, process_id_for("rq", job_id).int, row))
+
+
 def long_running_sync() -> None:
     """A process left running, as one is while its worker is busy."""
     running = flow_tracker.start("LongRunningSync", category="services", metadata={"shard": 3})
+    # Held until its lease runs out after the demo ends: the Health page lists it.
+    flow_tracker.exclusive("account-sync", key="shard:3", ttl=900).__enter__()
     running.progress.total = 500
     running.progress.current = 210
     with running.flow("sync_accounts") as sync:
@@ -162,9 +209,14 @@ def run_demo(
     with contextlib.suppress(PaymentGatewayTimeout):
         payment_webhook({"type": "charge.succeeded"})
     monthly_report()
+    charge_customer(104)
+    charge_while_another_charge_runs(103)
     # In a context of its own, so the unfinished process does not stay current here.
     contextvars.Context().run(long_running_sync)
+    job_of_a_dead_worker()
     flow_tracker.flush()
+    reaped = flow_tracker.reap()
+    echo(f"The reaper marked {len(reaped.lost)} job lost: its worker stopped sending heartbeats.")
     past = record_history(runtime.store())
     echo(f"Added {past:,} finished runs of the past week, for the dashboard's charts.")
 
@@ -181,6 +233,8 @@ def run_demo(
         "\nLook around:\n"
         f"  .venv/bin/flow-tracker serve --database-url {database_url}\n"
         f"  .venv/bin/flow-tracker list --status failed --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker show <id> --database-url {database_url}"
+        f"  .venv/bin/flow-tracker show <id> --database-url {database_url}\n"
+        f"  .venv/bin/flow-tracker health --database-url {database_url}\n"
+        f"  .venv/bin/flow-tracker locks --database-url {database_url}"
     )
     return page.items

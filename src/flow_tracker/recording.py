@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
+from sqlalchemy.engine import Connection
+
 from flow_tracker import config, runtime
 from flow_tracker.errors import Skipped
 from flow_tracker.nulls import NULL_FLOW, NULL_TRACKER, NullFlow, NullTracker
@@ -138,10 +140,12 @@ def open_tracker(
     attempt: int = 1,
     extra: Mapping[str, Any] | None = None,
     durable: bool = False,
+    then: Callable[[Connection], object] | None = None,
 ) -> AnyTracker:
     """Start a process and make it current; the null tracker when disabled or on failure.
 
-    ``durable``: store the running row before returning (see ``Tracker._begin``).
+    ``durable``: store the running row before returning, running ``then`` in the
+    same transaction (see ``Tracker._begin``).
     """
     settings = config.current()
     if not settings.enabled:
@@ -156,7 +160,7 @@ def open_tracker(
             process_id=process_id,
             attempt=attempt,
         )
-        tracker._begin(CURRENT_NODE.get(), extra, durable)
+        tracker._begin(CURRENT_NODE.get(), extra, durable, then)
     except Exception as exc:
         runtime.report_internal_error(exc, "starting a process")
         return NULL_TRACKER

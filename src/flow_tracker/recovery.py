@@ -319,7 +319,12 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
         )
     job_id = requeue_job_id(process_id)
     new_id = process_id_for(row.job_system, job_id)
-    if not _claim(store, row, new_id, job_id):
+    claimed = _claim(store, row, new_id, job_id)
+    if claimed == "came_back":
+        return RequeueResult(
+            process_id, "not_finished", reason="it started again (its broker redelivered it)"
+        )
+    if claimed == "taken":
         return RequeueResult(process_id, "already_requeued", new_id, job_id)
     try:
         send(row.job_payload, job_id)
@@ -330,14 +335,29 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
     return RequeueResult(process_id, "requeued", new_id, job_id)
 
 
-def _claim(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> bool:
-    """Store the new run's queued row; False when another requeue stored it first."""
+def _claim(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> str:
+    """Store the new run's queued row: ``"claimed"``, ``"taken"`` or ``"came_back"``.
+
+    ``taken``: another requeue stored it first. ``came_back``: the old row is no
+    longer lost or failed, since the job's broker redelivered it and a worker
+    started it. The old row is touched first, which locks it until commit: a
+    redelivered start waits, then finds the copy and stands down
+    (:func:`flow_tracker.integrations.jobs.skip_if_requeued`), so exactly one runs.
+    """
     upsert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
     with (
         store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
         conn.begin(),
     ):
         now = database_now(conn)
+        still_finished = conn.execute(
+            update(processes)
+            .where(processes.c.id == row.id, processes.c.status.in_(REQUEUEABLE))
+            .values(updated_at=now)
+            .returning(processes.c.id)
+        ).scalar()
+        if still_finished is None:
+            return "came_back"
         stmt = (
             upsert(processes)
             .values(
@@ -363,7 +383,7 @@ def _claim(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> bool:
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(processes.c.id)
         )
-        return conn.execute(stmt).scalar() is not None
+        return "claimed" if conn.execute(stmt).scalar() is not None else "taken"
 
 
 def requeue_candidates(

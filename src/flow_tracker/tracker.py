@@ -22,9 +22,11 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from flow_tracker import config, heartbeat, runtime
 from flow_tracker import events as ev
@@ -453,13 +455,18 @@ class Tracker(_Node):
         return self._attempt
 
     def _begin(
-        self, parent: _Node | None, extra: Mapping[str, Any] | None = None, durable: bool = False
+        self,
+        parent: _Node | None,
+        extra: Mapping[str, Any] | None = None,
+        durable: bool = False,
+        then: Callable[[Connection], object] | None = None,
     ) -> None:
         """Store the process as running and make it the current one of this context.
 
         ``durable`` stores the running row before returning (a queued job: if its
         worker dies a moment later, the row already says where it ran, and the
-        reaper can find it), instead of leaving it to the background writer.
+        reaper can find it), instead of leaving it to the background writer;
+        ``then`` runs in that write's transaction (see ``Writer.write_now``).
         """
         started = _now()
         self._started = started
@@ -482,7 +489,7 @@ class Tracker(_Node):
             row.update(extra)
         event = (ev.PROCESS_START, self._id_int, row)
         if durable and isinstance(self._writer, Writer):
-            self._writer.write_now(event)  # buffered instead while the database is away
+            self._writer.write_now(event, then)  # buffered instead while the database is away
         else:
             self._writer.put(event)
         if isinstance(self._writer, Writer):  # not a warm-up's capture
@@ -540,9 +547,10 @@ class Tracker(_Node):
             return
         try:
             end, described = outcome_of(error)
+            end = chosen or end
             if end is Status.COMPLETED and self._skip_reason is not None:
-                end = Status.SKIPPED
-            self._end(chosen or end, described)
+                end = Status.SKIPPED  # a job queue says it succeeded: it returned after a skip
+            self._end(end, described)
         except Exception as exc:
             runtime.report_internal_error(exc, "completing a process")
             return

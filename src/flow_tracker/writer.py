@@ -143,7 +143,9 @@ class Writer:
             self._wake.set()
         return True
 
-    def write_now(self, event: ev.Event) -> bool:
+    def write_now(
+        self, event: ev.Event, then: Callable[[Connection], object] | None = None
+    ) -> bool:
         """Store ``event`` before returning, on the calling thread; True once stored.
 
         For the few records that must be durable before something else happens (a
@@ -151,6 +153,9 @@ class Writer:
         be unreachable, or when this attempt finds it so, the event goes to the
         buffer instead and is stored later: the caller is never held up for long
         (at most the connect timeout) and never gets an error.
+
+        ``then`` runs in the same transaction right after the write (a read that
+        must see the database as the write left it); not when the event was buffered.
         """
         if not self.healthy:
             self.put(event)
@@ -170,6 +175,8 @@ class Writer:
                 conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
                 with conn.begin():
                     builder.write(conn, [event])
+                    if then is not None:
+                        then(conn)
         except Exception as exc:
             if not is_transient(exc):
                 self.on_error(exc, "storing a record at once")

@@ -78,3 +78,19 @@ def parent_task() -> str:
 @app.task
 def child_task() -> str:
     return "child"
+
+
+@app.task(
+    flow_tracker_exclusive=flow_tracker.exclusive(
+        "ft-test-charge", key="{user_id}", on_conflict="skip"
+    )
+)
+def charge(user_id: str) -> str:
+    """Runs inside the task's own critical section (the per-task option)."""
+    return job_bodies.charge(user_id)
+
+
+@app.task
+def guarded_block(user_id: str) -> str:
+    """A critical section as a block inside the task."""
+    return job_bodies.guarded_block(user_id)

@@ -80,3 +80,20 @@ def noop() -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def sleepy(i: int, seconds: float) -> int:
     return job_bodies.sleepy_job(i, seconds)
+
+
+@dramatiq.actor(
+    queue_name=QUEUE,
+    max_retries=3,
+    store_results=True,
+    flow_tracker_exclusive={"name": "ft-test-charge", "key": "{user_id}", "on_conflict": "skip"},
+)
+def charge(user_id: str) -> str:
+    """Runs inside the actor's own critical section (the per-actor option)."""
+    return job_bodies.charge(user_id)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, store_results=True)
+def guarded_block(user_id: str) -> str:
+    """A critical section as a block inside the actor."""
+    return job_bodies.guarded_block(user_id)

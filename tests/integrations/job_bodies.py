@@ -41,3 +41,15 @@ def sleepy_job(i: int, seconds: float) -> int:
         flow.info("working", data={"i": i})
         time.sleep(seconds)
     return i
+
+
+def charge(user_id: str) -> str:
+    """What a job guarded by a critical section does."""
+    flow_tracker.log("charging", data={"user_id": user_id})
+    return f"charged {user_id}"
+
+
+def guarded_block(user_id: str) -> str:
+    """A critical section as a block: skipped while another holder has the key."""
+    with flow_tracker.exclusive("ft-test-charge", key=user_id, on_conflict="skip"):
+        return charge(user_id)

@@ -53,3 +53,19 @@ def noop() -> None:
 
 def sleepy(i: int, seconds: float) -> int:
     return job_bodies.sleepy_job(i, seconds)
+
+
+@flow_tracker.exclusive("ft-test-charge", key="{user_id}", on_conflict="skip")
+def charge(user_id: str) -> str:
+    """Runs inside its critical section (RQ's per-job option is the decorator)."""
+    return job_bodies.charge(user_id)
+
+
+def guarded_block(user_id: str) -> str:
+    """A critical section as a block inside the job."""
+    return job_bodies.guarded_block(user_id)
+
+
+def count_run(key: str) -> int:
+    """Counts its runs in Redis, to prove a job ran exactly once."""
+    return int(Redis.from_url(os.environ["FT_TEST_REDIS"]).incr(key))

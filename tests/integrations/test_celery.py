@@ -11,6 +11,7 @@ import flow_tracker
 from flow_tracker import Status
 from tests.integrations.workers import (
     check_job_mix,
+    check_lock_skips,
     poll_progress,
     require_service,
     wait_until_final,
@@ -226,3 +227,26 @@ def test_a_publish_the_broker_refuses_leaves_a_failed_row(tracked: str) -> None:
     assert "publishing to the broker failed" in (
         status.record.error.message if status.record.error else ""
     )
+
+
+def test_a_task_refused_its_critical_section_is_skipped_not_failed(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.integrations import celery_app as ca
+
+    queue = celery_env["FT_TEST_QUEUE"]
+    user = uuid.uuid4().hex
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    with worker_process(worker_args(queue), env, log):
+        with flow_tracker.exclusive("ft-test-charge", key=user):  # another holder
+            refused = [
+                ca.charge.apply_async((user,), queue=queue),  # the per-task option
+                ca.guarded_block.apply_async((user,), queue=queue),  # a block inside
+            ]
+            assert [r.get(timeout=60) for r in refused] == [None, None]
+            assert [r.state for r in refused] == ["SUCCESS", "SUCCESS"]
+        ran = ca.charge.apply_async((user,), queue=queue)
+        assert ran.get(timeout=60) == f"charged {user}"
+        found = wait_until_final([r.id for r in refused] + [ran.id], log)
+    check_lock_skips(found, [r.id for r in refused], ran.id)

@@ -14,6 +14,7 @@ import flow_tracker
 from flow_tracker import Status
 from tests.integrations.workers import (
     check_job_mix,
+    check_lock_skips,
     poll_progress,
     require_service,
     wait_until_final,
@@ -129,3 +130,20 @@ def test_track_all_false_tracks_only_opted_in_actors(tracked: str) -> None:
     worker.stop()
     broker.flush_all()
     assert [p.name for p in flow_tracker.list_processes()] == ["opted_actor"]
+
+
+def test_a_message_refused_its_critical_section_is_skipped_not_retried(
+    tracked: str, app: Any, tmp_path: Path
+) -> None:
+    user = uuid.uuid4().hex
+    log = tmp_path / "worker.log"
+    with worker_process(worker_command(), env_for(tracked), log):
+        with flow_tracker.exclusive("ft-test-charge", key=user):  # another holder
+            refused = [app.charge.send(user), app.guarded_block.send(user)]
+            results = [m.get_result(block=True, timeout=60_000) for m in refused]
+            assert results == [None, None]
+        ran = app.charge.send(user)
+        assert ran.get_result(block=True, timeout=60_000) == f"charged {user}"
+        ids = [m.message_id for m in refused]
+        found = wait_until_final([*ids, ran.message_id], log)
+    check_lock_skips(found, ids, ran.message_id)

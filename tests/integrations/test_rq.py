@@ -13,6 +13,7 @@ import flow_tracker
 from flow_tracker import Status
 from tests.integrations.workers import (
     check_job_mix,
+    check_lock_skips,
     poll_progress,
     require_service,
     wait_until_final,
@@ -161,3 +162,65 @@ def test_track_all_false_tracks_only_opted_in_jobs(tracked: str, rq_queue: Queue
     assert flow_tracker.get_status(plain.id) is None
     status = flow_tracker.get_status(opted.id)
     assert status is not None and status.is_completed
+
+
+def test_a_job_refused_its_critical_section_is_skipped_not_failed(
+    tracked: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    from tests.integrations import rq_jobs
+
+    user = uuid.uuid4().hex
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": tracked, "FT_TEST_REDIS": REDIS_URL}
+    with flow_tracker.exclusive("ft-test-charge", key=user):  # another holder
+        refused = [
+            rq_queue.enqueue(rq_jobs.charge, user),
+            rq_queue.enqueue(rq_jobs.guarded_block, user),
+        ]
+        with worker_process(worker(rq_queue), env, log) as proc:
+            proc.wait(timeout=120)
+    ran = rq_queue.enqueue(rq_jobs.charge, user)
+    with worker_process(worker(rq_queue), env, log) as proc:
+        proc.wait(timeout=120)
+    for job in refused:
+        job.refresh()
+        assert job.get_status() == "finished" and job.return_value() is None
+    found = wait_until_final([job.id for job in [*refused, ran]], log, seconds=30)
+    check_lock_skips(found, [job.id for job in refused], ran.id)
+
+
+def test_a_lost_job_its_broker_delivers_again_after_a_requeue_runs_once(
+    tracked: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    from redis import Redis
+    from sqlalchemy import update
+
+    from flow_tracker import runtime
+    from flow_tracker.integrations import rq as ft_rq
+    from flow_tracker.store.schema import processes
+    from tests.integrations import rq_jobs
+
+    redis = Redis.from_url(REDIS_URL)
+    counter = f"ft-test-runs-{uuid.uuid4().hex}"
+    ft_rq.install(connection=redis)
+    job = rq_queue.enqueue(rq_jobs.count_run, counter)
+    original = flow_tracker.get_status(job.id)
+    assert original is not None
+    # Its worker died (the reaper said lost), the operator requeued it, and the
+    # original message is still there to be delivered again.
+    with runtime.store().engine.begin() as conn:
+        conn.execute(
+            update(processes).where(processes.c.id == original.process_id).values(status="lost")
+        )
+    (result,) = flow_tracker.requeue([original.process_id])
+    assert result.outcome == "requeued"
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": tracked, "FT_TEST_REDIS": REDIS_URL}
+    with worker_process(worker(rq_queue), env, log) as proc:
+        proc.wait(timeout=120)
+    found = wait_until_final([job.id, str(result.job_id)], log, seconds=30)
+    assert int(redis.get(counter) or 0) == 1
+    assert found[job.id].status is Status.SKIPPED
+    assert "requeued as process" in found[job.id].metadata["skip_reason"]
+    assert found[str(result.job_id)].status is Status.COMPLETED
+    redis.delete(counter)

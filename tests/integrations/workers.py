@@ -167,3 +167,14 @@ def poll_progress(job_id: str, seconds: float = 60) -> list[float]:
             return seen
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not complete; progress seen: {seen}")
+
+
+def check_lock_skips(found: dict[str, ProcessRecord], skipped: Sequence[str], ran: str) -> None:
+    """Jobs refused their critical section end ``skipped`` once, with the reason; ``ran`` ran."""
+    for job_id in skipped:
+        record = found[job_id]
+        assert record.status is Status.SKIPPED, (record.status, record.error)
+        assert record.attempt == 1  # a skip is not a failure: nothing was retried
+        assert "'ft-test-charge'" in record.metadata["skip_reason"]
+        assert "is held" in record.metadata["skip_reason"]
+    assert found[ran].status is Status.COMPLETED

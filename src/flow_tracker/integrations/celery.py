@@ -17,6 +17,12 @@ Celery has no signal for a publish the broker refuses.
 Celery's control-flow exceptions are not failures: ``Retry`` makes the process
 ``retrying`` (``failed`` once retries are exhausted), ``Ignore`` ``skipped``,
 ``Reject`` ``cancelled``.
+
+A tracked task's ``run`` is wrapped when the app is finalized (before any
+worker builds its tracer), see :func:`flow_tracker.integrations.jobs.job_body`:
+a task declared ``@app.task(flow_tracker_exclusive=flow_tracker.exclusive(...))``
+runs inside that critical section, and a skip returns None (Celery records a
+success; the process says ``skipped`` and why).
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ from typing import Any
 
 from flow_tracker import runtime
 from flow_tracker.integrations.jobs import (
+    EXCLUSIVE_OPTION,
+    WRAPPED_MARK,
+    exclusive_option,
     finish_job,
+    job_body,
     record_enqueued,
     record_publish_failed,
     start_job,
@@ -91,6 +101,10 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
             signals.task_postrun.connect(_task_postrun, weak=False)
             _signals_connected = True
         _wrap_send_task_message(app)
+        # weak=False as above; the receiver checks which app is finalized.
+        app.on_after_finalize.connect(_prepare_tasks, weak=False)
+        if app.finalized:
+            _prepare_tasks(app)
         from celery.exceptions import Ignore, Reject, Retry
 
         register_control_flow(Retry, Status.RETRYING)
@@ -187,6 +201,16 @@ def _is_tracked(task: Any) -> bool:
         if installed is app:
             return track_all or bool(getattr(task, OPT_IN_OPTION, False))
     return False
+
+
+def _prepare_tasks(sender: celery.Celery, **_: Any) -> None:
+    """Wrap the ``run`` of every tracked task of a finalized app (see the module)."""
+    for task in list(sender.tasks.values()):
+        option = getattr(task, EXCLUSIVE_OPTION, None)
+        if getattr(task.run, WRAPPED_MARK, False) or not (_is_tracked(task) or option):
+            continue
+        # A bad option is the programmer's: it raises here, as the worker starts.
+        task.run = job_body(task.run, exclusive_option(option))
 
 
 def _wrap_send_task_message(app: celery.Celery) -> None:

@@ -16,6 +16,11 @@ publish, so it is wrapped to mark the already recorded job as failed.
 
 ``dramatiq.Retry`` makes the process ``retrying`` (``failed`` once retries are
 exhausted) and a skipped message ends ``skipped``.
+
+Each tracked actor's function is wrapped as it is declared (see
+:func:`flow_tracker.integrations.jobs.job_body`): an actor declared
+``@dramatiq.actor(flow_tracker_exclusive=flow_tracker.exclusive(...))`` runs
+inside that critical section, and a skip is no failure (nothing is retried).
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from typing import Any
 
 from flow_tracker import runtime
 from flow_tracker.integrations.jobs import (
+    EXCLUSIVE_OPTION,
+    exclusive_option,
     finish_job,
+    job_body,
     record_enqueued,
     record_publish_failed,
     start_job,
@@ -68,8 +76,19 @@ class FlowTrackerMiddleware(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        """The actor option this middleware understands: ``flow_tracker``."""
-        return {OPT_IN_OPTION}
+        """The actor options this middleware understands.
+
+        ``flow_tracker`` (opt in) and ``flow_tracker_exclusive`` (a critical section).
+        """
+        return {OPT_IN_OPTION, EXCLUSIVE_OPTION}
+
+    def after_declare_actor(self, broker: Any, actor: Any) -> None:
+        """Wrap a tracked actor's function (or one with a critical section)."""
+        option = actor.options.get(EXCLUSIVE_OPTION)
+        if not (self.track_all or actor.options.get(OPT_IN_OPTION) or option):
+            return
+        # A bad option is the programmer's: it raises here, where the actor is declared.
+        actor.fn = job_body(actor.fn, exclusive_option(option))
 
     def _actor_options(self, broker: Any, actor_name: str) -> dict[str, Any]:
         try:

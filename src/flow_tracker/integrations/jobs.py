@@ -11,6 +11,11 @@
   (same row, attempt + 1 next time, flows of each attempt kept apart),
   ``failed``, ``skipped`` or ``cancelled``. The job's tracker is
   ``flow_tracker.current()`` while it runs.
+* :func:`job_body` - the job's own function as the queue runs it: inside its
+  critical section (the ``flow_tracker_exclusive`` option), skipped when
+  :func:`flow_tracker.requeue` already sent a copy of this job (a broker that
+  redelivers by itself would otherwise run it twice), and a skipped critical
+  section inside it ends the job ``skipped`` instead of failing it.
 
 A job's process id is derived from its system and job id (UUIDv5), so the
 enqueuing process, every retry and every worker agree on the row without
@@ -19,18 +24,29 @@ carrying anything in the message.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection
 
 from flow_tracker import config, runtime
 from flow_tracker import events as ev
+from flow_tracker.errors import Skipped, UsageError
+from flow_tracker.locks import Exclusive, exclusive
 from flow_tracker.nulls import NULL_TRACKER, NullTracker
 from flow_tracker.recording import open_tracker
 from flow_tracker.status import Status
+from flow_tracker.store.schema import processes
 from flow_tracker.tracker import CURRENT_NODE, Tracker, describe_error
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXCLUSIVE_OPTION = "flow_tracker_exclusive"
+WRAPPED_MARK = "__flow_tracker_job_body__"
 
 # Fixed forever: changing it would give every job a new process id.
 JOB_NAMESPACE = uuid.UUID("6f1c5b8e-2f4a-5d0e-9c41-7a3f0e2b9d15")
@@ -139,19 +155,54 @@ def start_job(
     it would have died with the worker and the job would look queued forever.
     With ``completion_timeout=0`` the row is buffered like everything else, since
     then an earlier attempt's end may still be buffered and must be stored first.
+
+    The same transaction looks for a copy :func:`flow_tracker.requeue` made of
+    the job (see :func:`skip_if_requeued`).
     """
     settings = config.current()
     extra = _job_start_fields(job_system, job_id, queue, worker)
+    process_id = process_id_for(job_system, job_id)
+    durable = settings.durable_start and settings.completion_timeout > 0
+    copies: list[uuid.UUID] = []
     tracker = open_tracker(
         name,
         category,
         None,
-        process_id=process_id_for(job_system, job_id),
+        process_id=process_id,
         attempt=max(1, attempt),
         extra=extra,
-        durable=settings.durable_start and settings.completion_timeout > 0,
+        durable=durable,
+        then=functools.partial(_find_requeued_copy, process_id, copies) if durable else None,
     )
-    return tracker if isinstance(tracker, Tracker) else NULL_TRACKER
+    if not isinstance(tracker, Tracker):
+        return NULL_TRACKER
+    if copies:
+        _REQUEUED_COPIES[tracker] = copies[0]
+    return tracker
+
+
+# Jobs started here that flow_tracker.requeue had already sent again, and the copy.
+_REQUEUED_COPIES: weakref.WeakKeyDictionary[Tracker, uuid.UUID] = weakref.WeakKeyDictionary()
+_COPY_QUERIES: dict[str, str] = {}
+
+
+def _find_requeued_copy(process_id: uuid.UUID, found: list[uuid.UUID], conn: Connection) -> None:
+    """Add the id of a requeued copy of the job to ``found``: one indexed read.
+
+    Plain SQL on the driver: a SQLAlchemy select costs several times more per job,
+    and this runs for every job. The partial index on ``requeued_from_id`` answers it.
+    """
+    dialect = conn.dialect.name
+    sql = _COPY_QUERIES.get(dialect)
+    if sql is None:
+        mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+        sql = f"SELECT id FROM {processes.name} WHERE requeued_from_id = {mark} LIMIT 1"
+        _COPY_QUERIES[dialect] = sql
+    key: object = process_id if dialect == "postgresql" else process_id.hex
+    row = conn.exec_driver_sql(sql, (key,)).first()
+    if row is not None:
+        value = row[0]
+        found.append(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
 class _Capture:
@@ -241,3 +292,88 @@ def finish_job(
             tracker.complete(error=error, status=status)
         except Exception as exc:
             runtime.report_internal_error(exc, "finishing a job")
+
+
+def exclusive_option(value: object) -> Exclusive | None:
+    """The critical section a job declares with the ``flow_tracker_exclusive`` option.
+
+    Accepts an :func:`flow_tracker.exclusive` object or a dict of its arguments
+    (``{"name": "financial", "key": "{user_id}", "on_conflict": "skip"}``).
+
+    Raises:
+        UsageError: anything else, or a dict :func:`flow_tracker.exclusive` refuses.
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, Exclusive):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return exclusive(**dict(value))
+        except TypeError as exc:
+            raise UsageError(f"{EXCLUSIVE_OPTION}: {exc}") from None
+    raise UsageError(
+        f"{EXCLUSIVE_OPTION} takes flow_tracker.exclusive(...) or a dict of its arguments, "
+        f"not {value!r}"
+    )
+
+
+def skip_if_requeued(tracker: Tracker | NullTracker | None) -> bool:
+    """Mark the job skipped and return True when a requeued copy of it exists.
+
+    A broker that redelivers a dead worker's message by itself (Dramatiq, Celery
+    with ``acks_late``, RQ with retries) may do so after an operator requeued the
+    job: the copy carries the job on and this delivery stands down.
+
+    The copy is looked for in the transaction that stores the job's running row
+    (a durable start, see :func:`start_job`): :func:`flow_tracker.requeue` claims
+    a job only while its row is still lost or failed, and that write takes it out
+    of that state, so exactly one of the two runs. Without a durable start (the
+    database away, ``durable_start=False``) the job runs.
+    """
+    if not isinstance(tracker, Tracker):
+        return False
+    copy = _REQUEUED_COPIES.pop(tracker, None)
+    if copy is None:
+        return False
+    tracker.skip(f"requeued as process {copy}; this redelivery stands down")
+    return True
+
+
+def _current_tracker() -> Tracker | None:
+    node = CURRENT_NODE.get()
+    tracker = getattr(node, "_tracker", None)
+    return tracker if isinstance(tracker, Tracker) else None
+
+
+def job_body(func: F, section: Exclusive | None = None) -> F:
+    """Wrap a job's function as the queue runs it (see the module's docstring).
+
+    The wrapper returns None without running ``func`` when the job was
+    requeued, and None when a critical section skipped, so that the queue
+    records no failure (and retries nothing); the job's process says
+    ``skipped`` and why. Every other result and exception passes unchanged.
+    """
+    if getattr(func, WRAPPED_MARK, False):
+        return func
+    guarded: Callable[..., Any] = section(func) if section is not None else func
+
+    @functools.wraps(func)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        try:
+            requeued = skip_if_requeued(_current_tracker())
+        except Exception as exc:
+            runtime.report_internal_error(exc, "checking for a requeued copy of a job")
+            requeued = False
+        if requeued:
+            return None
+        try:
+            return guarded(*args, **kwargs)
+        except Skipped as exc:  # a skipped critical section
+            tracker = _current_tracker()
+            if tracker is not None and tracker._skip_reason is None:
+                tracker.skip(str(exc))
+            return None
+
+    setattr(body, WRAPPED_MARK, True)
+    return body  # type: ignore[return-value]

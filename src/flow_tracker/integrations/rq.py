@@ -18,6 +18,9 @@ before ``perform`` returns, so the work-horse's ``os._exit`` loses nothing.
 In a forked work-horse the job's end is stored before ``perform`` returns even
 with ``completion_timeout=0``, since ``os._exit`` skips the flush at exit.
 
+A job function decorated with ``@flow_tracker.exclusive(...)`` runs inside that
+critical section; a skip ends the job ``skipped``, not failed.
+
 Jobs enqueued with ``enqueue_many`` or scheduled for later get their row when
 they start. Retries (``Retry(max=...)``) run on the same row, attempt + 1.
 """
@@ -37,6 +40,7 @@ from flow_tracker.integrations.jobs import (
     finish_job,
     record_enqueued,
     record_publish_failed,
+    skip_if_requeued,
     start_job,
     warm_up,
 )
@@ -233,6 +237,10 @@ def _wrap_perform() -> None:
             tracker = None
         if tracker is None:
             return original(self)
+        if skip_if_requeued(tracker):
+            finish_job(tracker, Status.SKIPPED)
+            _store_before_exit()
+            return None
         try:
             result = original(self)
         except Skipped:  # exclusive(..., on_conflict="skip") as a block: not a failure
