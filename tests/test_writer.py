@@ -205,8 +205,9 @@ def test_forked_child_records_its_own_processes_without_the_parents_buffer(
     child_id, rows_written = os.read(read_end, 200).decode().split()
     os.close(read_end)
     assert os.waitstatus_to_exitcode(exit_status) == 0
-    # The child stored its process row and its log entry, nothing of the parent's.
-    assert int(rows_written) == 2
+    # The child stored its process row, its log entry and its two status changes
+    # (running, completed), nothing of the parent's.
+    assert int(rows_written) == 4
     parent.complete()
     child_record = flow_tracker.get_process(child_id)
     parent_record = flow_tracker.get_process(parent.process_id)

@@ -22,6 +22,7 @@ from typing import Any
 from flow_tracker import config as _config
 from flow_tracker import recovery
 from flow_tracker import runtime as _runtime
+from flow_tracker import subscribers as _subscribers
 from flow_tracker.config import Settings
 from flow_tracker.errors import (
     ConfigurationError,
@@ -46,11 +47,19 @@ from flow_tracker.recording import (
     start,
     track,
 )
-from flow_tracker.records import ErrorInfo, FlowRecord, LogEntryRecord, Page, ProcessRecord
+from flow_tracker.records import (
+    ErrorInfo,
+    FlowRecord,
+    LogEntryRecord,
+    Page,
+    ProcessRecord,
+    Transition,
+)
 from flow_tracker.recovery import Health, ReapResult, RequeueResult, health, reap, requeue
 from flow_tracker.runtime import flush
 from flow_tracker.status import BatchStatus, JobStatus, Status
 from flow_tracker.store.engine import Store
+from flow_tracker.subscribers import Subscriber, Subscription, on, subscribe
 from flow_tracker.tracker import Flow, Tracker
 
 __version__ = "0.1.0"
@@ -92,6 +101,7 @@ def reset() -> None:
     """Store what is buffered, then forget configured settings (mainly for tests)."""
     _runtime.shutdown()
     _config.reset()
+    _subscribers.BUS.clear()
 
 
 __all__ = [
@@ -118,7 +128,10 @@ __all__ = [
     "Settings",
     "Skipped",
     "Status",
+    "Subscriber",
+    "Subscription",
     "Tracker",
+    "Transition",
     "UsageError",
     "__version__",
     "batch_status",
@@ -136,10 +149,12 @@ __all__ = [
     "health",
     "list_processes",
     "log",
+    "on",
     "reap",
     "recovery",
     "requeue",
     "reset",
     "start",
+    "subscribe",
     "track",
 ]

@@ -453,6 +453,20 @@ def health(database_url: str | None, as_json: bool) -> None:
     sys.exit(0 if report.healthy else 1)
 
 
+@main.command("events")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def events_command(as_json: bool) -> None:
+    """The events flow_tracker.on() and subscribers get, with their payloads."""
+    from flow_tracker.subscribers import describe_catalog
+
+    for row in describe_catalog():
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            click.echo(f"{row['name']:<19} {row['description']}")
+            click.echo(f"{'':<19} payload: {row['payload']}")
+
+
 @main.command("locks")
 @database_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")

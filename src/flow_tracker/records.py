@@ -99,6 +99,29 @@ class FlowRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Transition:
+    """One status change of a process: ``queued``, ``running``, ``retrying``, ``lost``...
+
+    ``requeued`` marks the moment a lost or failed run was enqueued again (its
+    ``reason`` names the new process); it is never a process's own status.
+    """
+
+    status: str
+    at: datetime
+    attempt: int | None
+    reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the change as JSON-ready values."""
+        return {
+            "status": self.status,
+            "at": self.at.isoformat(),
+            "attempt": self.attempt,
+            "reason": self.reason,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class ProcessRecord:
     """One stored process. ``flows`` and ``logs`` are filled by :func:`get_process` only.
 
@@ -135,6 +158,8 @@ class ProcessRecord:
     """How many times this job (and the runs it was requeued from) was lost."""
     flows: list[FlowRecord] = dataclasses.field(default_factory=list)
     logs: list[LogEntryRecord] = dataclasses.field(default_factory=list)
+    history: list[Transition] = dataclasses.field(default_factory=list)
+    """Every status change, oldest first (filled by :func:`get_process` only)."""
 
     def all_flows(self) -> Iterator[FlowRecord]:
         """Yield every flow of the process, depth first, in order."""
@@ -179,6 +204,7 @@ class ProcessRecord:
         if include_tree:
             out["flows"] = [f.to_dict() for f in self.flows]
             out["logs"] = [entry.to_dict() for entry in self.logs]
+            out["history"] = [change.to_dict() for change in self.history]
         return out
 
 

@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
 from flow_tracker import config, runtime
 from flow_tracker.errors import UsageError
+from flow_tracker.ids import new_id as new_row_id
 from flow_tracker.integrations.registry import probes, requeuer_for
 from flow_tracker.status import Status
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import flows, processes, state
+from flow_tracker.store.schema import flows, processes, state, transitions
+from flow_tracker.subscribers import BUS
 
 LAST_REAP_KEY = "reaper_last_run"
 LOST_ERROR_CLASS = "flow_tracker.Lost"
@@ -110,6 +112,10 @@ def _write_state(conn: Connection, dialect: str, key: str, value: str, now: date
     )
 
 
+_NO_HEARTBEAT = "no heartbeat for {:g} s: its worker died or hung"
+_VANISHED = "taken from the queue by a worker that died before it could start it"
+
+
 def _lost_values(now: datetime, reason: str) -> dict[str, Any]:
     """What a process marked lost gets: the status, one more loss, the time and the reason."""
     return {
@@ -121,6 +127,55 @@ def _lost_values(now: datetime, reason: str) -> dict[str, Any]:
         "error_message": reason,
         "error_traceback": None,
     }
+
+
+REQUEUED = "requeued"  # in the state history of the lost run; not a process status
+
+
+def _record_transitions(
+    conn: Connection, process_ids: list[uuid.UUID], status: str, now: datetime, reason: str
+) -> None:
+    """Add a state-history row per process (see ``store.schema.transitions``)."""
+    if process_ids:
+        conn.execute(
+            insert(transitions),
+            [
+                {"id": new_row_id(), "process_id": pid, "status": status, "at": now}
+                | {"reason": reason}
+                for pid in process_ids
+            ],
+        )
+
+
+_LOST_EVENT_COLUMNS = (
+    processes.c.id,
+    processes.c.name,
+    processes.c.category,
+    processes.c.job_system,
+    processes.c.job_id,
+    processes.c.queue,
+    processes.c.attempt,
+)
+
+
+def _publish_lost(rows: Sequence[Any], now: datetime, reason: str) -> None:
+    """Tell this interpreter's subscribers (``process.lost``) once the marks are stored."""
+    for row in rows:
+        BUS.publish_event(
+            {
+                "event": "process.lost",
+                "process_id": str(row.id),
+                "name": row.name,
+                "category": row.category,
+                "job_system": row.job_system,
+                "job_id": row.job_id,
+                "queue": row.queue,
+                "attempt": row.attempt,
+                "status": Status.LOST.value,
+                "time": now.timestamp(),
+                "reason": reason,
+            }
+        )
 
 
 def reap(*, lost_after: float | None = None, store: Store | None = None) -> ReapResult:
@@ -154,10 +209,11 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
                     processes.c.heartbeat_at < cutoff,
                 )
             )
-            .values(_lost_values(now, f"no heartbeat for {after:g} s: its worker died or hung"))
-            .returning(processes.c.id)
-        ).scalars()
-        lost = [uuid.UUID(str(value)) for value in marked]
+            .values(_lost_values(now, _NO_HEARTBEAT.format(after)))
+            .returning(*_LOST_EVENT_COLUMNS)
+        ).all()
+        lost = [uuid.UUID(str(row.id)) for row in marked]
+        _record_transitions(conn, lost, Status.LOST.value, now, _NO_HEARTBEAT.format(after))
         for offset in range(0, len(lost), 500):
             conn.execute(
                 update(flows)
@@ -169,6 +225,7 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
                 )
                 .values(status=Status.LOST.value)
             )
+    _publish_lost(marked, now, _NO_HEARTBEAT.format(after))
     # Asking brokers may take a while: never inside the transaction above.
     lost += _reap_vanished(chosen, now, cutoff)
     with (
@@ -224,14 +281,13 @@ def _reap_vanished(store: Store, now: datetime, cutoff: datetime) -> list[uuid.U
             marked = conn.execute(
                 update(processes)
                 .where(and_(processes.c.id.in_(gone), processes.c.status == Status.QUEUED.value))
-                .values(
-                    _lost_values(
-                        now, "taken from the queue by a worker that died before it could start it"
-                    )
-                )
-                .returning(processes.c.id)
-            ).scalars()
-            found += [uuid.UUID(str(value)) for value in marked]
+                .values(_lost_values(now, _VANISHED))
+                .returning(*_LOST_EVENT_COLUMNS)
+            ).all()
+            vanished = [uuid.UUID(str(row.id)) for row in marked]
+            _record_transitions(conn, vanished, Status.LOST.value, now, _VANISHED)
+        _publish_lost(marked, now, _VANISHED)
+        found += vanished
     return found
 
 
@@ -332,6 +388,19 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
         record_publish_failed(row.job_system, job_id, exc)
         runtime.flush()
         return RequeueResult(process_id, "publish_failed", new_id, job_id, f"{exc}")
+    BUS.publish_event(
+        {
+            "event": "process.requeued",
+            "process_id": str(process_id),
+            "name": row.name,
+            "category": row.category,
+            "job_system": row.job_system,
+            "status": row.status,
+            "time": time.time(),
+            "new_process_id": str(new_id),
+            "job_id": job_id,
+        }
+    )
     return RequeueResult(process_id, "requeued", new_id, job_id)
 
 
@@ -383,7 +452,11 @@ def _claim(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> str:
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(processes.c.id)
         )
-        return "claimed" if conn.execute(stmt).scalar() is not None else "taken"
+        if conn.execute(stmt).scalar() is None:
+            return "taken"
+        _record_transitions(conn, [row.id], REQUEUED, now, f"as process {new_id}")
+        _record_transitions(conn, [new_id], Status.QUEUED.value, now, f"requeued from {row.id}")
+        return "claimed"
 
 
 def requeue_candidates(

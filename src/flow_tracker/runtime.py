@@ -18,6 +18,7 @@ from flow_tracker import config
 from flow_tracker.redaction import Redactor
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store
+from flow_tracker.subscribers import BUS
 from flow_tracker.writer import Writer
 
 internal_log = logging.getLogger("flow_tracker.internal")
@@ -129,12 +130,14 @@ def flush(timeout: float | None = None) -> bool:
     Returns:
         True when it is all stored, False on timeout or while the database is away.
     """
-    current = _writer
-    if current is None:
-        return True
     if timeout is None:
         timeout = config.current().completion_timeout or 5.0
-    return current.flush(timeout)
+    current = _writer
+    deadline = time.monotonic() + timeout
+    stored = current is None or current.flush(timeout)
+    # ...and handed to the subscribers (an RQ work-horse exits right after this).
+    delivered = BUS.drain(max(0.0, deadline - time.monotonic()))
+    return stored and delivered
 
 
 def shutdown(timeout: float = 5.0) -> None:
@@ -164,6 +167,7 @@ def _at_exit() -> None:
     if current is not None:
         settings = config.current()
         current.close(max(settings.completion_timeout, 1.0))
+        BUS.drain(1.0)
 
 
 _hooks_installed = False

@@ -34,7 +34,7 @@ from flow_tracker.errors import Skipped, UsageError
 from flow_tracker.ids import new_id, new_id_int
 from flow_tracker.progress import Progress
 from flow_tracker.status import Status
-from flow_tracker.store.bulk import ATTEMPT_GUARD
+from flow_tracker.store.bulk import ATTEMPT_GUARD, REASON
 from flow_tracker.writer import Writer
 
 _now = time.time
@@ -573,6 +573,8 @@ class Tracker(_Node):
             "dropped_logs": self._dropped,
             ATTEMPT_GUARD: self._attempt,
         }
+        if status is Status.SKIPPED and self._skip_reason is not None:
+            fields[REASON] = self._skip_reason
         self._writer.put((ev.PROCESS_UPDATE, self._id_int, fields))
         token = self._token
         if token is not None:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from flow_tracker import events as ev
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store, display_url
+from flow_tracker.subscribers import BUS
 
 internal_log = logging.getLogger("flow_tracker.internal")
 
@@ -180,8 +181,9 @@ class Writer:
         except Exception as exc:
             if not is_transient(exc):
                 self.on_error(exc, "storing a record at once")
-            self.put(event)
+            self.put(event)  # published to subscribers when the writer takes it
             return False
+        BUS.publish([event])
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -266,6 +268,7 @@ class Writer:
             except IndexError:
                 pass
             if batch:
+                BUS.publish(batch)  # subscribers hear of it whether or not the database is up
                 self._write_until_stored(batch)
             for marker in markers:
                 marker.set()

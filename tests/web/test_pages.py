@@ -176,3 +176,32 @@ def test_static_assets_are_served(client: TestClient) -> None:
         .headers["content-type"]
         .startswith(("text/javascript", "application/javascript"))
     )
+
+
+def test_detail_page_and_api_show_the_state_history_escaped(
+    client: TestClient, sample: Sample
+) -> None:
+    import flow_tracker
+    from flow_tracker import Status
+    from flow_tracker.integrations.jobs import finish_job, record_enqueued, start_job
+
+    pid = record_enqueued(job_system="rq", job_id="hist-1", name="Resize", queue="media")
+    first = start_job(job_system="rq", job_id="hist-1", name="Resize", queue="media", attempt=1)
+    finish_job(first, Status.RETRYING, ConnectionError("<script>alert(1)</script>"))
+    second = start_job(job_system="rq", job_id="hist-1", name="Resize", queue="media", attempt=2)
+    finish_job(second, Status.COMPLETED)
+    assert pid is not None and flow_tracker.flush()
+    page = client.get(f"/processes/{pid}").text
+    strip = page[page.index('aria-label="State history"') : page.index('aria-label="Timeline"')]
+    assert re.findall(r"pill-(\w+)", strip) == [
+        "queued",
+        "running",
+        "retrying",
+        "running",
+        "completed",
+    ]
+    assert "attempt 2" in strip
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in strip and "<script>" not in strip
+    history = client.get(f"/api/processes/{pid}").json()["history"]
+    assert [h["status"] for h in history][-2:] == ["running", "completed"]
+    assert history[2]["reason"] == "ConnectionError: <script>alert(1)</script>"

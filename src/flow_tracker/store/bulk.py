@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from flow_tracker import events as ev
-from flow_tracker.ids import to_hex
+from flow_tracker.ids import new_id, to_hex
 from flow_tracker.redaction import Redactor
 from flow_tracker.store.schema import flows, processes
 
@@ -43,6 +43,8 @@ FLOW_COLUMNS = (
     "depth",
 )
 LOG_COLUMNS = ("id", "process_id", "flow_id", "level", "message", "data", "created_at", "position")
+TRANSITION_COLUMNS = ("id", "process_id", "status", "at", "attempt", "reason")
+REASON_LIMIT = 1_000
 NAME_LIMIT = 255
 TRACEBACK_LIMIT = 65_536
 
@@ -51,6 +53,8 @@ TRACEBACK_LIMIT = 65_536
 # In the fields of a process's end: the attempt that ended. Such an update is not
 # applied over a row a later attempt of the same job has started.
 ATTEMPT_GUARD = "b_attempt"
+# In the fields of a status change: why (a skip's reason), kept in the state history only.
+REASON = "b_reason"
 _UPSERT_KEEP = frozenset({"id", "created_at", "queued_at", "parent_process_id", "job_payload"})
 # What a "queued" row (written at enqueue) may add to a row that exists already:
 # the worker can get there first when the enqueuing side had to buffer its row,
@@ -124,6 +128,7 @@ class BatchWriter:
         flow_rows: dict[int, list[Any]] = {}
         flow_updates: dict[int, dict[str, Any]] = {}
         log_rows: list[tuple[Any, ...]] = []
+        transition_rows: list[tuple[Any, ...]] = []
         scrub_json = self.redactor.to_json
         text = self.redactor.text
         ts = self._time_text
@@ -207,8 +212,13 @@ class BatchWriter:
                 _, process_id, row_values = event
                 proc_updates.pop(process_id, None)
                 proc_inserts[process_id] = dict(row_values)
+                transition_rows.append(self._transition(hex_of(process_id), row_values))
             elif kind == ev.PROCESS_UPDATE:
                 _, process_id, fields = event
+                if "status" in fields:
+                    transition_rows.append(self._transition(hex_of(process_id), fields))
+                    if REASON in fields:
+                        fields = {k: v for k, v in fields.items() if k != REASON}
                 target = proc_inserts.get(process_id)
                 if target is None:
                     target = proc_updates.setdefault(process_id, {})
@@ -230,8 +240,11 @@ class BatchWriter:
             self._update_flows(conn, flow_updates)
         if log_rows:
             self._bulk_insert(conn, "flow_tracker_log_entries", LOG_COLUMNS, log_rows)
+        if transition_rows:
+            self._bulk_insert(conn, "flow_tracker_transitions", TRANSITION_COLUMNS, transition_rows)
         return (
-            len(proc_inserts)
+            len(transition_rows)
+            + len(proc_inserts)
             + len(proc_updates)
             + len(flow_rows)
             + len(flow_updates)
@@ -239,6 +252,30 @@ class BatchWriter:
         )
 
     # -- rows -----------------------------------------------------------------
+
+    def _transition(self, process_hex: str, fields: Mapping[str, Any]) -> tuple[Any, ...]:
+        """A state-history row from a process's start or status change."""
+        status = fields["status"]
+        at = (
+            fields.get("finished_at")
+            or fields.get("started_at")
+            or fields.get("queued_at")
+            or fields.get("updated_at")
+            or fields.get("created_at")
+            or time.time()
+        )
+        reason = fields.get(REASON)
+        error = fields.get("error")
+        if reason is None and error is not None:
+            reason = f"{error[0]}: {error[1]}"
+        return (
+            new_id().hex,
+            process_hex,
+            status,
+            self._time_text(at),
+            fields.get("attempt", fields.get(ATTEMPT_GUARD)),
+            None if reason is None else self.redactor.text(reason, REASON_LIMIT),
+        )
 
     def _error_texts(self, error: ev.ErrorTuple) -> tuple[str, str, str | None]:
         cls, message, trace = error

@@ -19,13 +19,22 @@ from sqlalchemy.engine import Connection
 
 from flow_tracker.errors import UsageError
 from flow_tracker.ids import parse_id
-from flow_tracker.records import ErrorInfo, FlowRecord, LogEntryRecord, Page, ProcessRecord
+from flow_tracker.records import (
+    ErrorInfo,
+    FlowRecord,
+    LogEntryRecord,
+    Page,
+    ProcessRecord,
+    Transition,
+)
 from flow_tracker.status import UNFINISHED_STATUSES, Status
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import flows, log_entries, processes
+from flow_tracker.store.schema import flows, log_entries, processes, transitions
 
 MAX_PAGE = 500
 MAX_LOGS_PER_PROCESS = 100_000
+# A job retried or requeued without end still shows its first and its latest changes.
+MAX_TRANSITIONS = 1_000
 
 
 def _error(row: Row[Any]) -> ErrorInfo | None:
@@ -96,7 +105,17 @@ def get_process(
             .order_by(log_entries.c.position)
             .limit(max_logs)
         ).all()
+        history_rows = conn.execute(
+            select(transitions)
+            .where(transitions.c.process_id == pid)
+            .order_by(transitions.c.at, transitions.c.id)
+            .limit(MAX_TRANSITIONS)
+        ).all()
     record = process_from_row(row)
+    record.history.extend(
+        Transition(status=h.status, at=h.at, attempt=h.attempt, reason=h.reason)
+        for h in history_rows
+    )
     by_id: dict[uuid.UUID, FlowRecord] = {}
     for fr in flow_rows:
         by_id[fr.id] = FlowRecord(
@@ -503,6 +522,7 @@ def cleanup(
                 if not ids:
                     return deleted
                 conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
+                conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
                 conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
                 conn.execute(processes.delete().where(processes.c.id.in_(ids)))
                 deleted += len(ids)

@@ -12,7 +12,8 @@ Every index serves a dashboard or API query:
   name; job id look-ups; running processes by heartbeat (the reaper); parent
   links; the re-enqueued run of a lost job; metadata containment (GIN, PostgreSQL only);
 * flows and log entries: everything of one process in order (``process_id``,
-  ``position``); flows by name over time (slowest-flow statistics).
+  ``position``); flows by name over time (slowest-flow statistics);
+* transitions: the state history of one process in order (``process_id``, ``at``).
 """
 
 from __future__ import annotations
@@ -144,6 +145,20 @@ log_entries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("position", BigInteger, nullable=False),
     Index("ix_flow_tracker_log_entries_process", "process_id", "position"),
+)
+
+# Every status change of a process, in the order it happened (queued, running,
+# retrying, running, completed; lost, requeued...), with the attempt and why.
+transitions = Table(
+    "flow_tracker_transitions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("process_id", Uuid, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("attempt", Integer),
+    Column("reason", Text),
+    Index("ix_flow_tracker_transitions_process", "process_id", "at"),
 )
 
 # Critical sections (flow_tracker.exclusive): one row per held (name, key).

@@ -159,7 +159,7 @@ def document(server_url: str = "/") -> dict[str, Any]:
                     "responses": {
                         "200": _ok(
                             {"$ref": "#/components/schemas/Process"},
-                            "The process, with flows, logs, counts and truncated.",
+                            "The process, with flows, logs, history, counts and truncated.",
                         ),
                         "404": _ERROR_RESPONSE,
                     },
