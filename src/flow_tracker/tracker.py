@@ -218,6 +218,11 @@ class _Node:
         return self._tracker._progress
 
 
+# Called on the job's thread as each process begins (the OpenTelemetry exporter
+# notes the span current there). Once per process, never per step.
+BEGIN_HOOKS: list[Callable[[Tracker], None]] = []
+
+
 def check_name(name: object, what: str) -> None:
     """Raise :class:`UsageError` unless ``name`` is a non-empty string (str subclasses too)."""
     if not isinstance(name, str) or not name.strip():
@@ -488,6 +493,12 @@ class Tracker(_Node):
         if extra:
             row.update(extra)
         event = (ev.PROCESS_START, self._id_int, row)
+        if BEGIN_HOOKS and isinstance(self._writer, Writer):  # before subscribers hear of it
+            for hook in BEGIN_HOOKS:
+                try:
+                    hook(self)
+                except Exception as exc:
+                    runtime.report_internal_error(exc, "running a process start hook")
         if durable and isinstance(self._writer, Writer):
             self._writer.write_now(event, then)  # buffered instead while the database is away
         else:

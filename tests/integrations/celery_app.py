@@ -30,6 +30,19 @@ app.conf.update(
 )
 ft_celery.install(app)
 
+if os.environ.get("FT_TEST_OTEL_FILE"):  # the worker's spans, for the test to read
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from flow_tracker.exporters import opentelemetry as ft_otel
+    from tests.support.span_file import SpanFileExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(SpanFileExporter(os.environ["FT_TEST_OTEL_FILE"]))
+    )
+    ft_otel.install(provider)
+
 
 @app.task
 def succeed(i: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -250,3 +251,52 @@ def test_a_task_refused_its_critical_section_is_skipped_not_failed(
         assert ran.get(timeout=60) == f"charged {user}"
         found = wait_until_final([r.id for r in refused] + [ran.id], log)
     check_lock_skips(found, [r.id for r in refused], ran.id)
+
+
+def test_a_task_sent_from_a_traced_context_continues_the_trace_in_the_worker(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from flow_tracker.exporters import opentelemetry as ft_otel
+    from tests.integrations import celery_app as ca
+
+    queue = celery_env["FT_TEST_QUEUE"]
+    span_file = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    ft_otel.install(provider)
+    try:
+        with provider.get_tracer("app").start_as_current_span("POST /signup") as request:
+            result = ca.succeed.apply_async((5,), queue=queue)
+    finally:
+        ft_otel.uninstall()
+    log = tmp_path / "worker.log"
+    env = {
+        **celery_env,
+        "FLOW_TRACKER_DATABASE_URL": tracked,
+        "FT_TEST_OTEL_FILE": str(span_file),
+    }
+    with worker_process(worker_args(queue), env, log):
+        assert result.get(timeout=60) == 10
+        wait_until_final([result.id], log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = (
+                [json.loads(line) for line in span_file.read_text().splitlines()]
+                if (span_file.exists())
+                else []
+            )
+            if any(r["name"] == ca.succeed.name for r in rows):
+                break
+            time.sleep(0.2)
+    by_name = {row["name"]: row for row in rows}
+    job = by_name[ca.succeed.name]
+    context = request.get_span_context()
+    assert job["trace_id"] == f"{context.trace_id:032x}"
+    assert job["parent_span_id"] == f"{context.span_id:016x}"
+    assert job["attributes"]["flow_tracker.job_id"] == result.id
+    for flow in ("load_user", "send_email", "update_stats"):
+        assert by_name[flow]["parent_span_id"] == job["span_id"]
+        assert by_name[flow]["trace_id"] == job["trace_id"]

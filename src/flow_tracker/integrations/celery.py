@@ -38,6 +38,7 @@ from typing import Any
 from flow_tracker import runtime
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
+    TRACE_HEADER,
     WRAPPED_MARK,
     exclusive_option,
     finish_job,
@@ -45,6 +46,7 @@ from flow_tracker.integrations.jobs import (
     record_enqueued,
     record_publish_failed,
     start_job,
+    trace_carrier,
     warm_up,
 )
 from flow_tracker.integrations.registry import register_probe, register_requeuer
@@ -247,6 +249,9 @@ def _record_publish(app: Any, name: str, message: Any, options: dict[str, Any]) 
         task = app.tasks.get(name)
         if task is None or not _is_tracked(task):
             return None
+        carrier = trace_carrier()
+        if carrier and isinstance(headers, dict):
+            headers[TRACE_HEADER] = carrier  # the worker continues the sender's trace
         queue = options.get("queue")
         queue_name = getattr(queue, "name", queue) or options.get("routing_key")
         args, kwargs = _body_args(body)
@@ -299,6 +304,7 @@ def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None
             queue=delivery.get("routing_key") or delivery.get("queue"),
             attempt=int(getattr(request, "retries", 0) or 0) + 1,
             worker=getattr(request, "hostname", None),
+            trace=getattr(request, TRACE_HEADER, None),
         )
         _running[(task_id, threading.get_ident())] = (tracker, None)
     except Exception as exc:

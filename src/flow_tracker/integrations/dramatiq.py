@@ -33,12 +33,14 @@ from typing import Any
 from flow_tracker import runtime
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
+    TRACE_HEADER,
     exclusive_option,
     finish_job,
     job_body,
     record_enqueued,
     record_publish_failed,
     start_job,
+    trace_carrier,
     warm_up,
 )
 from flow_tracker.integrations.registry import register_requeuer
@@ -106,6 +108,9 @@ class FlowTrackerMiddleware(Middleware):
         try:
             if message.options.get("retries") or not self._is_tracked(broker, message):
                 return  # a retry re-enqueues the same job: its row exists already
+            carrier = trace_carrier()
+            if carrier:
+                message.options[TRACE_HEADER] = carrier  # the worker continues the trace
             options = self._actor_options(broker, message.actor_name)
             max_retries = message.options.get(
                 "max_retries", options.get("max_retries", DEFAULT_MAX_RETRIES)
@@ -122,7 +127,11 @@ class FlowTrackerMiddleware(Middleware):
                     "queue": message.queue_name,
                     "args": list(message.args),
                     "kwargs": dict(message.kwargs),
-                    "options": {k: v for k, v in message.options.items() if k != "traceback"},
+                    "options": {
+                        k: v
+                        for k, v in message.options.items()
+                        if k not in ("traceback", TRACE_HEADER)
+                    },
                 },
                 max_attempts=None if max_retries is None else int(max_retries) + 1,
             )
@@ -141,6 +150,7 @@ class FlowTrackerMiddleware(Middleware):
                 queue=message.queue_name,
                 attempt=int(message.options.get("retries", 0) or 0) + 1,
                 worker=threading.current_thread().name,
+                trace=message.options.get(TRACE_HEADER),
             )
             with self._lock:
                 self._running[message.message_id] = tracker

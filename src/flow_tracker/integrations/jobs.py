@@ -24,6 +24,7 @@ carrying anything in the message.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import time
@@ -137,6 +138,26 @@ def record_publish_failed(job_system: str, job_id: str, exc: BaseException) -> N
         runtime.report_internal_error(internal, f"recording a failed {job_system} publish")
 
 
+# Trace context carried in a job's message (W3C ``traceparent``...), injected at
+# enqueue and read as the job starts by the OpenTelemetry exporter when installed.
+TRACE_HEADER = "flow_tracker_trace"
+TRACE_INJECTORS: list[Callable[[], dict[str, str]]] = []
+JOB_TRACE_CARRIER: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "flow_tracker_job_trace", default=None
+)
+
+
+def trace_carrier() -> dict[str, str] | None:
+    """The trace context to put in an enqueued job's message; None without a tracer."""
+    carrier: dict[str, str] = {}
+    for inject in TRACE_INJECTORS:
+        try:
+            carrier.update(inject())
+        except Exception as exc:
+            runtime.report_internal_error(exc, "injecting trace context into a job")
+    return carrier or None
+
+
 def start_job(
     *,
     job_system: str,
@@ -146,6 +167,7 @@ def start_job(
     attempt: int,
     worker: str | None = None,
     category: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> Tracker | NullTracker:
     """Open the job's process in the worker and make it current (``running``).
 
@@ -164,7 +186,28 @@ def start_job(
     process_id = process_id_for(job_system, job_id)
     durable = settings.durable_start and settings.completion_timeout > 0
     copies: list[uuid.UUID] = []
-    tracker = open_tracker(
+    token = JOB_TRACE_CARRIER.set(trace if isinstance(trace, Mapping) else None)
+    try:
+        tracker = _open_job(name, category, process_id, attempt, extra, durable, copies)
+    finally:
+        JOB_TRACE_CARRIER.reset(token)
+    if not isinstance(tracker, Tracker):
+        return NULL_TRACKER
+    if copies:
+        _REQUEUED_COPIES[tracker] = copies[0]
+    return tracker
+
+
+def _open_job(
+    name: str,
+    category: str | None,
+    process_id: uuid.UUID,
+    attempt: int,
+    extra: dict[str, Any],
+    durable: bool,
+    copies: list[uuid.UUID],
+) -> Tracker | NullTracker:
+    return open_tracker(
         name,
         category,
         None,
@@ -174,11 +217,6 @@ def start_job(
         durable=durable,
         then=functools.partial(_find_requeued_copy, process_id, copies) if durable else None,
     )
-    if not isinstance(tracker, Tracker):
-        return NULL_TRACKER
-    if copies:
-        _REQUEUED_COPIES[tracker] = copies[0]
-    return tracker
 
 
 # Jobs started here that flow_tracker.requeue had already sent again, and the copy.

@@ -37,11 +37,13 @@ from typing import Any, TypeVar
 from flow_tracker import config, runtime
 from flow_tracker.errors import Skipped
 from flow_tracker.integrations.jobs import (
+    TRACE_HEADER,
     finish_job,
     record_enqueued,
     record_publish_failed,
     skip_if_requeued,
     start_job,
+    trace_carrier,
     warm_up,
 )
 from flow_tracker.integrations.registry import register_probe, register_requeuer
@@ -190,6 +192,9 @@ def _record_enqueue(queue: Queue, job: Job) -> bool:
             return False
         # Kept in the job's meta (saved with it) to number the attempts of retries.
         job.meta[META_MAX_RETRIES] = job.retries_left or 0
+        carrier = trace_carrier()
+        if carrier:
+            job.meta[TRACE_HEADER] = carrier  # the worker continues the sender's trace
         args, kwargs = list(job.args or ()), dict(job.kwargs or {})
         record_enqueued(
             job_system=JOB_SYSTEM,
@@ -228,6 +233,7 @@ def _wrap_perform() -> None:
                     queue=self.origin,
                     attempt=_attempt(self),
                     worker=self.worker_name,
+                    trace=self.meta.get(TRACE_HEADER),
                 )
                 if _is_tracked(self)
                 else None
