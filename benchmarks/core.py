@@ -72,9 +72,41 @@ def flow_tracker_steps(tracker: Any, steps: int) -> None:
             flow.info("processed item", data=DATA)
 
 
-def bench_flow_tracker(url: str, label: str, steps: int, rounds: int, durable: int) -> Result:
+def install_exporters() -> Callable[[], None]:
+    """OpenTelemetry export (SDK, batch processor, no-op exporter) and Prometheus; undo."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from prometheus_client import CollectorRegistry
+
+    from flow_tracker.exporters import opentelemetry as ft_otel
+    from flow_tracker.exporters import prometheus as ft_prometheus
+
+    class NoopExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(NoopExporter()))
+    ft_otel.install(provider)
+    ft_prometheus.install(registry=CollectorRegistry())
+
+    def undo() -> None:
+        ft_otel.uninstall()
+        ft_prometheus.uninstall()
+        provider.shutdown()
+
+    return undo
+
+
+def bench_flow_tracker(
+    url: str, label: str, steps: int, rounds: int, durable: int, exporters: bool = False
+) -> Result:
     """Job-thread cost and durable throughput of flow-tracker on ``url``."""
     flow_tracker.configure(database_url=url, log_to_stdlib=True)
+    undo = install_exporters() if exporters else None
+    from flow_tracker.subscribers import BUS
+
+    delivered_before, dropped_before = BUS.delivered, BUS.dropped
     with flow_tracker.track("bench-warmup"):
         pass
     result = Result(f"flow-tracker, {label}")
@@ -107,6 +139,10 @@ def bench_flow_tracker(url: str, label: str, steps: int, rounds: int, durable: i
         result.notes.append(
             f"{jobs} jobs x {JOB_STEPS:,} steps; {durable:,} flows + {durable:,} logs verified"
         )
+    if undo is not None:
+        delivered, dropped = BUS.delivered - delivered_before, BUS.dropped - dropped_before
+        result.notes.append(f"{delivered:,} events to the exporters, {dropped:,} dropped")
+        undo()
     flow_tracker.reset()
     return result
 
@@ -340,6 +376,14 @@ def main(argv: list[str]) -> int:
     results["ft_sqlite"] = bench_flow_tracker(sqlite_url, "SQLite", steps, rounds, durable)
     if pg_url:
         results["ft_pg"] = bench_flow_tracker(pg_url, "PostgreSQL", steps, rounds, durable)
+    results["ft_exported"] = bench_flow_tracker(
+        f"sqlite:///{folder / 'exported.db'}",
+        "SQLite + OTel export + Prometheus",
+        steps,
+        rounds,
+        durable,
+        exporters=True,
+    )
     results["disabled"] = bench_disabled(steps, rounds)
     results["otel"] = bench_opentelemetry(steps, rounds)
     results["logging"] = bench_stdlib_logging(steps, rounds, folder)
@@ -373,6 +417,15 @@ def main(argv: list[str]) -> int:
             (f"{r.name}: ≥ 100x naive ORM", speedup >= 100, f"{speedup:,.0f}x"),
             (f"{r.name}: all rows stored", "INCOMPLETE" not in " ".join(r.notes), ""),
         ]
+    core_us = results["ft_sqlite"].thread_us or 1.0
+    exported_us = results["ft_exported"].thread_us or 0.0
+    checks.append(
+        (
+            "OTel export + Prometheus on: ≤ 1.5x the core's job-thread cost",
+            exported_us <= 1.5 * core_us,
+            f"{exported_us / core_us:.2f}x ({exported_us:.2f} vs {core_us:.2f} µs)",
+        )
+    )
     disabled = results["disabled"].thread_us or 0.0
     checks.append(("enabled=False ≤ 1 µs/step", disabled <= 1.0, f"{disabled:.2f} µs"))
     rss = float(getattr(results["rss"], "rss_mib", 0.0))

@@ -64,7 +64,8 @@ CATALOG: dict[str, EventSpec] = {
         EventSpec(
             "process.failed",
             "a process ended with an error (a job: its retries are exhausted)",
-            f"{_PROCESS_KEYS}, duration_ms, error {{class, message, traceback}}",
+            f"{_PROCESS_KEYS}, duration_ms, dropped_logs (when any), "
+            "error {class, message, traceback}",
         ),
         EventSpec(
             "process.retrying",
@@ -328,6 +329,8 @@ class _Translator:
                 event["error"] = _error(fields["error"])
             if fields.get("b_reason") is not None:
                 event["reason"] = fields["b_reason"]
+            if fields.get("dropped_logs"):
+                event["dropped_logs"] = fields["dropped_logs"]
             yield event
 
     def _process_part(self, process_id: int) -> Event:

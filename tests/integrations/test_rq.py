@@ -224,3 +224,34 @@ def test_a_lost_job_its_broker_delivers_again_after_a_requeue_runs_once(
     assert "requeued as process" in found[job.id].metadata["skip_reason"]
     assert found[str(result.job_id)].status is Status.COMPLETED
     redis.delete(counter)
+
+
+def test_forked_work_horses_feed_one_set_of_prometheus_metrics(
+    tracked: str, rq_queue: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flow_tracker.exporters import prometheus as ft_prometheus
+    from tests.integrations import rq_jobs
+
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    jobs = [rq_queue.enqueue(rq_jobs.succeed, i) for i in range(12)]
+    jobs += [rq_queue.enqueue(rq_jobs.fail, i) for i in range(3)]
+    log = tmp_path / "worker.log"
+    env = {
+        "FLOW_TRACKER_DATABASE_URL": tracked,
+        "FT_TEST_REDIS": REDIS_URL,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    with worker_process(worker(rq_queue), env, log) as proc:  # a work-horse forked per job
+        proc.wait(timeout=120)
+    wait_until_final([job.id for job in jobs], log, seconds=30)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    ended: dict[str, float] = {}
+    for family in text_string_to_metric_families(ft_prometheus.render()[0].decode()):
+        for sample in family.samples:
+            if sample.name == "flow_tracker_processes_total":
+                status = sample.labels["status"]
+                ended[status] = ended.get(status, 0) + sample.value
+    assert ended == {"completed": 12, "failed": 3}

@@ -64,6 +64,7 @@ def create_app(
             "/health/requeue", recovery_views.requeue_now, methods=["POST"], name="health_requeue"
         ),
         Route("/api/health", recovery_views.health_json, name="api_health"),
+        Route("/metrics", recovery_views.metrics, name="metrics"),
         Route("/api/processes", api.list_processes, name="api_processes"),
         Route("/api/processes/{process_id}", api.get_process, name="api_process"),
         Route("/api/status/{ident:path}", api.get_status, name="api_status"),

@@ -15,7 +15,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from flow_tracker import recovery
 from flow_tracker.locks import held_locks
@@ -78,6 +78,20 @@ def health_json(request: Request) -> Response:
     """``GET /api/health``: the health report; 503 when unhealthy (for probes)."""
     report = recovery.health(store=dashboard_of(request).store)
     return JSONResponse(report.to_dict(), status_code=200 if report.healthy else 503)
+
+
+def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text (needs prometheus-client; 404 without it)."""
+    try:
+        from flow_tracker.exporters import prometheus
+    except ImportError:
+        return PlainTextResponse(
+            "install prometheus-client (pip install 'flow-tracker[prometheus]') for /metrics\n",
+            status_code=404,
+        )
+    store = dashboard_of(request).store
+    body, content_type = prometheus.render(lambda: store)
+    return Response(body, media_type=content_type)
 
 
 async def _checked_form(request: Request) -> tuple[dict[str, list[str]], Response | None]:
