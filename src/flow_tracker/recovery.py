@@ -140,8 +140,13 @@ def _record_transitions(
         conn.execute(
             insert(transitions),
             [
-                {"id": new_row_id(), "process_id": pid, "status": status, "at": now}
-                | {"reason": reason}
+                {
+                    "id": new_row_id(),
+                    "process_id": pid,
+                    "status": status,
+                    "at": now,
+                    "reason": reason,
+                }
                 for pid in process_ids
             ],
         )

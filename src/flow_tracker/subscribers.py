@@ -31,6 +31,7 @@ from typing import Any
 
 from flow_tracker import events as ev
 from flow_tracker.errors import UsageError
+from flow_tracker.store.bulk import ATTEMPT_GUARD, REASON
 
 Event = dict[str, Any]
 Callback = Callable[[Event], object]
@@ -323,12 +324,12 @@ class _Translator:
                 "time": fields.get("finished_at") or fields.get("updated_at") or time.time(),
                 "duration_ms": fields.get("duration_ms"),
             }
-            if "b_attempt" in fields:
-                event["attempt"] = fields["b_attempt"]
+            if ATTEMPT_GUARD in fields:
+                event["attempt"] = fields[ATTEMPT_GUARD]
             if fields.get("error") is not None:
                 event["error"] = _error(fields["error"])
-            if fields.get("b_reason") is not None:
-                event["reason"] = fields["b_reason"]
+            if fields.get(REASON) is not None:
+                event["reason"] = fields[REASON]
             if fields.get("dropped_logs"):
                 event["dropped_logs"] = fields["dropped_logs"]
             yield event
@@ -382,10 +383,9 @@ class Bus:
         self._reset_runtime_state()
 
     def _reset_runtime_state(self) -> None:
-        self._pending: collections.deque[ev.Event | Event] = collections.deque()
+        # Records, events made elsewhere, and drain markers (set once reached).
+        self._pending: collections.deque[ev.Event | Event | threading.Event] = collections.deque()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread: threading.Thread | None = None
         self._translator = _Translator()
 
@@ -418,35 +418,28 @@ class Bus:
         """Hand the writer's records over (called on the writer thread; cheap)."""
         if not self.active or not records:
             return
-        pending = self._pending
-        if len(pending) + len(records) > MAX_PENDING:
+        if len(self._pending) + len(records) > MAX_PENDING:
             self.dropped += len(records)
             return
-        pending.extend(records)
-        self._idle.clear()
-        self._start()
-        self._wake.set()
+        self._hand_over(records)
 
     def publish_event(self, event: Event) -> None:
         """Hand over an event made elsewhere (the reaper, requeue)."""
         if self.active:
-            self._pending.append(event)
-            self._idle.clear()
-            self._start()
-            self._wake.set()
+            self._hand_over([event])
 
     def drain(self, timeout: float) -> bool:
         """Wait until every event handed over so far went to its subscribers."""
-        if threading.current_thread() is self._thread:
-            return False
-        if not self._pending and self._idle.is_set():
-            return True
+        if not self.active or threading.current_thread() is self._thread:
+            return not self._pending
+        reached = threading.Event()
+        self._hand_over([reached])  # the dispatcher sets it once all before it went out
+        return reached.wait(timeout)
+
+    def _hand_over(self, items: list[Any]) -> None:
+        self._pending.extend(items)
+        self._start()
         self._wake.set()
-        deadline = time.monotonic() + timeout
-        while not self._idle.wait(0.02):
-            if time.monotonic() >= deadline:
-                return False
-        return True
 
     # -- dispatching ------------------------------------------------------------
 
@@ -470,6 +463,9 @@ class Bus:
                     record = pending.popleft()
                 except IndexError:
                     break
+                if isinstance(record, threading.Event):
+                    record.set()
+                    continue
                 try:
                     events = (
                         (record,)
@@ -480,8 +476,6 @@ class Bus:
                         self.deliver(event)
                 except Exception as exc:  # a record we cannot read: never stop the thread
                     self._report(exc, "translating a record")
-            if not pending:
-                self._idle.set()
 
     def deliver(self, event: Event) -> None:
         """Call every subscription matching ``event["event"]`` (on this thread)."""

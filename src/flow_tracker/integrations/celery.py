@@ -39,7 +39,6 @@ from flow_tracker import runtime
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
-    WRAPPED_MARK,
     exclusive_option,
     finish_job,
     job_body,
@@ -209,7 +208,7 @@ def _prepare_tasks(sender: celery.Celery, **_: Any) -> None:
     """Wrap the ``run`` of every tracked task of a finalized app (see the module)."""
     for task in list(sender.tasks.values()):
         option = getattr(task, EXCLUSIVE_OPTION, None)
-        if getattr(task.run, WRAPPED_MARK, False) or not (_is_tracked(task) or option):
+        if not (_is_tracked(task) or option):
             continue
         # A bad option is the programmer's: it raises here, as the worker starts.
         task.run = job_body(task.run, exclusive_option(option))

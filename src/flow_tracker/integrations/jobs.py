@@ -188,7 +188,16 @@ def start_job(
     copies: list[uuid.UUID] = []
     token = JOB_TRACE_CARRIER.set(trace if isinstance(trace, Mapping) else None)
     try:
-        tracker = _open_job(name, category, process_id, attempt, extra, durable, copies)
+        tracker = open_tracker(
+            name,
+            category,
+            None,
+            process_id=process_id,
+            attempt=max(1, attempt),
+            extra=extra,
+            durable=durable,
+            then=functools.partial(_find_requeued_copy, process_id, copies) if durable else None,
+        )
     finally:
         JOB_TRACE_CARRIER.reset(token)
     if not isinstance(tracker, Tracker):
@@ -196,27 +205,6 @@ def start_job(
     if copies:
         _REQUEUED_COPIES[tracker] = copies[0]
     return tracker
-
-
-def _open_job(
-    name: str,
-    category: str | None,
-    process_id: uuid.UUID,
-    attempt: int,
-    extra: dict[str, Any],
-    durable: bool,
-    copies: list[uuid.UUID],
-) -> Tracker | NullTracker:
-    return open_tracker(
-        name,
-        category,
-        None,
-        process_id=process_id,
-        attempt=max(1, attempt),
-        extra=extra,
-        durable=durable,
-        then=functools.partial(_find_requeued_copy, process_id, copies) if durable else None,
-    )
 
 
 # Jobs started here that flow_tracker.requeue had already sent again, and the copy.

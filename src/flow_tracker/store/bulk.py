@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from flow_tracker import events as ev
-from flow_tracker.ids import new_id, to_hex
+from flow_tracker.ids import new_id_int, to_hex
 from flow_tracker.redaction import Redactor
 from flow_tracker.store.schema import flows, processes
 
@@ -269,7 +269,7 @@ class BatchWriter:
         if reason is None and error is not None:
             reason = f"{error[0]}: {error[1]}"
         return (
-            new_id().hex,
+            to_hex(new_id_int()),
             process_hex,
             status,
             self._time_text(at),
