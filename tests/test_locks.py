@@ -186,6 +186,7 @@ def test_the_heartbeat_renews_a_held_lease_past_its_ttl(tracked: str) -> None:
         ({"ttl": 0}, "ttl"),
         ({"ttl": "5"}, "ttl"),
         ({"timeout": -1}, "timeout"),
+        ({"timeout": "5"}, "timeout"),
     ],
 )
 def test_misuse_is_a_clear_usage_error_at_once(arguments: dict[str, object], message: str) -> None:
@@ -221,3 +222,36 @@ def test_a_jobs_critical_section_option_takes_an_exclusive_or_its_arguments() ->
         exclusive_option({"name": "charge", "lease": 5})
     with pytest.raises(flow_tracker.UsageError, match="on_conflict"):
         exclusive_option({"name": "charge", "on_conflict": "later"})
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{account}", "names 'account', which is not an argument"),
+        ("{account.id}", "names 'account'"),
+        ("{}", "positional fields are not supported"),
+        ("{0}", "positional fields are not supported"),
+        ("{user_id", "malformed"),
+    ],
+)
+def test_a_key_template_that_names_no_argument_is_refused_when_decorating(
+    template: str, message: str
+) -> None:
+    section = flow_tracker.exclusive("financial", key=template)
+    with pytest.raises(UsageError, match=message):
+
+        @section
+        def charge(user_id: str, amount: int = 0) -> None: ...
+
+
+def test_a_key_template_may_name_attributes_and_keyword_arguments(tracked: str) -> None:
+    class User:
+        id = 7
+
+    @flow_tracker.exclusive("financial", key="{user.id}-{region}")
+    def charge(user: User, **options: str) -> str:
+        return ",".join(lock.key for lock in held_locks())
+
+    assert charge(User(), region="eu") == "7-eu"
+    with pytest.raises(UsageError, match="cannot be filled from this call"):
+        charge(User())  # no region: the body does not run without its lock

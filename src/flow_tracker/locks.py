@@ -25,6 +25,8 @@ import hashlib
 import inspect
 import os
 import random
+import re
+import string
 import threading
 import time
 import uuid
@@ -290,7 +292,9 @@ class Exclusive:
             )
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
             raise UsageError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        if timeout is not None and not timeout >= 0:
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0
+        ):
             raise UsageError(f"timeout must be >= 0 seconds, not {timeout!r}")
         self.name = name
         self.key = key
@@ -425,15 +429,68 @@ class Exclusive:
         if callable(key):
             return lambda args, kwargs: _normalise_key(key(*args, **kwargs))
         if isinstance(key, str) and "{" in key:
+            _check_template(key, signature)
+
+            var_keyword = next(
+                (
+                    p.name
+                    for p in signature.parameters.values()
+                    if p.kind is inspect.Parameter.VAR_KEYWORD
+                ),
+                None,
+            )
 
             def formatted(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
                 bound = signature.bind(*args, **kwargs)
                 bound.apply_defaults()
-                return _normalise_key(key.format(**bound.arguments))
+                values = dict(bound.arguments)
+                if var_keyword is not None:  # fields may name what **kwargs received
+                    values.update(values.pop(var_keyword, None) or {})
+                try:
+                    return _normalise_key(key.format(**values))
+                except (KeyError, AttributeError, IndexError) as exc:
+                    # Only possible through **kwargs or an attribute the argument lacks:
+                    # the call does not run without its lock.
+                    raise UsageError(
+                        f"lock key template {key!r} cannot be filled from this call: {exc!r}"
+                    ) from None
 
             return formatted
         fixed = _normalise_key(key)
         return lambda args, kwargs: fixed
+
+
+def _check_template(template: str, signature: inspect.Signature) -> None:
+    """Refuse a key template that could not be filled from a call's arguments.
+
+    Checked when the function is decorated, so that a typo in a job's critical
+    section is an error where it is declared, not a job that cannot take its lock.
+
+    Raises:
+        UsageError: a malformed template, a positional field (``{}``, ``{0}``) or a
+            field naming no parameter of the function.
+    """
+    try:
+        fields = [name for _text, name, _spec, _conv in string.Formatter().parse(template)]
+    except ValueError as exc:
+        raise UsageError(f"lock key template {template!r} is malformed: {exc}") from None
+    parameters = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for field in fields:
+        if field is None:
+            continue  # literal text after the last field
+        base = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not base or base.isdigit():
+            raise UsageError(
+                f"lock key template {template!r}: name the argument ({{user_id}}), "
+                "positional fields are not supported"
+            )
+        if base not in parameters and not takes_any:
+            known = ", ".join(parameters) or "none"
+            raise UsageError(
+                f"lock key template {template!r} names {base!r}, which is not an argument "
+                f"of the function (its arguments: {known})"
+            )
 
 
 def _mark_skipped(name: str, key: str, holder: str | None) -> None:

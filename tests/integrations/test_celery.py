@@ -46,12 +46,17 @@ def celery_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return {"FT_TEST_BROKER": broker, "FT_TEST_BACKEND": BACKEND, "FT_TEST_QUEUE": queue}
 
 
-def worker_args(queue: str, pool: str = "prefork", concurrency: int = 2) -> list[str]:
+def worker_args(
+    queue: str,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    app: str = "tests.integrations.celery_app",
+) -> list[str]:
     return [
         "-m",
         "celery",
         "-A",
-        "tests.integrations.celery_app",
+        app,
         "worker",
         "-P",
         pool,
@@ -300,3 +305,112 @@ def test_a_task_sent_from_a_traced_context_continues_the_trace_in_the_worker(
     for flow in ("load_user", "send_email", "update_stats"):
         assert by_name[flow]["parent_span_id"] == job["span_id"]
         assert by_name[flow]["trace_id"] == job["trace_id"]
+
+
+BAD_TASKS = ("bad_template", "bad_on_conflict", "bad_type")
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_task_with_a_bad_critical_section_fails_unrun_and_its_neighbours_keep_theirs(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path, pool: str
+) -> None:
+    from redis import Redis
+
+    from tests.integrations import celery_bad_app as bad
+
+    bad.app.conf.broker_url = celery_env["FT_TEST_BROKER"]
+    queue = celery_env["FT_TEST_QUEUE"]
+    user = uuid.uuid4().hex
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    args = worker_args(queue, pool=pool, app="tests.integrations.celery_bad_app")
+    with worker_process(args, env, log):
+        with flow_tracker.exclusive("ft-test-charge", key=user):  # another holder
+            refused = {
+                name: getattr(bad, name).apply_async((user,), queue=queue) for name in BAD_TASKS
+            }
+            neighbour = bad.good_neighbour.apply_async((user,), queue=queue)
+            plain = bad.plain_neighbour.apply_async((user,), queue=queue)
+            for result in refused.values():
+                result.get(timeout=60, propagate=False)
+            assert neighbour.get(timeout=60) is None  # its section was taken: skipped
+            assert plain.get(timeout=60) == f"plain_neighbour ran for {user}"
+        found = wait_until_final([r.id for r in [*refused.values(), neighbour, plain]], log)
+    redis = Redis.from_url(celery_env["FT_TEST_BACKEND"])
+    for name, result in refused.items():
+        assert result.state == "FAILURE"
+        assert type(result.result).__name__ == "UsageError", result.result
+        assert redis.get(f"ft-test-ran:{name}:{user}") is None  # the body never ran
+        record = found[result.id]
+        assert record.status is Status.FAILED
+        assert record.error is not None and record.error.type.endswith("UsageError")
+        assert f"task {bad.__name__}.{name}: bad flow_tracker_exclusive option" in (
+            record.error.message
+        )
+        assert "the job was not run" in record.error.message
+        # The mistake is in the worker's own log, not only on the jobs.
+        assert f"task {bad.__name__}.{name}: bad flow_tracker_exclusive option" in (
+            log.read_text(errors="replace")
+        )
+    assert found[neighbour.id].status is Status.SKIPPED
+    assert found[plain.id].status is Status.COMPLETED
+
+
+def test_a_bad_critical_section_fails_an_eager_task_without_running_it(tracked: str) -> None:
+    from celery import Celery
+
+    from flow_tracker.integrations import celery as ft_celery
+    from flow_tracker.integrations.jobs import WRAPPED_MARK
+
+    app = Celery("bad_eager", broker="memory://", backend="cache+memory://")
+    app.conf.task_always_eager = True
+    ft_celery.install(app)
+    calls: list[str] = []
+
+    @app.task(
+        name="bad_eager.charge",
+        shared=False,
+        flow_tracker_exclusive={"name": "x", "key": "{account}"},
+    )
+    def charge(user_id: str) -> None:
+        calls.append(user_id)
+
+    @app.task(name="bad_eager.after", shared=False)
+    def after() -> str:
+        return "after"
+
+    with pytest.raises(flow_tracker.UsageError, match="names 'account'"):
+        charge.delay("u1").get()
+    assert calls == []
+    assert getattr(app.tasks["bad_eager.after"].run, WRAPPED_MARK, False)
+    assert after.delay().get() == "after"
+    failed = flow_tracker.list_processes(name="bad_eager.charge").items[0]
+    assert failed.status is Status.FAILED
+
+
+def test_install_on_a_finalized_app_raises_for_a_bad_critical_section(tracked: str) -> None:
+    from celery import Celery
+
+    from flow_tracker.integrations import celery as ft_celery
+    from flow_tracker.integrations.jobs import WRAPPED_MARK
+
+    app = Celery("bad_finalized", broker="memory://")
+
+    @app.task(
+        name="bad_finalized.charge",
+        shared=False,
+        flow_tracker_exclusive={"name": "x", "ttl": "soon"},
+    )
+    def charge(user_id: str) -> None:
+        raise AssertionError("must not run")
+
+    @app.task(name="bad_finalized.after", shared=False)
+    def after() -> None:
+        return None
+
+    app.finalize()
+    with pytest.raises(flow_tracker.UsageError, match="ttl must be a positive number"):
+        ft_celery.install(app)
+    assert getattr(app.tasks["bad_finalized.after"].run, WRAPPED_MARK, False)
+    with pytest.raises(flow_tracker.UsageError, match="the job was not run"):
+        app.tasks["bad_finalized.charge"].run("u1")

@@ -147,3 +147,71 @@ def test_a_message_refused_its_critical_section_is_skipped_not_retried(
         ids = [m.message_id for m in refused]
         found = wait_until_final([*ids, ran.message_id], log)
     check_lock_skips(found, ids, ran.message_id)
+
+
+def test_a_worker_of_an_actor_with_a_bad_critical_section_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from tests.integrations.workers import REPO, bin_path
+
+    require_service("127.0.0.1", 6379, "Redis")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.run(
+            [bin_path("dramatiq"), "tests.integrations.dramatiq_bad_app", "-p", "1", "-t", "1"],
+            env={**os.environ, "PYTHONPATH": str(REPO), "FT_TEST_DRAMATIQ_REDIS": REDIS_URL},
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=False,
+        )
+    output = log.read_text(errors="replace")
+    assert proc.returncode != 0, output
+    assert "UsageError: actor charge: bad flow_tracker_exclusive option" in output
+    assert "names 'account', which is not an argument" in output
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ({"name": "ft-test-charge", "key": "{account}"}, "names 'account'"),
+        ({"name": "ft-test-charge", "on_conflict": "maybe"}, "on_conflict must be one of"),
+        ({"name": "ft-test-charge", "ttl": "soon"}, "ttl must be a positive number"),
+        ("ft-test-charge", "takes flow_tracker.exclusive"),
+    ],
+)
+def test_declaring_an_actor_with_a_bad_critical_section_raises_at_once(
+    option: object, reason: str
+) -> None:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from flow_tracker.integrations import dramatiq as ft_dramatiq
+
+    broker = StubBroker()
+    ft_dramatiq.install(broker)
+    with pytest.raises(flow_tracker.UsageError, match=reason):
+
+        @dramatiq.actor(broker=broker, flow_tracker_exclusive=option)
+        def charge(user_id: str) -> None: ...
+
+    assert "charge" not in broker.actors
+
+
+def test_an_actor_declared_before_install_is_wrapped_by_install() -> None:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from flow_tracker.integrations import dramatiq as ft_dramatiq
+    from flow_tracker.integrations.jobs import WRAPPED_MARK
+
+    broker = StubBroker()
+
+    @dramatiq.actor(broker=broker)
+    def early() -> None: ...
+
+    ft_dramatiq.install(broker)
+    assert getattr(broker.actors["early"].fn, WRAPPED_MARK, False)

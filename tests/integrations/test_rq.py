@@ -255,3 +255,26 @@ def test_forked_work_horses_feed_one_set_of_prometheus_metrics(
                 status = sample.labels["status"]
                 ended[status] = ended.get(status, 0) + sample.value
     assert ended == {"completed": 12, "failed": 3}
+
+
+@pytest.mark.parametrize("worker_class", ["rq.worker.Worker", "rq.worker.SimpleWorker"])
+def test_a_job_with_a_bad_critical_section_fails_without_running(
+    tracked: str, rq_queue: Queue, worker_class: str, tmp_path: Path
+) -> None:
+    from redis import Redis
+
+    user = uuid.uuid4().hex
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": tracked, "FT_TEST_REDIS": REDIS_URL}
+    # By name: the module cannot be imported, its decorator refuses the template.
+    job = rq_queue.enqueue("tests.integrations.rq_bad_jobs.charge", user)
+    with worker_process(worker(rq_queue, worker_class), env, log) as proc:
+        proc.wait(timeout=120)
+    job.refresh()
+    assert job.get_status() == "failed"
+    assert "UsageError" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+    assert Redis.from_url(REDIS_URL).get(f"ft-test-ran:rq-charge:{user}") is None
+    record = wait_until_final([job.id], log, seconds=30)[job.id]
+    assert record.status is Status.FAILED
+    assert record.error is not None and record.error.type.endswith("UsageError")
+    assert "names 'account', which is not an argument" in record.error.message

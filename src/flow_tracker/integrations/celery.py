@@ -22,7 +22,10 @@ A tracked task's ``run`` is wrapped when the app is finalized (before any
 worker builds its tracer), see :func:`flow_tracker.integrations.jobs.job_body`:
 a task declared ``@app.task(flow_tracker_exclusive=flow_tracker.exclusive(...))``
 runs inside that critical section, and a skip returns None (Celery records a
-success; the process says ``skipped`` and why).
+success; the process says ``skipped`` and why). A bad option fails closed: the
+task's jobs fail with the :class:`~flow_tracker.errors.UsageError` and never run
+(Celery swallows what a finalize receiver raises, so it is logged instead, again
+when the worker is ready).
 """
 
 from __future__ import annotations
@@ -30,18 +33,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flow_tracker import runtime
+from flow_tracker.errors import UsageError
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
-    exclusive_option,
     finish_job,
-    job_body,
+    guarded_job_body,
     record_enqueued,
     record_publish_failed,
     start_job,
@@ -88,6 +92,11 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
     Args:
         app: the Celery app, in the sending and in the worker process alike.
         track_all: False tracks only tasks declared ``@app.task(flow_tracker=True)``.
+
+    Raises:
+        UsageError: the app is already finalized and a task's ``flow_tracker_exclusive``
+            option is bad. Tasks declared later are checked when the app is finalized
+            (as a worker starts): a bad one is logged and its jobs fail without running.
     """
     if tuple(int(p) for p in celery.__version__.split(".")[:2]) < MIN_VERSION:
         raise ImportError(f"flow-tracker needs Celery >= {'.'.join(map(str, MIN_VERSION))}")
@@ -100,12 +109,13 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
             signals.task_retry.connect(_task_retry, weak=False)
             signals.task_failure.connect(_task_failure, weak=False)
             signals.task_postrun.connect(_task_postrun, weak=False)
+            signals.worker_ready.connect(_report_bad_tasks, weak=False)
             _signals_connected = True
         _wrap_send_task_message(app)
+        _wrap_task_from_fun(app)
         # weak=False as above; the receiver checks which app is finalized.
         app.on_after_finalize.connect(_prepare_tasks, weak=False)
-        if app.finalized:
-            _prepare_tasks(app)
+        errors = _prepare_tasks(app) if app.finalized else []
         from celery.exceptions import Ignore, Reject, Retry
 
         register_control_flow(Retry, Status.RETRYING)
@@ -114,6 +124,8 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
         register_requeuer(JOB_SYSTEM, _requeue)
         register_probe(JOB_SYSTEM, _pending)
     warm_up()
+    if errors:  # declared before install(): the mistake is raised where install() is called
+        raise errors[0]
 
 
 # Queues longer than this are not read to find a job: every job is taken as pending.
@@ -204,14 +216,66 @@ def _is_tracked(task: Any) -> bool:
     return False
 
 
-def _prepare_tasks(sender: celery.Celery, **_: Any) -> None:
-    """Wrap the ``run`` of every tracked task of a finalized app (see the module)."""
-    for task in list(sender.tasks.values()):
-        option = getattr(task, EXCLUSIVE_OPTION, None)
-        if not (_is_tracked(task) or option):
-            continue
-        # A bad option is the programmer's: it raises here, as the worker starts.
-        task.run = job_body(task.run, exclusive_option(option))
+def _prepare_tasks(sender: celery.Celery, **_: Any) -> list[UsageError]:
+    """Prepare every task of a finalized app (see :func:`_prepare_task`); never raises.
+
+    Runs from Celery's ``on_after_finalize`` signal, which swallows what its
+    receivers raise. Each task is handled on its own, so a bad one never leaves
+    the tasks after it unwrapped. Returns the errors of bad options.
+    """
+    errors = [_prepare_task(task) for task in list(sender.tasks.values())]
+    return [error for error in errors if error is not None]
+
+
+def _prepare_task(task: Any) -> UsageError | None:
+    """Wrap a tracked task's ``run`` (or one with a critical section); never raises.
+
+    A task whose ``flow_tracker_exclusive`` option is bad gets a body that fails
+    its jobs without running them; the error is logged and returned.
+    """
+    option = getattr(task, EXCLUSIVE_OPTION, None)
+    try:
+        if not (option or _is_tracked(task)):
+            return None
+        task.run, error = guarded_job_body(task.run, option, f"task {task.name}")
+    except Exception as exc:  # a task object we cannot read or wrap
+        runtime.report_internal_error(exc, f"preparing Celery task {getattr(task, 'name', '?')}")
+        return None
+    if error is not None:
+        _BAD_TASKS[task.name] = str(error)
+        _log.error("%s; its jobs will fail without running", error)
+    return error
+
+
+# Tasks whose critical section could not be built, by name: reported again when the
+# worker is ready, where Celery's own log shows it.
+_BAD_TASKS: dict[str, str] = {}
+_log = logging.getLogger("flow_tracker.integrations.celery")
+
+
+def _report_bad_tasks(**_: Any) -> None:
+    for reason in _BAD_TASKS.values():
+        _log.error("%s; its jobs will fail without running", reason)
+
+
+def _wrap_task_from_fun(app: celery.Celery) -> None:
+    # Celery announces tasks created while the app is finalized, not those made
+    # later: a task declared after finalize (a late import, a test's app, eager
+    # calls on an app never finalized) would run unwrapped - without its critical
+    # section. Celery has no hook for a task's creation, so the app's own factory
+    # is wrapped; what it returns is prepared like a task of a finalized app.
+    original = app._task_from_fun
+    if getattr(original, "__flow_tracker__", False):
+        return
+
+    @functools.wraps(original)
+    def task_from_fun(*args: Any, **kwargs: Any) -> Any:
+        task = original(*args, **kwargs)
+        _prepare_task(task)
+        return task
+
+    task_from_fun.__flow_tracker__ = True  # type: ignore[attr-defined]
+    app._task_from_fun = task_from_fun
 
 
 def _wrap_send_task_message(app: celery.Celery) -> None:

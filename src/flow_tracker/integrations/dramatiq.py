@@ -21,6 +21,9 @@ Each tracked actor's function is wrapped as it is declared (see
 :func:`flow_tracker.integrations.jobs.job_body`): an actor declared
 ``@dramatiq.actor(flow_tracker_exclusive=flow_tracker.exclusive(...))`` runs
 inside that critical section, and a skip is no failure (nothing is retried).
+A bad option raises :class:`~flow_tracker.errors.UsageError` from the
+``@dramatiq.actor`` decorator (``broker.declare_actor`` is wrapped for that:
+Dramatiq logs what its declare hooks raise and declares the actor anyway).
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from flow_tracker import runtime
+from flow_tracker.errors import UsageError
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
-    exclusive_option,
     finish_job,
-    job_body,
+    guarded_job_body,
     record_enqueued,
     record_publish_failed,
     start_job,
@@ -85,12 +88,25 @@ class FlowTrackerMiddleware(Middleware):
         return {OPT_IN_OPTION, EXCLUSIVE_OPTION}
 
     def after_declare_actor(self, broker: Any, actor: Any) -> None:
-        """Wrap a tracked actor's function (or one with a critical section)."""
+        """Wrap a tracked actor's function (or one with a critical section).
+
+        :func:`install` makes ``broker.declare_actor`` raise for a bad option
+        first; here (Dramatiq logs what this hook raises) a bad option still
+        fails closed: the actor's messages fail without running it.
+        """
+        self.prepare_actor(actor)
+
+    def prepare_actor(self, actor: Any) -> UsageError | None:
+        """Wrap the actor's function as :func:`after_declare_actor` says; never raises.
+
+        Returns:
+            The error of a bad ``flow_tracker_exclusive`` option, else None.
+        """
         option = actor.options.get(EXCLUSIVE_OPTION)
-        if not (self.track_all or actor.options.get(OPT_IN_OPTION) or option):
-            return
-        # A bad option is the programmer's: it raises here, where the actor is declared.
-        actor.fn = job_body(actor.fn, exclusive_option(option))
+        if not (option or self.track_all or actor.options.get(OPT_IN_OPTION)):
+            return None
+        actor.fn, error = guarded_job_body(actor.fn, option, f"actor {actor.actor_name}")
+        return error
 
     def _actor_options(self, broker: Any, actor_name: str) -> dict[str, Any]:
         try:
@@ -207,6 +223,9 @@ def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
     else:
         broker.add_middleware(middleware)
     _wrap_enqueue(broker, middleware)
+    _wrap_declare_actor(broker, middleware)
+    for actor in list(broker.actors.values()):  # declared before install()
+        middleware.prepare_actor(actor)
     register_control_flow(dramatiq.Retry, Status.RETRYING)
     register_requeuer(JOB_SYSTEM, functools.partial(_requeue, broker))
     warm_up()
@@ -242,3 +261,19 @@ def _wrap_enqueue(broker: Any, middleware: FlowTrackerMiddleware) -> None:
             raise
 
     broker.enqueue = enqueue
+
+
+def _wrap_declare_actor(broker: Any, middleware: FlowTrackerMiddleware) -> None:
+    # Dramatiq logs what a middleware's declare hook raises and declares the actor
+    # anyway. A bad critical section must be the programmer's error where the actor
+    # is declared, so the check runs here, before Dramatiq's machinery.
+    original = broker.declare_actor
+
+    @functools.wraps(original)
+    def declare_actor(actor: Any) -> None:
+        error = middleware.prepare_actor(actor)
+        if error is not None:
+            raise error
+        original(actor)
+
+    broker.declare_actor = declare_actor

@@ -344,6 +344,40 @@ def exclusive_option(value: object) -> Exclusive | None:
     )
 
 
+def guarded_job_body(func: F, option: object, job: str) -> tuple[F, UsageError | None]:
+    """The job's function as the queue should run it, and what was wrong with its option.
+
+    Never raises, so that no queue machinery can swallow the error and leave the
+    job unwrapped. A section that cannot be built from ``option`` (an unknown
+    ``on_conflict``, a key template naming no argument, a wrong type) gives a
+    body that *refuses to run*: the job fails with the :class:`UsageError`, on
+    its process and in the queue, and its code never runs without its lock.
+
+    Args:
+        func: the job's function.
+        option: the ``flow_tracker_exclusive`` option, None when there is none.
+        job: how to name the job in the error (``"task shop.charge"``).
+    """
+    if getattr(func, WRAPPED_MARK, False):
+        return func, None  # prepared already (a task announced twice)
+    try:
+        return job_body(func, exclusive_option(option)), None
+    except Exception as exc:  # UsageError, or whatever building the section raised
+        error = UsageError(f"{job}: bad {EXCLUSIVE_OPTION} option: {exc}")
+        return _refusing_body(func, str(error)), error
+
+
+def _refusing_body(func: F, reason: str) -> F:
+    message = f"{reason} (the job was not run: its critical section could not be built)"
+
+    @functools.wraps(func)
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise UsageError(message)
+
+    setattr(refuse, WRAPPED_MARK, True)
+    return refuse  # type: ignore[return-value]
+
+
 def skip_if_requeued(tracker: Tracker | NullTracker | None) -> bool:
     """Mark the job skipped and return True when a requeued copy of it exists.
 
