@@ -138,3 +138,39 @@ def test_demo_records_every_kind_of_process(runner: CliRunner, tmp_path: Path) -
     assert webhook.metadata["api_key"] == "[REDACTED]"
     thumbnails = next(p for p in page if p.name == "generate_thumbnails")
     assert thumbnails.parent_process_id == next(p.id for p in page if p.name == "nightly_import")
+
+
+@pytest.mark.parametrize("command", ["list", "show", "status", "locks", "cleanup"])
+def test_reading_commands_name_a_missing_sqlite_file_instead_of_creating_it(
+    runner: CliRunner, tmp_path: Path, command: str
+) -> None:
+    missing = tmp_path / "flow_tracker.db"
+    args = [command, *(["some-id"] if command in ("show", "status") else [])]
+    result = runner.invoke(main, [*args, "--database-url", f"sqlite:///{missing}"])
+    assert result.exit_code == 1, result.output
+    assert f"no database at {missing}" in result.output
+    assert not missing.exists()
+
+
+def test_status_json_of_a_failure_has_the_error_without_a_null_traceback(
+    runner: CliRunner, sqlite_url: str
+) -> None:
+    process_id = record_sample(sqlite_url)
+    result = runner.invoke(main, ["status", process_id, "--database-url", sqlite_url])
+    assert result.exit_code == 0, result.output
+    error = json.loads(result.output)["error"]
+    assert error == {"type": "LookupError", "message": "missing row"}
+
+
+def test_events_lists_every_key_a_lost_process_event_carries(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["events", "--json"])
+    rows = {row["name"]: row for row in map(json.loads, result.output.splitlines())}
+    keys = {k.strip() for k in rows["process.lost"]["payload"].split(",")}
+    published = {"process_id", "name", "category", "job_system", "job_id", "queue"}
+    assert published | {"attempt", "status", "time", "reason"} <= keys
+
+
+def test_list_help_explains_its_filters(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["list", "--help"])
+    assert "Only processes with this status" in result.output
+    assert "Only processes of this category" in result.output

@@ -71,3 +71,22 @@ def test_install_is_idempotent() -> None:
     finally:
         ft_logging.uninstall()
     assert first not in logging.getLogger().handlers
+
+
+def test_install_makes_info_records_of_a_warning_level_root_reach_the_process(
+    tracked: str,
+) -> None:
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.WARNING)  # Python's default
+    ft_logging.install()
+    try:
+        with flow_tracker.track("info-by-default") as tracker:
+            logging.getLogger("myapp").info("stored without setting a level")
+    finally:
+        ft_logging.uninstall()
+    assert root.level == logging.WARNING  # put back as it was
+    root.setLevel(old_level)
+    record = flow_tracker.get_process(tracker.process_id)
+    assert record is not None
+    assert [e.message for e in record.logs] == ["stored without setting a level"]

@@ -7,17 +7,18 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 import flow_tracker
-from flow_tracker import render, runtime
+from flow_tracker import config, render, runtime
 from flow_tracker.errors import FlowTrackerError
 from flow_tracker.status import Status
 from flow_tracker.store import migrate
-from flow_tracker.store.engine import Store, display_url
+from flow_tracker.store.engine import Store, display_url, parse_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,11 +69,26 @@ def friendly_errors(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _use(database_url: str | None) -> None:
-    """Point flow-tracker at ``database_url`` (or the environment's) for this command."""
+def _use(database_url: str | None, *, must_exist: bool = False) -> None:
+    """Point flow-tracker at ``database_url`` (or the environment's) for this command.
+
+    Commands that only read what was recorded (``must_exist``) refuse a SQLite
+    file that is not there, instead of creating an empty database and finding
+    nothing in it: a wrong folder or a missing ``--database-url`` says so. The
+    dashboard, the reaper and ``health`` may come before the first job: they create it.
+    """
     options: dict[str, Any] = {"completion_timeout": 5.0}
     if database_url:
         options["database_url"] = database_url
+    if must_exist:
+        url = parse_url(database_url or config.DEFAULT_DATABASE_URL)
+        path = url.database or ""
+        a_file = path not in ("", ":memory:") and not path.startswith("file:")
+        if url.get_backend_name() == "sqlite" and a_file and not Path(path).exists():
+            raise click.ClickException(
+                f"no database at {Path(path).resolve()}: nothing was recorded there "
+                "(pass --database-url or set FLOW_TRACKER_DATABASE_URL)"
+            )
     flow_tracker.configure(verify=True, **options)
 
 
@@ -146,8 +162,19 @@ def _parse_since(value: str | None) -> datetime | None:
 
 @main.command("list")
 @database_option
-@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]))
-@click.option("--category", "categories", multiple=True)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Only processes with this status; repeatable.",
+)
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="Only processes of this category (jobs, services...); repeatable.",
+)
 @click.option("--name", default=None, help="Exact process name.")
 @click.option("--search", default=None, help="Text in the name or in any log message.")
 @click.option("--since", default=None, help="30m, 24h, 7d or an ISO date.")
@@ -167,7 +194,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List processes, newest first."""
-    _use(database_url)
+    _use(database_url, must_exist=True)
     metadata: dict[str, Any] = {}
     for pair in meta:
         key, sep, raw = pair.partition("=")
@@ -202,7 +229,7 @@ def list_command(
 @friendly_errors
 def show(database_url: str | None, process_id: str, as_json: bool) -> None:
     """Show a process as a tree of flows with durations and logs (id or job id)."""
-    _use(database_url)
+    _use(database_url, must_exist=True)
     status = flow_tracker.get_status(process_id)
     record = flow_tracker.get_process(status.process_id) if status else None
     if record is None:
@@ -219,7 +246,7 @@ def show(database_url: str | None, process_id: str, as_json: bool) -> None:
 @friendly_errors
 def status(database_url: str | None, process_or_job_id: str) -> None:
     """Print the status of a process or job (by process id or job id) as JSON."""
-    _use(database_url)
+    _use(database_url, must_exist=True)
     found = flow_tracker.get_status(process_or_job_id)
     if found is None:
         raise click.ClickException(f"no process with id or job id {process_or_job_id!r}")
@@ -242,7 +269,7 @@ def cleanup(
     database_url: str | None, days: float | None, statuses: tuple[str, ...], dry_run: bool
 ) -> None:
     """Delete processes older than N days with their flows and logs."""
-    _use(database_url)
+    _use(database_url, must_exist=True)
     age = days if days is not None else flow_tracker.config.current().retention_days
     count = flow_tracker.cleanup(age, statuses=statuses or None, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
@@ -304,7 +331,9 @@ def _serve(
 @database_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--read-only", is_flag=True, help="Hide and refuse every action (cleanup).")
+@click.option(
+    "--read-only", is_flag=True, help="Hide and refuse every action (cleanup, reap, requeue)."
+)
 @click.option(
     "--basic-auth",
     envvar="FLOW_TRACKER_BASIC_AUTH",
@@ -427,6 +456,12 @@ def requeue(
         click.echo(f"{result.process_id}  {result.outcome}{detail}{reason}")
         failed += not result.ok
     click.echo(f"{len(results) - failed} of {len(results)} enqueued")
+    if any(r.outcome == "integration_not_installed" for r in results):
+        click.echo(
+            "hint: pass --import MODULE, the module of your app that calls the queue's "
+            "install() (e.g. --import myapp.celery_app)",
+            err=True,
+        )
     if failed:
         sys.exit(1)
 
@@ -473,7 +508,7 @@ def events_command(as_json: bool) -> None:
 @friendly_errors
 def locks_command(database_url: str | None, as_json: bool) -> None:
     """Locks of flow_tracker.exclusive held now."""
-    _use(database_url)
+    _use(database_url, must_exist=True)
     from flow_tracker.locks import held_locks
 
     held = held_locks()

@@ -13,8 +13,11 @@ import contextlib
 import contextvars
 import os
 import random
+import shutil
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import flow_tracker
@@ -229,12 +232,30 @@ def run_demo(
     for record in (flow_tracker.get_process(main.id), flow_tracker.get_process(failed.id)):
         if record is not None:
             echo("\n" + render.process_tree(record, style))
+    command = command_name()
     echo(
         "\nLook around:\n"
-        f"  .venv/bin/flow-tracker serve --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker list --status failed --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker show <id> --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker health --database-url {database_url}\n"
-        f"  .venv/bin/flow-tracker locks --database-url {database_url}"
+        f"  {command} serve --database-url {database_url}\n"
+        f"  {command} list --status failed --database-url {database_url}\n"
+        f"  {command} show <id> --database-url {database_url}\n"
+        f"  {command} health --database-url {database_url}\n"
+        f"  {command} locks --database-url {database_url}"
     )
     return page.items
+
+
+def command_name() -> str:
+    """How to call ``flow-tracker`` from here: by name when the shell finds this one.
+
+    ``make demo`` installs into ``.venv`` without activating it, so the hint says
+    ``.venv/bin/flow-tracker`` there; after a ``pip install`` into an active
+    environment it says ``flow-tracker``.
+    """
+    script = Path(sys.executable).with_name("flow-tracker")
+    found = shutil.which("flow-tracker")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "flow-tracker"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)

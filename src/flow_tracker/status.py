@@ -73,7 +73,11 @@ class JobStatus:
 
     @property
     def progress(self) -> float:
-        """Progress as a fraction from 0 to 1 (1 once completed, 0 when the total is unknown)."""
+        """Progress as a fraction from 0 to 1: 0 when the total is unknown.
+
+        A completed process is at 1.0 whatever ``current`` and ``total`` say (a job
+        may finish without counting its last items); those two keep the raw counts.
+        """
         if self.status is Status.COMPLETED:
             return 1.0
         if self.total <= 0:
@@ -122,7 +126,9 @@ class JobStatus:
             "queue": r.queue,
             "attempt": r.attempt,
             "metadata": r.metadata,
-            "error": r.error.to_dict() if r.error else None,
+            # The traceback is left out: a status is read often (a progress
+            # endpoint); flow_tracker.get_process() has it.
+            "error": {"type": r.error.type, "message": r.error.message} if r.error else None,
             "created_at": _iso(r.created_at),
             "started_at": _iso(r.started_at),
             "finished_at": _iso(r.finished_at),

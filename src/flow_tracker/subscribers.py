@@ -86,7 +86,7 @@ CATALOG: dict[str, EventSpec] = {
         EventSpec(
             "process.lost",
             "the reaper found a process whose worker died (in the reaper's interpreter)",
-            "process_id, status, time, reason",
+            "process_id, name, category, status, time, reason, job_system, job_id, queue, attempt",
         ),
         EventSpec(
             "process.requeued",

@@ -44,7 +44,7 @@ def worker_process(
     ``args`` starting with ``-m`` run with this interpreter; otherwise ``args[0]`` is
     a console script of this environment (``rq``, ``dramatiq``).
     """
-    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     command = [sys.executable, *args] if args[0] == "-m" else [bin_path(args[0]), *args[1:]]
     with log.open("wb") as out:
         proc = subprocess.Popen(

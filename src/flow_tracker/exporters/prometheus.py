@@ -21,6 +21,7 @@ code; flow names beyond ``max_flow_names`` distinct ones count as ``"other"``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -80,6 +81,18 @@ class _Names:
 
 class Metrics:
     """The collectors, fed by the event stream (see the module)."""
+
+    def collectors(self) -> list[Collector]:
+        """Every collector this object registered."""
+        return [
+            self.processes,
+            self.started,
+            self.process_seconds,
+            self.flow_seconds,
+            self.dropped_logs,
+            self.internal_errors,
+            self.failed_callbacks,
+        ]
 
     def __init__(self, registry: CollectorRegistry | None, max_flow_names: int) -> None:
         kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
@@ -292,8 +305,18 @@ def wsgi_app() -> Any:
 
 
 def uninstall() -> None:
-    """Stop counting (the collectors stay registered with their values)."""
+    """Stop counting and take the collectors out of their registry.
+
+    A later :func:`install` in the same interpreter then starts from zero instead
+    of failing on metric names the registry already holds.
+    """
     subscription = _state.pop("subscription", None)
     if subscription is not None:
         subscription.cancel()
+    metrics = _state.get("metrics")
+    if metrics is not None:
+        registry = _state.get("registry") or REGISTRY
+        for collector in metrics.collectors():
+            with contextlib.suppress(KeyError):  # unregistered by the app already
+                registry.unregister(collector)
     _state.clear()

@@ -3,7 +3,8 @@
 Opt in once at start-up::
 
     from flow_tracker.integrations import logging as ft_logging
-    ft_logging.install()                 # root logger, INFO and above
+    ft_logging.install()                 # root logger, INFO and above (lowers
+                                         # the root logger's level to INFO)
 
 Each record emitted while a process is current becomes a log entry of the
 innermost current flow, with the logger's name (and the formatted exception,
@@ -26,6 +27,7 @@ _STANDARD_ATTRS = frozenset(
 )
 _installed: dict[int, FlowTrackerHandler] = {}
 _install_lock = threading.Lock()
+_lowered: dict[int, int] = {}  # loggers whose level install() lowered: their level before
 
 
 class FlowTrackerHandler(logging.Handler):
@@ -61,6 +63,13 @@ class FlowTrackerHandler(logging.Handler):
 def install(level: int = logging.INFO, logger: logging.Logger | None = None) -> FlowTrackerHandler:
     """Attach a :class:`FlowTrackerHandler` to ``logger`` (the root logger by default).
 
+    A logger makes no record below its own level, whatever its handlers want:
+    the root logger starts at WARNING, so ``logger.info(...)`` would never reach
+    the handler. The logger's level is therefore lowered to ``level`` when it is
+    higher (and put back by :func:`uninstall`). Your other handlers keep their
+    own levels: give a console handler ``setLevel(logging.WARNING)`` if it should
+    not start printing INFO records.
+
     Calling it again for the same logger returns the handler already there.
     """
     target = logger or logging.getLogger()
@@ -70,6 +79,9 @@ def install(level: int = logging.INFO, logger: logging.Logger | None = None) -> 
             handler = FlowTrackerHandler(level)
             target.addHandler(handler)
             _installed[id(target)] = handler
+            if target.getEffectiveLevel() > level:
+                _lowered[id(target)] = target.level
+                target.setLevel(level)
         return handler
 
 
@@ -80,3 +92,5 @@ def uninstall(logger: logging.Logger | None = None) -> None:
         handler = _installed.pop(id(target), None)
         if handler is not None:
             target.removeHandler(handler)
+        if id(target) in _lowered:
+            target.setLevel(_lowered.pop(id(target)))

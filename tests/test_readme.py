@@ -1,0 +1,513 @@
+"""The README, executed: every Python example and every ``flow-tracker`` line runs as written.
+
+Each example runs in a namespace that holds what the README leaves to the
+reader (``validate_input``, ``items``, a ``User``...), then the test checks
+what the example promises. The queue examples are written into a ``shop``
+package in a temporary folder and run by real Celery, RQ and Dramatiq workers.
+An example added to the README without a test here fails
+:func:`test_every_readme_example_has_a_test`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import flow_tracker
+from flow_tracker import Status
+from flow_tracker.cli import main
+from flow_tracker.integrations.jobs import WRAPPED_MARK
+from tests.integrations.workers import (
+    REPO,
+    bin_path,
+    require_service,
+    wait_until_final,
+    worker_process,
+)
+from tests.readme import Block, arguments, blocks, command_lines, reference_commands
+
+EXAMPLES = {block.name: block for block in blocks("python")}
+README_REDIS = "redis://localhost:6379/0"  # the README's broker
+TEST_REDIS = "redis://127.0.0.1:6379/12"  # where the tests run it instead (theirs alone)
+
+
+def example(name: str) -> Block:
+    """The README example called ``name``."""
+    return EXAMPLES[name]
+
+
+def run(name: str, **names: Any) -> dict[str, Any]:
+    """Run the example ``name`` with ``names`` defined; return its namespace."""
+    namespace: dict[str, Any] = {
+        "__name__": "readme_example",
+        "flow_tracker": flow_tracker,
+        **names,
+    }
+    exec(example(name).compiled(), namespace)
+    return namespace
+
+
+def stored(name: str) -> flow_tracker.ProcessRecord:
+    """The last stored process called ``name``, with its flows and logs."""
+    flow_tracker.flush()
+    page = flow_tracker.list_processes(name=name, limit=1)
+    assert page.items, f"no process {name!r} was stored"
+    record = flow_tracker.get_process(page.items[0].id)
+    assert record is not None
+    return record
+
+
+def test_every_readme_example_has_a_test() -> None:
+    source = Path(__file__).read_text()
+    untested = [name for name in EXAMPLES if f'"{name}"' not in source]
+    assert not untested, f"README examples without a test here: {untested}"
+
+
+# -- the recording API ----------------------------------------------------------------
+
+
+def test_configure(database_url: str) -> None:
+    block = example("Configure #1")
+    code = block.code.replace("postgresql://app@db/app", database_url)
+    assert code != block.code, "the example's URL changed: update this test"
+    exec(compile(code, "README.md", "exec"), {})
+    settings = flow_tracker.config.current()
+    assert (settings.database_url, settings.retention_days) == (database_url, 365)
+    flow_tracker.reset()
+
+
+def test_track_a_process_with_a_block(tracked: str) -> None:
+    seen: list[int] = []
+    run(
+        "Track a process with a block #1",
+        validate_input=lambda: None,
+        items=[1, 2, 3],
+        process=seen.append,
+    )
+    record = stored("MyProcess")
+    assert seen == [1, 2, 3]
+    assert record.status is Status.COMPLETED and record.metadata == {"user_id": 123}
+    assert [f.name for f in record.flows] == ["validate_input", "process_data"]
+    assert record.flows[1].metadata == {"count": 3}
+
+
+class User:
+    """What the README's examples call a user."""
+
+    def __init__(self, user_id: int) -> None:
+        self.id = user_id
+        self.email = f"user{user_id}@example.com"
+        self.last_emailed_at: object = None
+
+    @classmethod
+    def get(cls, user_id: int) -> User:
+        return cls(user_id)
+
+
+def test_decorators_and_the_current_process(tracked: str) -> None:
+    sent: list[str] = []
+    ns = run(
+        "Decorators and the current process #1",
+        User=User,
+        send_welcome=lambda user: sent.append(user.email),
+        now=lambda: "now",
+    )
+    ns["my_job"](7)
+    record = stored("MyJob")
+    assert sent == ["user7@example.com"]
+    assert [f.name for f in record.flows] == ["load_user", "send_email", "update_stats"]
+    assert record.flows[0].logs[0].data == {"user_id": 7}
+
+
+def test_without_a_block(tracked: str) -> None:
+    run("Without a block #1", do_something=lambda: None)
+    assert stored("ManualProcess").status is Status.COMPLETED
+
+
+def test_logs_metadata_progress(tracked: str) -> None:
+    tracker = flow_tracker.start("readme logs")
+    run("Logs, metadata, progress #1", tracker=tracker)
+    tracker.complete()
+    record = stored("readme logs")
+    assert [e.level for e in record.logs] == [
+        "warning",
+        "debug",
+        "info",
+        "warning",
+        "error",
+        "info",
+    ]
+    assert record.logs[-1].message == "to the innermost current flow"
+    assert record.metadata == {"step": "B", "rows_imported": 1197}
+    assert (record.progress_current, record.progress_total) == (1000, 1000)
+
+
+def test_read_status_and_progress_from_anywhere(tracked: str) -> None:
+    ids = []
+    for n in range(3):
+        with flow_tracker.track(f"readme status {n}", metadata={"step": "load"}) as tracker:
+            tracker.progress.total = 4
+            tracker.progress.current = 1
+        ids.append(tracker.process_id)
+    ns = run(
+        "Read status and progress from anywhere #1",
+        process_id=ids[0],
+        id1=ids[0],
+        id2=ids[1],
+        id3=ids[2],
+    )
+    assert ns["status"].progress == 1.0  # completed, although current/total say 1 of 4
+    assert (ns["status"].current, ns["status"].total) == (1, 4)
+
+
+def test_query_and_clean_up(tracked: str) -> None:
+    with flow_tracker.track("nightly_import", metadata={"tenant": "acme"}) as tracker:
+        tracker.info("ok")
+    ns = run("Query and clean up #1", process_id=tracker.process_id)
+    assert ns["process"].id == tracker.process_id
+    assert ns["page"].items == []  # nothing failed
+
+
+def test_threads_and_asyncio(tracked: str) -> None:
+    def load_file(path: str) -> None:
+        flow_tracker.log(f"loaded {path}")
+
+    run("Threads and asyncio #1", load_file=load_file, paths=["a.csv", "b.csv"])
+    record = stored("import")
+    assert sorted(e.message for e in record.logs) == ["loaded a.csv", "loaded b.csv"]
+
+
+def test_the_logging_module(tracked: str) -> None:
+    from flow_tracker.integrations import logging as ft_logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # as in a fresh interpreter
+    run("The `logging` module #1")
+    try:
+        with flow_tracker.track("readme logging"):
+            logging.getLogger("myapp").info("stored at INFO")
+    finally:
+        ft_logging.uninstall()
+        root.setLevel(level)
+    assert [e.message for e in stored("readme logging").logs] == ["stored at INFO"]
+
+
+# -- the job queues, with real workers --------------------------------------------------
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Write README examples as modules of a ``shop`` package the workers can import."""
+    require_service("127.0.0.1", 6379, "Redis")
+    from redis import Redis
+
+    Redis.from_url(TEST_REDIS).flushdb()  # no message left by an earlier run
+    root = tmp_path / "app"
+    (root / "shop").mkdir(parents=True)
+    (root / "shop" / "__init__.py").write_text("")
+    sys.path.insert(0, str(root))
+
+    def module(name: str, file: str) -> Path:
+        code = example(name).code.replace(README_REDIS, TEST_REDIS)
+        path = root / "shop" / f"{file}.py"
+        path.write_text(code)
+        return path
+
+    def forget() -> None:
+        for loaded in [m for m in sys.modules if m == "shop" or m.startswith("shop.")]:
+            del sys.modules[loaded]
+
+    forget()
+    yield module
+    forget()
+    sys.path.remove(str(root))
+
+
+def shop_env(shop_root: Path, database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "PYTHONPATH": f"{shop_root}{os.pathsep}{REPO}",
+        "FLOW_TRACKER_DATABASE_URL": database_url,
+        **extra,
+    }
+
+
+USERS = '''
+"""The shop's own code, as the README's Celery example imports it."""
+import os
+
+from redis import Redis
+
+
+class User:
+    def __init__(self, user_id):
+        self.id, self.email = user_id, f"user{user_id}@example.com"
+
+    @classmethod
+    def get(cls, user_id):
+        return cls(user_id)
+
+
+def send(user):
+    # The first attempt meets a busy mail server: the README's "retrying" path.
+    tries = Redis.from_url(os.environ["README_REDIS"]).incr(os.environ["README_SEND_KEY"])
+    if tries == 1:
+        raise ConnectionError("mail server busy")
+'''
+
+
+# Run once per database in one interpreter, the README's Celery tasks are shared
+# tasks declared twice: Celery warns, and keeps the first (the same code).
+@pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
+def test_celery_example_runs_in_a_real_worker_and_retries(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_module = shop("Celery #1", "celery_app")
+    (app_module.parent / "users.py").write_text(USERS)
+    monkeypatch.setenv("README_REDIS", TEST_REDIS)
+    monkeypatch.setenv("README_SEND_KEY", f"readme-send-{uuid.uuid4().hex}")
+    log = tmp_path / "worker.log"
+    worker = ["-m", "celery", "-A", "shop.celery_app", "worker", "-P", "threads", "-c", "2"]
+    env = shop_env(
+        app_module.parents[1],
+        tracked,
+        **{
+            "README_REDIS": TEST_REDIS,
+            "README_SEND_KEY": os.environ["README_SEND_KEY"],
+        },
+    )
+    with worker_process([*worker, "--without-gossip", "--without-mingle"], env, log):
+        ns = run("Celery #2")
+        assert ns["result"].id
+        record = wait_until_final([ns["result"].id], log)[ns["result"].id]
+    assert record.status is Status.COMPLETED, (record.status, record.error)
+    assert record.attempt == 2  # the ConnectionError was retried
+    history = flow_tracker.get_process(record.id)
+    assert history is not None
+    # In a thread pool the second attempt may start before the first one's end is
+    # stored: the history holds both, each with its attempt.
+    changes = {(t.status, t.attempt) for t in history.history}
+    assert {("retrying", 1), ("running", 2), ("completed", 2)} <= changes, history.history
+
+
+def test_rq_example_runs_in_a_real_worker(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    settings = shop("RQ #1", "rq_settings")
+    shop("RQ #2", "jobs")
+    Queue(connection=Redis()).empty()  # type: ignore[no-untyped-call]  # the README's queue
+    ns = run("RQ #3")
+    job_id = ns["job"].id
+    assert flow_tracker.get_status(job_id).is_queued  # type: ignore[union-attr]
+    log = tmp_path / "worker.log"
+    env = shop_env(settings.parents[1], tracked)
+    with worker_process(["rq", "worker", "-c", "shop.rq_settings", "--burst"], env, log) as proc:
+        proc.wait(timeout=120)
+    record = wait_until_final([job_id], log, seconds=60)[job_id]
+    assert record.status is Status.COMPLETED, (record.status, record.error)
+    full = flow_tracker.get_process(record.id)
+    assert full is not None and full.flows[0].logs[0].message == "Sending email to user 42"
+
+
+def test_dramatiq_example_runs_in_a_real_worker(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    actors = shop("Dramatiq #1", "actors")
+    shop_actors = importlib.import_module("shop.actors")
+    message = shop_actors.welcome_email.send(42)
+    log = tmp_path / "worker.log"
+    env = shop_env(actors.parents[1], tracked)
+    with worker_process(["dramatiq", "shop.actors", "-p", "1", "-t", "1"], env, log):
+        record = wait_until_final([message.message_id], log)[message.message_id]
+    assert record.status is Status.COMPLETED, (record.status, record.error)
+    full = flow_tracker.get_process(record.id)
+    assert full is not None and full.logs[0].message == "Sending email to user 42"
+
+
+# -- recovery, critical sections, events, exporters ----------------------------------------
+
+
+def test_reap_requeue_health(tracked: str) -> None:
+    ns = run("No job forgotten: heartbeats, reaper, requeue #1")
+    assert ns["result"].lost == []
+    assert ns["report"].healthy
+
+
+def test_critical_sections(tracked: str) -> None:
+    charged: list[int] = []
+    fences: list[int] = []
+    user = User(7)
+    ns = run(
+        "Critical sections #1",
+        user=user,
+        charge=lambda u: charged.append(u.id),
+        write_report=lambda fence: fences.append(fence),
+    )
+    assert charged == [7] and len(fences) == 1 and fences[0] >= 1
+    with flow_tracker.exclusive("financial", key="7"):  # another holder in this thread
+        assert threading_call(ns["charge_job"], "7", 10) is None  # skipped
+
+
+def threading_call(func: Callable[..., Any], *args: Any) -> Any:
+    """Call ``func`` in another thread: outside any process each block holds on its own."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(func(*args)))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+# Run once per database in one interpreter, the README's Celery tasks are shared
+# tasks declared twice: Celery warns, and keeps the first (the same code).
+@pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
+def test_per_job_critical_sections(tracked: str) -> None:
+    import dramatiq
+    from celery import Celery
+    from dramatiq.brokers.stub import StubBroker
+
+    from flow_tracker.integrations import celery as ft_celery
+    from flow_tracker.integrations import dramatiq as ft_dramatiq
+
+    app = Celery("readme_sections", broker="memory://")
+    ft_celery.install(app)
+    broker = StubBroker()
+    dramatiq.set_broker(broker)
+    ft_dramatiq.install(broker)
+    ns = run("Critical sections #2", app=app, dramatiq=dramatiq)
+    app.finalize()
+    assert getattr(app.tasks["readme_example.charge"].run, WRAPPED_MARK, False)
+    assert getattr(broker.actors["charge"].fn, WRAPPED_MARK, False)
+    with flow_tracker.exclusive("financial", key="u1"):
+        assert threading_call(ns["charge"], "u1", 5) is None  # RQ's: skipped while held
+
+
+def test_event_subscribers(tracked: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Slack and Sentry are not on this machine: stand-ins record what would be sent.
+    posts: list[dict[str, Any]] = []
+    requests = types.ModuleType("requests")
+    requests.post = lambda url, json: posts.append(json)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "requests", requests)
+    captured: list[str] = []
+    sentry = types.SimpleNamespace(capture_message=lambda text, extras: captured.append(text))
+    run(
+        "Event subscribers #1",
+        SLACK_WEBHOOK="https://hooks.example/slack",
+        sentry_sdk=sentry,
+        page_oncall=lambda text: None,
+    )
+    with contextlib.suppress(KeyError), flow_tracker.track("readme charge"):
+        raise KeyError("card")
+    flow_tracker.flush()
+    assert posts and posts[0]["text"].startswith("readme charge failed: KeyError: ")
+    assert captured == ["readme charge: 'card'"]
+
+
+def test_opentelemetry(tracked: str) -> None:
+    from flow_tracker.exporters import opentelemetry as ft_otel
+
+    run("OpenTelemetry #1")
+    ft_otel.uninstall()
+
+
+def test_prometheus(tracked: str) -> None:
+    from flow_tracker.exporters import prometheus as ft_prometheus
+
+    run("Prometheus #1")
+    ft_prometheus.uninstall()
+
+
+def test_state_history(tracked: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with flow_tracker.track("readme history") as tracker:
+        pass
+    run("State history #1", process_id=tracker.process_id)
+    printed = capsys.readouterr().out
+    assert "running" in printed and "completed" in printed
+
+
+# -- mounting the dashboard ------------------------------------------------------------
+
+
+def test_fastapi_mount_answers_403_to_strangers_and_200_to_staff(tracked: str) -> None:
+    from starlette.testclient import TestClient
+
+    ns = run("Web dashboard #1")
+    app = ns["app"]
+    assert TestClient(app).get("/jobs/").status_code == 403  # a bare app: no user
+
+    async def staff(scope: Any, receive: Any, send: Any) -> None:
+        scope["user"] = types.SimpleNamespace(is_staff=True)
+        await app(scope, receive, send)
+
+    assert TestClient(staff).get("/jobs/").status_code == 200
+
+
+def test_flask_mount(tracked: str) -> None:
+    ns = run("Web dashboard #2")
+    response = ns["app"].test_client().get("/jobs/")
+    assert response.status_code == 200
+    assert b"flow-tracker" in response.data
+
+
+# -- the command lines -----------------------------------------------------------------
+
+
+def test_every_command_the_reference_lists_exists() -> None:
+    assert set(reference_commands()) <= set(main.commands)
+
+
+def test_every_flow_tracker_line_runs_or_parses(tracked: str) -> None:
+    with flow_tracker.track("readme cli") as tracker:
+        tracker.info("for show and status")
+    flow_tracker.flush()
+    substitutions = {
+        "postgresql://app@db/app": tracked,
+        "<task id or process id>": str(tracker.process_id),
+        "<task id>": str(tracker.process_id),
+        "myapp.celery_app": "tests.integrations.celery_app",
+    }
+    runner = CliRunner(env={"FLOW_TRACKER_DATABASE_URL": tracked})
+    for line, text in command_lines():
+        for placeholder, value in substitutions.items():
+            text = text.replace(placeholder, value)
+        args = arguments(text)
+        if "--every" in args or args[0] == "serve":  # runs until stopped: parse only
+            context = main.make_context("flow-tracker", list(args))
+            command = main.get_command(context, args[0])
+            assert command is not None, f"README.md:{line}: no command {args[0]}"
+            command.make_context(args[0], args[1:], parent=context)
+            continue
+        result = runner.invoke(main, args)
+        allowed = (0, 1) if args[0] == "health" else (0,)  # health: 1 means unhealthy
+        assert result.exit_code in allowed, f"README.md:{line}: {text}\n{result.output}"
+
+
+def test_demo_hint_names_the_command_as_this_shell_finds_it(tmp_path: Path) -> None:
+    script = [
+        sys.executable,
+        "-c",
+        "from flow_tracker.demo import command_name; print(command_name())",
+    ]
+    on_path = {**os.environ, "PATH": f"{Path(bin_path('flow-tracker')).parent}{os.pathsep}"}
+    off_path = {**os.environ, "PATH": "/usr/bin:/bin"}
+    found = subprocess.run(script, env=on_path, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "flow-tracker"
+    hidden = subprocess.run(
+        script, env=off_path, capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert hidden.stdout.strip() == bin_path("flow-tracker")
