@@ -84,3 +84,20 @@ def test_locks_lists_what_is_held(runner: CliRunner, database_url: str) -> None:
     assert (row["name"], row["key"], row["fence"]) == ("financial", "user-7", 1)
     free = runner.invoke(main, ["locks", "--database-url", database_url])
     assert "no locks held" in free.output
+
+
+def test_requeue_of_a_queue_not_installed_names_the_import_option(
+    runner: CliRunner, sqlite_url: str
+) -> None:
+    from flow_tracker.integrations.jobs import record_enqueued, record_publish_failed
+
+    flow_tracker.configure(database_url=sqlite_url, log_to_stdlib=False)
+    process_id = record_enqueued(
+        job_system="huey", job_id="h-1", name="send", queue="q", payload={"task": "send"}
+    )
+    record_publish_failed("huey", "h-1", ConnectionError("broker down"))
+    flow_tracker.reset()
+    result = runner.invoke(main, ["requeue", str(process_id), "--database-url", sqlite_url])
+    assert result.exit_code == 1
+    assert "integration_not_installed" in result.output
+    assert "hint: pass --import MODULE" in result.output
