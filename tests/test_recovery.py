@@ -238,7 +238,7 @@ def test_a_late_end_of_an_earlier_attempt_never_overwrites_a_later_attempt(
 
 
 def test_a_requeue_never_claims_a_job_its_broker_already_started_again(tracked: str) -> None:
-    from flow_tracker.recovery import _claim
+    from flow_tracker.store.jobs import claim_requeue
 
     lost = _job_row()
     with runtime.store().engine.connect() as conn:
@@ -247,13 +247,14 @@ def test_a_requeue_never_claims_a_job_its_broker_already_started_again(tracked: 
     with runtime.store().engine.begin() as conn:
         conn.execute(update(processes).where(processes.c.id == lost).values(status="running"))
     new_id = uuid.uuid4()
-    assert _claim(runtime.store(), row, new_id, requeue_job_id(lost)) == "came_back"
+    assert claim_requeue(runtime.store(), row, new_id, requeue_job_id(lost)) == "came_back"
     with runtime.store().engine.connect() as conn:
         assert conn.execute(select(processes.c.id).where(processes.c.id == new_id)).first() is None
 
 
 def test_a_job_with_a_requeued_copy_stands_down_and_says_why(tracked: str) -> None:
-    from flow_tracker.integrations.jobs import job_body, process_id_for, start_job
+    from flow_tracker.ids import process_id_for
+    from flow_tracker.integrations.jobs import job_body, start_job
 
     ran: list[int] = []
 
@@ -284,3 +285,16 @@ def test_a_job_with_a_requeued_copy_stands_down_and_says_why(tracked: str) -> No
     assert ran == [8]
     other_record = flow_tracker.get_process(process_id_for("rq", "other-job"))
     assert other_record is not None and other_record.status is Status.COMPLETED
+
+
+def test_silent_means_the_same_on_the_overview_the_health_page_and_health(tracked: str) -> None:
+    from flow_tracker.statistics import overview
+
+    old = _db_now() - timedelta(minutes=5)
+    _job_row(status="running", heartbeat_at=old)  # its worker died: silent
+    _job_row(status="retrying", heartbeat_at=old)  # waits for its next attempt: not silent
+    report = flow_tracker.health()
+    board = overview(runtime.store(), "1h", lost_after=60.0)
+    assert report.silent == board.silent_running == 1
+    assert flow_tracker.reap(lost_after=60.0).lost  # and the reaper takes exactly that one
+    assert flow_tracker.health().silent == overview(runtime.store(), "1h").silent_running == 0

@@ -1,4 +1,4 @@
-"""The recording API of DESIGN.md section 1, checked against the rows stored on both backends."""
+"""The recording API (the README's Usage section), checked against rows on both backends."""
 
 from __future__ import annotations
 

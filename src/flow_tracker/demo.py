@@ -172,7 +172,7 @@ def job_of_a_dead_worker() -> None:
         "job_payload": {"func": "media.resize_uploads", "args": [8812], "kwargs": {}},
         "attempt": 1,
     }
-    from flow_tracker.integrations.jobs import process_id_for
+    from flow_tracker.ids import process_id_for
 
     runtime.writer().write_now((ev.PROCESS_START, process_id_for("rq", job_id).int, row))
 

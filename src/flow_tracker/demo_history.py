@@ -12,10 +12,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import insert
-
+from flow_tracker.store.bulk import insert_rows
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import flows, log_entries, processes
 
 # name, category, typical duration (ms), failure rate, flow names, error
 JOBS: list[tuple[str, str, float, float, list[str], tuple[str, str]]] = [
@@ -169,9 +167,5 @@ def record_history(store: Store, *, days: int = 7, count: int = 1_600, seed: int
             }
         )
         written += 1
-    store.ensure_schema()
-    with store.engine.begin() as conn:
-        conn.execute(insert(processes), proc_rows)
-        conn.execute(insert(flows), flow_rows)
-        conn.execute(insert(log_entries), log_rows)
+    insert_rows(store, proc_rows, flow_rows, log_rows)
     return written

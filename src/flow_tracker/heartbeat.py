@@ -19,14 +19,8 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import and_, update
-
 from flow_tracker import config, runtime
-from flow_tracker.status import Status
-from flow_tracker.store.clock import now_sql
-from flow_tracker.store.schema import processes
-
-BATCH = 500  # process ids per UPDATE
+from flow_tracker.store import jobs as stored_jobs
 
 
 class Renewable(Protocol):
@@ -139,18 +133,7 @@ class Heartbeat:
 def _stamp(ids: list[int]) -> None:
     store = runtime.store()
     store.ensure_schema()
-    now = now_sql(store.dialect)
-    with (
-        store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-        conn.begin(),
-    ):
-        for offset in range(0, len(ids), BATCH):
-            chunk = [uuid.UUID(int=i) for i in ids[offset : offset + BATCH]]
-            conn.execute(
-                update(processes)
-                .where(and_(processes.c.id.in_(chunk), processes.c.status == Status.RUNNING.value))
-                .values(heartbeat_at=now)
-            )
+    stored_jobs.stamp_heartbeats(store, ids)
 
 
 HEARTBEAT = Heartbeat()

@@ -65,3 +65,16 @@ def parse_id(value: object) -> uuid.UUID | None:
         except ValueError:
             return None
     return None
+
+
+# Fixed forever: changing it would give every queued job a new process id.
+JOB_NAMESPACE = uuid.UUID("6f1c5b8e-2f4a-5d0e-9c41-7a3f0e2b9d15")
+
+
+def process_id_for(job_system: str, job_id: str) -> uuid.UUID:
+    """The process id of a queued job: the same in every process that sees the job.
+
+    Derived from the job's system and id (UUIDv5), so the enqueuing process, every
+    retry and every worker agree on the row without carrying anything in the message.
+    """
+    return uuid.uuid5(JOB_NAMESPACE, f"{job_system}:{job_id}")

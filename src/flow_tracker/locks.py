@@ -36,16 +36,11 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
-
 from flow_tracker import runtime
 from flow_tracker.errors import DatabaseUnavailableError, LockConflictError, Skipped, UsageError
 from flow_tracker.heartbeat import HEARTBEAT
-from flow_tracker.store.clock import database_now, now_sql
+from flow_tracker.store import locks as stored_locks
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import locks
 from flow_tracker.tracker import CURRENT_NODE, Tracker
 from flow_tracker.writer import is_transient
 
@@ -53,7 +48,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 OnConflict = Literal["skip", "raise", "wait"]
 _ON_CONFLICT = ("skip", "raise", "wait")
 KEY_LIMIT = 255
-_RELEASED = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -89,17 +83,9 @@ class Lease:
         """Extend the lease by ``ttl`` from now (called by the heartbeat thread)."""
         if self.lost:
             return
-        store = runtime.store()
-        with (
-            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-            conn.begin(),
+        if not stored_locks.renew(
+            runtime.store(), self.name, self.key, self.holder, self.fence, self.ttl
         ):
-            renewed = conn.execute(
-                update(locks)
-                .where(self._mine())
-                .values(expires_at=now_sql(store.dialect, self.ttl))
-            ).rowcount
-        if not renewed:
             self.lost = True
             HEARTBEAT.remove_lease(self)
             runtime.internal_log.warning(
@@ -109,26 +95,10 @@ class Lease:
                 self.fence,
             )
 
-    def _mine(self) -> Any:
-        return and_(
-            locks.c.name == self.name,
-            locks.c.key == self.key,
-            locks.c.holder == self.holder,
-            locks.c.fence == self.fence,
-        )
-
     def release(self) -> bool:
         """Free the lock if this holder still holds it; False when it had been taken over."""
         HEARTBEAT.remove_lease(self)
-        store = runtime.store()
-        with (
-            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-            conn.begin(),
-        ):
-            freed = conn.execute(
-                update(locks).where(self._mine()).values(expires_at=_RELEASED, holder="")
-            ).rowcount
-        return bool(freed)
+        return stored_locks.release(runtime.store(), self.name, self.key, self.holder, self.fence)
 
     def __repr__(self) -> str:
         return f"<Lease {self.name!r} {self.key!r} fence={self.fence}>"
@@ -174,48 +144,6 @@ def _current_holder() -> tuple[str, uuid.UUID | None]:
     return f"block:{uuid.uuid4()}", None
 
 
-def _try_acquire(
-    conn: Connection, dialect: str, name: str, key: str, holder: str, process_id: Any, ttl: float
-) -> int | None:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    now = now_sql(dialect)
-    values = insert(locks).values(
-        name=name,
-        key=key,
-        holder=holder,
-        process_id=process_id,
-        fence=1,
-        acquired_at=now,
-        expires_at=now_sql(dialect, ttl),
-    )
-    new = values.excluded
-    stmt = values.on_conflict_do_update(
-        index_elements=["name", "key"],
-        set_={
-            "holder": new.holder,
-            "process_id": new.process_id,
-            "fence": locks.c.fence + 1,
-            "acquired_at": new.acquired_at,
-            "expires_at": new.expires_at,
-        },
-        # Free (released or expired by the database's clock) or the caller's own.
-        where=(locks.c.expires_at <= new.acquired_at) | (locks.c.holder == holder),
-    ).returning(locks.c.fence)
-    fence = conn.execute(stmt).scalar()
-    return None if fence is None else int(fence)
-
-
-def _holder_of(conn: Connection, name: str, key: str) -> str | None:
-    row = conn.execute(
-        select(locks.c.holder, locks.c.expires_at).where(
-            and_(locks.c.name == name, locks.c.key == key)
-        )
-    ).first()
-    if row is None or not row.holder:
-        return None
-    return str(row.holder)
-
-
 def acquire(name: str, key: str, ttl: float) -> tuple[Lease | None, str | None]:
     """One attempt to take the lock: ``(lease, None)`` or ``(None, current holder)``.
 
@@ -233,12 +161,7 @@ def acquire(name: str, key: str, ttl: float) -> tuple[Lease | None, str | None]:
     store = runtime.store()
     try:
         store.ensure_schema()
-        with (
-            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-            conn.begin(),
-        ):
-            fence = _try_acquire(conn, store.dialect, name, key, holder, process_id, ttl)
-            current = None if fence is not None else _holder_of(conn, name, key)
+        fence, current = stored_locks.try_acquire(store, name, key, holder, process_id, ttl)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -541,15 +464,7 @@ def held_locks(store: Store | None = None) -> list[HeldLock]:
     Args:
         store: the database to read (default: the configured one).
     """
-    store = store or runtime.store()
-    store.ensure_schema()
-    with store.engine.connect() as conn:
-        now = database_now(conn)
-        rows = conn.execute(
-            select(locks)
-            .where(and_(locks.c.expires_at > now, locks.c.holder != ""))
-            .order_by(locks.c.acquired_at)
-        ).all()
+    rows = stored_locks.held(store or runtime.store())
     return [
         HeldLock(
             name=row.name,

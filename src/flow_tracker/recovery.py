@@ -19,29 +19,23 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
-
-from sqlalchemy import and_, exists, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
 
 from flow_tracker import config, runtime
 from flow_tracker.errors import UsageError
-from flow_tracker.ids import new_id as new_row_id
+from flow_tracker.ids import process_id_for
 from flow_tracker.integrations.registry import probes, requeuer_for
 from flow_tracker.status import Status
-from flow_tracker.store.clock import database_now
+from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import flows, processes, state, transitions
 from flow_tracker.subscribers import BUS
 
 LAST_REAP_KEY = "reaper_last_run"
-LOST_ERROR_CLASS = "flow_tracker.Lost"
+LOST_ERROR_CLASS = stored_jobs.LOST_ERROR_CLASS
 LOST_WINDOW = timedelta(hours=24)
 REQUEUE_NAMESPACE = uuid.UUID("0b5d3c62-55a1-5f5e-8d0c-3f4a1e6c2b77")
-REQUEUEABLE = (Status.LOST.value, Status.FAILED.value, Status.CANCELLED.value)
+REQUEUEABLE = stored_jobs.REQUEUEABLE
 
 
 @dataclass(frozen=True)
@@ -104,63 +98,8 @@ def _store(store: Store | None) -> Store:
     return chosen
 
 
-def _write_state(conn: Connection, dialect: str, key: str, value: str, now: datetime) -> None:
-    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = upsert(state).values(key=key, value=value, updated_at=now)
-    conn.execute(
-        stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value, "updated_at": now})
-    )
-
-
 _NO_HEARTBEAT = "no heartbeat for {:g} s: its worker died or hung"
 _VANISHED = "taken from the queue by a worker that died before it could start it"
-
-
-def _lost_values(now: datetime, reason: str) -> dict[str, Any]:
-    """What a process marked lost gets: the status, one more loss, the time and the reason."""
-    return {
-        "status": Status.LOST.value,
-        "lost_count": processes.c.lost_count + 1,
-        "finished_at": now,
-        "updated_at": now,
-        "error_class": LOST_ERROR_CLASS,
-        "error_message": reason,
-        "error_traceback": None,
-    }
-
-
-REQUEUED = "requeued"  # in the state history of the lost run; not a process status
-
-
-def _record_transitions(
-    conn: Connection, process_ids: list[uuid.UUID], status: str, now: datetime, reason: str
-) -> None:
-    """Add a state-history row per process (see ``store.schema.transitions``)."""
-    if process_ids:
-        conn.execute(
-            insert(transitions),
-            [
-                {
-                    "id": new_row_id(),
-                    "process_id": pid,
-                    "status": status,
-                    "at": now,
-                    "reason": reason,
-                }
-                for pid in process_ids
-            ],
-        )
-
-
-_LOST_EVENT_COLUMNS = (
-    processes.c.id,
-    processes.c.name,
-    processes.c.category,
-    processes.c.job_system,
-    processes.c.job_id,
-    processes.c.queue,
-    processes.c.attempt,
-)
 
 
 def _publish_lost(rows: Sequence[Any], now: datetime, reason: str) -> None:
@@ -198,47 +137,13 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
     if not after > 0:
         raise UsageError(f"lost_after must be a positive number of seconds, not {lost_after!r}")
     chosen = _store(store)
-    with (
-        chosen.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-        conn.begin(),
-    ):
-        now = database_now(conn)
-        cutoff = now - timedelta(seconds=after)
-        # One statement: a second reaper running at once waits for these rows, then
-        # finds them no longer running, so each process is marked once.
-        marked = conn.execute(
-            update(processes)
-            .where(
-                and_(
-                    processes.c.status == Status.RUNNING.value,
-                    processes.c.heartbeat_at < cutoff,
-                )
-            )
-            .values(_lost_values(now, _NO_HEARTBEAT.format(after)))
-            .returning(*_LOST_EVENT_COLUMNS)
-        ).all()
-        lost = [uuid.UUID(str(row.id)) for row in marked]
-        _record_transitions(conn, lost, Status.LOST.value, now, _NO_HEARTBEAT.format(after))
-        for offset in range(0, len(lost), 500):
-            conn.execute(
-                update(flows)
-                .where(
-                    and_(
-                        flows.c.process_id.in_(lost[offset : offset + 500]),
-                        flows.c.status == Status.RUNNING.value,
-                    )
-                )
-                .values(status=Status.LOST.value)
-            )
-    _publish_lost(marked, now, _NO_HEARTBEAT.format(after))
+    reason = _NO_HEARTBEAT.format(after)
+    now, marked = stored_jobs.mark_silent_lost(chosen, after, reason)
+    _publish_lost(marked, now, reason)
+    lost = [uuid.UUID(str(row.id)) for row in marked]
     # Asking brokers may take a while: never inside the transaction above.
-    lost += _reap_vanished(chosen, now, cutoff)
-    with (
-        chosen.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-        conn.begin(),
-    ):
-        stale = _stale_queued(conn, now, settings.stale_after)
-        _write_state(conn, chosen.dialect, LAST_REAP_KEY, now.isoformat(), now)
+    lost += _reap_vanished(chosen, now, now - timedelta(seconds=after))
+    stale = stored_jobs.finish_reap(chosen, now, settings.stale_after, LAST_REAP_KEY)
     return ReapResult(lost=lost, stale_queued=stale, checked_at=now)
 
 
@@ -254,21 +159,7 @@ def _reap_vanished(store: Store, now: datetime, cutoff: datetime) -> list[uuid.U
     """
     found: list[uuid.UUID] = []
     for job_system, pending in probes().items():
-        with store.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    processes.c.id, processes.c.job_id, processes.c.queue, processes.c.job_payload
-                )
-                .where(
-                    and_(
-                        processes.c.status == Status.QUEUED.value,
-                        processes.c.job_system == job_system,
-                        processes.c.created_at < cutoff,
-                    )
-                )
-                .order_by(processes.c.created_at)
-                .limit(VANISHED_BATCH)
-            ).all()
+        rows = stored_jobs.queued_before(store, job_system, cutoff, VANISHED_BATCH)
         if not rows:
             continue
         try:
@@ -279,46 +170,10 @@ def _reap_vanished(store: Store, now: datetime, cutoff: datetime) -> list[uuid.U
         gone = [row.id for row in rows if str(row.job_id) not in still]
         if not gone:
             continue
-        with (
-            store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-            conn.begin(),
-        ):
-            marked = conn.execute(
-                update(processes)
-                .where(and_(processes.c.id.in_(gone), processes.c.status == Status.QUEUED.value))
-                .values(_lost_values(now, _VANISHED))
-                .returning(*_LOST_EVENT_COLUMNS)
-            ).all()
-            vanished = [uuid.UUID(str(row.id)) for row in marked]
-            _record_transitions(conn, vanished, Status.LOST.value, now, _VANISHED)
+        marked = stored_jobs.mark_vanished_lost(store, gone, now, _VANISHED)
         _publish_lost(marked, now, _VANISHED)
-        found += vanished
+        found += [uuid.UUID(str(row.id)) for row in marked]
     return found
-
-
-def _stale_queued(conn: Connection, now: datetime, stale_after: float) -> int:
-    return int(
-        conn.execute(
-            select(func.count()).where(
-                and_(
-                    processes.c.status == Status.QUEUED.value,
-                    processes.c.created_at < now - timedelta(seconds=stale_after),
-                )
-            )
-        ).scalar_one()
-    )
-
-
-def reap_forever(
-    every: float, *, lost_after: float | None = None, store: Store | None = None
-) -> None:  # pragma: no cover - a loop for the CLI, its single run is tested
-    """Run :func:`reap` every ``every`` seconds until interrupted, waiting out database outages."""
-    while True:
-        try:
-            reap(lost_after=lost_after, store=store)
-        except Exception as exc:
-            runtime.report_internal_error(exc, "reaping")
-        time.sleep(every)
 
 
 def requeue_job_id(process_id: uuid.UUID) -> str:
@@ -352,10 +207,10 @@ def requeue(ids: Iterable[uuid.UUID | str], *, store: Store | None = None) -> li
 
 
 def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
-    from flow_tracker.integrations.jobs import process_id_for, record_publish_failed
+    # The integrations import this module's callers: imported here, once needed.
+    from flow_tracker.integrations.jobs import record_publish_failed
 
-    with store.engine.connect() as conn:
-        row = conn.execute(select(processes).where(processes.c.id == process_id)).first()
+    row = stored_jobs.read_process(store, process_id)
     if row is None:
         return RequeueResult(process_id, "not_found")
     if row.status not in REQUEUEABLE:
@@ -380,7 +235,7 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
         )
     job_id = requeue_job_id(process_id)
     new_id = process_id_for(row.job_system, job_id)
-    claimed = _claim(store, row, new_id, job_id)
+    claimed = stored_jobs.claim_requeue(store, row, new_id, job_id)
     if claimed == "came_back":
         return RequeueResult(
             process_id, "not_finished", reason="it started again (its broker redelivered it)"
@@ -409,83 +264,13 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
     return RequeueResult(process_id, "requeued", new_id, job_id)
 
 
-def _claim(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> str:
-    """Store the new run's queued row: ``"claimed"``, ``"taken"`` or ``"came_back"``.
-
-    ``taken``: another requeue stored it first. ``came_back``: the old row is no
-    longer lost or failed, since the job's broker redelivered it and a worker
-    started it. The old row is touched first, which locks it until commit: a
-    redelivered start waits, then finds the copy and stands down
-    (:func:`flow_tracker.integrations.jobs.skip_if_requeued`), so exactly one runs.
-    """
-    upsert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
-    with (
-        store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
-        conn.begin(),
-    ):
-        now = database_now(conn)
-        still_finished = conn.execute(
-            update(processes)
-            .where(processes.c.id == row.id, processes.c.status.in_(REQUEUEABLE))
-            .values(updated_at=now)
-            .returning(processes.c.id)
-        ).scalar()
-        if still_finished is None:
-            return "came_back"
-        stmt = (
-            upsert(processes)
-            .values(
-                id=new_id,
-                name=row.name,
-                category=row.category,
-                status=Status.QUEUED.value,
-                metadata=row.metadata,
-                created_at=now,
-                queued_at=now,
-                updated_at=now,
-                job_system=row.job_system,
-                job_id=job_id,
-                queue=row.queue,
-                job_args=row.job_args,
-                job_payload=row.job_payload,
-                attempt=1,
-                max_attempts=row.max_attempts,
-                parent_process_id=row.parent_process_id,
-                requeued_from_id=row.id,
-                lost_count=row.lost_count,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(processes.c.id)
-        )
-        if conn.execute(stmt).scalar() is None:
-            return "taken"
-        _record_transitions(conn, [row.id], REQUEUED, now, f"as process {new_id}")
-        _record_transitions(conn, [new_id], Status.QUEUED.value, now, f"requeued from {row.id}")
-        return "claimed"
-
-
 def requeue_candidates(
     status: Status, *, store: Store | None = None, limit: int = 1000
 ) -> list[uuid.UUID]:
     """Lost or failed job processes not enqueued again yet, oldest first."""
     if status not in (Status.LOST, Status.FAILED):
         raise UsageError("requeue candidates are lost or failed processes")
-    chosen = _store(store)
-    again = aliased(processes)
-    with chosen.engine.connect() as conn:
-        rows = conn.execute(
-            select(processes.c.id)
-            .where(
-                and_(
-                    processes.c.status == status.value,
-                    processes.c.job_system.is_not(None),
-                    ~exists().where(again.c.requeued_from_id == processes.c.id),
-                )
-            )
-            .order_by(processes.c.created_at)
-            .limit(limit)
-        ).scalars()
-        return [uuid.UUID(str(value)) for value in rows]
+    return stored_jobs.requeue_candidates(_store(store), status, limit)
 
 
 def health(*, store: Store | None = None) -> Health:
@@ -495,52 +280,24 @@ def health(*, store: Store | None = None) -> Health:
     again (a poison pill stays counted until it is a day old).
     """
     settings = config.current()
-    chosen = _store(store)
-    again = aliased(processes)
-    with chosen.engine.connect() as conn:
-        now = database_now(conn)
-        running = conn.execute(
-            select(func.count()).where(processes.c.status == Status.RUNNING.value)
-        ).scalar_one()
-        silent = conn.execute(
-            select(func.count()).where(
-                and_(
-                    processes.c.status == Status.RUNNING.value,
-                    processes.c.heartbeat_at < now - timedelta(seconds=settings.lost_after),
-                )
-            )
-        ).scalar_one()
-        lost = conn.execute(
-            select(func.count()).where(
-                and_(
-                    processes.c.status == Status.LOST.value,
-                    processes.c.finished_at >= now - LOST_WINDOW,
-                    ~exists().where(again.c.requeued_from_id == processes.c.id),
-                )
-            )
-        ).scalar_one()
-        stale = _stale_queued(conn, now, settings.stale_after)
-        oldest = conn.execute(
-            select(func.min(processes.c.created_at)).where(
-                processes.c.status == Status.QUEUED.value
-            )
-        ).scalar()
-        last = conn.execute(select(state.c.updated_at).where(state.c.key == LAST_REAP_KEY)).scalar()
-    oldest_age = None if oldest is None else max(0.0, (now - _aware(oldest)).total_seconds())
+    counts = stored_jobs.health_counts(
+        _store(store),
+        lost_after=settings.lost_after,
+        stale_after=settings.stale_after,
+        lost_window=LOST_WINDOW,
+        reap_key=LAST_REAP_KEY,
+    )
+    now, oldest = counts.now, counts.oldest_queued
     return Health(
-        healthy=not (silent or lost or stale),
-        running=int(running),
-        silent=int(silent),
-        lost=int(lost),
-        stale_queued=stale,
-        oldest_queued_age_s=oldest_age,
-        last_reap=None if last is None else _aware(last),
+        healthy=not (counts.silent or counts.lost_not_requeued or counts.stale_queued),
+        running=counts.running,
+        silent=counts.silent,
+        lost=counts.lost_not_requeued,
+        stale_queued=counts.stale_queued,
+        oldest_queued_age_s=None if oldest is None else max(0.0, (now - oldest).total_seconds()),
+        last_reap=counts.last_reap,
         checked_at=now,
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 __all__ = [

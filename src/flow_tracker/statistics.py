@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select
-
 from flow_tracker.records import ProcessRecord
 from flow_tracker.status import UNFINISHED_STATUSES, Status
+from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.store import queries, rollups
 from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import percentile
-from flow_tracker.store.schema import processes
 
 logger = logging.getLogger("flow_tracker")
 
@@ -259,27 +257,10 @@ def overview(
         counts = rollups.read_counts(conn, store, span)
         histograms = rollups.read_histograms(conn, store, span)
         series = rollups.read_series(conn, store, span, bar_seconds)
-        unfinished_rows = conn.execute(
-            select(processes.c.status, func.count())
-            .where(processes.c.status.in_([s.value for s in UNFINISHED_STATUSES]))
-            .group_by(processes.c.status)
-        ).all()
-        stale = conn.execute(
-            select(func.count()).where(
-                and_(
-                    processes.c.status == Status.QUEUED.value,
-                    processes.c.created_at < now - timedelta(seconds=stale_after),
-                )
-            )
-        ).scalar_one()
-        silent = conn.execute(
-            select(func.count()).where(
-                and_(
-                    processes.c.status.in_([Status.RUNNING.value, Status.RETRYING.value]),
-                    processes.c.heartbeat_at < now - timedelta(seconds=lost_after),
-                )
-            )
-        ).scalar_one()
+        unfinished = queries.count_by_status(conn, UNFINISHED_STATUSES)
+        # The same definitions as flow_tracker.health() and the health page.
+        stale = stored_jobs.count(conn, stored_jobs.stale_queued(now, stale_after))
+        silent = stored_jobs.count(conn, stored_jobs.silent(now, lost_after))
     finished: dict[str, int] = defaultdict(int)
     by_category: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in counts:
@@ -296,7 +277,7 @@ def overview(
         bar_seconds=bar_seconds,
         finished=dict(finished),
         by_category={k: dict(v) for k, v in sorted(by_category.items())},
-        unfinished={str(s): int(n) for s, n in unfinished_rows},
+        unfinished=unfinished,
         stale_queued=int(stale),
         silent_running=int(silent),
         bars=_bars(series, span, bar_seconds),

@@ -172,12 +172,10 @@ class Writer:
             self._local.builder = builder
         try:
             self.store.ensure_schema()
-            with self.store.engine.connect() as conn:
-                conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
-                with conn.begin():
-                    builder.write(conn, [event])
-                    if then is not None:
-                        then(conn)
+            with self.store.begin_write() as conn:
+                builder.write(conn, [event])
+                if then is not None:
+                    then(conn)
         except Exception as exc:
             if not is_transient(exc):
                 self.on_error(exc, "storing a record at once")
@@ -326,6 +324,8 @@ class Writer:
 
     def _connection(self) -> Connection:
         if self._conn is None:
+            # Kept open between batches (a connection per batch costs more than a
+            # small batch), so Store.begin_write's own connection does not fit here.
             conn = self.store.engine.connect()
             self._conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
         return self._conn

@@ -121,7 +121,7 @@ def check_job_mix(
         retried_flow_status: how the flow of an attempt that asked for a retry ends
             (``retrying`` when the queue raises its own Retry, else ``failed``).
     """
-    from flow_tracker.integrations.jobs import process_id_for
+    from flow_tracker.ids import process_id_for
 
     found = wait_until_final(list(kinds), log)
     rows = Counter(p.job_id for p in flow_tracker.list_processes(limit=500) if p.job_id in kinds)

@@ -28,11 +28,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import func, select
-
 from flow_tracker import runtime, subscribers
+from flow_tracker.store import queries
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import processes
 
 try:
     from prometheus_client import (
@@ -206,20 +204,7 @@ class QueueCollector(Collector):
             labels=["queue"],
         )
         try:
-            store = self.store()
-            store.ensure_schema()
-            with store.engine.connect() as conn:
-                rows = conn.execute(
-                    select(
-                        processes.c.status,
-                        processes.c.category,
-                        processes.c.queue,
-                        func.count(),
-                        func.min(processes.c.queued_at),
-                    )
-                    .where(processes.c.status.in_(("running", "queued")))
-                    .group_by(processes.c.status, processes.c.category, processes.c.queue)
-                ).all()
+            rows = queries.running_and_queued(self.store())
         except Exception as exc:  # a scrape must answer even with the database away
             runtime.report_internal_error(exc, "reading queue gauges for Prometheus")
             return

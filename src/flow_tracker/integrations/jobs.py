@@ -1,4 +1,4 @@
-"""What every queue integration does, in one place: the contract of DESIGN.md section 4.
+"""What every queue integration does, in one place: the contract Celery, RQ and Dramatiq share.
 
 * :func:`record_enqueued` - in the enqueuing process, *before* the broker gets the
   message: the job's process row is stored as ``queued`` (durably, when the
@@ -17,9 +17,9 @@
   redelivers by itself would otherwise run it twice), and a skipped critical
   section inside it ends the job ``skipped`` instead of failing it.
 
-A job's process id is derived from its system and job id (UUIDv5), so the
-enqueuing process, every retry and every worker agree on the row without
-carrying anything in the message.
+A job's process id is derived from its system and job id
+(:func:`flow_tracker.ids.process_id_for`), so the enqueuing process, every retry
+and every worker agree on the row without carrying anything in the message.
 """
 
 from __future__ import annotations
@@ -38,24 +38,17 @@ from sqlalchemy.engine import Connection
 from flow_tracker import config, runtime
 from flow_tracker import events as ev
 from flow_tracker.errors import Skipped, UsageError
+from flow_tracker.ids import process_id_for
 from flow_tracker.locks import Exclusive, exclusive
 from flow_tracker.nulls import NULL_TRACKER, NullTracker
 from flow_tracker.recording import open_tracker
 from flow_tracker.status import Status
-from flow_tracker.store.schema import processes
+from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.tracker import CURRENT_NODE, Tracker, describe_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXCLUSIVE_OPTION = "flow_tracker_exclusive"
 WRAPPED_MARK = "__flow_tracker_job_body__"
-
-# Fixed forever: changing it would give every job a new process id.
-JOB_NAMESPACE = uuid.UUID("6f1c5b8e-2f4a-5d0e-9c41-7a3f0e2b9d15")
-
-
-def process_id_for(job_system: str, job_id: str) -> uuid.UUID:
-    """The process id of a queued job: the same in every process that sees the job."""
-    return uuid.uuid5(JOB_NAMESPACE, f"{job_system}:{job_id}")
 
 
 def _payload(payload: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -209,26 +202,13 @@ def start_job(
 
 # Jobs started here that flow_tracker.requeue had already sent again, and the copy.
 _REQUEUED_COPIES: weakref.WeakKeyDictionary[Tracker, uuid.UUID] = weakref.WeakKeyDictionary()
-_COPY_QUERIES: dict[str, str] = {}
 
 
 def _find_requeued_copy(process_id: uuid.UUID, found: list[uuid.UUID], conn: Connection) -> None:
-    """Add the id of a requeued copy of the job to ``found``: one indexed read.
-
-    Plain SQL on the driver: a SQLAlchemy select costs several times more per job,
-    and this runs for every job. The partial index on ``requeued_from_id`` answers it.
-    """
-    dialect = conn.dialect.name
-    sql = _COPY_QUERIES.get(dialect)
-    if sql is None:
-        mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
-        sql = f"SELECT id FROM {processes.name} WHERE requeued_from_id = {mark} LIMIT 1"
-        _COPY_QUERIES[dialect] = sql
-    key: object = process_id if dialect == "postgresql" else process_id.hex
-    row = conn.exec_driver_sql(sql, (key,)).first()
-    if row is not None:
-        value = row[0]
-        found.append(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+    """Add the id of a requeued copy of the job to ``found`` (see :func:`start_job`)."""
+    copy = stored_jobs.find_requeued_copy(conn, process_id)
+    if copy is not None:
+        found.append(copy)
 
 
 class _Capture:

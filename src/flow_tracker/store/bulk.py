@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Connection
 
 from flow_tracker import events as ev
 from flow_tracker.ids import new_id_int, to_hex
 from flow_tracker.redaction import Redactor
-from flow_tracker.store.schema import flows, processes
+from flow_tracker.store.dialect import insert_for
+from flow_tracker.store.engine import Store
+from flow_tracker.store.schema import flows, log_entries, processes
 
 FLOW_COLUMNS = (
     "id",
@@ -329,8 +330,7 @@ class BatchWriter:
         key = ("upsert", columns, queued)
         stmt = self._statements.get(key)
         if stmt is None:
-            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            stmt = insert(processes)
+            stmt = insert_for(self.dialect)(processes)
             overwrite = {
                 c: stmt.excluded[c]
                 for c in columns
@@ -412,3 +412,20 @@ def _is_clean(message: object, limit: int) -> bool:
         and message.isascii()
         and "\x00" not in message
     )
+
+
+def insert_rows(
+    store: Store,
+    process_rows: Sequence[Mapping[str, Any]],
+    flow_rows: Sequence[Mapping[str, Any]] = (),
+    log_rows: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Insert complete rows as given, in one transaction (the demo's past week of runs).
+
+    Not for recording: rows go in as they are, with no redaction or batching.
+    """
+    store.ensure_schema()
+    with store.begin_write() as conn:
+        for table, rows in ((processes, process_rows), (flows, flow_rows), (log_entries, log_rows)):
+            if rows:
+                conn.execute(insert(table), list(rows))

@@ -8,13 +8,13 @@ the machine that holds the file, shared by every process that writes to it.)
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import func, literal_column, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from flow_tracker.store.types import UTCDateTime
+from flow_tracker.store.types import UTCDateTime, as_utc
 
 
 def now_sql(dialect: str, plus_seconds: float = 0.0) -> ColumnElement[datetime]:
@@ -38,10 +38,10 @@ def now_sql(dialect: str, plus_seconds: float = 0.0) -> ColumnElement[datetime]:
 
 
 def database_now(conn: Connection) -> datetime:
-    """The database server's current time, timezone-aware UTC."""
-    value = conn.execute(select(now_sql(conn.dialect.name))).scalar_one()
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    """The database server's current time, timezone-aware UTC.
+
+    The one definition of "now" for decisions: ``clock_timestamp()`` on
+    PostgreSQL, the wall clock, not ``now()``, which stays at the start of the
+    transaction.
+    """
+    return as_utc(conn.execute(select(now_sql(conn.dialect.name))).scalar_one())

@@ -6,11 +6,13 @@ live in :mod:`flow_tracker.store.bulk`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -197,6 +199,21 @@ class Store:
 
             upgrade_if_needed(self.engine)
         self._schema_ready = True
+
+    @contextlib.contextmanager
+    def begin_write(self) -> Iterator[Connection]:
+        """A connection in a write transaction, committed when the block ends.
+
+        On SQLite the transaction takes the write lock as it begins (``BEGIN
+        IMMEDIATE``): a transaction that reads first and writes later could
+        otherwise deadlock with another writer doing the same (both hold a read
+        lock, neither can upgrade) and fail at once instead of waiting its turn.
+        """
+        with (
+            self.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE") as conn,
+            conn.begin(),
+        ):
+            yield conn
 
     def check_connection(self) -> None:
         """Connect once; raise :class:`DatabaseUnavailableError` with the reason if that fails."""

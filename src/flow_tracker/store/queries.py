@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, literal, or_, select, true
+from sqlalchemy import ColumnElement, Row, and_, func, or_, select, true
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
@@ -28,8 +28,10 @@ from flow_tracker.records import (
     Transition,
 )
 from flow_tracker.status import UNFINISHED_STATUSES, Status
+from flow_tracker.store.clock import database_now
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import flows, log_entries, processes, transitions
+from flow_tracker.store.schema import flows, log_entries, processes, rollup_counts, transitions
+from flow_tracker.store.types import as_utc
 
 MAX_PAGE = 500
 MAX_LOGS_PER_PROCESS = 100_000
@@ -215,10 +217,6 @@ def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
     return [str(getattr(v, "value", v)) for v in value]
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _metadata_filter(store: Store, metadata: Mapping[str, Any]) -> list[ColumnElement[bool]]:
     if store.dialect == "postgresql":
         # jsonb @> uses the GIN (jsonb_path_ops) index.
@@ -246,13 +244,13 @@ def _like_pattern(text: str) -> str:
 
 def id_floor(moment: datetime) -> uuid.UUID:
     """The smallest UUIDv7 of ``moment``'s millisecond: ids from then on are not smaller."""
-    ms = int(_aware(moment).timestamp() * 1000)
+    ms = int(as_utc(moment).timestamp() * 1000)
     return uuid.UUID(int=max(ms, 0) << 80)
 
 
 def max_time(*moments: datetime | None) -> datetime | None:
     """The latest of the given times (None when none is given)."""
-    present = [_aware(m) for m in moments if m is not None]
+    present = [as_utc(m) for m in moments if m is not None]
     return max(present) if present else None
 
 
@@ -322,7 +320,7 @@ def _search_newest_first(
         if oldest is None:
             return list(named)
         logs_since = _id_time(oldest if isinstance(oldest, uuid.UUID) else uuid.UUID(str(oldest)))
-    floor = _aware(logs_since)
+    floor = as_utc(logs_since)
     matches = _message_matches(store, search)
     recent = max(datetime.now(timezone.utc) - _RECENT_STRETCH, floor)
     # Newest first: the last minutes (open-ended: clocks differ), then the rest.
@@ -330,7 +328,7 @@ def _search_newest_first(
         if upper is not None:
             if upper <= floor:
                 break
-            if sum(1 for row in found.values() if _aware(row.created_at) >= upper) >= wanted:
+            if sum(1 for row in found.values() if as_utc(row.created_at) >= upper) >= wanted:
                 break  # every process matched by an older log was created before ``upper``
             if store.dialect == "postgresql":
                 # One long scan of messages: let PostgreSQL share it among parallel
@@ -353,7 +351,7 @@ def _search_newest_first(
             )
             for row in conn.execute(newest):
                 found[row.id] = row
-    ranked = sorted(found.values(), key=lambda r: (_aware(r.created_at), r.id), reverse=True)
+    ranked = sorted(found.values(), key=lambda r: (as_utc(r.created_at), r.id), reverse=True)
     return ranked[:wanted]
 
 
@@ -408,9 +406,9 @@ def list_processes(
     if job_id:
         conditions.append(processes.c.job_id == job_id)
     if since is not None:
-        conditions.append(processes.c.created_at >= _aware(since))
+        conditions.append(processes.c.created_at >= as_utc(since))
     if until is not None:
-        conditions.append(processes.c.created_at < _aware(until))
+        conditions.append(processes.c.created_at < as_utc(until))
     if metadata:
         conditions.extend(_metadata_filter(store, metadata))
     logs_since = max_time(since, search_logs_since)
@@ -511,42 +509,66 @@ def cleanup(
     store.ensure_schema()
     deleted = 0
     while True:
-        with store.engine.connect() as conn:
-            conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
-            with conn.begin():
-                ids = list(
-                    conn.execute(
-                        select(processes.c.id).where(condition).limit(batch_size)
-                    ).scalars()
-                )
-                if not ids:
-                    return deleted
-                conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
-                conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
-                conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
-                conn.execute(processes.delete().where(processes.c.id.in_(ids)))
-                deleted += len(ids)
+        with store.begin_write() as conn:
+            ids = list(
+                conn.execute(select(processes.c.id).where(condition).limit(batch_size)).scalars()
+            )
+            if not ids:
+                return deleted
+            conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
+            conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
+            conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
+            conn.execute(processes.delete().where(processes.c.id.in_(ids)))
+            deleted += len(ids)
 
 
-def count_by_status(store: Store) -> dict[str, int]:
-    """How many processes there are in each status."""
-    store.ensure_schema()
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(processes.c.status, func.count()).group_by(processes.c.status)
-        ).all()
+def count_by_status(conn: Connection, statuses: Iterable[Status]) -> dict[str, int]:
+    """How many processes there are in each of ``statuses`` (those with none are left out)."""
+    rows = conn.execute(
+        select(processes.c.status, func.count())
+        .where(processes.c.status.in_([s.value for s in statuses]))
+        .group_by(processes.c.status)
+    ).all()
     return {str(status): int(count) for status, count in rows}
 
 
-def database_time(store: Store) -> datetime:
-    """The database server's current time (UTC)."""
+def running_and_queued(store: Store) -> list[tuple[str, str, str | None, int, datetime | None]]:
+    """Running and queued processes by status, category and queue: how many, the oldest queued.
+
+    One grouped read over the unfinished rows (the Prometheus gauges).
+    """
+    store.ensure_schema()
     with store.engine.connect() as conn:
-        if store.dialect == "postgresql":
-            value = conn.execute(select(func.now())).scalar_one()
-        else:
-            value = datetime.fromisoformat(
-                conn.execute(
-                    select(func.strftime("%Y-%m-%d %H:%M:%f", literal("now")))
-                ).scalar_one()
+        rows = conn.execute(
+            select(
+                processes.c.status,
+                processes.c.category,
+                processes.c.queue,
+                func.count(),
+                func.min(processes.c.queued_at),
             )
-    return _aware(value)
+            .where(processes.c.status.in_((Status.RUNNING.value, Status.QUEUED.value)))
+            .group_by(processes.c.status, processes.c.category, processes.c.queue)
+        ).all()
+    return [
+        (str(status), str(category), queue, int(n), None if oldest is None else as_utc(oldest))
+        for status, category, queue, n, oldest in rows
+    ]
+
+
+def categories_seen(store: Store, since: datetime) -> list[str]:
+    """Process categories finished since ``since``, from the day rollups (a few thousand rows)."""
+    c = rollup_counts.c
+    with store.engine.connect() as conn:
+        names = conn.execute(
+            select(c.category)
+            .where(c.grain == "d", c.bucket_start >= since, c.kind == "p")
+            .distinct()
+        ).scalars()
+        return sorted({str(n) for n in names if n})
+
+
+def database_time(store: Store) -> datetime:
+    """The database server's current time (UTC): :func:`clock.database_now` on a connection."""
+    with store.engine.connect() as conn:
+        return database_now(conn)

@@ -48,7 +48,7 @@ from flow_tracker.status import FINISHED_STATUSES
 from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import BUCKET_BASE, MIN_DURATION_MS
 from flow_tracker.store.schema import flows, processes, rollup_counts, rollup_durations, state
-from flow_tracker.store.types import UTCDateTime
+from flow_tracker.store.types import UTCDateTime, as_utc
 
 # An hour is rolled up this long after it ends (the writer flushes within seconds).
 GRACE = timedelta(minutes=2)
@@ -226,7 +226,7 @@ def _insert_histograms(
             {
                 "grain": grain,
                 "kind": kind,
-                "bucket_start": _as_datetime(start),
+                "bucket_start": as_utc(start),
                 "name": name,
                 "first_bucket": first,
                 "counts": counts,
@@ -234,11 +234,6 @@ def _insert_histograms(
         )
     for offset in range(0, len(rows), 5_000):
         conn.execute(insert(rollup_durations), rows[offset : offset + 5_000])
-
-
-def _as_datetime(value: Any) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _roll_days(conn: Connection, store: Store, start: datetime, end: datetime) -> None:
@@ -286,7 +281,7 @@ def _roll_days(conn: Connection, store: Store, start: datetime, end: datetime) -
             and_(d.grain == "h", d.bucket_start >= start, d.bucket_start < end)
         )
     ):
-        day_start = floor_day(_as_datetime(hour_start))
+        day_start = floor_day(as_utc(hour_start))
         _unpack_into(by_kind.setdefault(kind, {}).setdefault((day_start, name), {}), first, counts)
     for kind, grouped in by_kind.items():
         _insert_histograms(conn, "d", kind, grouped)
@@ -299,7 +294,7 @@ def _earliest_finish(conn: Connection) -> datetime | None:
     present = [v for v in values if v is not None]
     if not present:
         return None
-    return min(v if isinstance(v, datetime) else datetime.fromisoformat(v) for v in present)
+    return min(as_utc(v) for v in present)
 
 
 def refresh(store: Store, now: datetime) -> datetime:
@@ -625,10 +620,7 @@ def warm(conn: Connection, store: Store, span: Span, bar_seconds: int) -> None:
 
 
 def _bar(start: Any, bar_seconds: int) -> datetime:
-    value = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    epoch = int(value.timestamp())
+    epoch = int(as_utc(start).timestamp())
     return datetime.fromtimestamp(epoch - epoch % bar_seconds, timezone.utc)
 
 

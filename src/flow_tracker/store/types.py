@@ -10,7 +10,18 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+def as_utc(value: datetime | str) -> datetime:
+    """A stored moment as timezone-aware UTC: the one place that makes a datetime aware.
+
+    Columns typed :class:`UTCDateTime` come back aware already; this is for the
+    values that bypass the type (aggregates such as ``min()``, raw driver SQL,
+    SQLite text).
+    """
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -38,11 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         """Return ``value`` as an aware UTC datetime."""
         if value is None:
             return None
-        if isinstance(value, str):  # raw SQL on SQLite returns the stored text
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
-        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+        return as_utc(value)  # raw SQL on SQLite returns the stored text
 
 
 def int_list_type() -> TypeEngine[Any]:

@@ -11,8 +11,6 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from sqlalchemy import and_, exists, select
-from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -20,8 +18,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from flow_tracker import recovery
 from flow_tracker.locks import held_locks
 from flow_tracker.status import Status
+from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.store import queries
-from flow_tracker.store.schema import processes
 from flow_tracker.web.context import dashboard_of, render
 from flow_tracker.web.params import clamp_int
 from flow_tracker.web.security import check_post
@@ -32,20 +30,7 @@ LOST_SHOWN = 50
 
 def _lost_not_requeued(request: Request) -> list[Any]:
     """The newest lost jobs that were not enqueued again."""
-    store = dashboard_of(request).store
-    again = aliased(processes)
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(processes)
-            .where(
-                and_(
-                    processes.c.status == Status.LOST.value,
-                    ~exists().where(again.c.requeued_from_id == processes.c.id),
-                )
-            )
-            .order_by(processes.c.created_at.desc())
-            .limit(LOST_SHOWN)
-        ).all()
+    rows = stored_jobs.lost_not_requeued(dashboard_of(request).store, LOST_SHOWN)
     return [queries.process_from_row(row) for row in rows]
 
 

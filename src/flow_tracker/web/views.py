@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -27,7 +26,6 @@ from flow_tracker.errors import FlowTrackerError
 from flow_tracker.ids import parse_id
 from flow_tracker.status import Status
 from flow_tracker.store import queries
-from flow_tracker.store.schema import rollup_counts
 from flow_tracker.tracker import LEVELS
 from flow_tracker.web import charts
 from flow_tracker.web.context import dashboard_of, render
@@ -99,15 +97,7 @@ def overview(request: Request) -> Response:
 
 def _known_categories(request: Request, now: datetime) -> list[str]:
     """Categories seen in the last 30 days (from the day rollups: a few thousand rows)."""
-    store = dashboard_of(request).store
-    c = rollup_counts.c
-    with store.engine.connect() as conn:
-        names = conn.execute(
-            select(c.category)
-            .where(c.grain == "d", c.bucket_start >= now - timedelta(days=31), c.kind == "p")
-            .distinct()
-        ).scalars()
-        return sorted({str(n) for n in names if n})
+    return queries.categories_seen(dashboard_of(request).store, now - timedelta(days=31))
 
 
 @_guard
