@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy import text
 
 import flow_tracker
-from flow_tracker import heartbeat, runtime, statistics_keeper, tracker
+from flow_tracker import heartbeat, runtime, tracker
 from flow_tracker.store.engine import Store
+from flow_tracker.web import statistics_keeper
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

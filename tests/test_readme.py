@@ -501,7 +501,7 @@ def test_demo_hint_names_the_command_as_this_shell_finds_it(tmp_path: Path) -> N
     script = [
         sys.executable,
         "-c",
-        "from flow_tracker.demo import command_name; print(command_name())",
+        "from flow_tracker.cli.demo import command_name; print(command_name())",
     ]
     on_path = {**os.environ, "PATH": f"{Path(bin_path('flow-tracker')).parent}{os.pathsep}"}
     off_path = {**os.environ, "PATH": "/usr/bin:/bin"}

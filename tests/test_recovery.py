@@ -288,7 +288,7 @@ def test_a_job_with_a_requeued_copy_stands_down_and_says_why(tracked: str) -> No
 
 
 def test_silent_means_the_same_on_the_overview_the_health_page_and_health(tracked: str) -> None:
-    from flow_tracker.statistics import overview
+    from flow_tracker.web.statistics import overview
 
     old = _db_now() - timedelta(minutes=5)
     _job_row(status="running", heartbeat_at=old)  # its worker died: silent

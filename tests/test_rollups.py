@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
-from flow_tracker import statistics
-from flow_tracker.statistics_keeper import StatisticsKeeper
 from flow_tracker.store import queries, rollups
 from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import duration_bucket, percentile
 from flow_tracker.store.schema import flows, processes, rollup_counts
+from flow_tracker.web import statistics
+from flow_tracker.web.statistics_keeper import StatisticsKeeper
 
 
 def _process(name: str, status: str, finished: datetime, duration_ms: float) -> dict[str, Any]:

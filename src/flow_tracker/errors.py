@@ -16,7 +16,11 @@ class DatabaseUnavailableError(FlowTrackerError):
 
 
 class NotFoundError(FlowTrackerError, LookupError):
-    """A process asked for by id or job id does not exist."""
+    """A process asked for by id or job id does not exist.
+
+    Raised where a process must exist (``flow-tracker show`` and ``status``); the
+    library's readers (``get_process``, ``get_status``) return None instead.
+    """
 
 
 class UsageError(FlowTrackerError, ValueError):
@@ -39,7 +43,7 @@ class LockConflictError(FlowTrackerError):
 class Skipped(FlowTrackerError):
     """Raised by an ``exclusive(..., on_conflict="skip")`` block whose lock is held.
 
-    The current process ends ``skipped``; a ``flow_tracker.track`` block and the
-    RQ integration swallow it. The decorator form never raises it: the function
-    is not called and returns None.
+    The current process ends ``skipped``; a ``flow_tracker.track`` block and every
+    job integration (Celery, RQ, Dramatiq) swallow it. The decorator form never
+    raises it: the function is not called and returns None.
     """

@@ -1,9 +1,11 @@
-"""The events the job's thread hands to the background writer.
+"""The changes the job's thread hands to the background writer: the writer's protocol.
 
-Events are plain tuples (the cheapest thing to build in the hot path); the
-first item says which kind. Ids are UUIDv7 integers (:mod:`flow_tracker.ids`),
-times are ``time.time()`` floats; nothing is converted or scrubbed until the
-writer does it.
+This module owns the protocol: the kinds, the tuple shapes and the extra keys a
+process update may carry. Changes are plain tuples (the cheapest thing to build
+in the hot path); the first item says which kind. (The public word "event" means
+what subscribers of :func:`flow_tracker.on` receive: dicts made from these.)
+Ids are UUIDv7 integers (:mod:`flow_tracker.ids`), times are ``time.time()``
+floats; nothing is converted or scrubbed until the writer does it.
 
 =================  ============================================================
 kind               tuple
@@ -22,7 +24,16 @@ kind               tuple
 
 ``error`` is ``(class name, message, formatted traceback)``. Process rows and
 fields use the column names of :data:`flow_tracker.store.schema.processes`,
-with times as floats.
+with times as floats, plus two keys that are no column:
+
+* :data:`ENDED_ATTEMPT` - in the fields of a process's end: the attempt that
+  ended. Such an update is never applied over a row a later attempt of the same
+  job has started.
+* :data:`TRANSITION_REASON` - in the fields of a status change: why (a skip's
+  reason), kept in the state history only.
+
+Their values start with ``b_`` because the writer binds them as SQL parameters
+beside the column names, where they must not collide with a column.
 """
 
 from __future__ import annotations
@@ -37,5 +48,8 @@ FLOW_END = 4
 FLOW_UPDATE = 5
 LOG = 6
 
-Event = tuple[Any, ...]
+ENDED_ATTEMPT = "b_attempt"
+TRANSITION_REASON = "b_reason"
+
+Change = tuple[Any, ...]
 ErrorTuple = tuple[str, str, "str | None"]

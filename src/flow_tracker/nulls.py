@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from flow_tracker.levels import LEVELS, resolve_level
 from flow_tracker.progress import NullProgress, Progress
 from flow_tracker.status import Status
-from flow_tracker.tracker import LEVELS, resolve_level
 
 NIL_ID = uuid.UUID(int=0)
 
@@ -77,10 +77,6 @@ class NullTracker(NullFlow):
     __slots__ = ()
     _tracker = None
     attempt = 1
-
-
-NULL_FLOW = NullFlow()
-NULL_TRACKER = NullTracker()
 
 
 NULL_FLOW = NullFlow()

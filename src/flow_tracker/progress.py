@@ -105,7 +105,11 @@ def _number(value: object, name: str) -> float:
 
 
 class NullProgress(Progress):
-    """The progress of a disabled tracker: remembers values, stores nothing."""
+    """The progress of a disabled tracker: stores nothing.
+
+    Each read of ``NULL_TRACKER.progress`` is a new one, so values set on it are
+    not kept either: tracking off means nothing to read back.
+    """
 
     __slots__ = ()
 

@@ -20,15 +20,14 @@ from sqlalchemy.engine import Connection
 
 from flow_tracker import config, runtime
 from flow_tracker.errors import Skipped
+from flow_tracker.levels import LEVELS, resolve_level
 from flow_tracker.nulls import NULL_FLOW, NULL_TRACKER, NullFlow, NullTracker
 from flow_tracker.tracker import (
     CURRENT_NODE,
-    LEVELS,
     Flow,
     Tracker,
     check_name,
     reset_current,
-    resolve_level,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 
 class Status(str, Enum):
-    """The life-cycle states of a process (flows use running/completed/failed)."""
+    """The life-cycle states of a process.
+
+    Flows use running, completed and failed, and end skipped, cancelled or lost
+    with their process.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"

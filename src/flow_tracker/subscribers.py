@@ -31,7 +31,6 @@ from typing import Any
 
 from flow_tracker import events as ev
 from flow_tracker.errors import UsageError
-from flow_tracker.store.bulk import ATTEMPT_GUARD, REASON
 
 Event = dict[str, Any]
 Callback = Callable[[Event], object]
@@ -233,7 +232,7 @@ class _Translator:
             collections.OrderedDict()
         )
 
-    def events_of(self, record: ev.Event) -> Iterable[Event]:
+    def events_of(self, record: ev.Change) -> Iterable[Event]:
         kind = record[0]
         if kind == ev.LOG:
             _, _log_id, process_id, flow_id, level, message, data, created, _position = record
@@ -324,12 +323,12 @@ class _Translator:
                 "time": fields.get("finished_at") or fields.get("updated_at") or time.time(),
                 "duration_ms": fields.get("duration_ms"),
             }
-            if ATTEMPT_GUARD in fields:
-                event["attempt"] = fields[ATTEMPT_GUARD]
+            if ev.ENDED_ATTEMPT in fields:
+                event["attempt"] = fields[ev.ENDED_ATTEMPT]
             if fields.get("error") is not None:
                 event["error"] = _error(fields["error"])
-            if fields.get(REASON) is not None:
-                event["reason"] = fields[REASON]
+            if fields.get(ev.TRANSITION_REASON) is not None:
+                event["reason"] = fields[ev.TRANSITION_REASON]
             if fields.get("dropped_logs"):
                 event["dropped_logs"] = fields["dropped_logs"]
             yield event
@@ -384,7 +383,7 @@ class Bus:
 
     def _reset_runtime_state(self) -> None:
         # Records, events made elsewhere, and drain markers (set once reached).
-        self._pending: collections.deque[ev.Event | Event | threading.Event] = collections.deque()
+        self._pending: collections.deque[ev.Change | Event | threading.Event] = collections.deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._translator = _Translator()
@@ -414,7 +413,7 @@ class Bus:
 
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, records: list[ev.Event]) -> None:
+    def publish(self, records: list[ev.Change]) -> None:
         """Hand the writer's records over (called on the writer thread; cheap)."""
         if not self.active or not records:
             return

@@ -32,24 +32,14 @@ from flow_tracker import config, heartbeat, runtime
 from flow_tracker import events as ev
 from flow_tracker.errors import Skipped, UsageError
 from flow_tracker.ids import new_id, new_id_int
+from flow_tracker.levels import LEVELS, resolve_level
 from flow_tracker.progress import Progress
 from flow_tracker.status import Status
-from flow_tracker.store.bulk import ATTEMPT_GUARD, REASON
 from flow_tracker.writer import Writer
 
 _now = time.time
 ATTEMPT_POSITION_SHIFT = 40
 stdlib_logger = logging.getLogger("flow_tracker")
-
-# level name -> (stored name, logging level number)
-LEVELS: dict[str, tuple[str, int]] = {
-    "debug": ("debug", logging.DEBUG),
-    "info": ("info", logging.INFO),
-    "warning": ("warning", logging.WARNING),
-    "warn": ("warning", logging.WARNING),
-    "error": ("error", logging.ERROR),
-    "critical": ("critical", logging.CRITICAL),
-}
 
 CURRENT_NODE: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "flow_tracker_current", default=None
@@ -62,26 +52,6 @@ def _host() -> str:
     if _hostname is None:
         _hostname = socket.gethostname()
     return _hostname
-
-
-def resolve_level(level: object) -> tuple[str, int]:
-    """Return ``(stored name, logging number)`` for ``level`` or raise :class:`UsageError`.
-
-    Accepts the names in any case and the standard ``logging`` numbers.
-    """
-    found = LEVELS.get(level) if isinstance(level, str) else None
-    if found is not None:
-        return found
-    if isinstance(level, str) and level.lower() in LEVELS:
-        return LEVELS[level.lower()]
-    if isinstance(level, int) and not isinstance(level, bool):
-        for name in ("critical", "error", "warning", "info", "debug"):
-            if level >= LEVELS[name][1]:
-                return LEVELS[name]
-        return LEVELS["debug"]
-    raise UsageError(
-        f"unknown log level {level!r}; use one of debug, info, warning (warn), error, critical"
-    )
 
 
 def describe_error(exc: BaseException) -> ev.ErrorTuple:
@@ -582,10 +552,10 @@ class Tracker(_Node):
             "progress_current": self._progress.current,
             "progress_total": self._progress.total,
             "dropped_logs": self._dropped,
-            ATTEMPT_GUARD: self._attempt,
+            ev.ENDED_ATTEMPT: self._attempt,
         }
         if status is Status.SKIPPED and self._skip_reason is not None:
-            fields[REASON] = self._skip_reason
+            fields[ev.TRANSITION_REASON] = self._skip_reason
         self._writer.put((ev.PROCESS_UPDATE, self._id_int, fields))
         token = self._token
         if token is not None:

@@ -89,7 +89,7 @@ class Writer:
         self.rows_written = 0
         self.batches_written = 0
         self.poison_events = 0
-        self.buffer: collections.deque[ev.Event] = collections.deque()
+        self.buffer: collections.deque[ev.Change] = collections.deque()
         self._log_limit = self.capacity
         self._any_log_limit = self.capacity + self.capacity // 2
         self._flow_limit = self.capacity * 2
@@ -108,7 +108,7 @@ class Writer:
 
     # -- job's thread ---------------------------------------------------------
 
-    def put(self, event: ev.Event) -> None:
+    def put(self, event: ev.Change) -> None:
         """Queue an event that must not be dropped (process events, ends of kept flows)."""
         self.buffer.append(event)
         if self._thread is None:
@@ -116,7 +116,7 @@ class Writer:
         if len(self.buffer) >= self.batch_size:
             self._wake.set()
 
-    def put_flow(self, event: ev.Event) -> bool:
+    def put_flow(self, event: ev.Change) -> bool:
         """Queue the start of a flow; False when the buffer was too full and it was dropped."""
         buffer = self.buffer
         n = len(buffer)
@@ -130,7 +130,7 @@ class Writer:
             self._wake.set()
         return True
 
-    def put_log(self, event: ev.Event, rank: int) -> bool:
+    def put_log(self, event: ev.Change, rank: int) -> bool:
         """Queue a log event of level ``rank``; False when it was dropped for room."""
         buffer = self.buffer
         n = len(buffer)
@@ -145,7 +145,7 @@ class Writer:
         return True
 
     def write_now(
-        self, event: ev.Event, then: Callable[[Connection], object] | None = None
+        self, event: ev.Change, then: Callable[[Connection], object] | None = None
     ) -> bool:
         """Store ``event`` before returning, on the calling thread; True once stored.
 
@@ -251,9 +251,9 @@ class Writer:
         finally:
             self._draining = False
 
-    def _drain_buffer(self, buffer: collections.deque[ev.Event]) -> None:
+    def _drain_buffer(self, buffer: collections.deque[ev.Change]) -> None:
         while buffer:
-            batch: list[ev.Event] = []
+            batch: list[ev.Change] = []
             markers: list[threading.Event] = []
             popleft = buffer.popleft
             try:
@@ -271,7 +271,7 @@ class Writer:
             for marker in markers:
                 marker.set()
 
-    def _write_until_stored(self, batch: list[ev.Event]) -> None:
+    def _write_until_stored(self, batch: list[ev.Change]) -> None:
         delay = BACKOFF_START_S
         while True:
             try:
@@ -291,7 +291,7 @@ class Writer:
             self._note_recovery()
             return
 
-    def _write_isolating(self, batch: list[ev.Event]) -> None:
+    def _write_isolating(self, batch: list[ev.Change]) -> None:
         try:
             self._write(batch)
         except Exception as exc:
@@ -305,7 +305,7 @@ class Writer:
             self._write_isolating(batch[:middle])
             self._write_isolating(batch[middle:])
 
-    def _write(self, batch: list[ev.Event]) -> None:
+    def _write(self, batch: list[ev.Change]) -> None:
         self.store.ensure_schema()
         reused = self._conn is not None
         try:
@@ -318,7 +318,7 @@ class Writer:
             self._write_on(self._connection(), batch)
         self.batches_written += 1
 
-    def _write_on(self, conn: Connection, batch: list[ev.Event]) -> None:
+    def _write_on(self, conn: Connection, batch: list[ev.Change]) -> None:
         with conn.begin():
             self.rows_written += self.batch_writer.write(conn, batch)
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 import flow_tracker
-from flow_tracker.demo import run_demo
+from flow_tracker.cli.demo import run_demo
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import processes
 from flow_tracker.web import create_app

@@ -215,17 +215,17 @@ class _Capture:
     """Stands in for the writer to capture the events a sample job produces."""
 
     def __init__(self) -> None:
-        self.events: list[ev.Event] = []
+        self.events: list[ev.Change] = []
         self.healthy = True
 
-    def put(self, event: ev.Event) -> None:
+    def put(self, event: ev.Change) -> None:
         self.events.append(event)
 
-    def put_flow(self, event: ev.Event) -> bool:
+    def put_flow(self, event: ev.Change) -> bool:
         self.events.append(event)
         return True
 
-    def put_log(self, event: ev.Event, rank: int) -> bool:
+    def put_log(self, event: ev.Change, rank: int) -> bool:
         self.events.append(event)
         return True
 

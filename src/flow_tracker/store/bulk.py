@@ -43,19 +43,20 @@ FLOW_COLUMNS = (
     "position",
     "depth",
 )
+# Slots of a flow row being built (FLOW_COLUMNS order), written by name on a flow's end.
+_F_STATUS = FLOW_COLUMNS.index("status")
+_F_METADATA = FLOW_COLUMNS.index("metadata")
+_F_ERROR = FLOW_COLUMNS.index("error_class")  # then error_message, error_traceback
+_F_FINISHED = FLOW_COLUMNS.index("finished_at")
+_F_DURATION = FLOW_COLUMNS.index("duration_ms")
 LOG_COLUMNS = ("id", "process_id", "flow_id", "level", "message", "data", "created_at", "position")
 TRANSITION_COLUMNS = ("id", "process_id", "status", "at", "attempt", "reason")
 REASON_LIMIT = 1_000
 NAME_LIMIT = 255
 TRACEBACK_LIMIT = 65_536
 
-# Process columns an upsert may overwrite when the row already exists (a queued
-# job's row, written before enqueue, then started by a worker).
-# In the fields of a process's end: the attempt that ended. Such an update is not
-# applied over a row a later attempt of the same job has started.
-ATTEMPT_GUARD = "b_attempt"
-# In the fields of a status change: why (a skip's reason), kept in the state history only.
-REASON = "b_reason"
+# Process columns an upsert must NOT overwrite when the row already exists (a
+# queued job's row, written before enqueue, then started by a worker).
 _UPSERT_KEEP = frozenset({"id", "created_at", "queued_at", "parent_process_id", "job_payload"})
 # What a "queued" row (written at enqueue) may add to a row that exists already:
 # the worker can get there first when the enqueuing side had to buffer its row,
@@ -122,7 +123,7 @@ class BatchWriter:
         # costs ~0.5 ms, more than running it; a few shapes recur forever.
         self._statements: dict[tuple[Any, ...], Any] = {}
 
-    def write(self, conn: Connection, batch: Iterable[ev.Event]) -> int:
+    def write(self, conn: Connection, batch: Iterable[ev.Change]) -> int:
         """Store ``batch`` on ``conn`` (inside the caller's transaction); return rows written."""
         proc_inserts: dict[int, dict[str, Any]] = {}
         proc_updates: dict[int, dict[str, Any]] = {}
@@ -188,13 +189,13 @@ class BatchWriter:
                 _, flow_id, status, finished, duration, error, meta = event
                 row = flow_rows.get(flow_id)
                 if row is not None:
-                    row[4] = status
+                    row[_F_STATUS] = status
                     if meta is not None:
-                        row[5] = scrub_json(meta)
+                        row[_F_METADATA] = scrub_json(meta)
                     if error is not None:
-                        row[6], row[7], row[8] = self._error_texts(error)
-                    row[10] = ts(finished)
-                    row[11] = duration
+                        row[_F_ERROR : _F_ERROR + 3] = self._error_texts(error)
+                    row[_F_FINISHED] = ts(finished)
+                    row[_F_DURATION] = duration
                 else:
                     fields = flow_updates.setdefault(flow_id, {})
                     fields.update(status=status, finished_at=finished, duration_ms=duration)
@@ -206,7 +207,7 @@ class BatchWriter:
                 _, flow_id, meta = event
                 row = flow_rows.get(flow_id)
                 if row is not None:
-                    row[5] = scrub_json(meta)
+                    row[_F_METADATA] = scrub_json(meta)
                 else:
                     flow_updates.setdefault(flow_id, {})["metadata"] = meta
             elif kind == ev.PROCESS_START:
@@ -218,15 +219,15 @@ class BatchWriter:
                 _, process_id, fields = event
                 if "status" in fields:
                     transition_rows.append(self._transition(hex_of(process_id), fields))
-                    if REASON in fields:
-                        fields = {k: v for k, v in fields.items() if k != REASON}
+                    if ev.TRANSITION_REASON in fields:
+                        fields = {k: v for k, v in fields.items() if k != ev.TRANSITION_REASON}
                 target = proc_inserts.get(process_id)
                 if target is None:
                     target = proc_updates.setdefault(process_id, {})
                 # The end of an earlier attempt of a job can come after a later attempt
                 # started (a retry picked up by another thread): it changes nothing then.
-                ended = fields.get(ATTEMPT_GUARD)
-                newest = target.get("attempt", target.get(ATTEMPT_GUARD))
+                ended = fields.get(ev.ENDED_ATTEMPT)
+                newest = target.get("attempt", target.get(ev.ENDED_ATTEMPT))
                 if ended is not None and newest is not None and ended < newest:
                     continue
                 target.update(fields)
@@ -265,7 +266,7 @@ class BatchWriter:
             or fields.get("created_at")
             or time.time()
         )
-        reason = fields.get(REASON)
+        reason = fields.get(ev.TRANSITION_REASON)
         error = fields.get("error")
         if reason is None and error is not None:
             reason = f"{error[0]}: {error[1]}"
@@ -274,7 +275,7 @@ class BatchWriter:
             process_hex,
             status,
             self._time_text(at),
-            fields.get("attempt", fields.get(ATTEMPT_GUARD)),
+            fields.get("attempt", fields.get(ev.ENDED_ATTEMPT)),
             None if reason is None else self.redactor.text(reason, REASON_LIMIT),
         )
 
@@ -303,7 +304,7 @@ class BatchWriter:
                 values[key] = self.redactor.scrub(value) if key != "job_payload" else value
             elif key in _TEXT_LIMITS and value is not None:
                 values[key] = self.redactor.text(value, _TEXT_LIMITS[key])
-            elif key == ATTEMPT_GUARD:
+            elif key == ev.ENDED_ATTEMPT:
                 values[key] = value  # a condition of the UPDATE, not a column
             elif key in ("parent_process_id", "requeued_from_id") and isinstance(value, int):
                 values[key] = uuid.UUID(int=value)
@@ -317,7 +318,7 @@ class BatchWriter:
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for process_id, fields in rows.items():
             values = self._process_values(process_id, fields)
-            values.pop(ATTEMPT_GUARD, None)  # the start of that same attempt
+            values.pop(ev.ENDED_ATTEMPT, None)  # the start of that same attempt
             groups.setdefault(tuple(sorted(values)), []).append(values)
         for columns, params in groups.items():
             queued = [p for p in params if p.get("status") == "queued"]
@@ -350,10 +351,10 @@ class BatchWriter:
             stmt = (
                 update(table)
                 .where(table.c.id == bindparam("b_id"))
-                .values({c: bindparam(c) for c in columns if c not in ("b_id", ATTEMPT_GUARD)})
+                .values({c: bindparam(c) for c in columns if c not in ("b_id", ev.ENDED_ATTEMPT)})
             )
-            if ATTEMPT_GUARD in columns:  # not over a row a later attempt has started
-                stmt = stmt.where(table.c.attempt <= bindparam(ATTEMPT_GUARD))
+            if ev.ENDED_ATTEMPT in columns:  # not over a row a later attempt has started
+                stmt = stmt.where(table.c.attempt <= bindparam(ev.ENDED_ATTEMPT))
             self._statements[key] = stmt
         return stmt
 

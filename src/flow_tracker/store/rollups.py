@@ -426,12 +426,6 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 128
 
 
-def clear_cache() -> None:
-    """Forget the remembered rollup sums (the next overview reads them again)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
 def _cached(key: tuple[Any, ...], compute: Callable[[], T]) -> T:
     """``compute()``, remembered under ``key`` by this process.
 

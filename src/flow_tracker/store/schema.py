@@ -35,7 +35,6 @@ from sqlalchemy import (
 
 from flow_tracker.store.types import UTCDateTime, int_list_type, json_type
 
-PREFIX = "flow_tracker_"
 VERSION_TABLE = "flow_tracker_alembic_version"
 
 metadata = MetaData()
@@ -161,7 +160,8 @@ transitions = Table(
     Index("ix_flow_tracker_transitions_process", "process_id", "at"),
 )
 
-# Critical sections (flow_tracker.exclusive): one row per held (name, key).
+# Critical sections (flow_tracker.exclusive): one row per (name, key) ever used, kept
+# after release (holder '' and expired) so that the fence only grows.
 # ``fence`` grows with every new holder so a stale holder's late release can be told apart.
 locks = Table(
     "flow_tracker_locks",
@@ -213,5 +213,3 @@ state = Table(
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
-
-ALL_TABLES = (processes, flows, log_entries, locks, rollup_counts, rollup_durations, state)

@@ -16,12 +16,12 @@ from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flow_tracker import statistics
 from flow_tracker.errors import FlowTrackerError
 from flow_tracker.ids import parse_id
 from flow_tracker.status import JobStatus
 from flow_tracker.store import queries
 from flow_tracker.web import openapi as openapi_doc
+from flow_tracker.web import statistics
 from flow_tracker.web.context import dashboard_of
 from flow_tracker.web.params import ParamError, ProcessFilters, clean
 

@@ -11,11 +11,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flow_tracker import config
-from flow_tracker.statistics_keeper import StatisticsKeeper
 from flow_tracker.store.engine import Store
 from flow_tracker.web import api, recovery_views, views
 from flow_tracker.web.context import HERE, Dashboard, make_templates
 from flow_tracker.web.security import AuthHook, SecurityMiddleware
+from flow_tracker.web.statistics_keeper import StatisticsKeeper
 
 
 def create_app(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flow_tracker.records import FlowRecord, ProcessRecord
-from flow_tracker.statistics import Bar
+from flow_tracker.web.statistics import Bar
 
 CHART_HEIGHT = 100.0
 BAR_SLOT = 10.0

@@ -12,10 +12,10 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from flow_tracker import __version__
-from flow_tracker.statistics_keeper import RollupState, StatisticsKeeper
 from flow_tracker.store.engine import Store
 from flow_tracker.web import formatting
 from flow_tracker.web.security import CSRF_FIELD
+from flow_tracker.web.statistics_keeper import RollupState, StatisticsKeeper
 
 HERE = Path(__file__).parent
 

@@ -56,7 +56,7 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
 
 
 def timestamp(moment: datetime | None) -> str:
-    """``2026-11-23 10:04:12 UTC`` (with milliseconds when ``precise``)."""
+    """``2026-11-23 10:04:12 UTC``."""
     if moment is None:
         return NOTHING
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

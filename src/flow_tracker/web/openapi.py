@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from flow_tracker import __version__
-from flow_tracker.statistics import WINDOWS
 from flow_tracker.status import Status
 from flow_tracker.web.params import DEFAULT_LIMIT, MAX_LIMIT, RANGES
+from flow_tracker.web.statistics import WINDOWS
 
 _STATUS_VALUES = [s.value for s in Status]
 

@@ -21,13 +21,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from flow_tracker import statistics
 from flow_tracker.errors import FlowTrackerError
 from flow_tracker.ids import parse_id
+from flow_tracker.levels import LEVELS
 from flow_tracker.status import Status
 from flow_tracker.store import queries
-from flow_tracker.tracker import LEVELS
-from flow_tracker.web import charts
+from flow_tracker.web import charts, statistics
 from flow_tracker.web.context import dashboard_of, render
 from flow_tracker.web.params import RANGES, ParamError, ProcessFilters, clamp_int
 from flow_tracker.web.security import check_post

@@ -22,8 +22,9 @@ from typing import Any
 
 import flow_tracker
 from flow_tracker import events as ev
-from flow_tracker import render, runtime
-from flow_tracker.demo_history import record_history
+from flow_tracker import runtime
+from flow_tracker.cli import render
+from flow_tracker.cli.demo_history import record_history
 from flow_tracker.store.engine import parse_url
 
 _rng = random.Random(7)  # the demo's own, so the host's random module is left alone

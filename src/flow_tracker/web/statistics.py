@@ -239,7 +239,7 @@ def overview(
         stale_after: seconds after which a still-queued job counts as stale.
         lost_after: seconds without heartbeat after which a running process is called silent.
         rollup_state: (watermark, version) of rollups kept fresh by someone else (see
-            :class:`flow_tracker.statistics_keeper.StatisticsKeeper`); by default this
+            :class:`flow_tracker.web.statistics_keeper.StatisticsKeeper`); by default this
             call refreshes the rollups itself and reads their state.
     """
     if window not in WINDOWS:

@@ -18,9 +18,9 @@ import threading
 import weakref
 from datetime import datetime, timedelta
 
-from flow_tracker import statistics
 from flow_tracker.store import queries, rollups
 from flow_tracker.store.engine import Store
+from flow_tracker.web import statistics
 
 logger = logging.getLogger("flow_tracker")
 

@@ -14,8 +14,9 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 import flow_tracker
-from flow_tracker import config, render, runtime
-from flow_tracker.errors import FlowTrackerError
+from flow_tracker import config, runtime
+from flow_tracker.cli import render
+from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.status import Status
 from flow_tracker.store import migrate
 from flow_tracker.store.engine import Store, display_url, parse_url
@@ -233,7 +234,7 @@ def show(database_url: str | None, process_id: str, as_json: bool) -> None:
     status = flow_tracker.get_status(process_id)
     record = flow_tracker.get_process(status.process_id) if status else None
     if record is None:
-        raise click.ClickException(f"no process with id or job id {process_id!r}")
+        raise NotFoundError(f"no process with id or job id {process_id!r}")
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -249,7 +250,7 @@ def status(database_url: str | None, process_or_job_id: str) -> None:
     _use(database_url, must_exist=True)
     found = flow_tracker.get_status(process_or_job_id)
     if found is None:
-        raise click.ClickException(f"no process with id or job id {process_or_job_id!r}")
+        raise NotFoundError(f"no process with id or job id {process_or_job_id!r}")
     click.echo(found.to_json())
 
 
@@ -295,7 +296,7 @@ def cleanup(
 @friendly_errors
 def demo(database_url: str, keep: bool, serve: bool | None, port: int) -> None:
     """Record a realistic set of sample processes, then show them in the dashboard."""
-    from flow_tracker.demo import run_demo
+    from flow_tracker.cli.demo import run_demo
 
     run_demo(database_url, fresh=not keep, echo=click.echo, style=_style())
     runtime.shutdown()

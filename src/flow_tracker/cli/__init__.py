@@ -1,0 +1,11 @@
+"""The ``flow-tracker`` command and what only it uses: text rendering and the demo.
+
+The console script is ``flow_tracker.cli:main``; the commands live in
+:mod:`flow_tracker.cli.commands`.
+"""
+
+from __future__ import annotations
+
+from flow_tracker.cli.commands import main
+
+__all__ = ["main"]
