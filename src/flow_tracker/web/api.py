@@ -1,63 +1,30 @@
 """The JSON API under ``/api/``: processes, one process, a job's status, statistics.
 
 Read-only, with the same filters as the HTML list; described by the OpenAPI
-document at ``/api/openapi.json`` (:mod:`flow_tracker.web.openapi`).
+document at ``/api/openapi.json`` (:mod:`flow_tracker.web.openapi`). Errors are
+JSON problems (:mod:`flow_tracker.web.errors`): 400 with the reason, 404, 503.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
-from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flow_tracker.errors import FlowTrackerError
 from flow_tracker.ids import parse_id
 from flow_tracker.status import JobStatus
 from flow_tracker.store import queries
 from flow_tracker.web import openapi as openapi_doc
 from flow_tracker.web import statistics
 from flow_tracker.web.context import dashboard_of
+from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.params import ParamError, ProcessFilters, clean
 
 MAX_API_LOGS = 10_000
 MAX_API_FLOWS = 10_000
 
 
-def json_response(data: Any, status_code: int = 200) -> Response:
-    """JSON that never fails to encode: odd objects as their repr, lone surrogates escaped."""
-    body = json.dumps(data, ensure_ascii=False, default=repr)
-    return Response(
-        body.encode("utf-8", "backslashreplace"),
-        status_code=status_code,
-        media_type="application/json",
-    )
-
-
-def _problem(status_code: int, message: str) -> Response:
-    return json_response({"error": message, "status": status_code}, status_code)
-
-
-def _guard(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    @functools.wraps(handler)
-    def wrapper(request: Request) -> Response:
-        try:
-            return handler(request)
-        except (ParamError, FlowTrackerError, ValueError) as exc:
-            return _problem(400, str(exc))
-        except DBAPIError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            return _problem(503, f"tracking database unavailable: {reason}")
-
-    return wrapper
-
-
-@_guard
 def list_processes(request: Request) -> Response:
     """``GET /api/processes``: a page of processes, newest first, with ``next_cursor``."""
     board = dashboard_of(request)
@@ -71,7 +38,6 @@ def list_processes(request: Request) -> Response:
     )
 
 
-@_guard
 def get_process(request: Request) -> Response:
     """``GET /api/processes/{id}``: one process with its flow tree and logs."""
     board = dashboard_of(request)
@@ -82,7 +48,7 @@ def get_process(request: Request) -> Response:
             board.store, pid, max_flows=MAX_API_FLOWS, max_logs=MAX_API_LOGS
         )
     if pid is None or record is None:
-        return _problem(404, "no process with this id")
+        return problem(404, "no process with this id")
     n_flows, n_logs = queries.count_children(board.store, pid)
     data = record.to_dict()
     data["counts"] = {"flows": n_flows, "logs": n_logs}
@@ -90,18 +56,16 @@ def get_process(request: Request) -> Response:
     return json_response(data)
 
 
-@_guard
 def get_status(request: Request) -> Response:
     """``GET /api/status/{id}``: a process's status by process id or by the queue's job id."""
     board = dashboard_of(request)
     ident = clean(str(request.path_params["ident"]))[:255]
     row = queries.find_process_row(board.store, ident)
     if row is None:
-        return _problem(404, "no process or job with this id")
+        return problem(404, "no process or job with this id")
     return json_response(JobStatus(queries.process_from_row(row)).to_dict())
 
 
-@_guard
 def stats(request: Request) -> Response:
     """``GET /api/stats?window=24h``: the overview's numbers."""
     board = dashboard_of(request)

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flow_tracker import config
+from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, UsageError
 from flow_tracker.store.engine import Store
-from flow_tracker.web import api, recovery_views, views
+from flow_tracker.web import api, errors, health_views, views
 from flow_tracker.web.context import HERE, Dashboard, make_templates
+from flow_tracker.web.params import ParamError
 from flow_tracker.web.security import AuthHook, SecurityMiddleware
 from flow_tracker.web.statistics_keeper import StatisticsKeeper
 
@@ -51,20 +54,18 @@ def create_app(
         reader=True,
     )
     if basic_auth is not None and (not basic_auth[0] or not basic_auth[1]):
-        raise ValueError("basic_auth needs a non-empty user and password")
+        raise UsageError("basic_auth needs a non-empty user and password")
     routes = [
         Route("/", views.overview, name="overview"),
         Route("/processes", views.process_list, name="processes"),
         Route("/processes/{process_id}", views.process_detail, name="process"),
         Route("/cleanup", views.cleanup_form, methods=["GET"], name="cleanup"),
         Route("/cleanup", views.cleanup_run, methods=["POST"], name="cleanup_run"),
-        Route("/health", recovery_views.health_page, name="health"),
-        Route("/health/reap", recovery_views.reap_now, methods=["POST"], name="health_reap"),
-        Route(
-            "/health/requeue", recovery_views.requeue_now, methods=["POST"], name="health_requeue"
-        ),
-        Route("/api/health", recovery_views.health_json, name="api_health"),
-        Route("/metrics", recovery_views.metrics, name="metrics"),
+        Route("/health", health_views.health_page, name="health"),
+        Route("/health/reap", health_views.reap_now, methods=["POST"], name="health_reap"),
+        Route("/health/requeue", health_views.requeue_now, methods=["POST"], name="health_requeue"),
+        Route("/api/health", health_views.health_json, name="api_health"),
+        Route("/metrics", health_views.metrics, name="metrics"),
         Route("/api/processes", api.list_processes, name="api_processes"),
         Route("/api/processes/{process_id}", api.get_process, name="api_process"),
         Route("/api/status/{ident:path}", api.get_status, name="api_status"),
@@ -84,7 +85,15 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(SecurityMiddleware, auth=auth, basic_auth=basic_auth)],
-        exception_handlers={404: views.not_found, 405: views.method_not_allowed},
+        # One error policy for pages, the API and the actions alike (see web/errors.py).
+        exception_handlers={
+            404: errors.not_found,
+            405: errors.method_not_allowed,
+            DBAPIError: errors.database_unavailable,
+            DatabaseUnavailableError: errors.database_unavailable,
+            ParamError: errors.bad_request,
+            FlowTrackerError: errors.bad_request,
+        },
     )
     app.state.dashboard = Dashboard(
         store=store,

@@ -1,10 +1,15 @@
-"""What every handler shares: the :class:`Dashboard` options, the templates, ``render``."""
+"""What every handler shares: the dashboard's options, the templates, ``render``.
+
+Also the checks every action makes: read-only, form size, CSRF and origin.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import jinja2
 from starlette.requests import Request
@@ -14,10 +19,11 @@ from starlette.templating import Jinja2Templates
 from flow_tracker import __version__
 from flow_tracker.store.engine import Store
 from flow_tracker.web import formatting
-from flow_tracker.web.security import CSRF_FIELD
+from flow_tracker.web.security import CSRF_FIELD, check_post
 from flow_tracker.web.statistics_keeper import RollupState, StatisticsKeeper
 
 HERE = Path(__file__).parent
+MAX_FORM_BYTES = 16_384
 
 
 @dataclass(frozen=True)
@@ -63,18 +69,61 @@ def make_templates() -> Jinja2Templates:
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
-    """Render ``template`` with what every page needs."""
+    """Render ``template`` with what every page needs.
+
+    Templates build every link with ``path(route name, **params)``: the route's
+    path under the prefix the app is mounted at, so renaming a route cannot leave
+    a link behind.
+    """
     board = dashboard_of(request)
-    base = request.scope.get("root_path", "")
+
+    def path(name: str, **params: Any) -> str:
+        return request.url_for(name, **params).path
+
     context.update(
         request=request,
         title=board.title,
         read_only=board.read_only,
         csrf_token=request.scope.get("state", {}).get("csrf_token", ""),
-        root=base,
+        path=path,
         refresh_seconds=board.refresh_seconds,
     )
     response: Response = board.templates.TemplateResponse(
         request, template, context, status_code=status_code
     )
     return response
+
+
+def now() -> datetime:
+    """The dashboard's clock for "how long ago" (this host's, UTC)."""
+    return datetime.now(timezone.utc)
+
+
+def refuse(request: Request, status_code: int, message: str) -> Response:
+    """The page of an action that was not done, and why."""
+    return render(
+        request, "error.html", status_code=status_code, heading="Not done", message=message
+    )
+
+
+def read_only_refusal(request: Request) -> Response:
+    """What every action answers on a read-only dashboard."""
+    return refuse(request, 403, "this dashboard is read-only")
+
+
+async def checked_form(request: Request) -> tuple[dict[str, list[str]], Response | None]:
+    """The form of an action, or the refusal to answer instead.
+
+    Refused: a read-only dashboard (403), a body over :data:`MAX_FORM_BYTES` (413),
+    a missing CSRF token or a cross-origin request (403).
+    """
+    if dashboard_of(request).read_only:
+        return {}, read_only_refusal(request)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}, refuse(request, 413, "form too large")
+    form = parse_qs(body.decode("utf-8", "replace"))
+    problem = check_post(request, {k: v[0] for k, v in form.items()})
+    if problem:
+        return {}, refuse(request, 403, problem)
+    return form, None

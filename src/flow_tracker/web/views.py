@@ -3,19 +3,16 @@
 Handlers that only read are plain functions (Starlette runs them in its thread
 pool, so blocking database calls never stall the event loop). Errors become
 pages: a bad filter is a 400 with the reason, a missing process a 404, an
-unreachable database a 503; nothing is a stack trace.
+unreachable database a 503 (:mod:`flow_tracker.web.errors`); nothing is a stack trace.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs
 
-from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,15 +24,20 @@ from flow_tracker.levels import LEVELS
 from flow_tracker.status import Status
 from flow_tracker.store import queries
 from flow_tracker.web import charts, statistics
-from flow_tracker.web.context import dashboard_of, render
+from flow_tracker.web.context import (
+    checked_form,
+    dashboard_of,
+    now,
+    read_only_refusal,
+    refuse,
+    render,
+)
 from flow_tracker.web.params import RANGES, ParamError, ProcessFilters, clamp_int
-from flow_tracker.web.security import check_post
 
 logger = logging.getLogger("flow_tracker")
 
 MAX_FLOWS_SHOWN = 2_000
 MAX_LOGS_SHOWN = 5_000
-MAX_FORM_BYTES = 16_384
 # Stored level names and their logging numbers, lowest first ("warn" is stored as "warning").
 LEVEL_RANKS = dict(LEVELS.values())
 LEVEL_NAMES = sorted(LEVEL_RANKS, key=LEVEL_RANKS.__getitem__)
@@ -43,32 +45,6 @@ LEVEL_NAMES = sorted(LEVEL_RANKS, key=LEVEL_RANKS.__getitem__)
 Handler = Callable[[Request], Any]
 
 
-def _guard(handler: Handler) -> Handler:
-    """Turn an unreachable database into a 503 page instead of a 500."""
-
-    @functools.wraps(handler)
-    def wrapper(request: Request) -> Any:
-        try:
-            return handler(request)
-        except DBAPIError as exc:
-            logger.warning("flow-tracker dashboard: database error", exc_info=True)
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            return render(
-                request,
-                "error.html",
-                status_code=503,
-                heading="The tracking database is not answering",
-                message=reason,
-            )
-
-    return wrapper
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@_guard
 def overview(request: Request) -> Response:
     """Counts, throughput, failure rate, slowest names and recent failures over a window."""
     board = dashboard_of(request)
@@ -89,7 +65,7 @@ def overview(request: Request) -> Response:
         chart=charts.throughput(summary.bars, summary.bar_seconds),
         windows=list(statistics.WINDOWS),
         window=window,
-        now=_now(),
+        now=now(),
         live=True,
     )
 
@@ -99,20 +75,19 @@ def _known_categories(request: Request, now: datetime) -> list[str]:
     return queries.categories_seen(dashboard_of(request).store, now - timedelta(days=31))
 
 
-@_guard
 def process_list(request: Request) -> Response:
     """Processes with filters in the URL, newest first, keyset pages."""
     board = dashboard_of(request)
-    now = _now()
+    moment = now()
     error = None
     try:
-        filters = ProcessFilters.from_query(request.query_params, now)
+        filters = ProcessFilters.from_query(request.query_params, moment)
         page = queries.list_processes(board.store, **filters.list_kwargs())
     except (ParamError, FlowTrackerError, ValueError) as exc:
         error = str(exc)
         filters = ProcessFilters()
         page = None
-    categories = _known_categories(request, now)
+    categories = _known_categories(request, moment)
     for category in filters.categories:
         if category not in categories:
             categories.append(category)
@@ -126,12 +101,11 @@ def process_list(request: Request) -> Response:
         statuses=[s.value for s in Status],
         categories=categories,
         ranges=list(RANGES),
-        now=now,
+        now=moment,
         live=page is not None and filters.cursor is None,
     )
 
 
-@_guard
 def process_detail(request: Request) -> Response:
     """One process: header, metadata, error, timeline, flow tree with logs."""
     board = dashboard_of(request)
@@ -147,12 +121,12 @@ def process_detail(request: Request) -> Response:
     if level not in LEVEL_RANKS:
         level = "debug"
     n_flows, n_logs = queries.count_children(board.store, pid)
-    now = _now()
+    moment = now()
     return render(
         request,
         "process.html",
         p=process,
-        timeline=charts.waterfall(process, now),
+        timeline=charts.waterfall(process, moment),
         children=queries.child_processes(board.store, pid),
         level=level,
         visible_levels=[n for n in LEVEL_NAMES if LEVEL_RANKS[n] >= LEVEL_RANKS[level]],
@@ -161,7 +135,7 @@ def process_detail(request: Request) -> Response:
         n_logs=n_logs,
         max_flows=MAX_FLOWS_SHOWN,
         max_logs=MAX_LOGS_SHOWN,
-        now=now,
+        now=moment,
         live=not process.status.is_finished,
     )
 
@@ -176,12 +150,11 @@ def _cleanup_statuses(values: list[str]) -> list[str]:
     return chosen
 
 
-@_guard
 def cleanup_form(request: Request) -> Response:
     """Choose what to delete and see how many processes that is before confirming."""
     board = dashboard_of(request)
     if board.read_only:
-        return _read_only(request)
+        return read_only_refusal(request)
     days = clamp_int(request.query_params.get("days"), 30, 0, 36_500)
     error = None
     try:
@@ -205,57 +178,18 @@ def cleanup_form(request: Request) -> Response:
 
 async def cleanup_run(request: Request) -> Response:
     """Delete what the confirmed form says (POST, CSRF token, same origin)."""
-    board = dashboard_of(request)
-    if board.read_only:
-        return _read_only(request)
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return _refused(request, 413, "form too large")
-    form = parse_qs(body.decode("utf-8", "replace"))
-    flat = {k: v[0] for k, v in form.items()}
-    problem = check_post(request, flat)
-    if problem:
-        return _refused(request, 403, problem)
-    if flat.get("confirm") != "yes":
-        return _refused(request, 400, "tick the confirmation box to delete")
-    days = clamp_int(flat.get("days"), 30, 0, 36_500)
+    form, refused = await checked_form(request)
+    if refused is not None:
+        return refused
+    if form.get("confirm") != ["yes"]:
+        return refuse(request, 400, "tick the confirmation box to delete")
+    days = clamp_int(next(iter(form.get("days", [])), None), 30, 0, 36_500)
     try:
         statuses = _cleanup_statuses(form.get("status", []))
     except ParamError as exc:
-        return _refused(request, 400, str(exc))
+        return refuse(request, 400, str(exc))
+    board = dashboard_of(request)
     deleted = await run_in_threadpool(queries.cleanup, board.store, days, statuses or None)
     query = f"days={days}&deleted={deleted}" + "".join(f"&status={s}" for s in statuses)
     target = request.url_for("cleanup").path + "?" + query
     return RedirectResponse(target, status_code=303)
-
-
-def _read_only(request: Request) -> Response:
-    return _refused(request, 403, "this dashboard is read-only")
-
-
-def _refused(request: Request, status_code: int, message: str) -> Response:
-    response: Response = render(
-        request, "error.html", status_code=status_code, heading="Not done", message=message
-    )
-    return response
-
-
-async def not_found(request: Request, exc: Exception) -> Response:
-    """The 404 page."""
-    detail = getattr(exc, "detail", "") or "nothing here"
-    response: Response = render(
-        request, "error.html", status_code=404, heading="Not found", message=detail
-    )
-    return response
-
-
-async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    """The 405 page (a GET to an action, a POST to a page)."""
-    response: Response = render(
-        request,
-        "error.html",
-        status_code=405,
-        heading="Method not allowed",
-        message=f"{request.method} is not accepted here",
-    )
-    return response

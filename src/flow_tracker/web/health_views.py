@@ -1,4 +1,6 @@
-"""The dashboard's health page: lost, silent and stale jobs, requeue buttons, held locks.
+"""Health: its page, its JSON for probes, its two actions, and ``/metrics``.
+
+The page shows lost, silent and stale jobs with requeue buttons, and the locks held.
 
 Reading is :func:`flow_tracker.health` and :func:`flow_tracker.locks.held_locks`;
 the two actions (reap now, requeue) are POSTs with the CSRF token and a
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -20,10 +22,8 @@ from flow_tracker.locks import held_locks
 from flow_tracker.status import Status
 from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.store import queries
-from flow_tracker.web.context import dashboard_of, render
+from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, render
 from flow_tracker.web.params import clamp_int
-from flow_tracker.web.security import check_post
-from flow_tracker.web.views import MAX_FORM_BYTES, _guard, _now, _read_only, _refused
 
 LOST_SHOWN = 50
 
@@ -34,7 +34,6 @@ def _lost_not_requeued(request: Request) -> list[Any]:
     return [queries.process_from_row(row) for row in rows]
 
 
-@_guard
 def health_page(request: Request) -> Response:
     """Health now, the lost jobs not requeued, the locks held."""
     board = dashboard_of(request)
@@ -53,12 +52,11 @@ def health_page(request: Request) -> Response:
         locks=held_locks(board.store),
         notice=notice,
         reasons=request.query_params.getlist("reason")[:10],
-        now=_now(),
+        now=now(),
         live=True,
     )
 
 
-@_guard
 def health_json(request: Request) -> Response:
     """``GET /api/health``: the health report; 503 when unhealthy (for probes)."""
     report = recovery.health(store=dashboard_of(request).store)
@@ -79,20 +77,6 @@ def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-async def _checked_form(request: Request) -> tuple[dict[str, list[str]], Response | None]:
-    board = dashboard_of(request)
-    if board.read_only:
-        return {}, _read_only(request)
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return {}, _refused(request, 413, "form too large")
-    form = parse_qs(body.decode("utf-8", "replace"))
-    problem = check_post(request, {k: v[0] for k, v in form.items()})
-    if problem:
-        return {}, _refused(request, 403, problem)
-    return form, None
-
-
 def _back(request: Request, **values: Any) -> Response:
     reasons = values.pop("reason", [])
     query = urlencode({**values, **({"reason": reasons} if reasons else {})}, doseq=True)
@@ -101,7 +85,7 @@ def _back(request: Request, **values: Any) -> Response:
 
 async def reap_now(request: Request) -> Response:
     """``POST /health/reap``: run the reaper once."""
-    _, refused = await _checked_form(request)
+    _, refused = await checked_form(request)
     if refused is not None:
         return refused
     store = dashboard_of(request).store
@@ -111,7 +95,7 @@ async def reap_now(request: Request) -> Response:
 
 async def requeue_now(request: Request) -> Response:
     """``POST /health/requeue``: requeue one process (``process_id``) or every lost job."""
-    form, refused = await _checked_form(request)
+    form, refused = await checked_form(request)
     if refused is not None:
         return refused
     store = dashboard_of(request).store
@@ -120,13 +104,13 @@ async def requeue_now(request: Request) -> Response:
         try:
             ids.append(uuid.UUID(raw))
         except ValueError:
-            return _refused(request, 400, "not a process id")
+            return refuse(request, 400, "not a process id")
     if form.get("all") == ["lost"]:
         ids = await run_in_threadpool(
             lambda: recovery.requeue_candidates(Status.LOST, store=store, limit=LOST_SHOWN)
         )
     if not ids:
-        return _refused(request, 400, "nothing to requeue")
+        return refuse(request, 400, "nothing to requeue")
     results = await run_in_threadpool(lambda: recovery.requeue(ids, store=store))
     refused_ones = [r for r in results if not r.ok]
     return _back(

@@ -1,0 +1,87 @@
+"""The dashboard's one error policy: what each failure answers, on every route.
+
+Registered as Starlette exception handlers in :func:`flow_tracker.web.create_app`,
+so a page, an API call and an action (cleanup, reap, requeue) answer alike:
+
+* the tracking database unreachable (``DBAPIError``): **503**;
+* a request the dashboard cannot serve (:class:`ParamError`, a
+  :class:`FlowTrackerError` such as a bad cursor): **400** with the reason;
+* no such page or process: **404**; a method the route does not take: **405**.
+
+Paths under ``/api/`` get a JSON problem (``{"error": ..., "status": ...}``),
+the others the HTML error page. Nothing is a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flow_tracker.web.context import render
+
+logger = logging.getLogger("flow_tracker")
+
+
+def json_response(data: Any, status_code: int = 200) -> Response:
+    """JSON that never fails to encode: odd objects as their repr, lone surrogates escaped."""
+    body = json.dumps(data, ensure_ascii=False, default=repr)
+    return Response(
+        body.encode("utf-8", "backslashreplace"),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
+def problem(status_code: int, message: str) -> Response:
+    """A JSON error of the API."""
+    return json_response({"error": message, "status": status_code}, status_code)
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path[len(request.scope.get("root_path", "")) :].startswith("/api/")
+
+
+def error(request: Request, status_code: int, heading: str, message: str) -> Response:
+    """The error answer for ``request``: a JSON problem under ``/api/``, else the error page."""
+    if _is_api(request):
+        return problem(status_code, message)
+    response: Response = render(
+        request, "error.html", status_code=status_code, heading=heading, message=message
+    )
+    return response
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error's own message (the driver's), for people."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """503: the tracking database did not answer."""
+    logger.warning("flow-tracker dashboard: database error", exc_info=exc)
+    reason = first_line(exc)
+    if _is_api(request):
+        return problem(503, f"tracking database unavailable: {reason}")
+    return error(request, 503, "The tracking database is not answering", reason)
+
+
+async def bad_request(request: Request, exc: Exception) -> Response:
+    """400: a parameter or a value the dashboard cannot use, with the reason."""
+    return error(request, 400, "Bad request", str(exc))
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """404: no such page, process or job."""
+    detail = getattr(exc, "detail", "") or "nothing here"
+    return error(request, 404, "Not found", detail)
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    """405: a GET to an action, a POST to a page."""
+    return error(request, 405, "Method not allowed", f"{request.method} is not accepted here")
