@@ -1,11 +1,13 @@
 # Two commands for a fresh machine with python3 and make:
 #   make demo   - creates .venv, installs flow-tracker, records the demo processes and shows them
-#   make test   - creates .venv, installs the dev extras, runs ruff, mypy --strict and pytest
+#   make test   - creates .venv, installs the dev extras, runs ruff, mypy --strict and every
+#                 test with line coverage (fails under the floor in pyproject.toml)
+#   make test-fast - the tests without worker processes, kills and the browser (minutes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-fast lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +32,10 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --cov $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

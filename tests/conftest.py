@@ -19,20 +19,14 @@ from sqlalchemy import text
 
 import flow_tracker
 from flow_tracker import heartbeat, runtime, tracker
+from flow_tracker.store import schema
 from flow_tracker.store.engine import Store
 from flow_tracker.web import statistics_keeper
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-TABLES = (
-    "flow_tracker_log_entries",
-    "flow_tracker_flows",
-    "flow_tracker_processes",
-    "flow_tracker_locks",
-    "flow_tracker_rollup_counts",
-    "flow_tracker_rollup_durations",
-    "flow_tracker_state",
-)
+# Every table of the schema, so that a new one is emptied between tests too.
+TABLES = tuple(table.name for table in reversed(schema.metadata.sorted_tables))
 
 
 def _service_missing(reason: str) -> NoReturn:
@@ -58,7 +52,7 @@ def pg_server_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty tracking database, once per backend."""
     if request.param == "sqlite":
@@ -100,3 +94,14 @@ def _fresh_runtime() -> Iterator[None]:
     runtime.shutdown(timeout=2.0)
     statistics_keeper.stop_all()  # a dashboard's background thread must not outlive its test
     flow_tracker.config.reset()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the PostgreSQL server directly ``postgres``.
+
+    Tests on the ``database_url`` fixture get the mark from its parameter; this
+    covers those that ask for ``pg_server_url`` itself (a proxy in front of it...).
+    """
+    for item in items:
+        if "pg_server_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

@@ -19,6 +19,9 @@ from flow_tracker.locks import held_locks
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Races real processes for one lock: the full run, not the fast lane.
+pytestmark = pytest.mark.slow
+
 
 def child(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(

@@ -272,6 +272,7 @@ def send(user):
 # Run once per database in one interpreter, the README's Celery tasks are shared
 # tasks declared twice: Celery warns, and keeps the first (the same code).
 @pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
+@pytest.mark.slow  # a real worker process
 def test_celery_example_runs_in_a_real_worker_and_retries(
     tracked: str, shop: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,6 +304,7 @@ def test_celery_example_runs_in_a_real_worker_and_retries(
     assert {("retrying", 1), ("running", 2), ("completed", 2)} <= changes, history.history
 
 
+@pytest.mark.slow  # a real worker process
 def test_rq_example_runs_in_a_real_worker(
     tracked: str, shop: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -325,6 +327,7 @@ def test_rq_example_runs_in_a_real_worker(
     assert full is not None and full.flows[0].logs[0].message == "Sending email to user 42"
 
 
+@pytest.mark.slow  # a real worker process
 def test_dramatiq_example_runs_in_a_real_worker(
     tracked: str, shop: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -40,9 +40,8 @@ from flow_tracker import runtime
 from flow_tracker.errors import DatabaseUnavailableError, LockConflictError, Skipped, UsageError
 from flow_tracker.heartbeat import HEARTBEAT
 from flow_tracker.store import locks as stored_locks
-from flow_tracker.store.engine import Store
+from flow_tracker.store.engine import Store, error_line, is_transient
 from flow_tracker.tracker import CURRENT_NODE, Tracker
-from flow_tracker.writer import is_transient
 
 F = TypeVar("F", bound=Callable[..., Any])
 OnConflict = Literal["skip", "raise", "wait"]
@@ -167,7 +166,7 @@ def acquire(name: str, key: str, ttl: float) -> tuple[Lease | None, str | None]:
             raise
         raise DatabaseUnavailableError(
             f"cannot take lock {name!r} for key {key!r}: the tracking database is unreachable "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"({type(exc).__name__}: {error_line(exc)})"
         ) from exc
     if fence is None:
         return None, current

@@ -32,11 +32,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from flow_tracker import events as ev
 from flow_tracker.store.bulk import BatchWriter
-from flow_tracker.store.engine import Store, display_url
+from flow_tracker.store.engine import Store, display_url, error_line, is_transient
 from flow_tracker.subscribers import BUS
 
 internal_log = logging.getLogger("flow_tracker.internal")
@@ -44,13 +43,6 @@ internal_log = logging.getLogger("flow_tracker.internal")
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 15.0
 LEVEL_DEBUG_RANK = 10
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors that mean "the database is away or busy", worth retrying as they are."""
-    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 class Writer:
@@ -341,7 +333,7 @@ class Writer:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self.healthy = False
-            reason = _first_line(exc)
+            reason = error_line(exc)
             internal_log.error(
                 "flow-tracker: cannot store to %s (%s); keeping up to %d events in memory "
                 "and retrying. Jobs are not affected.",
@@ -372,9 +364,3 @@ class Writer:
             "poison_events": self.poison_events,
             "healthy": self.healthy,
         }
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

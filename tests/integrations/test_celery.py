@@ -25,6 +25,9 @@ BROKERS = {
 }
 BACKEND = "redis://127.0.0.1:6379/14"
 
+# Real worker processes: the full run (make test), not the fast lane.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def celery_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:

@@ -26,6 +26,9 @@ REDIS_URL = "redis://127.0.0.1:6379/11"
 os.environ.setdefault("FT_TEST_DRAMATIQ_QUEUE", f"ft-test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("FT_TEST_DRAMATIQ_REDIS", REDIS_URL)
 
+# Real worker processes: the full run (make test), not the fast lane.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def app() -> Iterator[Any]:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rq import Queue as RqQueue
 from sqlalchemy import update
 
@@ -20,6 +21,9 @@ from tests.integrations.test_dramatiq import app  # noqa: F401 - a fixture
 from tests.integrations.test_dramatiq import env_for as dramatiq_env
 from tests.integrations.test_dramatiq import worker_command as dramatiq_worker
 from tests.integrations.test_rq import REDIS_URL, rq_queue, worker  # noqa: F401 - a fixture
+
+# Real worker processes: the full run (make test), not the fast lane.
+pytestmark = pytest.mark.slow
 
 
 def _configure(database_url: str) -> None:

@@ -22,6 +22,9 @@ from tests.integrations.workers import (
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
+# Real worker processes: the full run (make test), not the fast lane.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def rq_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[Queue]:

@@ -24,7 +24,11 @@ from tests.web.browser import CHROMIUM_FLAGS, chromium_path, missing_reason, ser
 from tests.web.conftest import PINGS, Sample
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+    pytest.mark.slow,  # a real browser: the full run, not the fast lane
+    pytest.mark.postgres,
+]
 
 
 @pytest.fixture(scope="module")

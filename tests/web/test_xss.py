@@ -134,6 +134,7 @@ _CHECK_DOM = """() => {
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.slow  # a real browser
 def test_no_payload_runs_in_the_browser(hostile: tuple[str, list[str]]) -> None:
     reason = missing_reason()
     if reason:

@@ -19,7 +19,7 @@ from flow_tracker.cli import render
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.status import Status
 from flow_tracker.store import migrate
-from flow_tracker.store.engine import Store, display_url, parse_url
+from flow_tracker.store.engine import Store, display_url, error_line, parse_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,9 +63,7 @@ def friendly_errors(command: F) -> F:
         except FlowTrackerError as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None) or exc
-            first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-            raise click.ClickException(f"database error: {first}") from None
+            raise click.ClickException(f"database error: {error_line(exc)}") from None
 
     return run  # type: ignore[return-value]
 

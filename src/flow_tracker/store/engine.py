@@ -17,7 +17,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.pool import StaticPool
 
 from flow_tracker.errors import ConfigurationError, DatabaseUnavailableError
@@ -87,6 +93,24 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
     # SQLite has no ln() in every build: the dashboard's duration histograms need it.
     dbapi_connection.create_function("flow_tracker_bucket", 1, duration_bucket, deterministic=True)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of a database error's own message (the driver's), for people.
+
+    SQLAlchemy's message adds the statement and a link; the driver's first line
+    says what went wrong ("connection refused", "database is locked").
+    """
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that mean "the database is away or busy", worth retrying as they are."""
+    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def _enable_wal(cursor: Any) -> None:
@@ -221,7 +245,7 @@ class Store:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except (OperationalError, DBAPIError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = error_line(exc)
             raise DatabaseUnavailableError(
                 f"cannot reach the tracking database {display_url(self.url)}: {reason}"
             ) from None

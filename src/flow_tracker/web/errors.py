@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flow_tracker.store.engine import error_line
 from flow_tracker.web.context import render
 
 logger = logging.getLogger("flow_tracker")
@@ -55,17 +56,10 @@ def error(request: Request, status_code: int, heading: str, message: str) -> Res
     return response
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of a database error's own message (the driver's), for people."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
-
-
 async def database_unavailable(request: Request, exc: Exception) -> Response:
     """503: the tracking database did not answer."""
     logger.warning("flow-tracker dashboard: database error", exc_info=exc)
-    reason = first_line(exc)
+    reason = error_line(exc)
     if _is_api(request):
         return problem(503, f"tracking database unavailable: {reason}")
     return error(request, 503, "The tracking database is not answering", reason)
