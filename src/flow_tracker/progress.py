@@ -7,9 +7,12 @@ emit at once. The final value is always stored with the process's end.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
+
+from flow_tracker.errors import UsageError
 
 
 class Progress:
@@ -59,12 +62,14 @@ class Progress:
 
     def increment(self, n: float = 1) -> None:
         """Add ``n`` to ``current`` (throttled)."""
+        n = _number(n, "increment")
         with self._lock:
             self._current += n
         self._maybe_emit()
 
     def decrement(self, n: float = 1) -> None:
         """Subtract ``n`` from ``current`` (throttled)."""
+        n = _number(n, "decrement")
         with self._lock:
             self._current -= n
         self._maybe_emit()
@@ -97,10 +102,14 @@ class Progress:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        from flow_tracker.errors import UsageError
-
-        raise UsageError(f"progress {name} must be a number, got {value!r}")
+    # Infinity and NaN are no amount of work, and JSON (the API, the status
+    # endpoint) cannot carry them: a caller's mistake, said at the call.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise UsageError(f"progress {name} must be a finite number, got {value!r}")
     return value
 
 

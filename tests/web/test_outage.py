@@ -57,10 +57,12 @@ def test_every_page_api_call_and_action_answers_503_while_the_database_is_away(
         response = client.get(path)
         assert response.status_code == 503, (path, response.status_code)
         assert "The tracking database is not answering" in response.text
+        assert str(proxy.port) not in response.text  # no host or port for the reader
     for path in API:
         response = client.get(path)
         assert response.status_code == 503, (path, response.status_code)
         assert response.json()["status"] == 503
+        assert str(proxy.port) not in response.text
     for path, form in ACTIONS.items():
         response = client.post(
             path, data={**form, "csrf_token": token.group(1)}, headers={"origin": ORIGIN}

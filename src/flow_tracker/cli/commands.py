@@ -311,6 +311,7 @@ def _serve(
     *,
     read_only: bool,
     basic_auth: tuple[str, str] | None,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
     try:
         import uvicorn
@@ -320,8 +321,21 @@ def _serve(
         raise click.ClickException(
             f"{exc}. The dashboard needs: pip install 'flow-tracker[web]'"
         ) from None
+    from flow_tracker.web.security import LOOPBACK_HOSTS, serving_hosts
+
     _use(database_url)
-    app = create_app(read_only=read_only, basic_auth=basic_auth)
+    if host not in LOOPBACK_HOSTS and basic_auth is None:
+        click.echo(
+            f"warning: serving on {host} with no --basic-auth: anyone who can reach this "
+            "host can read every job and run its actions (give --basic-auth or --read-only, "
+            "or put it behind your own auth)",
+            err=True,
+        )
+    app = create_app(
+        read_only=read_only,
+        basic_auth=basic_auth,
+        allowed_hosts=serving_hosts(host, allowed_hosts),
+    )
     click.echo(f"\nflow-tracker dashboard: http://{host}:{port}/   (Ctrl+C to stop)\n")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -340,9 +354,22 @@ def _serve(
     metavar="USER:PASSWORD",
     help="Require HTTP basic auth [env FLOW_TRACKER_BASIC_AUTH].",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another host name the dashboard answers to (besides loopback and --host); "
+    "'*.example.com' matches subdomains; repeatable.",
+)
 @friendly_errors
 def serve(
-    database_url: str | None, host: str, port: int, read_only: bool, basic_auth: str | None
+    database_url: str | None,
+    host: str,
+    port: int,
+    read_only: bool,
+    basic_auth: str | None,
+    allowed_hosts: tuple[str, ...],
 ) -> None:
     """Serve the web dashboard (overview, processes, detail, cleanup, JSON API)."""
     credentials = None
@@ -351,7 +378,14 @@ def serve(
         if not sep or not user or not password:
             raise click.BadParameter("expected USER:PASSWORD", param_hint="--basic-auth")
         credentials = (user, password)
-    _serve(database_url, host, port, read_only=read_only, basic_auth=credentials)
+    _serve(
+        database_url,
+        host,
+        port,
+        read_only=read_only,
+        basic_auth=credentials,
+        allowed_hosts=allowed_hosts,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -204,9 +204,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, hex_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
-        return datetime.fromisoformat(stamp), uuid.UUID(hex_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise UsageError(f"invalid cursor {cursor!r}") from None
+        # In UTC and within years 1-9999, or the database cannot compare it.
+        return as_utc(datetime.fromisoformat(stamp)), uuid.UUID(hex_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
+        raise UsageError(f"invalid cursor {cursor[:100]!r}") from None
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
@@ -30,6 +31,7 @@ def create_app(
     title: str = "flow-tracker",
     refresh_seconds: int = 5,
     keep_statistics: bool = True,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app, to mount under any prefix or serve on its own.
 
@@ -43,6 +45,10 @@ def create_app(
         refresh_seconds: how often live pages refresh themselves (they can be paused).
         keep_statistics: refresh and sum the overview's rollups in a background
             thread (started by the first request), so no page view waits for them.
+        allowed_hosts: the host names the dashboard answers to (``Host`` header;
+            ``"*.example.com"`` and ``"*"`` are patterns); any other gets 400, which
+            stops DNS-rebinding pages. None (the default when mounted) leaves the
+            check to the host app; ``flow-tracker serve`` always sets it.
 
     Returns:
         A Starlette application.
@@ -84,12 +90,17 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityMiddleware, auth=auth, basic_auth=basic_auth)],
+        middleware=[
+            Middleware(
+                SecurityMiddleware, auth=auth, basic_auth=basic_auth, allowed_hosts=allowed_hosts
+            )
+        ],
         # One error policy for pages, the API and the actions alike (see web/errors.py).
         exception_handlers={
             404: errors.not_found,
             405: errors.method_not_allowed,
             DBAPIError: errors.database_unavailable,
+            PoolTimeout: errors.database_unavailable,
             DatabaseUnavailableError: errors.database_unavailable,
             ParamError: errors.bad_request,
             FlowTrackerError: errors.bad_request,

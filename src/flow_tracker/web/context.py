@@ -111,6 +111,23 @@ def read_only_refusal(request: Request) -> Response:
     return refuse(request, 403, "this dashboard is read-only")
 
 
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is known to be over ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before reading; a
+    chunked body is read only until it passes the limit. Nothing large is held.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 async def checked_form(request: Request) -> tuple[dict[str, list[str]], Response | None]:
     """The form of an action, or the refusal to answer instead.
 
@@ -119,8 +136,8 @@ async def checked_form(request: Request) -> tuple[dict[str, list[str]], Response
     """
     if dashboard_of(request).read_only:
         return {}, read_only_refusal(request)
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    body = await read_capped(request, MAX_FORM_BYTES)
+    if body is None:
         return {}, refuse(request, 413, "form too large")
     form = parse_qs(body.decode("utf-8", "replace"))
     problem = check_post(request, {k: v[0] for k, v in form.items()})

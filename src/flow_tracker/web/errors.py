@@ -56,13 +56,22 @@ def error(request: Request, status_code: int, heading: str, message: str) -> Res
     return response
 
 
+UNAVAILABLE = (
+    "flow-tracker could not reach its database, or every connection was busy. "
+    "It answers again as soon as the database does; the reason is in the server's log."
+)
+
+
 async def database_unavailable(request: Request, exc: Exception) -> Response:
-    """503: the tracking database did not answer."""
-    logger.warning("flow-tracker dashboard: database error", exc_info=exc)
-    reason = error_line(exc)
+    """503: the tracking database did not answer (or no pooled connection was free).
+
+    The driver's message names the database's host and port: it goes to the log,
+    not to the page, which anyone who can open the dashboard reads.
+    """
+    logger.warning("flow-tracker dashboard: database unavailable: %s", error_line(exc))
     if _is_api(request):
-        return problem(503, f"tracking database unavailable: {reason}")
-    return error(request, 503, "The tracking database is not answering", reason)
+        return problem(503, "tracking database unavailable")
+    return error(request, 503, "The tracking database is not answering", UNAVAILABLE)
 
 
 async def bad_request(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,7 @@ an exception.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -65,7 +66,19 @@ def _parse_time(raw: str | None, label: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ParamError(f"{label}: {value!r} is not a date and time (YYYY-MM-DDTHH:MM)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    try:
+        # The database compares UTC: a moment whose UTC value leaves years 1-9999
+        # (0001-01-01T00:00+14:00) exists in no table.
+        return (
+            parsed.astimezone(timezone.utc)
+            if parsed.tzinfo
+            else parsed.replace(tzinfo=timezone.utc)
+        )
+    except (OverflowError, ValueError):
+        raise ParamError(f"{label}: {value!r} is outside the years 1 to 9999 in UTC") from None
+
+
+INT64 = 2**63 - 1
 
 
 def _meta_value(raw: str) -> Any:
@@ -77,6 +90,14 @@ def _meta_value(raw: str) -> Any:
         return raw
     if isinstance(value, (dict, list)):
         return raw
+    # What JSON reads but no database compares: NaN, infinities (1e999 too), integers
+    # past 64 bits, and (from "\u0000" escapes) NUL characters or lone surrogates.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamError(f"metadata value {raw[:50]!r} is not a finite number")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+        raise ParamError(f"metadata value {raw[:50]!r} is beyond 64-bit integers")
+    if isinstance(value, str) and clean(value) != value:
+        raise ParamError(f"metadata value {raw[:50]!r} holds a NUL or a lone surrogate")
     return value
 
 

@@ -2,14 +2,19 @@
 
 One ASGI middleware wraps every route, static files included:
 
+* the ``Host`` header checked against the allowed hosts (when given), before
+  anything else: a page that rebinds its own name to this server's address
+  (DNS rebinding) gets 400, not the dashboard;
 * authentication: optional HTTP basic auth (constant-time compare) and an
-  ``auth`` hook given the request; 401 or 403 before any route runs;
+  ``auth`` hook given the request; 401 or 403 before any route runs (a hook that
+  raises is a 403, logged); scopes other than HTTP and lifespan (websockets) are
+  refused, since no route would check them;
 * a CSRF token in a ``SameSite=Strict`` cookie, handed to templates, that every
   POST must echo (double submit), plus a same-origin check of ``Origin`` /
   ``Referer`` / ``Sec-Fetch-Site``: :func:`check_post`;
-* headers on every response: a Content-Security-Policy with no inline script or
-  style, ``Cache-Control: no-store``, no framing, no sniffing, and the server
-  time (``Server-Timing``) that the benchmark reads.
+* headers on every response, errors included: a Content-Security-Policy with no
+  inline script or style, ``Cache-Control: no-store``, no framing, no sniffing,
+  and the server time (``Server-Timing``) that the benchmark reads.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import base64
 import binascii
 import hmac
 import inspect
+import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +35,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flow_tracker.errors import UsageError
+
 AuthHook = Callable[[Request], bool | Awaitable[bool]]
+
+logger = logging.getLogger("flow_tracker.web")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 CSRF_COOKIE = "flow_tracker_csrf"
 CSRF_FIELD = "csrf_token"
@@ -56,15 +67,23 @@ class SecurityMiddleware:
         *,
         auth: AuthHook | None = None,
         basic_auth: tuple[str, str] | None = None,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
         self.basic_auth = basic_auth
+        self.allowed_hosts = None if allowed_hosts is None else _host_patterns(allowed_hosts)
+        self._auth_failed_logged = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check access, then run the app with the headers added to its response."""
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            # Websockets and anything newer: no route serves them, none checks them.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
         started = time.perf_counter()
         request = Request(scope)
@@ -75,8 +94,12 @@ class SecurityMiddleware:
             token = secrets.token_urlsafe(32)
         scope.setdefault("state", {})["csrf_token"] = token
 
+        response_started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 headers = [
                     (k, v)
                     for k, v in message.get("headers", [])
@@ -93,9 +116,21 @@ class SecurityMiddleware:
         if denied is not None:
             await denied(scope, receive, send_with_headers)
             return
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Starlette's outermost error middleware would answer with none of our
+            # headers: answer here (it then only re-raises, for the server's log).
+            if not response_started:
+                error = PlainTextResponse("internal error", status_code=500)
+                await error(scope, receive, send_with_headers)
+            raise
 
     async def _deny(self, request: Request) -> Response | None:
+        if self.allowed_hosts is not None and not _host_allowed(
+            request.headers.get("host", ""), self.allowed_hosts
+        ):
+            return PlainTextResponse("unknown host", status_code=400)
         if self.basic_auth is not None and not _basic_auth_ok(request, self.basic_auth):
             return PlainTextResponse(
                 "authentication required",
@@ -103,12 +138,61 @@ class SecurityMiddleware:
                 headers={"www-authenticate": 'Basic realm="flow-tracker", charset="UTF-8"'},
             )
         if self.auth is not None:
-            allowed = self.auth(request)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
+            try:
+                allowed = self.auth(request)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+            except Exception:
+                # A hook that cannot decide denies (an anonymous user without the host
+                # app's auth middleware often raises). Logged once: it is the app's bug.
+                if not self._auth_failed_logged:
+                    self._auth_failed_logged = True
+                    logger.exception("flow-tracker dashboard: the auth hook raised; answering 403")
+                allowed = False
             if not allowed:
                 return PlainTextResponse("forbidden", status_code=403)
         return None
+
+
+def _host_patterns(hosts: Sequence[str]) -> tuple[str, ...]:
+    patterns = tuple(h.strip().lower().rstrip(".") for h in hosts if h and h.strip())
+    if not patterns:
+        raise UsageError("allowed_hosts needs at least one host name (or '*')")
+    return patterns
+
+
+def _host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:8000`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else ""
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _host_allowed(header: str, patterns: Sequence[str]) -> bool:
+    """Whether ``header`` names an allowed host: exact, ``*.example.com`` or ``*``."""
+    name = _host_name(header).rstrip(".")
+    if not name:
+        return False
+    for pattern in patterns:
+        if pattern == "*" or pattern == name:
+            return True
+        if pattern.startswith("*.") and name.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def serving_hosts(bind_host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The hosts ``flow-tracker serve`` answers to: loopback names, its ``--host``, the extras.
+
+    Binding every interface (``0.0.0.0``, ``::``) names no host: then only the
+    loopback names and ``--allowed-host`` values are accepted.
+    """
+    hosts = list(LOOPBACK_HOSTS)
+    if bind_host not in ("0.0.0.0", "::", ""):
+        hosts.append(bind_host)
+    hosts.extend(extra)
+    return hosts
 
 
 def _plausible_token(token: str) -> bool:
