@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 import flow_tracker
 from flow_tracker.web import create_app
@@ -78,11 +79,11 @@ def test_a_websocket_is_refused_instead_of_skipping_authentication(sample: Sampl
     app = create_app(sample.url, auth=lambda request: False)
     sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "websocket.connect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
 
     scope = {"type": "websocket", "path": "/", "headers": [], "query_string": b""}
     asyncio.run(app(scope, receive, send))
