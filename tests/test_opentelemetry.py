@@ -141,3 +141,21 @@ def test_every_attempt_of_a_retried_job_is_a_span_continuing_the_senders_trace(
 def test_without_a_tracer_no_trace_context_is_carried(tracked: str) -> None:
     assert trace_carrier() is None
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_spans_carry_redacted_data_and_messages_never_the_raw_secret(
+    tracked: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    _, exporter = spans
+    with flow_tracker.track("Login", metadata={"password": "hunter2"}) as tracker:
+        tracker.info("token abcdef123456 used", data={"password": "hunter2", "user": "ann"})
+    found = _by_name(exporter)
+    dumped = repr(
+        [
+            (dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
+            for s in found.values()
+        ]
+    )
+    assert "hunter2" not in dumped and "abcdef123456" not in dumped
+    (event,) = found["Login"].events
+    assert '"user": "ann"' in str(dict(event.attributes or {})["flow_tracker.data"])

@@ -157,3 +157,66 @@ def test_integers_beyond_64_bits_are_kept_as_their_digits() -> None:
     assert stored["big"] == str(2**63)
     assert stored["negative"] == str(-(2**70))
     assert stored["huge"] == "[integer of 16610 bits]"
+
+
+def test_short_secret_words_and_key_suffixes_are_redacted_as_whole_words_only() -> None:
+    out = default_redactor.scrub(
+        {
+            "pw": "a",
+            "db_pass": "b",
+            "jwtToken": "c",
+            "bearer": "d",
+            "dsn": "e",
+            "DATABASE_URL": "f",
+            "stripe_key": "g",
+            "signingKey": "h",
+            "passenger": "Ann",
+            "upward": 1,
+            "keyboard": "qwerty",
+            "monkey": "George",
+        }
+    )
+    redacted = {k for k, v in out.items() if v == REDACTED}
+    assert redacted == {
+        "pw",
+        "db_pass",
+        "jwtToken",
+        "bearer",
+        "dsn",
+        "DATABASE_URL",
+        "stripe_key",
+        "signingKey",
+    }
+
+
+def test_secrets_inside_strings_are_cut_out_by_value() -> None:
+    out = default_redactor.scrub(
+        {
+            "url": "postgresql://app:s3cret@db.internal:5432/app",
+            "header": "Bearer eyJhbGciOiJIUzI1NiJ9.payload.signature",
+            "line": "login password=hunter2 user=bob",
+            "json": '{"api_key": "AKIA0000", "region": "eu"}',
+            "plain": "nothing to hide at 12:30",
+        }
+    )
+    assert out["url"] == f"postgresql://app:{REDACTED}@db.internal:5432/app"
+    assert out["header"] == f"Bearer {REDACTED}"
+    assert out["line"] == f"login password={REDACTED} user=bob"
+    assert out["json"] == f'{{"api_key": "{REDACTED}", "region": "eu"}}'
+    assert out["plain"] == "nothing to hide at 12:30"
+    message = default_redactor.text("could not connect to redis://:pw9@cache:6379/0", 1000)
+    assert message == f"could not connect to redis://:{REDACTED}@cache:6379/0"
+
+
+def test_messages_and_errors_are_stored_without_their_secrets(tracked: str) -> None:
+    try:
+        with flow_tracker.track("connect") as tracker:
+            tracker.info("using postgresql://app:s3cret@db/app")
+            raise ConnectionError("auth failed for password=hunter2")
+    except ConnectionError:
+        pass
+    record = flow_tracker.get_process(tracker.process_id)
+    assert record is not None and record.error is not None
+    assert record.logs[0].message == f"using postgresql://app:{REDACTED}@db/app"
+    assert record.error.message == f"auth failed for password={REDACTED}"
+    assert "hunter2" not in (record.error.traceback or "")

@@ -181,3 +181,24 @@ def test_the_events_command_prints_the_whole_catalog() -> None:
     assert all(row["description"] and row["payload"] for row in rows)
     text = CliRunner().invoke(main, ["events"]).output
     assert "process.failed" in text and "payload:" in text
+
+
+def test_subscribers_and_the_logging_mirror_get_redacted_values(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    flow_tracker.configure(database_url=database_url, log_to_stdlib=True)
+    seen: list[dict[str, Any]] = []
+    flow_tracker.on("*", seen.append)
+    with caplog.at_level(logging.INFO, logger="flow_tracker"):
+        with flow_tracker.track("Login", metadata={"api_key": "AKIA0000"}) as tracker:
+            tracker.info("dsn postgresql://app:s3cret@db/app", data={"pw": "hunter2"})
+    assert flow_tracker.flush()
+    everything = repr(seen) + repr(
+        [(r.getMessage(), getattr(r, "flow_tracker_data", None)) for r in caplog.records]
+    )
+    for secret in ("AKIA0000", "s3cret", "hunter2"):
+        assert secret not in everything
+    logged = next(e for e in seen if e["event"] == "log.written")
+    assert logged["data"] == {"pw": "[REDACTED]"}

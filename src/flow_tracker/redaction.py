@@ -3,8 +3,14 @@ r"""Make any value safe to store: redact secrets, keep JSON valid, bound the siz
 Runs in the background writer, never in the job's thread. The rules:
 
 * keys that look sensitive (password, token, api_key, cookie, …, matched
-  case-insensitively on the key with ``_``/``-``/spaces removed, at any depth)
-  have their values replaced by ``"[REDACTED]"``;
+  case-insensitively on the key with ``_``/``-``/spaces removed, at any depth;
+  short words such as ``pw``, ``pass``, ``jwt``, ``bearer`` and ``dsn`` only as a
+  whole word of the key, and any ``*_key`` such as ``stripe_key``) have their
+  values replaced by ``"[REDACTED]"``;
+* secrets inside any string - data values, log messages, error messages and
+  tracebacks - are cut out by value: a URL's password (``postgresql://app:pw@db``
+  keeps ``app`` and the host), a ``Bearer <token>``, and ``password=...``-style
+  pairs (``secret: ...``, ``api_key=...``, also JSON-quoted);
 * values JSON cannot hold become their ``repr`` (bytes, objects, sets become lists,
   NaN/Infinity become strings); dict keys become strings;
 * NUL characters become the visible text ``\\u0000`` and lone surrogates their
@@ -49,10 +55,31 @@ SENSITIVE_KEY_FRAGMENTS: tuple[str, ...] = (
     "signature",
     "credentials",
     "pwd",
+    "databaseurl",
+    "connectionstring",
 )
+# Too short to look for inside a key ("pass" is in "passenger", "pw" in "upward"):
+# sensitive only as a whole word of the key ("pw", "db_pass", "jwtToken", "dsn").
+SENSITIVE_KEY_WORDS = frozenset({"pw", "pass", "jwt", "bearer", "dsn", "otp"})
 # "auth" (auth_header, oauth, x-auth) is sensitive, but "author" and "authored_at" are not.
 _AUTH_PATTERN = r"auth(?!or)"
 _KEY_NORMALISE = re.compile(r"[\s_\-.]")
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+# Secrets by value, in any string. Each keeps what tells the reader what it was.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@?#]*):([^\s/@?#]+)@")
+_BEARER = re.compile(r"(?i)\b(bearer|token|basic)(\s+)[a-z0-9\-._~+/]{8,}=*")
+_PAIR_KEYS = (
+    r"pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_\-]?key|access[_\-]?key|"
+    r"secret[_\-]?key|private[_\-]?key|client[_\-]?secret|auth(?:orization)?|"
+    r"session(?:[_\-]?id)?|cookie|jwt|dsn"
+)
+_PAIR = re.compile(
+    rf"(?i)(\b(?:{_PAIR_KEYS})[\"']?\s*[=:]\s*)"
+    rf"(?!\[REDACTED\]|bearer\b|basic\b|token\b)"  # already cut by the rules above
+    rf"(\"[^\"]*\"|'[^']*'|[^\s&,;\"')\]}}]+)"
+)
+_MAY_HOLD_SECRET = re.compile(r"(?i)://|bearer|basic |token|[=:]")
 
 
 def clean_text(value: str) -> str:
@@ -65,6 +92,26 @@ def clean_text(value: str) -> str:
         except UnicodeEncodeError:
             value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def may_hold_secret(value: str) -> bool:
+    """A quick test: False means :func:`redact_text` would leave ``value`` unchanged."""
+    return _MAY_HOLD_SECRET.search(value) is not None
+
+
+def redact_text(value: str) -> str:
+    """Cut secrets out of free text by value (see the module docstring); the rest stays."""
+    if not _MAY_HOLD_SECRET.search(value):
+        return value
+    value = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+    value = _BEARER.sub(rf"\1\2{REDACTED}", value)
+    return _PAIR.sub(_redact_pair, value)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    secret = match.group(2)
+    quote = secret[0] if secret[:1] in ("'", '"') else ""
+    return f"{match.group(1)}{quote}{REDACTED}{quote}"
 
 
 def truncate(value: str, limit: int) -> str:
@@ -127,7 +174,12 @@ class Redactor:
         verdict = self._verdicts.get(key)
         if verdict is None:
             norm = _normalise_key(key)
-            verdict = bool(self._pattern.search(norm))
+            words = [w.lower() for w in _KEY_WORDS.findall(key)]
+            verdict = (
+                bool(self._pattern.search(norm))
+                or any(w in SENSITIVE_KEY_WORDS for w in words)
+                or (len(words) > 1 and words[-1] == "key")  # api_key, stripe_key, signingKey
+            )
             if len(self._verdicts) < 10_000:
                 self._verdicts[key] = verdict
         return verdict
@@ -138,7 +190,7 @@ class Redactor:
             return value
         kind = type(value)
         if kind is str:
-            return clean_text(truncate(value, self.max_string))
+            return clean_text(truncate(redact_text(value), self.max_string))
         if kind is int:
             return value if _INT64_MIN <= value <= _INT64_MAX else _big_int(value)
         if kind is float:
@@ -150,7 +202,7 @@ class Redactor:
         if isinstance(value, (list, tuple, set, frozenset)):
             return self._scrub_sequence(value, depth)
         if isinstance(value, str):  # str subclasses, e.g. enums of str
-            return clean_text(truncate(str.__str__(value), self.max_string))
+            return clean_text(truncate(redact_text(str.__str__(value)), self.max_string))
         if isinstance(value, bool):
             return bool(value)
         if isinstance(value, int):
@@ -206,7 +258,12 @@ class Redactor:
                 return False
             kind = type(item)
             if kind is str:
-                if len(item) > limit or not item.isascii() or "\x00" in item:
+                if (
+                    len(item) > limit
+                    or not item.isascii()
+                    or "\x00" in item
+                    or _MAY_HOLD_SECRET.search(item)
+                ):
                     return False
             elif kind is float:
                 if not math.isfinite(item):
@@ -219,13 +276,13 @@ class Redactor:
         return True
 
     def text(self, value: object, limit: int) -> str:
-        """Return ``value`` as safe, bounded text (``str()`` of non-strings)."""
+        """Return ``value`` as safe, bounded, redacted text (``str()`` of non-strings)."""
         if type(value) is not str:
             try:
                 value = str(value)
             except Exception:
                 value = safe_repr(value)
-        return clean_text(truncate(value, limit))
+        return clean_text(truncate(redact_text(value), limit))
 
 
 def _normalise_key(key: str) -> str:

@@ -97,6 +97,11 @@ def writer() -> Writer:
     return current
 
 
+def redactor() -> Redactor:
+    """The redaction rules in force: what is stored, and all that leaves the process."""
+    return writer().batch_writer.redactor
+
+
 def warm_up() -> None:
     """Prepare what a forked worker child would otherwise redo for every job.
 

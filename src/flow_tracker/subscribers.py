@@ -453,6 +453,9 @@ class Bus:
                     thread.start()
 
     def _run(self) -> None:
+        # The runtime imports this module (through the writer): imported once running.
+        from flow_tracker import runtime
+
         pending = self._pending
         while True:
             self._wake.wait(1.0)
@@ -471,8 +474,11 @@ class Bus:
                         if isinstance(record, dict)
                         else self._translator.events_of(record)
                     )
+                    scrub = runtime.redactor().scrub
                     for event in events:
-                        self.deliver(event)
+                        # Subscribers, the OpenTelemetry spans and the metrics see what
+                        # is stored: redacted, here on this thread, never the job's.
+                        self.deliver(scrub(event))
                 except Exception as exc:  # a record we cannot read: never stop the thread
                     self._report(exc, "translating a record")
 

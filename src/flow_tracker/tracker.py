@@ -200,13 +200,20 @@ def check_name(name: object, what: str) -> None:
 
 
 def _mirror(tracker: Tracker, rank: int, message: object, data: object) -> None:
+    # The logging module's handlers ship records elsewhere (files, log services):
+    # they get the redacted message and data, as stored. Only paid when a handler
+    # listens at this level (the root logger starts at WARNING).
     try:
+        redactor = runtime.redactor()
         stdlib_logger.log(
             rank,
             "[%s] %s",
             tracker.name,
-            message,
-            extra={"flow_tracker_process_id": str(tracker._process_id), "flow_tracker_data": data},
+            redactor.text(message, tracker._settings.max_message_length),
+            extra={
+                "flow_tracker_process_id": str(tracker._process_id),
+                "flow_tracker_data": None if data is None else redactor.scrub(data),
+            },
         )
     except Exception as exc:  # a broken handler of the host app must not break the job
         runtime.report_internal_error(exc, "mirroring a log to the logging module")

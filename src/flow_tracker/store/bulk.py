@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from flow_tracker import events as ev
 from flow_tracker.ids import new_id_int, to_hex
-from flow_tracker.redaction import Redactor
+from flow_tracker.redaction import Redactor, may_hold_secret
 from flow_tracker.store.dialect import insert_for
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import flows, log_entries, processes
@@ -406,12 +406,14 @@ class BatchWriter:
 
 
 def _is_clean(message: object, limit: int) -> bool:
-    # Most messages are short ASCII strings: skip the scrubbing work for them.
+    # Most messages are short ASCII strings with nothing secret-looking in them:
+    # skip the scrubbing work for those.
     return (
         type(message) is str
         and len(message) <= limit
         and message.isascii()
         and "\x00" not in message
+        and not may_hold_secret(message)
     )
 
 
