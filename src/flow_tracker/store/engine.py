@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import sqlite3
 import threading
@@ -138,12 +139,59 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def build_engine(url: URL, *, pg_synchronous_commit: bool = False, reader: bool = False) -> Engine:
+def is_timeout(exc: BaseException) -> bool:
+    """True when a statement was cancelled for running past its time budget.
+
+    PostgreSQL's ``statement_timeout`` (SQLSTATE 57014, query_canceled) or the
+    SQLite progress-handler deadline of :func:`build_engine` ("interrupted").
+    """
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) == "57014":
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and "interrupted" in str(orig)
+
+
+# SQLite VM instructions between two looks at the clock: ~1 ms of work.
+_SQLITE_PROGRESS_STEPS = 10_000
+
+
+def _sqlite_deadline(engine: Engine, seconds: float) -> None:
+    """Interrupt any statement of ``engine`` running past ``seconds`` (SQLite has no timeout).
+
+    Each statement sets its connection's deadline as it starts; a progress handler
+    SQLite calls every few thousand instructions aborts the statement once passed.
+    """
+
+    @event.listens_for(engine, "connect")
+    def arm(dbapi_connection: Any, record: Any) -> None:
+        deadline = record.info.setdefault("flow_tracker_deadline", [math.inf])
+        dbapi_connection.set_progress_handler(
+            lambda: 1 if time.monotonic() > deadline[0] else 0, _SQLITE_PROGRESS_STEPS
+        )
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def start(conn: Connection, *_: Any) -> None:
+        deadline = conn.connection.info.get("flow_tracker_deadline")
+        if deadline is not None:
+            deadline[0] = time.monotonic() + seconds
+
+
+def build_engine(
+    url: URL,
+    *,
+    pg_synchronous_commit: bool = False,
+    reader: bool = False,
+    statement_timeout: float | None = None,
+) -> Engine:
     """Create the engine for ``url`` with the settings flow-tracker relies on.
 
     ``reader`` engines (the dashboard's) never let psycopg prepare statements: after
     five runs of one query PostgreSQL may switch to a generic plan, and for the
     dashboard's filters (metadata containment, rare statuses) that plan is the slow one.
+    ``statement_timeout`` (seconds) cancels any statement that runs longer: a
+    request can then never keep the database busy for minutes.
     """
     if url.get_backend_name() == "sqlite":
         kwargs: dict[str, Any] = {
@@ -155,6 +203,8 @@ def build_engine(url: URL, *, pg_synchronous_commit: bool = False, reader: bool 
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
+        if statement_timeout is not None:
+            _sqlite_deadline(engine, statement_timeout)
         return engine
     connect_args: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
@@ -165,6 +215,8 @@ def build_engine(url: URL, *, pg_synchronous_commit: bool = False, reader: bool 
         connect_args["prepare_threshold"] = None
         # The dashboard's queries are short; JIT compiling one costs ~100 ms by itself.
         options.append("-c jit=off")
+    if statement_timeout is not None:
+        options.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
     if not pg_synchronous_commit:
         # Only flow-tracker's own connections: see Settings.pg_synchronous_commit.
         options.append("-c synchronous_commit=off")
@@ -189,12 +241,14 @@ class Store:
         auto_migrate: bool = True,
         pg_synchronous_commit: bool = False,
         reader: bool = False,
+        statement_timeout: float | None = None,
     ) -> None:
         self.url = parse_url(database_url)
         self.dialect = self.url.get_backend_name()
         self.auto_migrate = auto_migrate
         self.pg_synchronous_commit = pg_synchronous_commit
         self.reader = reader
+        self.statement_timeout = statement_timeout
         self._engine: Engine | None = None
         self._schema_ready = False
         self._lock = threading.Lock()
@@ -210,6 +264,7 @@ class Store:
                         self.url,
                         pg_synchronous_commit=self.pg_synchronous_commit,
                         reader=self.reader,
+                        statement_timeout=self.statement_timeout,
                     )
                 engine = self._engine
         return engine

@@ -266,19 +266,6 @@ def _message_matches(store: Store, search: str) -> ColumnElement[bool]:
     return message.ilike(_like_pattern(search), escape="\\")
 
 
-def _search_condition(store: Store, search: str, since: datetime | None) -> ColumnElement[bool]:
-    """Processes whose name or any log message contains ``search`` (case-insensitive).
-
-    Log entries have UUIDv7 ids, so "logs written since the list's start time" is
-    a range of the primary key: a time filter bounds how many messages are scanned.
-    """
-    logs = select(log_entries.c.process_id).where(_message_matches(store, search))
-    if since is not None:
-        logs = logs.where(log_entries.c.id >= id_floor(since))
-    name = processes.c.name.ilike(_like_pattern(search), escape="\\")
-    return or_(name, processes.c.id.in_(logs))
-
-
 def _id_time(value: uuid.UUID) -> datetime:
     """The millisecond a UUIDv7 was made in."""
     return datetime.fromtimestamp((value.int >> 80) / 1000, timezone.utc)
@@ -287,25 +274,32 @@ def _id_time(value: uuid.UUID) -> datetime:
 _RECENT_STRETCH = timedelta(minutes=15)
 
 
-def _search_newest_first(
+def _search(
     conn: Connection,
     store: Store,
     conditions: list[ColumnElement[bool]],
     search: str,
     logs_since: datetime | None,
     wanted: int,
+    newest: bool,
 ) -> list[Row[Any]]:
-    """The ``wanted`` newest processes matching ``conditions`` whose name or logs hold ``search``.
+    """The first ``wanted`` processes matching ``conditions`` whose name or logs hold ``search``.
 
-    One query that joins every matching log message of the window to the list
-    scans all of them, however common the term. Here the log messages of the last
-    15 minutes are read first: a process is created before it writes a log entry,
-    so once ``wanted`` matches were created within those minutes, no older log can
-    change the page, and a common term costs a few milliseconds. Otherwise the rest
-    of the window is read in one scan (in parallel on PostgreSQL), as the single
-    query would.
+    One plan shape for both orders: the ids of the matching processes first (by
+    name, then from the log messages of the window), then their rows, paged. A
+    single query (``name ILIKE … OR id IN (SELECT … FROM log_entries …)``) lets
+    PostgreSQL plan the log scan as a SubPlan run per process: minutes at a
+    million rows. Newest first, the log messages of the last 15 minutes are read
+    first: a process is created before it writes a log entry, so once ``wanted``
+    matches were created within those minutes, no older log can change the page,
+    and a common term costs a few milliseconds. Otherwise (and oldest first) the
+    window is read in one scan, in parallel on PostgreSQL.
     """
-    order = (processes.c.created_at.desc(), processes.c.id.desc())
+    order = (
+        (processes.c.created_at.desc(), processes.c.id.desc())
+        if newest
+        else (processes.c.created_at.asc(), processes.c.id.asc())
+    )
     named = conn.execute(
         select(*_LIST_COLUMNS)
         .where(
@@ -325,17 +319,20 @@ def _search_newest_first(
     matches = _message_matches(store, search)
     recent = max(datetime.now(timezone.utc) - _RECENT_STRETCH, floor)
     # Newest first: the last minutes (open-ended: clocks differ), then the rest.
-    for lower, upper in ((recent, None), (floor, recent)):
+    stretches: tuple[tuple[datetime, datetime | None], ...] = (
+        ((recent, None), (floor, recent)) if newest else ((floor, None),)
+    )
+    for lower, upper in stretches:
         if upper is not None:
             if upper <= floor:
                 break
             if sum(1 for row in found.values() if as_utc(row.created_at) >= upper) >= wanted:
                 break  # every process matched by an older log was created before ``upper``
-            if store.dialect == "postgresql":
-                # One long scan of messages: let PostgreSQL share it among parallel
-                # workers, which its default costs keep for bigger tables.
-                conn.exec_driver_sql("SET LOCAL parallel_setup_cost = 10")
-                conn.exec_driver_sql("SET LOCAL parallel_tuple_cost = 0.001")
+        if (upper is not None or not newest) and store.dialect == "postgresql":
+            # One long scan of messages: let PostgreSQL share it among parallel
+            # workers, which its default costs keep for bigger tables.
+            conn.exec_driver_sql("SET LOCAL parallel_setup_cost = 10")
+            conn.exec_driver_sql("SET LOCAL parallel_tuple_cost = 0.001")
         logs = select(log_entries.c.process_id).where(matches, log_entries.c.id >= id_floor(lower))
         if upper is not None:
             logs = logs.where(log_entries.c.id < id_floor(upper))
@@ -344,15 +341,15 @@ def _search_newest_first(
         fresh = [pid for pid in conn.execute(logs.distinct()).scalars() if pid not in found]
         for offset in range(0, len(fresh), 1_000):
             batch = fresh[offset : offset + 1_000]
-            newest = (
+            first = (
                 select(*_LIST_COLUMNS)
                 .where(and_(true(), *conditions, processes.c.id.in_(batch)))
                 .order_by(*order)
-                .limit(wanted)  # any other match has ``wanted`` newer ones: not on the page
+                .limit(wanted)  # any other match has ``wanted`` before it: not on the page
             )
-            for row in conn.execute(newest):
+            for row in conn.execute(first):
                 found[row.id] = row
-    ranked = sorted(found.values(), key=lambda r: (as_utc(r.created_at), r.id), reverse=True)
+    ranked = sorted(found.values(), key=lambda r: (as_utc(r.created_at), r.id), reverse=newest)
     return ranked[:wanted]
 
 
@@ -414,8 +411,6 @@ def list_processes(
         conditions.extend(_metadata_filter(store, metadata))
     logs_since = max_time(since, search_logs_since)
     newest = order == "newest"
-    if search and not newest:
-        conditions.append(_search_condition(store, search, logs_since))
     if cursor:
         stamp, last_id = _decode_cursor(cursor)
         if newest:
@@ -439,8 +434,8 @@ def list_processes(
     )
     store.ensure_schema()
     with store.engine.connect() as conn:
-        if search and newest:
-            rows = _search_newest_first(conn, store, conditions, search, logs_since, limit + 1)
+        if search:
+            rows = _search(conn, store, conditions, search, logs_since, limit + 1, newest)
         else:
             query = select(*_LIST_COLUMNS).where(and_(true(), *conditions)).order_by(*ordering)
             rows = list(conn.execute(query.limit(limit + 1)).all())

@@ -32,6 +32,7 @@ def create_app(
     refresh_seconds: int = 5,
     keep_statistics: bool = True,
     allowed_hosts: Sequence[str] | None = None,
+    query_timeout: float = 5.0,
 ) -> Starlette:
     """The dashboard as an ASGI app, to mount under any prefix or serve on its own.
 
@@ -49,15 +50,20 @@ def create_app(
             ``"*.example.com"`` and ``"*"`` are patterns); any other gets 400, which
             stops DNS-rebinding pages. None (the default when mounted) leaves the
             check to the host app; ``flow-tracker serve`` always sets it.
+        query_timeout: seconds any one query of a page or an API call may run
+            before the database cancels it; the page then says to narrow the search.
 
     Returns:
         A Starlette application.
     """
     settings = config.current()
+    if not query_timeout > 0:
+        raise UsageError(
+            f"query_timeout must be a positive number of seconds, not {query_timeout!r}"
+        )
+    url = database_url or settings.database_url
     store = Store(
-        database_url or settings.database_url,
-        auto_migrate=settings.auto_migrate,
-        reader=True,
+        url, auto_migrate=settings.auto_migrate, reader=True, statement_timeout=query_timeout
     )
     if basic_auth is not None and (not basic_auth[0] or not basic_auth[1]):
         raise UsageError("basic_auth needs a non-empty user and password")
@@ -79,7 +85,9 @@ def create_app(
         Route("/api/openapi.json", api.openapi, name="api_openapi"),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    keeper = StatisticsKeeper(store) if keep_statistics else None
+    # The keeper rolls up what the pages read, off the request path: its first
+    # roll-up of a large database may run longer than a page's query budget.
+    keeper = StatisticsKeeper(Store(url, reader=True)) if keep_statistics else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flow_tracker.store.engine import error_line
+from flow_tracker.store.engine import error_line, is_timeout
 from flow_tracker.web.context import render
 
 logger = logging.getLogger("flow_tracker")
@@ -62,12 +62,27 @@ UNAVAILABLE = (
 )
 
 
+TOO_BROAD = (
+    "This search is too broad: it ran past the dashboard's time budget. "
+    "Narrow the time range, or add a name, status or category."
+)
+TOO_SLOW = "This page's query ran past the dashboard's time budget; try a shorter window."
+_SEARCHES = ("/processes", "/api/processes")
+
+
 async def database_unavailable(request: Request, exc: Exception) -> Response:
     """503: the tracking database did not answer (or no pooled connection was free).
 
+    A query cancelled for running past ``query_timeout`` is no outage: a list or a
+    search answers 400 "too broad" (narrowing it helps), any other page 503.
     The driver's message names the database's host and port: it goes to the log,
     not to the page, which anyone who can open the dashboard reads.
     """
+    if is_timeout(exc):
+        path = request.url.path[len(request.scope.get("root_path", "")) :]
+        if path in _SEARCHES:
+            return error(request, 400, "Search too broad", TOO_BROAD)
+        return error(request, 503, "Too slow", TOO_SLOW)
     logger.warning("flow-tracker dashboard: database unavailable: %s", error_line(exc))
     if _is_api(request):
         return problem(503, "tracking database unavailable")
