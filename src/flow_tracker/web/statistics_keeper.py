@@ -72,6 +72,8 @@ class StatisticsKeeper:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            self._store.dispose()  # its own connections (see create_app)
 
     def tick(self, now: datetime | None = None) -> RollupState:
         """Refresh, warm every window for now and the next hour boundary, then publish."""
