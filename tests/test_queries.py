@@ -174,10 +174,24 @@ def _v7_at(moment: datetime, rng: random.Random) -> uuid.UUID:
     return uuid.UUID(int=(ms << 80) | (0x7 << 76) | rng.getrandbits(76))
 
 
+# Each way the search may take (see store/queries._search), forced on small data.
+SEARCH_PATHS = {
+    "probe": {},
+    "probe in small chunks": {"_PROBE_CHUNK": 5},
+    "full scan": {"_PROBE_CHUNKS": 0},
+    "full scan, walking the list": {"_PROBE_CHUNKS": 0, "_WALK_OVER": 2, "_WALK_CHUNK": 7},
+}
+
+
+@pytest.mark.parametrize("path", SEARCH_PATHS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_search_pages_equal_a_full_scan_whatever_the_age_of_the_matching_logs(
-    tracked: str, seed: int
+    tracked: str, seed: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flow_tracker.store import queries
+
+    for name, value in SEARCH_PATHS[path].items():
+        monkeypatch.setattr(queries, name, value)
     # Processes created over two days, some running for hours, with log entries
     # written any time after their start: the stretched backwards read of the logs
     # must give exactly the pages a full scan would.
@@ -234,5 +248,15 @@ def test_search_pages_equal_a_full_scan_whatever_the_age_of_the_matching_logs(
             if cursor is None:
                 break
         assert seen == expected
-    oldest_first = flow_tracker.list_processes(search="needle", order="oldest", limit=500)
-    assert [p.id for p in oldest_first.items] == expected[::-1]
+    for page_size in (1, 4, 500):
+        seen = []
+        cursor = None
+        while True:
+            page = flow_tracker.list_processes(
+                search="needle", order="oldest", limit=page_size, cursor=cursor
+            )
+            seen.extend(p.id for p in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == expected[::-1]

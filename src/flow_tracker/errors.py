@@ -47,3 +47,16 @@ class Skipped(FlowTrackerError):
     job integration (Celery, RQ, Dramatiq) swallow it. The decorator form never
     raises it: the function is not called and returns None.
     """
+
+
+class SearchTooBroadError(UsageError):
+    """A search of the process list ran past its time budget (the dashboard's ``query_timeout``).
+
+    Narrowing it helps: a shorter time range, a name, a status or a category.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This search is too broad: it ran past the dashboard's time budget. "
+            "Narrow the time range, or add a name, status or category."
+        )

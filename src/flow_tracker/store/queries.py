@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,7 @@ from sqlalchemy import ColumnElement, Row, and_, func, or_, select, true
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from flow_tracker.errors import UsageError
+from flow_tracker.errors import SearchTooBroadError, UsageError
 from flow_tracker.ids import parse_id
 from flow_tracker.records import (
     ErrorInfo,
@@ -274,6 +275,118 @@ def _id_time(value: uuid.UUID) -> datetime:
 _RECENT_STRETCH = timedelta(minutes=15)
 
 
+_WALK_OVER = 5_000  # matching processes past which the list is walked instead
+_WALK_CHUNK = 2_000
+
+
+class _Budget:
+    """The time a search may take over all its statements (each has its own timeout too)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def check(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SearchTooBroadError()
+
+
+def _walk(
+    conn: Connection,
+    conditions: list[ColumnElement[bool]],
+    order: tuple[Any, ...],
+    newest: bool,
+    ids: set[Any],
+    wanted: int,
+    budget: _Budget,
+) -> list[Row[Any]]:
+    """The first ``wanted`` processes of the list (in its order) whose id is in ``ids``."""
+    kept: list[Row[Any]] = []
+    after: list[ColumnElement[bool]] = []
+    while len(kept) < wanted:
+        budget.check()
+        chunk = conn.execute(
+            select(*_LIST_COLUMNS)
+            .where(and_(true(), *conditions, *after))
+            .order_by(*order)
+            .limit(_WALK_CHUNK)
+        ).all()
+        kept += [row for row in chunk if row.id in ids]
+        if len(chunk) < _WALK_CHUNK:
+            break
+        last = chunk[-1]
+        after = [_keyset_after(last.created_at, last.id, newest)]
+    return kept[:wanted]
+
+
+def _keyset_after(stamp: datetime, last_id: Any, newest: bool) -> ColumnElement[bool]:
+    """The rows after (created_at, id) in the list's order."""
+    if newest:
+        return or_(
+            processes.c.created_at < stamp,
+            and_(processes.c.created_at == stamp, processes.c.id < last_id),
+        )
+    return or_(
+        processes.c.created_at > stamp,
+        and_(processes.c.created_at == stamp, processes.c.id > last_id),
+    )
+
+
+_PROBE_CHUNKS = 3
+_PROBE_CHUNK = 500
+
+
+def _probe(
+    conn: Connection,
+    conditions: list[ColumnElement[bool]],
+    order: tuple[Any, ...],
+    newest: bool,
+    matches: ColumnElement[bool],
+    floor: datetime,
+    search: str,
+    wanted: int,
+    budget: _Budget,
+) -> list[Row[Any]] | None:
+    """The page, when the first processes of the list already hold it; else None.
+
+    A common term matches most processes: the first few hundred of the list, in
+    its order, each checked through the log index by process id, fill the page in
+    milliseconds. Complete for what it read, so a page found here is exact. A rare
+    term finds too little here, and the search goes on with the full scan.
+    """
+    kept: list[Row[Any]] = []
+    after: list[ColumnElement[bool]] = []
+    term = search.lower()  # a name matches as ILIKE '%term%' does
+    for _ in range(_PROBE_CHUNKS):
+        budget.check()
+        chunk = conn.execute(
+            select(*_LIST_COLUMNS)
+            .where(and_(true(), *conditions, *after))
+            .order_by(*order)
+            .limit(_PROBE_CHUNK)
+        ).all()
+        if not chunk:
+            return kept  # the whole list was read: this is the answer
+        hits = set(
+            conn.execute(
+                select(log_entries.c.process_id)
+                .where(
+                    log_entries.c.process_id.in_([row.id for row in chunk]),
+                    log_entries.c.id >= id_floor(floor),
+                    matches,
+                )
+                .distinct()
+            ).scalars()
+        )
+        kept += [row for row in chunk if row.id in hits or term in str(row.name).lower()]
+        if len(kept) >= wanted:
+            return kept[:wanted]
+        if len(chunk) < _PROBE_CHUNK:
+            return kept
+        last = chunk[-1]
+        after = [_keyset_after(last.created_at, last.id, newest)]
+    return None
+
+
 def _search(
     conn: Connection,
     store: Store,
@@ -300,6 +413,7 @@ def _search(
         if newest
         else (processes.c.created_at.asc(), processes.c.id.asc())
     )
+    budget = _Budget(store.statement_timeout)
     named = conn.execute(
         select(*_LIST_COLUMNS)
         .where(
@@ -317,6 +431,9 @@ def _search(
         logs_since = _id_time(oldest if isinstance(oldest, uuid.UUID) else uuid.UUID(str(oldest)))
     floor = as_utc(logs_since)
     matches = _message_matches(store, search)
+    probed = _probe(conn, conditions, order, newest, matches, floor, search, wanted, budget)
+    if probed is not None:
+        return probed
     recent = max(datetime.now(timezone.utc) - _RECENT_STRETCH, floor)
     # Newest first: the last minutes (open-ended: clocks differ), then the rest.
     stretches: tuple[tuple[datetime, datetime | None], ...] = (
@@ -338,9 +455,18 @@ def _search(
             logs = logs.where(log_entries.c.id < id_floor(upper))
         # The process ids first, then their rows: joined in one query, the planner
         # guesses that most messages match and probes the logs of every process.
-        fresh = [pid for pid in conn.execute(logs.distinct()).scalars() if pid not in found]
-        for offset in range(0, len(fresh), 1_000):
-            batch = fresh[offset : offset + 1_000]
+        budget.check()
+        fresh = {pid for pid in conn.execute(logs.distinct()).scalars() if pid not in found}
+        if len(fresh) > _WALK_OVER:
+            # A common term: walk the list in its order and keep the matches, which
+            # the first pages of processes already hold, instead of fetching them all.
+            for row in _walk(conn, conditions, order, newest, fresh, wanted, budget):
+                found[row.id] = row
+            continue
+        ordered = list(fresh)
+        for offset in range(0, len(ordered), 1_000):
+            budget.check()
+            batch = ordered[offset : offset + 1_000]
             first = (
                 select(*_LIST_COLUMNS)
                 .where(and_(true(), *conditions, processes.c.id.in_(batch)))
@@ -413,20 +539,7 @@ def list_processes(
     newest = order == "newest"
     if cursor:
         stamp, last_id = _decode_cursor(cursor)
-        if newest:
-            conditions.append(
-                or_(
-                    processes.c.created_at < stamp,
-                    and_(processes.c.created_at == stamp, processes.c.id < last_id),
-                )
-            )
-        else:
-            conditions.append(
-                or_(
-                    processes.c.created_at > stamp,
-                    and_(processes.c.created_at == stamp, processes.c.id > last_id),
-                )
-            )
+        conditions.append(_keyset_after(stamp, last_id, newest))
     ordering = (
         (processes.c.created_at.desc(), processes.c.id.desc())
         if newest

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flow_tracker.errors import SearchTooBroadError
 from flow_tracker.store.engine import error_line, is_timeout
 from flow_tracker.web.context import render
 
@@ -62,10 +63,7 @@ UNAVAILABLE = (
 )
 
 
-TOO_BROAD = (
-    "This search is too broad: it ran past the dashboard's time budget. "
-    "Narrow the time range, or add a name, status or category."
-)
+TOO_BROAD = str(SearchTooBroadError())
 TOO_SLOW = "This page's query ran past the dashboard's time budget; try a shorter window."
 _SEARCHES = ("/processes", "/api/processes")
 
