@@ -52,6 +52,8 @@ _F_DURATION = FLOW_COLUMNS.index("duration_ms")
 LOG_COLUMNS = ("id", "process_id", "flow_id", "level", "message", "data", "created_at", "position")
 TRANSITION_COLUMNS = ("id", "process_id", "status", "at", "attempt", "reason")
 REASON_LIMIT = 1_000
+# Rows from which PostgreSQL gets them by COPY (fewer: one pipelined INSERT batch).
+_COPY_FROM = 16
 NAME_LIMIT = 255
 TRACEBACK_LIMIT = 65_536
 
@@ -394,7 +396,15 @@ class BatchWriter:
     ) -> None:
         dbapi = conn.connection.driver_connection
         if self.dialect == "postgresql":
+            rows = rows if isinstance(rows, list) else list(rows)
             with dbapi.cursor() as cursor:  # type: ignore[union-attr]
+                if len(rows) <= _COPY_FROM:
+                    # A few rows (a job's start or end): COPY's set-up round trips cost
+                    # more than the rows; psycopg sends these in one pipelined batch.
+                    placeholders = ", ".join("%s" for _ in columns)
+                    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+                    cursor.executemany(sql, rows)
+                    return
                 copy_sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
                 with cursor.copy(copy_sql) as copy:
                     for row in rows:
