@@ -101,3 +101,27 @@ def test_a_search_within_the_budget_finds_names_and_messages_in_both_orders(
             found = client.get(f"/api/processes?q=needle&since=2000-01-01&order={order}").json()
             assert [p["name"] for p in found["items"]] == expected
     app.state.dashboard.store.dispose()
+
+
+def test_searches_beyond_the_slots_are_asked_to_come_back_and_other_pages_still_answer(
+    tracked: str,
+) -> None:
+    from flow_tracker.web.context import SEARCH_SLOTS
+
+    app = create_app(tracked, keep_statistics=False)
+    slots = app.state.dashboard.search_slots
+    for _ in range(SEARCH_SLOTS):  # as if that many broad searches were running
+        assert slots.acquire(timeout=1)
+    try:
+        with TestClient(app, base_url=ORIGIN) as client:
+            busy = client.get("/api/processes?q=anything")
+            page = client.get("/processes?q=anything")
+            plain = client.get("/processes")
+    finally:
+        for _ in range(SEARCH_SLOTS):
+            slots.release()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert "try again" in busy.json()["error"]
+    assert page.status_code == 503 and "try again" in page.text
+    assert plain.status_code == 200
+    app.state.dashboard.store.dispose()

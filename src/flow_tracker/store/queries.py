@@ -331,8 +331,8 @@ def _keyset_after(stamp: datetime, last_id: Any, newest: bool) -> ColumnElement[
     )
 
 
-_PROBE_CHUNKS = 3
-_PROBE_CHUNK = 500
+_PROBE_CHUNKS = 1
+_PROBE_CHUNK = 200
 
 
 def _probe(

@@ -155,6 +155,12 @@ def read_version(conn: Connection) -> tuple[datetime | None, str]:
     return datetime.fromisoformat(row.value), str(row.updated_at)
 
 
+def stored_version(store: Store) -> tuple[datetime | None, str]:
+    """:func:`read_version` on a connection of its own (no refresh)."""
+    with store.engine.connect() as conn:
+        return read_version(conn)
+
+
 def read_watermark(conn: Connection) -> datetime | None:
     """The end of the last hour rolled up, or None before the first refresh."""
     value = conn.execute(select(state.c.value).where(state.c.key == WATERMARK_KEY)).scalar()

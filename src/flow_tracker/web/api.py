@@ -7,6 +7,7 @@ JSON problems (:mod:`flow_tracker.web.errors`): 400 with the reason, 404, 503.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 
 from starlette.requests import Request
@@ -29,7 +30,8 @@ def list_processes(request: Request) -> Response:
     """``GET /api/processes``: a page of processes, newest first, with ``next_cursor``."""
     board = dashboard_of(request)
     filters = ProcessFilters.from_query(request.query_params, datetime.now(timezone.utc))
-    page = queries.list_processes(board.store, **filters.list_kwargs())
+    with board.search_slot() if filters.search else contextlib.nullcontext():
+        page = queries.list_processes(board.store, **filters.list_kwargs())
     return json_response(
         {
             "items": [p.to_dict(include_tree=False) for p in page.items],

@@ -16,7 +16,7 @@ from flow_tracker import config
 from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, UsageError
 from flow_tracker.store.engine import Store
 from flow_tracker.web import api, errors, health_views, views
-from flow_tracker.web.context import HERE, Dashboard, make_templates
+from flow_tracker.web.context import HERE, Dashboard, SearchesBusyError, make_templates
 from flow_tracker.web.params import ParamError
 from flow_tracker.web.security import AuthHook, SecurityMiddleware
 from flow_tracker.web.statistics_keeper import StatisticsKeeper
@@ -109,6 +109,7 @@ def create_app(
             405: errors.method_not_allowed,
             DBAPIError: errors.database_unavailable,
             PoolTimeout: errors.database_unavailable,
+            SearchesBusyError: errors.searches_busy,
             DatabaseUnavailableError: errors.database_unavailable,
             ParamError: errors.bad_request,
             FlowTrackerError: errors.bad_request,

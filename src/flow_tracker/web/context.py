@@ -5,7 +5,10 @@ Also the checks every action makes: read-only, form size, CSRF and origin.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from flow_tracker import __version__
+from flow_tracker.store import rollups
 from flow_tracker.store.engine import Store
 from flow_tracker.web import formatting
 from flow_tracker.web.security import CSRF_FIELD, check_post
@@ -24,6 +28,12 @@ from flow_tracker.web.statistics_keeper import RollupState, StatisticsKeeper
 
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16_384
+SEARCH_SLOTS = 2  # searches of the process list running at once, per app
+SEARCH_WAIT = 1.0  # seconds a search waits for a slot
+
+
+class SearchesBusyError(Exception):
+    """Every search slot stayed taken: the dashboard answers 503, try again shortly."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +48,39 @@ class Dashboard:
     stale_after: float
     lost_after: float
     keeper: StatisticsKeeper | None = None
+    search_slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(SEARCH_SLOTS)
+    )
 
     def rollup_state(self) -> RollupState | None:
-        """The rollups' state kept warm in the background, or None: refresh in the request."""
+        """The rollups' state kept warm in the background, or None: refresh in the request.
+
+        While the keeper's first roll-up still runs (minutes on a large database
+        never rolled up), pages read the rollups as stored rather than wait for it
+        (or run their own under the query budget): what is not rolled up yet comes
+        from the raw rows, so the numbers are exact either way.
+        """
         if self.keeper is None:
             return None
         self.keeper.ensure_running()
-        return self.keeper.state
+        state = self.keeper.state
+        return state if state is not None else rollups.stored_version(self.store)
+
+    @contextlib.contextmanager
+    def search_slot(self) -> Iterator[None]:
+        """Hold one of the few slots searches share, or raise :class:`SearchesBusyError`.
+
+        A broad search keeps a connection and a CPU busy for up to its budget; a
+        handful at once would starve every other page (the pool is ten, the
+        machine may have two cores). Searches beyond the slots wait up to a
+        second for one, then are asked to come back.
+        """
+        if not self.search_slots.acquire(timeout=SEARCH_WAIT):
+            raise SearchesBusyError()
+        try:
+            yield
+        finally:
+            self.search_slots.release()
 
 
 def dashboard_of(request: Request) -> Dashboard:

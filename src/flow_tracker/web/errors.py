@@ -87,6 +87,16 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     return error(request, 503, "The tracking database is not answering", UNAVAILABLE)
 
 
+BUSY = "Too many searches are running right now; try again in a moment."
+
+
+async def searches_busy(request: Request, exc: Exception) -> Response:
+    """503 with ``Retry-After``: every search slot is taken (see ``Dashboard.search_slot``)."""
+    response = error(request, 503, "Busy", BUSY)
+    response.headers["retry-after"] = "2"
+    return response
+
+
 async def bad_request(request: Request, exc: Exception) -> Response:
     """400: a parameter or a value the dashboard cannot use, with the reason."""
     return error(request, 400, "Bad request", str(exc))

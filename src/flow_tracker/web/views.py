@@ -8,6 +8,7 @@ unreachable database a 503 (:mod:`flow_tracker.web.errors`); nothing is a stack 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -82,7 +83,8 @@ def process_list(request: Request) -> Response:
     error = None
     try:
         filters = ProcessFilters.from_query(request.query_params, moment)
-        page = queries.list_processes(board.store, **filters.list_kwargs())
+        with board.search_slot() if filters.search else contextlib.nullcontext():
+            page = queries.list_processes(board.store, **filters.list_kwargs())
     except (ParamError, FlowTrackerError, ValueError) as exc:
         error = str(exc)
         filters = ProcessFilters()
