@@ -173,9 +173,11 @@ def _sqlite_deadline(engine: Engine, seconds: float) -> None:
 
     @event.listens_for(engine, "before_cursor_execute")
     def start(conn: Connection, *_: Any) -> None:
-        deadline = conn.connection.info.get("flow_tracker_deadline")
+        info = conn.connection.info
+        deadline = info.get("flow_tracker_deadline")
         if deadline is not None:
-            deadline[0] = time.monotonic() + seconds
+            # A caller with a budget over several statements caps each one's deadline.
+            deadline[0] = min(time.monotonic() + seconds, info.get("flow_tracker_cap", math.inf))
 
 
 def build_engine(

@@ -280,14 +280,31 @@ _WALK_CHUNK = 2_000
 
 
 class _Budget:
-    """The time a search may take over all its statements (each has its own timeout too)."""
+    """The time a search may take over all its statements, not each (the store's timeout).
 
-    def __init__(self, seconds: float | None) -> None:
+    :meth:`check` raises once the budget is spent, and gives the next statement
+    only what is left of it: ``SET LOCAL statement_timeout`` on PostgreSQL, a
+    cap on the deadline of :func:`~flow_tracker.store.engine.build_engine` on SQLite.
+    """
+
+    def __init__(self, conn: Connection, seconds: float | None) -> None:
+        self.conn = conn
         self.deadline = None if seconds is None else time.monotonic() + seconds
 
     def check(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
             raise SearchTooBroadError()
+        if self.conn.dialect.name == "postgresql":
+            self.conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(left * 1000))}")
+        else:
+            self.conn.connection.info["flow_tracker_cap"] = self.deadline
+
+    def close(self) -> None:
+        """Lift the SQLite cap: the connection goes back to the pool."""
+        self.conn.connection.info.pop("flow_tracker_cap", None)
 
 
 def _walk(
@@ -413,7 +430,28 @@ def _search(
         if newest
         else (processes.c.created_at.asc(), processes.c.id.asc())
     )
-    budget = _Budget(store.statement_timeout)
+    budget = _Budget(conn, store.statement_timeout)
+    try:
+        return _search_within(
+            conn, store, conditions, search, logs_since, wanted, order, newest, budget
+        )
+    finally:
+        budget.close()
+
+
+def _search_within(
+    conn: Connection,
+    store: Store,
+    conditions: list[ColumnElement[bool]],
+    search: str,
+    logs_since: datetime | None,
+    wanted: int,
+    order: tuple[Any, ...],
+    newest: bool,
+    budget: _Budget,
+) -> list[Row[Any]]:
+    """:func:`_search`, its statements under ``budget``."""
+    budget.check()
     named = conn.execute(
         select(*_LIST_COLUMNS)
         .where(

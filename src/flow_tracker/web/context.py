@@ -28,7 +28,7 @@ from flow_tracker.web.statistics_keeper import RollupState, StatisticsKeeper
 
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16_384
-SEARCH_SLOTS = 2  # searches of the process list running at once, per app
+SEARCH_SLOTS = 1  # searches of the process list running at once, per app
 SEARCH_WAIT = 1.0  # seconds a search waits for a slot
 
 
@@ -70,10 +70,10 @@ class Dashboard:
     def search_slot(self) -> Iterator[None]:
         """Hold one of the few slots searches share, or raise :class:`SearchesBusyError`.
 
-        A broad search keeps a connection and a CPU busy for up to its budget; a
-        handful at once would starve every other page (the pool is ten, the
-        machine may have two cores). Searches beyond the slots wait up to a
-        second for one, then are asked to come back.
+        A broad search keeps a connection and a CPU busy for up to its budget;
+        two at once already doubled every other page's time on a two-core
+        machine (``make bench``). Searches beyond the slot wait up to a second
+        for it, then are asked to come back.
         """
         if not self.search_slots.acquire(timeout=SEARCH_WAIT):
             raise SearchesBusyError()
