@@ -184,3 +184,12 @@ def test_infinite_progress_is_refused_at_the_call(tracked: str) -> None:
         with pytest.raises(flow_tracker.UsageError, match="finite number"):
             tracker.progress.increment(bad)
     tracker.complete()
+
+
+def test_no_redirect_reflects_the_host_header(client: TestClient) -> None:
+    response = client.get(
+        "/processes/", headers={"host": "attacker.example"}, follow_redirects=False
+    )
+    assert response.status_code == 404
+    assert "attacker.example" not in response.headers.get("location", "")
+    assert "attacker.example" not in response.text

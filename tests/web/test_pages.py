@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from starlette.testclient import TestClient
 
+from flow_tracker.web import create_app
 from tests.web.conftest import PINGS, Sample
 
 
@@ -205,3 +207,11 @@ def test_detail_page_and_api_show_the_state_history_escaped(
     history = client.get(f"/api/processes/{pid}").json()["history"]
     assert [h["status"] for h in history][-2:] == ["running", "completed"]
     assert history[2]["reason"] == "ConnectionError: <script>alert(1)</script>"
+
+
+def test_the_first_page_of_a_database_nothing_was_recorded_in_answers(tmp_path: Path) -> None:
+    app = create_app(f"sqlite:///{tmp_path / 'new.db'}")  # with its statistics keeper
+    with TestClient(app, base_url="http://testserver") as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/processes").status_code == 200
+    app.state.dashboard.store.dispose()

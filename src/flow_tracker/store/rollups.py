@@ -157,6 +157,7 @@ def read_version(conn: Connection) -> tuple[datetime | None, str]:
 
 def stored_version(store: Store) -> tuple[datetime | None, str]:
     """:func:`read_version` on a connection of its own (no refresh)."""
+    store.ensure_schema()
     with store.engine.connect() as conn:
         return read_version(conn)
 

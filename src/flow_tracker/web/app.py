@@ -115,6 +115,10 @@ def create_app(
             FlowTrackerError: errors.bad_request,
         },
     )
+    # Starlette answers "/processes/" with a redirect to an absolute URL built from
+    # the request's Host header: a reflected Host. Every link here is exact; a
+    # trailing slash is simply not found.
+    app.router.redirect_slashes = False
     app.state.dashboard = Dashboard(
         store=store,
         templates=make_templates(),
