@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -174,3 +175,28 @@ def test_list_help_explains_its_filters(runner: CliRunner) -> None:
     result = runner.invoke(main, ["list", "--help"])
     assert "Only processes with this status" in result.output
     assert "Only processes of this category" in result.output
+
+
+def test_serve_beyond_loopback_without_auth_warns_and_checks_the_host(
+    runner: CliRunner, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    served: list[Any] = []
+    # Only the server loop is replaced: everything serve builds is the real app.
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
+    result = runner.invoke(
+        main,
+        [
+            *("serve", "--host", "0.0.0.0", "--allowed-host", "jobs.internal"),
+            *("--database-url", sqlite_url),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "with no --basic-auth" in result.output
+    ((app, options),) = served
+    assert options["host"] == "0.0.0.0"
+    client = TestClient(app, base_url="http://jobs.internal")
+    assert client.get("/api/health").status_code in (200, 503)
+    assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
