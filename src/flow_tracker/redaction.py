@@ -247,6 +247,37 @@ class Redactor:
             )
         return text
 
+    def redact_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """An event for subscribers with what users put in it redacted as when stored.
+
+        Only the fields that carry user values are looked at - ``data``,
+        ``metadata``, messages, reasons and errors; ids, names and times are
+        flow-tracker's own. A flat dict with nothing to redact and a message with
+        nothing secret-looking cost a quick check, not a copy: the dispatcher runs
+        this for every event, beside the job's threads.
+        """
+        out = event
+        for key in ("data", "metadata"):
+            value = event.get(key)
+            if value and not self._is_plain(value):
+                out = out if out is not event else dict(event)
+                out[key] = self.scrub(value)
+        for key in ("message", "reason", "skip_reason"):
+            value = event.get(key)
+            if isinstance(value, str) and may_hold_secret(value):
+                out = out if out is not event else dict(event)
+                out[key] = redact_text(value)
+        error = event.get("error")
+        if isinstance(error, dict):
+            cleaned = {
+                k: redact_text(v) if isinstance(v, str) and k != "class" else v
+                for k, v in error.items()
+            }
+            if cleaned != error:
+                out = out if out is not event else dict(event)
+                out["error"] = cleaned
+        return out
+
     def _is_plain(self, value: Any) -> bool:
         """True for a flat dict that scrubbing would leave exactly as it is."""
         if type(value) is not dict or len(value) > 64:

@@ -474,7 +474,7 @@ class Bus:
                         if isinstance(record, dict)
                         else self._translator.events_of(record)
                     )
-                    scrub = runtime.redactor().scrub
+                    scrub = runtime.redactor().redact_event
                     for event in events:
                         # Subscribers, the OpenTelemetry spans and the metrics see what
                         # is stored: redacted, here on this thread, never the job's.
