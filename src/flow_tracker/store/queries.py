@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -307,6 +308,33 @@ class _Budget:
         self.conn.connection.info.pop("flow_tracker_cap", None)
 
 
+def _list_in_chunks(
+    conn: Connection,
+    conditions: list[ColumnElement[bool]],
+    order: tuple[Any, ...],
+    newest: bool,
+    size: int,
+    budget: _Budget,
+) -> Iterator[list[Row[Any]]]:
+    """The process list in its order, ``size`` rows at a time (keyset pages); ends when read."""
+    after: list[ColumnElement[bool]] = []
+    while True:
+        budget.check()
+        chunk = list(
+            conn.execute(
+                select(*_LIST_COLUMNS)
+                .where(and_(true(), *conditions, *after))
+                .order_by(*order)
+                .limit(size)
+            ).all()
+        )
+        yield chunk
+        if len(chunk) < size:
+            return
+        last = chunk[-1]
+        after = [_keyset_after(last.created_at, last.id, newest)]
+
+
 def _walk(
     conn: Connection,
     conditions: list[ColumnElement[bool]],
@@ -318,20 +346,10 @@ def _walk(
 ) -> list[Row[Any]]:
     """The first ``wanted`` processes of the list (in its order) whose id is in ``ids``."""
     kept: list[Row[Any]] = []
-    after: list[ColumnElement[bool]] = []
-    while len(kept) < wanted:
-        budget.check()
-        chunk = conn.execute(
-            select(*_LIST_COLUMNS)
-            .where(and_(true(), *conditions, *after))
-            .order_by(*order)
-            .limit(_WALK_CHUNK)
-        ).all()
+    for chunk in _list_in_chunks(conn, conditions, order, newest, _WALK_CHUNK, budget):
         kept += [row for row in chunk if row.id in ids]
-        if len(chunk) < _WALK_CHUNK:
+        if len(kept) >= wanted:
             break
-        last = chunk[-1]
-        after = [_keyset_after(last.created_at, last.id, newest)]
     return kept[:wanted]
 
 
@@ -371,36 +389,27 @@ def _probe(
     term finds too little here, and the search goes on with the full scan.
     """
     kept: list[Row[Any]] = []
-    after: list[ColumnElement[bool]] = []
     term = search.lower()  # a name matches as ILIKE '%term%' does
-    for _ in range(_PROBE_CHUNKS):
-        budget.check()
-        chunk = conn.execute(
-            select(*_LIST_COLUMNS)
-            .where(and_(true(), *conditions, *after))
-            .order_by(*order)
-            .limit(_PROBE_CHUNK)
-        ).all()
-        if not chunk:
-            return kept  # the whole list was read: this is the answer
-        hits = set(
-            conn.execute(
-                select(log_entries.c.process_id)
-                .where(
-                    log_entries.c.process_id.in_([row.id for row in chunk]),
-                    log_entries.c.id >= id_floor(floor),
-                    matches,
-                )
-                .distinct()
-            ).scalars()
-        )
+    chunks = _list_in_chunks(conn, conditions, order, newest, _PROBE_CHUNK, budget)
+    for chunk in itertools.islice(chunks, _PROBE_CHUNKS):
+        hits: set[Any] = set()
+        if chunk:
+            hits = set(
+                conn.execute(
+                    select(log_entries.c.process_id)
+                    .where(
+                        log_entries.c.process_id.in_([row.id for row in chunk]),
+                        log_entries.c.id >= id_floor(floor),
+                        matches,
+                    )
+                    .distinct()
+                ).scalars()
+            )
         kept += [row for row in chunk if row.id in hits or term in str(row.name).lower()]
         if len(kept) >= wanted:
             return kept[:wanted]
         if len(chunk) < _PROBE_CHUNK:
-            return kept
-        last = chunk[-1]
-        after = [_keyset_after(last.created_at, last.id, newest)]
+            return kept  # the whole list was read: this is the answer
     return None
 
 
