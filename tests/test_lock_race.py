@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import flow_tracker
@@ -38,6 +40,46 @@ def wait_for(path: Path, text: str, seconds: float = 30) -> str:
             return content
         time.sleep(0.02)
     raise AssertionError(f"{path} never said {text!r}")
+
+
+def _inside_a_write(url: str) -> bool:
+    """Whether someone holds a write on the lock row (SQLite: on the file) right now."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.split("///", 1)[1], timeout=0.05, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg:
+        try:
+            pg.execute(
+                "SELECT 1 FROM flow_tracker_locks WHERE name = 'victim' AND key = 'k' "
+                "FOR UPDATE NOWAIT"
+            )
+            return False
+        except psycopg.errors.LockNotAvailable:
+            return True
+
+
+def pause_between_writes(proc: subprocess.Popen[bytes], url: str) -> None:
+    """SIGSTOP ``proc`` at a moment it is not inside a write transaction.
+
+    Its heartbeat renews the lease every ttl/3 in a short transaction; a process
+    paused inside one blocks every other writer of that row (of the whole file on
+    SQLite) until it resumes. That is true, but not what these tests are about:
+    they pause a holder between its writes, as a GC pause or SIGSTOP usually does.
+    """
+    for _ in range(200):
+        os.kill(proc.pid, signal.SIGSTOP)
+        if not _inside_a_write(url):
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("the holder was inside a write at every one of 200 tries")
 
 
 def test_eight_processes_racing_for_fifty_keys_never_hold_one_key_at_once(
@@ -83,7 +125,7 @@ def test_a_paused_holder_woken_past_its_lease_cannot_free_the_new_holders_lock(
     out = tmp_path / "holder.txt"
     proc = child("hold", tracked, str(out), "1.0")
     wait_for(out, "held 1")
-    os.kill(proc.pid, signal.SIGSTOP)
+    pause_between_writes(proc, tracked)
     try:
         with flow_tracker.exclusive("victim", key="k", on_conflict="wait", timeout=10) as lease:
             assert lease.fence == 2
