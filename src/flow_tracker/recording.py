@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
-from sqlalchemy.engine import Connection
-
 from flow_tracker import config, runtime
 from flow_tracker.errors import Skipped
 from flow_tracker.levels import LEVELS, resolve_level
@@ -139,12 +137,13 @@ def open_tracker(
     attempt: int = 1,
     extra: Mapping[str, Any] | None = None,
     durable: bool = False,
-    then: Callable[[Connection], object] | None = None,
+    copies: list[uuid.UUID] | None = None,
 ) -> AnyTracker:
     """Start a process and make it current; the null tracker when disabled or on failure.
 
-    ``durable``: store the running row before returning, running ``then`` in the
-    same transaction (see ``Tracker._begin``).
+    ``durable``: store the running row before returning; ``copies`` gets the id
+    of a process requeued from this one, found in the same transaction (see
+    ``Tracker._begin``).
     """
     settings = config.current()
     if not settings.enabled:
@@ -159,7 +158,7 @@ def open_tracker(
             process_id=process_id,
             attempt=attempt,
         )
-        tracker._begin(CURRENT_NODE.get(), extra, durable, then)
+        tracker._begin(CURRENT_NODE.get(), extra, durable, copies)
     except Exception as exc:
         runtime.report_internal_error(exc, "starting a process")
         return NULL_TRACKER

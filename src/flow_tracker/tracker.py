@@ -26,8 +26,6 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from flow_tracker import config, heartbeat, runtime
 from flow_tracker import events as ev
 from flow_tracker.errors import Skipped, UsageError
@@ -441,14 +439,15 @@ class Tracker(_Node):
         parent: _Node | None,
         extra: Mapping[str, Any] | None = None,
         durable: bool = False,
-        then: Callable[[Connection], object] | None = None,
+        copies: list[uuid.UUID] | None = None,
     ) -> None:
         """Store the process as running and make it the current one of this context.
 
         ``durable`` stores the running row before returning (a queued job: if its
         worker dies a moment later, the row already says where it ran, and the
-        reaper can find it), instead of leaving it to the background writer;
-        ``then`` runs in that write's transaction (see ``Writer.write_now``).
+        reaper can find it), instead of leaving it to the background writer.
+        ``copies`` (with ``durable``) gets the id of a process requeued from this
+        one, looked for in that write's transaction (see ``Writer.write_now``).
         """
         started = _now()
         self._started = started
@@ -477,7 +476,11 @@ class Tracker(_Node):
                 except Exception as exc:
                     runtime.report_internal_error(exc, "running a process start hook")
         if durable and isinstance(self._writer, Writer):
-            self._writer.write_now(event, then)  # buffered instead while the database is away
+            # Buffered instead while the database is away.
+            copy_of = self._id_int if copies is not None else None
+            stored = self._writer.write_now((event,), copy_of)
+            if copies is not None and stored.requeued_copy is not None:
+                copies.append(stored.requeued_copy)
         else:
             self._writer.put(event)
         if isinstance(self._writer, Writer):  # not a warm-up's capture
@@ -538,14 +541,21 @@ class Tracker(_Node):
             end = chosen or end
             if end is Status.COMPLETED and self._skip_reason is not None:
                 end = Status.SKIPPED  # a job queue says it succeeded: it returned after a skip
-            self._end(end, described)
+            event = self._end(end, described)
         except Exception as exc:
             runtime.report_internal_error(exc, "completing a process")
             return
-        if wait:
-            self._wait_until_stored()
+        timeout = self._settings.completion_timeout
+        writer = self._writer
+        if wait and timeout > 0 and isinstance(writer, Writer):
+            writer.write_through(event, timeout)
+        else:
+            writer.put(event)
+            if wait and timeout > 0:
+                writer.flush(timeout)
 
-    def _end(self, status: Status, error: ev.ErrorTuple | None) -> None:
+    def _end(self, status: Status, error: ev.ErrorTuple | None) -> ev.Change:
+        """Mark the process ended and return the event that stores its end."""
         self._finished = True
         heartbeat.remove_process(self._id_int)
         self._status = status
@@ -563,16 +573,11 @@ class Tracker(_Node):
         }
         if status is Status.SKIPPED and self._skip_reason is not None:
             fields[ev.TRANSITION_REASON] = self._skip_reason
-        self._writer.put((ev.PROCESS_UPDATE, self._id_int, fields))
         token = self._token
         if token is not None:
             self._token = None
             reset_current(token, self)
-
-    def _wait_until_stored(self) -> None:
-        timeout = self._settings.completion_timeout
-        if timeout > 0:
-            self._writer.flush(timeout)
+        return (ev.PROCESS_UPDATE, self._id_int, fields)
 
     def __repr__(self) -> str:
         return f"<Tracker {self.name!r} {self._status.value} {self._process_id}>"

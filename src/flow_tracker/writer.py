@@ -24,14 +24,12 @@ counts what was dropped on its process.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
-
-from sqlalchemy.engine import Connection
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from flow_tracker import events as ev
 from flow_tracker.store.bulk import BatchWriter
@@ -43,6 +41,13 @@ internal_log = logging.getLogger("flow_tracker.internal")
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 15.0
 LEVEL_DEBUG_RANK = 10
+
+
+class Stored(NamedTuple):
+    """What :meth:`Writer.write_now` did."""
+
+    stored: bool  # False: buffered, to be stored by the writer thread
+    requeued_copy: uuid.UUID | None  # found by ``copy_of``
 
 
 class Writer:
@@ -91,10 +96,6 @@ class Writer:
         self._closing = False
         self.healthy = True
         self._outage_since: float | None = None
-        # The writer thread's own connection, kept between batches: checking one
-        # out of the pool pings the server every time (~0.1 ms on PostgreSQL).
-        # In a forked child it is forgotten, never used or closed.
-        self._conn: Connection | None = None
         self._draining = False  # a batch has been taken from the buffer and not yet stored
         self._local = threading.local()  # write_now's statement builders, per thread
 
@@ -136,23 +137,59 @@ class Writer:
             self._wake.set()
         return True
 
-    def write_now(
-        self, event: ev.Change, then: Callable[[Connection], object] | None = None
-    ) -> bool:
-        """Store ``event`` before returning, on the calling thread; True once stored.
+    def write_now(self, events: Sequence[ev.Change], copy_of: int | None = None) -> Stored:
+        """Store ``events`` before returning, on the calling thread, in one transaction.
 
         For the few records that must be durable before something else happens (a
-        job's row before its message is published). While the database is known to
-        be unreachable, or when this attempt finds it so, the event goes to the
-        buffer instead and is stored later: the caller is never held up for long
-        (at most the connect timeout) and never gets an error.
+        job's row before its message is published, its running row before its
+        code runs). While the database is known to be unreachable, or when this
+        attempt finds it so, the events go to the buffer instead and are stored
+        later: the caller is never held up for long (at most the connect timeout)
+        and never gets an error.
 
-        ``then`` runs in the same transaction right after the write (a read that
-        must see the database as the write left it); not when the event was buffered.
+        ``copy_of``: a process id; the same transaction looks for a process
+        requeued from it, after the writes (see ``BatchWriter.store``).
         """
         if not self.healthy:
-            self.put(event)
-            return False
+            for event in events:
+                self.put(event)
+            return Stored(False, None)
+        builder = self._builder()
+        try:
+            self.store.ensure_schema()
+            _, copy = self.store.write_connections.run(
+                lambda conn: builder.store(conn, events, copy_of=copy_of)
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                self.on_error(exc, "storing a record at once")
+            for event in events:
+                self.put(event)  # published to subscribers when the writer takes them
+            return Stored(False, None)
+        BUS.publish(list(events))
+        return Stored(True, copy)
+
+    def write_through(self, event: ev.Change, timeout: float) -> bool:
+        """Store ``event`` and everything queued before it; wait up to ``timeout`` s.
+
+        A job's final state. When nothing else is waiting to be stored, the
+        event is written at once on the calling thread (one round trip), instead
+        of being handed to the writer thread and waited for. Otherwise it goes
+        behind what is queued, in order, and the call waits for the batch.
+        False when it could not be stored in time (the database is away).
+        """
+        if (
+            timeout > 0
+            and self.healthy
+            and not self.buffer
+            and not self._draining
+            and threading.current_thread() is not self._thread
+        ):
+            return self.write_now((event,)).stored
+        self.put(event)
+        return self.flush(timeout)
+
+    def _builder(self) -> BatchWriter:
         # A statement builder per calling thread: BatchWriter's caches are not shared.
         builder: BatchWriter | None = getattr(self._local, "builder", None)
         if builder is None:
@@ -162,19 +199,7 @@ class Writer:
                 self.batch_writer.max_message_length,
             )
             self._local.builder = builder
-        try:
-            self.store.ensure_schema()
-            with self.store.begin_write() as conn:
-                builder.write(conn, [event])
-                if then is not None:
-                    then(conn)
-        except Exception as exc:
-            if not is_transient(exc):
-                self.on_error(exc, "storing a record at once")
-            self.put(event)  # published to subscribers when the writer takes it
-            return False
-        BUS.publish([event])
-        return True
+        return builder
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is stored; False on timeout or outage.
@@ -229,7 +254,6 @@ class Writer:
                 self._wake.clear()
                 self._drain()
                 if self._closing and not self.buffer:
-                    self._drop_connection()
                     return
         except BaseException as exc:  # pragma: no cover - last resort, keep the host alive
             self.on_error(exc, "writer thread stopped")
@@ -299,35 +323,10 @@ class Writer:
 
     def _write(self, batch: list[ev.Change]) -> None:
         self.store.ensure_schema()
-        reused = self._conn is not None
-        try:
-            self._write_on(self._connection(), batch)
-        except Exception as exc:
-            self._drop_connection()
-            if not (reused and is_transient(exc)):
-                raise
-            # A kept connection the server closed while idle: one more try, afresh.
-            self._write_on(self._connection(), batch)
+        builder = self.batch_writer
+        rows, _ = self.store.write_connections.run(lambda conn: builder.store(conn, batch))
+        self.rows_written += rows
         self.batches_written += 1
-
-    def _write_on(self, conn: Connection, batch: list[ev.Change]) -> None:
-        with conn.begin():
-            self.rows_written += self.batch_writer.write(conn, batch)
-
-    def _connection(self) -> Connection:
-        if self._conn is None:
-            # Kept open between batches (a connection per batch costs more than a
-            # small batch), so Store.begin_write's own connection does not fit here.
-            conn = self.store.engine.connect()
-            self._conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.invalidate()
-                conn.close()
 
     def _note_outage(self, exc: BaseException) -> None:
         if self._outage_since is None:

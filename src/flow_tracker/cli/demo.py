@@ -175,7 +175,7 @@ def job_of_a_dead_worker() -> None:
     }
     from flow_tracker.ids import process_id_for
 
-    runtime.writer().write_now((ev.PROCESS_START, process_id_for("rq", job_id).int, row))
+    runtime.writer().write_now(((ev.PROCESS_START, process_id_for("rq", job_id).int, row),))
 
 
 def long_running_sync() -> None:

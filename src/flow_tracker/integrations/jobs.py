@@ -33,8 +33,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Connection
-
 from flow_tracker import config, runtime
 from flow_tracker import events as ev
 from flow_tracker.errors import Skipped, UsageError
@@ -43,7 +41,6 @@ from flow_tracker.locks import Exclusive, exclusive
 from flow_tracker.nulls import NULL_TRACKER, NullTracker
 from flow_tracker.recording import open_tracker
 from flow_tracker.status import Status
-from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.tracker import CURRENT_NODE, Tracker, describe_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,7 +102,7 @@ def record_enqueued(
         }
         if parent is not None and isinstance(parent._tracker, Tracker):
             row["parent_process_id"] = parent._tracker._id_int
-        runtime.writer().write_now((ev.PROCESS_START, process_id.int, row))
+        runtime.writer().write_now(((ev.PROCESS_START, process_id.int, row),))
         return process_id
     except Exception as exc:
         runtime.report_internal_error(exc, f"recording an enqueued {job_system} job")
@@ -189,7 +186,7 @@ def start_job(
             attempt=max(1, attempt),
             extra=extra,
             durable=durable,
-            then=functools.partial(_find_requeued_copy, process_id, copies) if durable else None,
+            copies=copies if durable else None,
         )
     finally:
         JOB_TRACE_CARRIER.reset(token)
@@ -202,13 +199,6 @@ def start_job(
 
 # Jobs started here that flow_tracker.requeue had already sent again, and the copy.
 _REQUEUED_COPIES: weakref.WeakKeyDictionary[Tracker, uuid.UUID] = weakref.WeakKeyDictionary()
-
-
-def _find_requeued_copy(process_id: uuid.UUID, found: list[uuid.UUID], conn: Connection) -> None:
-    """Add the id of a requeued copy of the job to ``found`` (see :func:`start_job`)."""
-    copy = stored_jobs.find_requeued_copy(conn, process_id)
-    if copy is not None:
-        found.append(copy)
 
 
 class _Capture:
@@ -237,10 +227,9 @@ def warm_up() -> None:
     """Prepare a worker process so that the children it forks record jobs at once.
 
     Besides :func:`flow_tracker.runtime.warm_up` (driver, schema, writer), the
-    statements a job's start and end need are compiled by writing a sample job
-    in a transaction that is rolled back: SQLAlchemy caches compiled statements
-    per process, and without this every RQ work-horse compiled them anew
-    (~6 ms a job). Never raises.
+    statements a job's start and end need are built by writing a sample job in
+    a transaction that is rolled back, so that the children forked afterwards
+    (RQ work-horses, Celery prefork) inherit them built. Never raises.
     """
     runtime.warm_up()
     settings = config.current()
@@ -261,15 +250,14 @@ def warm_up() -> None:
         events = capture.events
         store = runtime.store()
         builder = runtime.writer().batch_writer
-        with store.engine.connect() as conn:
-            transaction = conn.begin()
-            try:
-                builder.write(conn, events)  # start and end in one batch
-                builder.write(conn, events[:1])  # and in two
-                builder.write(conn, events[1:])
-            finally:
-                transaction.rollback()
-        store.engine.dispose()
+
+        def rehearse(conn: Any) -> None:
+            builder.store(conn, events, commit=False)  # start and end in one batch
+            builder.store(conn, events[:1], copy_of=1, commit=False)  # and in two
+            builder.store(conn, events[1:], commit=False)
+
+        store.write_connections.run(rehearse)
+        store.write_connections.close()  # children must open their own
     except Exception as exc:
         runtime.report_internal_error(exc, "warming up job statements")
 

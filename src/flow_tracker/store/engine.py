@@ -11,10 +11,11 @@ import importlib.util
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -29,6 +30,9 @@ from sqlalchemy.pool import StaticPool
 
 from flow_tracker.errors import ConfigurationError, DatabaseUnavailableError
 from flow_tracker.store.histogram import duration_bucket
+
+if TYPE_CHECKING:
+    from flow_tracker.store.connections import WriteConnections
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -108,10 +112,20 @@ def error_line(exc: BaseException) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors that mean "the database is away or busy", worth retrying as they are."""
+    """True for errors that mean "the database is away or busy", worth retrying as they are.
+
+    SQLAlchemy's errors and the drivers' own (the write path uses the driver directly).
+    """
     if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    if isinstance(exc, sqlite3.OperationalError):  # "database is locked", disk I/O
+        return True
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(
+        exc, (psycopg.OperationalError, psycopg.InterfaceError)
+    )
 
 
 def _enable_wal(cursor: Any) -> None:
@@ -208,6 +222,20 @@ def build_engine(
         if statement_timeout is not None:
             _sqlite_deadline(engine, statement_timeout)
         return engine
+    connect_args = pg_connect_args(
+        pg_synchronous_commit=pg_synchronous_commit,
+        reader=reader,
+        statement_timeout=statement_timeout,
+    )
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
+    )
+
+
+def pg_connect_args(
+    *, pg_synchronous_commit: bool, reader: bool, statement_timeout: float | None
+) -> dict[str, Any]:
+    """The driver's connection arguments for flow-tracker's PostgreSQL connections."""
     connect_args: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": "flow-tracker",
@@ -224,9 +252,7 @@ def build_engine(
         options.append("-c synchronous_commit=off")
     if options:
         connect_args["options"] = " ".join(options)
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
-    )
+    return connect_args
 
 
 class Store:
@@ -254,6 +280,7 @@ class Store:
         self._engine: Engine | None = None
         self._schema_ready = False
         self._lock = threading.Lock()
+        self._write_connections: WriteConnections | None = None
 
     @property
     def engine(self) -> Engine:
@@ -270,6 +297,27 @@ class Store:
                     )
                 engine = self._engine
         return engine
+
+    @property
+    def write_connections(self) -> WriteConnections:
+        """The write path's driver connections (see :mod:`flow_tracker.store.connections`)."""
+        found = self._write_connections
+        if found is None:
+            from flow_tracker.store.connections import WriteConnections
+
+            with self._lock:
+                if self._write_connections is None:
+                    self._write_connections = WriteConnections(self)
+                found = self._write_connections
+        return found
+
+    def pg_connect_args(self) -> dict[str, Any]:
+        """The driver's connection arguments for this store (see :func:`pg_connect_args`)."""
+        return pg_connect_args(
+            pg_synchronous_commit=self.pg_synchronous_commit,
+            reader=self.reader,
+            statement_timeout=self.statement_timeout,
+        )
 
     def ensure_schema(self) -> None:
         """Create or upgrade the tables once, when ``auto_migrate`` is on."""
@@ -309,11 +357,15 @@ class Store:
 
     def after_fork(self) -> None:
         """Drop the parent's pooled connections in a forked child, without closing them."""
+        if self._write_connections is not None:
+            self._write_connections.forget()
         if self._engine is not None:
             self._engine.dispose(close=False)
 
     def dispose(self) -> None:
         """Close every pooled connection."""
+        if self._write_connections is not None:
+            self._write_connections.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
