@@ -71,6 +71,55 @@ def _dramatiq_send(kind: str) -> None:
     getattr(dramatiq_bench, kind).send()
 
 
+def _celery_send_many(count: int) -> None:
+    from celery import group
+
+    from benchmarks.apps import celery_bench
+
+    group(celery_bench.trivial.s() for _ in range(count)).apply_async()
+
+
+def _rq_send_many(count: int) -> None:
+    from rq import Queue as RqQueue
+
+    from benchmarks.apps import rq_settings  # noqa: F401 - installs tracking on this side too
+
+    queue = RqQueue("ft-bench", connection=Redis.from_url(REDIS_URL))
+    queue.enqueue_many([RqQueue.prepare_data(work.trivial) for _ in range(count)])
+
+
+def _dramatiq_send_many(count: int) -> None:
+    import dramatiq
+
+    from benchmarks.apps import dramatiq_bench
+
+    dramatiq.group([dramatiq_bench.trivial.message() for _ in range(count)]).run()
+
+
+BULK_SENDS = {
+    "Celery `group`": _celery_send_many,
+    "RQ `enqueue_many`": _rq_send_many,
+    "Dramatiq `group`": _dramatiq_send_many,
+}
+BULK_SIZE = 100
+
+
+def bulk_enqueue_us(send_many: Callable[[int], None], enabled: bool, database_url: str) -> float:
+    """µs per job of a bulk enqueue of BULK_SIZE jobs (no worker: they stay queued)."""
+    Redis.from_url(REDIS_URL).flushdb()
+    flow_tracker.configure(database_url=database_url, enabled=enabled, log_to_stdlib=False)
+    try:
+        send_many(BULK_SIZE)  # warm: connections, statements
+        rounds = 10
+        started = time.perf_counter()
+        for _ in range(rounds):
+            send_many(BULK_SIZE)
+        return (time.perf_counter() - started) / (rounds * BULK_SIZE) * 1e6
+    finally:
+        flow_tracker.reset()
+        Redis.from_url(REDIS_URL).flushdb()
+
+
 def _rq_worker(worker_class: str) -> list[str]:
     return [
         str(BIN / "rq"),
@@ -297,6 +346,15 @@ def main(argv: list[str]) -> int:
                         f"{queue.name}: an enqueue costs {extra:.0f} µs more "
                         f"(target ≤ {ENQUEUE_EXTRA_US:.0f})"
                     )
+    bulk: list[str] = [
+        f"| bulk enqueue of {BULK_SIZE} | off µs per job | tracked µs per job | extra per job |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, send_many in BULK_SENDS.items():
+        off_us = bulk_enqueue_us(send_many, False, database_url)
+        on_us = bulk_enqueue_us(send_many, True, database_url)
+        print(f"{label:32} bulk enqueue {off_us:7.0f} -> {on_us:7.0f} µs per job")
+        bulk.append(f"| {label} | {off_us:,.0f} | {on_us:,.0f} | {on_us - off_us:+,.0f} µs |")
     print(
         f"\ntargets (defaults): throughput loss ≤ {TRIVIAL_LOSS:.0%} for a trivial job and "
         f"≤ {BUSY_LOSS:.0%} for 10 flows + 10 logs ({', '.join(TARGETED)}); "
@@ -311,5 +369,7 @@ def main(argv: list[str]) -> int:
         f"{machine_line()}; tracking to PostgreSQL; {QUEUES[0].jobs:,} jobs per run "
         "(RQ's forking worker fewer), jobs/s from the first job done to the last."
     )
-    publish("queues", [header, "", *throughput, "", *enqueues], readme="--readme" in argv)
+    publish(
+        "queues", [header, "", *throughput, "", *enqueues, "", *bulk], readme="--readme" in argv
+    )
     return 1 if misses else 0

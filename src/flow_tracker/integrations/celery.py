@@ -44,10 +44,12 @@ from flow_tracker.errors import UsageError
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
+    enqueued_together,
     finish_job,
     guarded_job_body,
     record_enqueued,
     record_publish_failed,
+    recorded_ahead,
     start_job,
     trace_carrier,
     warm_up,
@@ -113,6 +115,7 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
             _signals_connected = True
         _wrap_send_task_message(app)
         _wrap_task_from_fun(app)
+        _wrap_group_apply()
         # weak=False as above; the receiver checks which app is finalized.
         app.on_after_finalize.connect(_prepare_tasks, weak=False)
         errors = _prepare_tasks(app) if app.finalized else []
@@ -337,6 +340,90 @@ def _record_publish(app: Any, name: str, message: Any, options: dict[str, Any]) 
         return str(task_id)
     except Exception as exc:
         runtime.report_internal_error(exc, "recording a Celery publish")
+        return None
+
+
+_group_wrapped = False
+
+
+def _wrap_group_apply() -> None:
+    """Store the queued rows of a Celery ``group`` in one write before it publishes.
+
+    ``group.apply_async`` publishes its tasks one by one, and each would pay its
+    own round trip. For a group given as a list, its prepared signatures (ids
+    fixed, as they will be sent) are recorded together first, routed as Celery
+    routes them; then the group publishes and :func:`_record_publish` passes
+    over them. Chains, chords and groups inside are recorded as they are sent.
+    """
+    global _group_wrapped
+    if _group_wrapped:
+        return
+    _group_wrapped = True
+    from celery.canvas import Signature, group
+
+    original = group._apply_tasks
+
+    @functools.wraps(original)
+    def _apply_tasks(
+        self: Any, tasks: Any, producer: Any = None, app: Any = None, p: Any = None, **options: Any
+    ) -> Any:
+        the_app = app or self.app
+        if not isinstance(self.tasks, (list, tuple)) or not any(a is the_app for a, _ in _apps):
+            yield from original(self, tasks, producer, app, p, **options)
+            return
+        tasks = list(tasks)  # the group's own list: prepared (frozen), not yet sent
+        leaves = [sig for sig, _res, _gid in tasks if type(sig) is Signature]
+        ids = []
+        with enqueued_together():
+            for sig in leaves:
+                task_id = _record_signature(the_app, sig, options)
+                if task_id is not None:
+                    ids.append(task_id)
+        with recorded_ahead(JOB_SYSTEM, ids):
+            yield from original(self, iter(tasks), producer, app, p, **options)
+
+    group._apply_tasks = _apply_tasks
+
+
+def _record_signature(app: Any, sig: Any, call: Mapping[str, Any]) -> str | None:
+    """Record a group member as queued, as _record_publish would; return its task id.
+
+    ``call``: what the group passes to each member's ``apply_async`` (partial
+    arguments, and options that override the member's own, as Celery merges them).
+    """
+    try:
+        task_id = sig.options.get("task_id")
+        task = app.tasks.get(sig.task)
+        if not task_id or task is None or not _is_tracked(task):
+            return None
+        args = [*(call.get("args") or ()), *sig.args]
+        kwargs = {**sig.kwargs, **(call.get("kwargs") or {})}
+        options = {
+            **sig.options,
+            **{k: v for k, v in call.items() if k not in ("args", "kwargs")},
+        }
+        routed = app.amqp.router.route(options, sig.task, args, kwargs)
+        queue = routed.get("queue")
+        queue_name = getattr(queue, "name", queue) or routed.get("routing_key")
+        record_enqueued(
+            job_system=JOB_SYSTEM,
+            job_id=task_id,
+            name=sig.task,
+            queue=queue_name,
+            args=args,
+            kwargs=kwargs,
+            payload={
+                "task": sig.task,
+                "args": args,
+                "kwargs": kwargs,
+                "queue": queue_name,
+                "app": app.main,
+            },
+            max_attempts=_max_attempts(task),
+        )
+        return str(task_id)
+    except Exception as exc:
+        runtime.report_internal_error(exc, "recording a Celery group member")
         return None
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flow_tracker import runtime
@@ -38,10 +38,12 @@ from flow_tracker.errors import UsageError
 from flow_tracker.integrations.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
+    enqueued_together,
     finish_job,
     guarded_job_body,
     record_enqueued,
     record_publish_failed,
+    recorded_ahead,
     start_job,
     trace_carrier,
     warm_up,
@@ -224,12 +226,47 @@ def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
         broker.add_middleware(middleware)
     _wrap_enqueue(broker, middleware)
     _wrap_declare_actor(broker, middleware)
+    _wrap_group_run()
     for actor in list(broker.actors.values()):  # declared before install()
         middleware.prepare_actor(actor)
     register_control_flow(dramatiq.Retry, Status.RETRYING)
     register_requeuer(JOB_SYSTEM, functools.partial(_requeue, broker))
     warm_up()
     return middleware
+
+
+_group_wrapped = False
+
+
+def _wrap_group_run() -> None:
+    """Store the queued rows of a ``dramatiq.group`` in one write before it runs.
+
+    ``group.run`` enqueues its messages one by one: each would pay its own round
+    trip. Its plain messages are recorded together first (their ids are fixed),
+    then the group runs and ``before_enqueue`` passes over them. Pipelines in a
+    group are recorded as they are sent.
+    """
+    global _group_wrapped
+    if _group_wrapped:
+        return
+    _group_wrapped = True
+    original: Callable[..., Any] = dramatiq.group.run
+
+    @functools.wraps(original)
+    def run(self: Any, *, delay: int | None = None) -> Any:
+        middleware = next(
+            (m for m in self.broker.middleware if isinstance(m, FlowTrackerMiddleware)), None
+        )
+        messages = [c for c in self.children if isinstance(c, dramatiq.Message)]
+        if middleware is None or len(messages) < 2:
+            return original(self, delay=delay)
+        with enqueued_together():
+            for message in messages:
+                middleware.before_enqueue(self.broker, message, delay)
+        with recorded_ahead(JOB_SYSTEM, [m.message_id for m in messages]):
+            return original(self, delay=delay)
+
+    dramatiq.group.run = run  # type: ignore[method-assign]
 
 
 def _requeue(broker: Any, payload: Mapping[str, Any], job_id: str) -> None:

@@ -24,13 +24,14 @@ and every worker agree on the row without carrying anything in the message.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import json
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from flow_tracker import config, runtime
@@ -60,6 +61,53 @@ def _payload(payload: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return None if "\\u0000" in text else payload
 
 
+# A bulk enqueue's queued rows, collected to be stored in one write (see enqueued_together),
+# and the jobs whose rows were stored ahead of their publish (see recorded_ahead).
+_COLLECTING: contextvars.ContextVar[list[ev.Change] | None] = contextvars.ContextVar(
+    "flow_tracker_enqueue_batch", default=None
+)
+_RECORDED_AHEAD: contextvars.ContextVar[frozenset[tuple[str, str]]] = contextvars.ContextVar(
+    "flow_tracker_recorded_ahead", default=frozenset()
+)
+
+
+@contextlib.contextmanager
+def enqueued_together() -> Iterator[None]:
+    """Store the queued rows recorded inside the block in one write, as the block ends.
+
+    For a bulk enqueue (RQ's ``enqueue_many``, a Celery or Dramatiq group): one
+    round trip for the batch instead of one per job. The caller publishes the
+    messages only after the block, so every row is still stored before its
+    message. Rows recorded in a block that raises are not stored (their
+    messages were not published). A block inside another adds to the outer one.
+    """
+    if _COLLECTING.get() is not None:
+        yield
+        return
+    events: list[ev.Change] = []
+    token = _COLLECTING.set(events)
+    try:
+        yield
+    finally:
+        _COLLECTING.reset(token)
+    if events:
+        try:
+            runtime.writer().write_now(events)
+        except Exception as exc:
+            runtime.report_internal_error(exc, "storing a batch of queued jobs")
+
+
+@contextlib.contextmanager
+def recorded_ahead(job_system: str, job_ids: Iterable[str]) -> Iterator[None]:
+    """Inside the block, :func:`record_enqueued` passes over these jobs: stored already."""
+    ahead = _RECORDED_AHEAD.get() | {(job_system, str(job_id)) for job_id in job_ids}
+    token = _RECORDED_AHEAD.set(frozenset(ahead))
+    try:
+        yield
+    finally:
+        _RECORDED_AHEAD.reset(token)
+
+
 def record_enqueued(
     *,
     job_system: str,
@@ -76,13 +124,16 @@ def record_enqueued(
 
     Waits for the row to be stored unless the database is known to be
     unreachable: then the row is kept in memory and stored when the database
-    returns. Never raises.
+    returns. Inside :func:`enqueued_together` the row is stored with the rest
+    of the batch as the block ends. Never raises.
     """
     settings = config.current()
     if not settings.enabled:
         return None
     try:
         process_id = process_id_for(job_system, job_id)
+        if (job_system, job_id) in _RECORDED_AHEAD.get():
+            return process_id
         now = time.time()
         parent = CURRENT_NODE.get()
         row: dict[str, Any] = {
@@ -102,7 +153,12 @@ def record_enqueued(
         }
         if parent is not None and isinstance(parent._tracker, Tracker):
             row["parent_process_id"] = parent._tracker._id_int
-        runtime.writer().write_now(((ev.PROCESS_START, process_id.int, row),))
+        event = (ev.PROCESS_START, process_id.int, row)
+        batch = _COLLECTING.get()
+        if batch is not None:
+            batch.append(event)
+        else:
+            runtime.writer().write_now((event,))
         return process_id
     except Exception as exc:
         runtime.report_internal_error(exc, f"recording an enqueued {job_system} job")

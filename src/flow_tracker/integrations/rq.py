@@ -21,12 +21,14 @@ with ``completion_timeout=0``, since ``os._exit`` skips the flush at exit.
 A job function decorated with ``@flow_tracker.exclusive(...)`` runs inside that
 critical section; a skip ends the job ``skipped``, not failed.
 
-Jobs enqueued with ``enqueue_many`` or scheduled for later get their row when
-they start. Retries (``Retry(max=...)``) run on the same row, attempt + 1.
+Jobs enqueued with ``enqueue_many`` are recorded together, in one write, before
+the batch reaches Redis; jobs scheduled for later, or waiting on another job,
+get their row when they start. Retries (``Retry(max=...)``) run on the same row, attempt + 1.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -38,6 +40,7 @@ from flow_tracker import config, runtime
 from flow_tracker.errors import Skipped
 from flow_tracker.integrations.jobs import (
     TRACE_HEADER,
+    enqueued_together,
     finish_job,
     record_enqueued,
     record_publish_failed,
@@ -154,6 +157,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
         _installed = True
         _install_pid = os.getpid()
         _wrap_enqueue_job()
+        _wrap_enqueue_many()
         _wrap_perform()
     warm_up()
 
@@ -181,6 +185,59 @@ def _wrap_enqueue_job() -> None:
             raise
 
     Queue.enqueue_job = enqueue_job  # type: ignore[method-assign]
+
+
+# Set while Queue.enqueue_many runs: its jobs are recorded together (one write).
+_IN_ENQUEUE_MANY: contextvars.ContextVar[list[Job] | None] = contextvars.ContextVar(
+    "flow_tracker_rq_enqueue_many", default=None
+)
+
+
+def _wrap_enqueue_many() -> None:
+    # enqueue_many saves its jobs on a Redis pipeline through Queue._enqueue_job
+    # (not enqueue_job) and executes the pipeline at the end. Each job is recorded
+    # as _enqueue_job saves it (its meta is saved with it), the rows are stored in
+    # one write, and only then is the pipeline executed: one round trip to the
+    # database for the batch, every row still stored before its job reaches Redis.
+    original_many = Queue.enqueue_many
+    original_one = getattr(Queue, "_enqueue_job", None)
+    if original_one is None:  # pragma: no cover - an RQ without it: rows at start
+        return
+
+    @functools.wraps(original_one)
+    def _enqueue_job(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
+        recorded = _IN_ENQUEUE_MANY.get()
+        if recorded is not None and _record_enqueue(self, job):
+            recorded.append(job)
+        done: Job = original_one(self, job, *args, **kwargs)
+        return done
+
+    @functools.wraps(original_many)
+    def enqueue_many(self: Queue, job_datas: Any, pipeline: Any = None, **kwargs: Any) -> Any:
+        job_datas = list(job_datas)
+        if any(getattr(data, "depends_on", None) for data in job_datas):
+            # RQ executes its own pipeline between deferring such jobs and
+            # enqueueing those already met: left as RQ does it (rows at start).
+            return original_many(self, job_datas, pipeline=pipeline, **kwargs)
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        recorded: list[Job] = []
+        token = _IN_ENQUEUE_MANY.set(recorded)
+        try:
+            with enqueued_together():
+                jobs = original_many(self, job_datas, pipeline=pipe, **kwargs)
+        finally:
+            _IN_ENQUEUE_MANY.reset(token)
+        if pipeline is None:
+            try:
+                pipe.execute()
+            except Exception as exc:
+                for job in recorded:
+                    record_publish_failed(JOB_SYSTEM, job.id, exc)
+                raise
+        return jobs
+
+    Queue._enqueue_job = _enqueue_job  # type: ignore[method-assign]
+    Queue.enqueue_many = enqueue_many  # type: ignore[method-assign,assignment]
 
 
 def _record_enqueue(queue: Queue, job: Job) -> bool:

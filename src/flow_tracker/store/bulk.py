@@ -427,6 +427,11 @@ class BatchWriter:
             else:
                 ctes = [f"w{n} AS ({part})" for n, part in enumerate(parts[:-1])]
                 sql = f"WITH {', '.join(ctes)} {parts[-1]}"
+            # PostgreSQL's own numbered placeholders, run on a RawCursor: psycopg
+            # would otherwise parse a statement this long for %s on every run
+            # (it caches only short ones; measured ~0.7 ms for 250 parameters).
+            pieces = sql.split("%s")
+            sql = pieces[0] + "".join(f"${n}{rest}" for n, rest in enumerate(pieces[1:], 1))
             self._sql[key] = sql
         return sql, params
 
@@ -435,19 +440,22 @@ class BatchWriter:
     ) -> Any:
         copy_key = None if copy_of is None else (to_hex(copy_of),)
         single = self._one_statement(steps, copy_key) if commit else None
+        if single is not None:
+            from psycopg import RawCursor
+
+            with RawCursor(conn) as raw:
+                raw.execute(*single)
+                previous = raw.fetchone() if copy_key is not None else None
+            if copy_key is None:
+                return None
+            # flow_tracker.requeue sends a copy only of a job whose row is lost,
+            # failed or cancelled, and holds that row while it does: any other
+            # status (or no row) means there is no copy, without looking.
+            if previous is None or previous[0] not in REQUEUEABLE:
+                return None
+            found = conn.execute(_FIND_COPY_PG, copy_key).fetchone()
+            return None if found is None else found[0]
         with conn.cursor() as cursor:
-            if single is not None:
-                cursor.execute(*single)
-                if copy_key is None:
-                    return None
-                previous = cursor.fetchone()
-                # flow_tracker.requeue sends a copy only of a job whose row is lost,
-                # failed or cancelled, and holds that row while it does: any other
-                # status (or no row) means there is no copy, without looking.
-                if previous is None or previous[0] not in REQUEUEABLE:
-                    return None
-                found = cursor.execute(_FIND_COPY_PG, copy_key).fetchone()
-                return None if found is None else found[0]
             cursor.execute("BEGIN")
             for step in steps:
                 if isinstance(step, _Copy):
