@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-from flow_tracker import config
+from flow_tracker import config, relay
 from flow_tracker.redaction import Redactor
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store
@@ -161,6 +161,7 @@ def shutdown(timeout: float = 5.0) -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()
+    relay.forget_after_fork()
     if _writer is not None:
         _writer.after_fork_in_child()
     elif _store is not None:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from flow_tracker import events as ev
+from flow_tracker import relay
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store, display_url, error_line, is_transient
 from flow_tracker.subscribers import BUS
@@ -98,6 +99,7 @@ class Writer:
         self._outage_since: float | None = None
         self._draining = False  # a batch has been taken from the buffer and not yet stored
         self._local = threading.local()  # write_now's statement builders, per thread
+        self._relay: relay.RelayClient | None = None  # set in an RQ work-horse
 
     # -- job's thread ---------------------------------------------------------
 
@@ -156,10 +158,7 @@ class Writer:
             return Stored(False, None)
         builder = self._builder()
         try:
-            self.store.ensure_schema()
-            _, copy = self.store.write_connections.run(
-                lambda conn: builder.store(conn, events, copy_of=copy_of)
-            )
+            _, copy, stored = self._store(builder, events, copy_of)
         except Exception as exc:
             if not is_transient(exc):
                 self.on_error(exc, "storing a record at once")
@@ -167,7 +166,30 @@ class Writer:
                 self.put(event)  # published to subscribers when the writer takes them
             return Stored(False, None)
         BUS.publish(list(events))
-        return Stored(True, copy)
+        return Stored(stored, copy)
+
+    def _store(
+        self, builder: BatchWriter, events: Sequence[ev.Change], copy_of: int | None = None
+    ) -> tuple[int, uuid.UUID | None, bool]:
+        """Store ``events`` in one transaction: (rows, requeued copy, stored now).
+
+        In an RQ work-horse, through the worker that forked it (see
+        :mod:`flow_tracker.relay`); "stored now" is False when the worker kept
+        them for a database that is away.
+        """
+        client = self._relay
+        if client is not None:
+            try:
+                return client.store(builder.prepare(events, copy_of=copy_of))
+            except relay.RelayUnavailableError as exc:
+                self._relay = None
+                client.close()
+                internal_log.warning("flow-tracker: %s; this process now writes on its own", exc)
+        self.store.ensure_schema()
+        rows, copy = self.store.write_connections.run(
+            lambda conn: builder.store(conn, events, copy_of=copy_of)
+        )
+        return rows, copy, True
 
     def write_through(self, event: ev.Change, timeout: float) -> bool:
         """Store ``event`` and everything queued before it; wait up to ``timeout`` s.
@@ -198,6 +220,9 @@ class Writer:
                 self.batch_writer.redactor,
                 self.batch_writer.max_message_length,
             )
+            # Start from the statements built so far (a warm-up's, inherited by a
+            # forked work-horse): building them costs more than a job's first write.
+            builder.adopt_statements(self.batch_writer)
             self._local.builder = builder
         return builder
 
@@ -241,9 +266,14 @@ class Writer:
             thread.join(timeout if self.healthy else min(timeout, 1.0))
 
     def after_fork_in_child(self) -> None:
-        """Forget the parent's thread, buffer and connections; start afresh when used."""
+        """Forget the parent's thread, buffer and connections; start afresh when used.
+
+        A child forked by a worker that relays (RQ's forking worker) sends its
+        records to that worker instead of connecting itself.
+        """
         self._init_runtime_state()
         self.store.after_fork()
+        self._relay = relay.client_for_child()
 
     # -- writer thread --------------------------------------------------------
 
@@ -322,9 +352,7 @@ class Writer:
             self._write_isolating(batch[middle:])
 
     def _write(self, batch: list[ev.Change]) -> None:
-        self.store.ensure_schema()
-        builder = self.batch_writer
-        rows, _ = self.store.write_connections.run(lambda conn: builder.store(conn, batch))
+        rows, _, _ = self._store(self.batch_writer, batch)
         self.rows_written += rows
         self.batches_written += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,88 @@ def test_work_horses_store_every_job_even_without_waiting_for_completion(
         proc.wait(timeout=120)
     found = wait_until_final([job.id for job in jobs], log, seconds=30)
     assert all(p.status is Status.COMPLETED for p in found.values())
+
+
+@pytest.mark.postgres
+def test_work_horses_hand_their_records_to_the_worker_instead_of_connecting(
+    pg_server_url: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from tests.integrations import rq_jobs
+
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
+    database = pg_server_url.rsplit("/", 1)[1]
+
+    def sessions() -> int:  # connections ever opened to the test database
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT sessions FROM pg_stat_database WHERE datname = %s", (database,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    count = 30
+    jobs = [rq_queue.enqueue(rq_jobs.succeed, i) for i in range(count)]
+    before = sessions()
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": pg_server_url, "FT_TEST_REDIS": REDIS_URL}
+    with worker_process(worker(rq_queue), env, log) as proc:
+        proc.wait(timeout=120)
+    found = wait_until_final([job.id for job in jobs], log, seconds=30)
+    assert {p.status for p in found.values()} == {Status.COMPLETED}
+    assert all(p.host and p.pid for p in found.values())  # the horse's own pid, not the worker's
+    records = [flow_tracker.get_process(p.id) for p in found.values()]
+    assert all(r is not None and r.flows for r in records)  # flows and logs came through too
+    # One work-horse per job; the worker's own connections are a handful. The
+    # count is read from PostgreSQL's statistics, which lag a little: wait for them.
+    deadline = time.monotonic() + 10
+    opened = sessions() - before
+    while opened < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        opened = sessions() - before
+    assert opened < count // 2, f"{opened} connections opened for {count} jobs"
+
+
+@pytest.mark.postgres
+def test_work_horses_records_are_kept_by_the_worker_while_the_database_is_away(
+    pg_server_url: str, rq_queue: Queue, tmp_path: Path
+) -> None:
+    from redis import Redis
+    from rq.job import Job
+    from sqlalchemy.engine import make_url
+
+    from tests.integrations import rq_jobs
+    from tests.support.proxy import TcpProxy
+
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
+    url = make_url(pg_server_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy.start()
+    through_proxy = url.set(port=proxy.port).render_as_string(hide_password=False)
+    log = tmp_path / "worker.log"
+    env = {"FLOW_TRACKER_DATABASE_URL": through_proxy, "FT_TEST_REDIS": REDIS_URL}
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        with worker_process(worker(rq_queue, burst=False), env, log):
+            first = rq_queue.enqueue(rq_jobs.succeed, 0)
+            wait_until_final([first.id], log)  # the worker is up and storing
+            proxy.stop()  # the database goes away, for the worker and its work-horses
+            jobs = [rq_queue.enqueue(rq_jobs.succeed, i) for i in range(1, 11)]
+            deadline = time.monotonic() + 120
+            while not all(
+                Job.fetch(job.id, connection=redis).get_status() == "finished" for job in jobs
+            ):
+                assert time.monotonic() < deadline, (
+                    "the jobs did not run while the database was away"
+                )
+                time.sleep(0.2)
+            proxy.start()  # back: the worker stores what its work-horses handed it
+            found = wait_until_final([job.id for job in jobs], log, seconds=60)
+    finally:
+        proxy.stop()
+    assert {p.status for p in found.values()} == {Status.COMPLETED}
+    records = [flow_tracker.get_process(p.id) for p in found.values()]
+    assert all(r is not None and len(r.flows) == 3 for r in records)
 
 
 def test_progress_is_readable_by_job_id_while_it_runs(

@@ -14,6 +14,9 @@ as queued before the job reaches Redis, and marked failed if that fails) and
 ``Job.perform`` (the job runs as the current process). Both the forking
 ``Worker`` and ``SimpleWorker`` call ``Job.perform``; the final state is stored
 before ``perform`` returns, so the work-horse's ``os._exit`` loses nothing.
+The forking ``Worker``'s ``fork_work_horse`` is wrapped too: its work-horses
+hand their records to the worker, which stores them on its own connection
+(:mod:`flow_tracker.relay`), instead of connecting to the database for each job.
 
 In a forked work-horse the job's end is stored before ``perform`` returns even
 with ``completion_timeout=0``, since ``os._exit`` skips the flush at exit.
@@ -36,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from flow_tracker import config, runtime
+from flow_tracker import config, relay, runtime
 from flow_tracker.errors import Skipped
 from flow_tracker.integrations.jobs import (
     TRACE_HEADER,
@@ -159,6 +162,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
         _wrap_enqueue_job()
         _wrap_enqueue_many()
         _wrap_perform()
+        _wrap_fork_work_horse()
     warm_up()
 
 
@@ -322,6 +326,27 @@ def _wrap_perform() -> None:
         return result
 
     Job.perform = perform  # type: ignore[method-assign]
+
+
+def _wrap_fork_work_horse() -> None:
+    # The work-horse hands its records to this worker over a socket pair opened
+    # just before the fork (see flow_tracker.relay): no database connection per job.
+    from rq.worker import Worker
+
+    original = Worker.fork_work_horse
+
+    @functools.wraps(original)
+    def fork_work_horse(self: Worker, job: Job, queue: Queue) -> Any:
+        pair = relay.open_for_child() if config.current().enabled else None
+        try:
+            return original(self, job, queue)  # the work-horse never returns from here
+        finally:
+            try:
+                relay.after_fork_in_parent(pair, runtime.store(), runtime.writer().batch_writer)
+            except Exception as exc:
+                runtime.report_internal_error(exc, "serving a work-horse's records")
+
+    Worker.fork_work_horse = fork_work_horse  # type: ignore[method-assign]
 
 
 def _store_before_exit() -> None:

@@ -135,6 +135,11 @@ class BatchWriter:
         # SQL text by statement shape: a few shapes recur forever.
         self._sql: dict[tuple[Any, ...], Any] = {}
 
+    def adopt_statements(self, other: BatchWriter) -> None:
+        """Start with a copy of the statements ``other`` has built (same dialect)."""
+        if other.dialect == self.dialect:
+            self._sql = dict(other._sql)
+
     def plan(self, batch: Iterable[ev.Change]) -> _Plan:
         """Coalesce ``batch`` into the rows to write (see the module's docs)."""
         proc_inserts: dict[int, dict[str, Any]] = {}
@@ -267,14 +272,32 @@ class BatchWriter:
         looked for only when that statement says the job may have one. Bulk rows
         go by ``COPY``.
         """
+        return self.execute(conn, self.prepare(batch, copy_of=copy_of, commit=commit))
+
+    def prepare(
+        self, batch: Iterable[ev.Change], *, copy_of: int | None = None, commit: bool = True
+    ) -> Prepared:
+        """The statements that store ``batch``: plain data, for :meth:`execute` here or elsewhere.
+
+        An RQ work-horse prepares its batches and hands them to the worker that
+        forked it, which executes them on its own connection (see
+        :mod:`flow_tracker.relay`).
+        """
         plan = self.plan(batch)
         steps = self._steps(plan)
+        copy_key = None if copy_of is None else (to_hex(copy_of),)
+        single = None
         if self.dialect == "postgresql":
-            found = self._store_postgresql(conn, steps, copy_of, commit)
+            single = self._one_statement(steps, copy_key)  # built even for a warm-up
+        return Prepared(plan.rows, steps, single, copy_key, commit)
+
+    def execute(self, conn: Any, prepared: Prepared) -> tuple[int, uuid.UUID | None]:
+        """Run ``prepared`` on the driver connection ``conn``; the rows and any copy found."""
+        if self.dialect == "postgresql":
+            found = self._store_postgresql(conn, prepared)
         else:
-            found = self._store_sqlite(conn, steps, copy_of, commit)
-        copy = None if found is None else _as_uuid(found)
-        return plan.rows, copy
+            found = self._store_sqlite(conn, prepared)
+        return prepared.rows, None if found is None else _as_uuid(found)
 
     # -- statements -----------------------------------------------------------
 
@@ -435,12 +458,9 @@ class BatchWriter:
             self._sql[key] = sql
         return sql, params
 
-    def _store_postgresql(
-        self, conn: Any, steps: list[_Step], copy_of: int | None, commit: bool
-    ) -> Any:
-        copy_key = None if copy_of is None else (to_hex(copy_of),)
-        single = self._one_statement(steps, copy_key) if commit else None
-        if single is not None:
+    def _store_postgresql(self, conn: Any, prepared: Prepared) -> Any:
+        steps, copy_key, single = prepared.steps, prepared.copy_key, prepared.single
+        if single is not None and prepared.commit:
             from psycopg import RawCursor
 
             with RawCursor(conn) as raw:
@@ -467,20 +487,18 @@ class BatchWriter:
             found = None
             if copy_key is not None:
                 found = cursor.execute(_FIND_COPY_PG, copy_key).fetchone()
-            cursor.execute("COMMIT" if commit else "ROLLBACK")
+            cursor.execute("COMMIT" if prepared.commit else "ROLLBACK")
             return None if found is None else found[0]
 
-    def _store_sqlite(
-        self, conn: Any, steps: list[_Step], copy_of: int | None, commit: bool
-    ) -> Any:
+    def _store_sqlite(self, conn: Any, prepared: Prepared) -> Any:
         # BEGIN IMMEDIATE: take the write lock first (see Store.begin_write).
         conn.execute("BEGIN IMMEDIATE")
-        for step in steps:
+        for step in prepared.steps:
             conn.executemany(step.statement(), step.rows)  # type: ignore[union-attr]
         found = None
-        if copy_of is not None:
-            found = conn.execute(_FIND_COPY_SQLITE, (to_hex(copy_of),)).fetchone()
-        conn.execute("COMMIT" if commit else "ROLLBACK")
+        if prepared.copy_key is not None:
+            found = conn.execute(_FIND_COPY_SQLITE, prepared.copy_key).fetchone()
+        conn.execute("COMMIT" if prepared.commit else "ROLLBACK")
         return None if found is None else found[0]
 
     # -- values ---------------------------------------------------------------
@@ -604,6 +622,26 @@ class _Plan:
             + len(self.flow_updates)
             + len(self.log_rows)
         )
+
+
+class Prepared:
+    """A batch as statements and plain values (text, numbers, None): picklable."""
+
+    __slots__ = ("commit", "copy_key", "rows", "single", "steps")
+
+    def __init__(
+        self,
+        rows: int,
+        steps: list[_Step],
+        single: tuple[str, list[Any]] | None,
+        copy_key: tuple[str] | None,
+        commit: bool,
+    ) -> None:
+        self.rows = rows  # rows the batch writes
+        self.steps = steps
+        self.single = single  # PostgreSQL: the whole batch as one statement
+        self.copy_key = copy_key  # look for a process requeued from this one
+        self.commit = commit
 
 
 class _Rows:
