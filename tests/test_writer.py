@@ -48,6 +48,31 @@ def proxied_pg(pg_server_url: str) -> Iterator[tuple[str, TcpProxy]]:
     proxy.stop()
 
 
+@pytest.mark.postgres
+def test_a_job_storing_its_own_queue_puts_it_back_in_order_when_the_database_fails(
+    proxied_pg: tuple[str, TcpProxy],
+) -> None:
+    url, proxy = proxied_pg
+    # A long flush interval: the job's end finds its flows still queued and
+    # stores them itself (Writer.write_through), in front of nothing else.
+    flow_tracker.configure(database_url=url, log_to_stdlib=False, flush_interval=60)
+    with flow_tracker.track("warm") as warm:
+        warm.info("connects")
+    tracker = flow_tracker.start("interrupted")
+    for step in range(5):
+        with tracker.flow(f"step {step}") as flow:
+            flow.info("queued")
+    proxy.stop()
+    tracker.complete()  # the store fails: queued again for the writer, nothing lost
+    assert runtime.writer().healthy is False
+    proxy.start()
+    wait_for(lambda: _status(tracker.process_id) is Status.COMPLETED, seconds=60)
+    record = flow_tracker.get_process(tracker.process_id)
+    assert record is not None
+    assert [f.name for f in record.flows] == [f"step {i}" for i in range(5)]
+    assert {f.status for f in record.flows} == {Status.COMPLETED}
+
+
 def test_job_runs_and_returns_its_result_when_database_is_unreachable() -> None:
     flow_tracker.configure(
         database_url="postgresql://postgres@127.0.0.1:1/nowhere", verify=False, log_to_stdlib=False

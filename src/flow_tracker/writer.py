@@ -98,6 +98,7 @@ class Writer:
         self.healthy = True
         self._outage_since: float | None = None
         self._draining = False  # a batch has been taken from the buffer and not yet stored
+        self._drain_lock = threading.Lock()  # one drainer at a time: the thread or a job's
         self._local = threading.local()  # write_now's statement builders, per thread
         self._relay: relay.RelayClient | None = None  # set in an RQ work-horse
 
@@ -194,22 +195,54 @@ class Writer:
     def write_through(self, event: ev.Change, timeout: float) -> bool:
         """Store ``event`` and everything queued before it; wait up to ``timeout`` s.
 
-        A job's final state. When nothing else is waiting to be stored, the
-        event is written at once on the calling thread (one round trip), instead
-        of being handed to the writer thread and waited for. Otherwise it goes
-        behind what is queued, in order, and the call waits for the batch.
-        False when it could not be stored in time (the database is away).
+        A job's final state. It is written on the calling thread, behind
+        whatever is queued (the job's flows and logs), instead of being handed
+        to the writer thread and waited for - unless the writer thread is
+        storing at that moment: then it goes behind, in order, and the call
+        waits for it. False when it could not be stored in time (the database
+        is away); then the writer thread keeps it, and everything before it.
         """
-        if (
-            timeout > 0
-            and self.healthy
-            and not self.buffer
-            and not self._draining
-            and threading.current_thread() is not self._thread
-        ):
-            return self.write_now((event,)).stored
+        if timeout > 0 and self.healthy and threading.current_thread() is not self._thread:
+            if not self.buffer and not self._draining:
+                return self.write_now((event,)).stored
+            # What is queued (the job's flows and logs, maybe other threads' too)
+            # is stored here with the event, unless the writer thread is at it.
+            if self._drain_lock.acquire(blocking=False):
+                try:
+                    self._draining = True
+                    self.put(event)
+                    if self._drain_here():
+                        return True
+                finally:
+                    self._draining = False
+                    self._drain_lock.release()
+                return self.flush(timeout)  # the database failed: the writer retries
         self.put(event)
         return self.flush(timeout)
+
+    def _drain_here(self) -> bool:
+        """Store the buffer on the calling thread; False (nothing lost) on a database error."""
+        buffer = self.buffer
+        builder = self._builder()
+        while buffer:
+            batch, markers = self._take_batch(buffer)
+            if batch:
+                try:
+                    rows, _, _ = self._store(builder, batch)
+                except Exception as exc:
+                    # Back in front, in order, for the writer thread (which also
+                    # tells the subscribers then, and isolates a refused event).
+                    buffer.extendleft(reversed([*batch, *((ev.MARKER, m) for m in markers)]))
+                    if is_transient(exc):
+                        self._note_outage(exc)
+                    self._wake.set()
+                    return False
+                self.rows_written += rows
+                self.batches_written += 1
+                BUS.publish(batch)
+            for marker in markers:
+                marker.set()
+        return True
 
     def _builder(self) -> BatchWriter:
         # A statement builder per calling thread: BatchWriter's caches are not shared.
@@ -290,27 +323,34 @@ class Writer:
             self._thread = None
 
     def _drain(self) -> None:
-        buffer = self.buffer
-        self._draining = True
+        with self._drain_lock:  # not while a job's thread stores the buffer itself
+            buffer = self.buffer
+            self._draining = True
+            try:
+                self._drain_buffer(buffer)
+            finally:
+                self._draining = False
+
+    def _take_batch(
+        self, buffer: collections.deque[ev.Change]
+    ) -> tuple[list[ev.Change], list[threading.Event]]:
+        batch: list[ev.Change] = []
+        markers: list[threading.Event] = []
+        popleft = buffer.popleft
         try:
-            self._drain_buffer(buffer)
-        finally:
-            self._draining = False
+            while len(batch) < self.batch_size:
+                event = popleft()
+                if event[0] == ev.MARKER:
+                    markers.append(event[1])
+                else:
+                    batch.append(event)
+        except IndexError:
+            pass
+        return batch, markers
 
     def _drain_buffer(self, buffer: collections.deque[ev.Change]) -> None:
         while buffer:
-            batch: list[ev.Change] = []
-            markers: list[threading.Event] = []
-            popleft = buffer.popleft
-            try:
-                while len(batch) < self.batch_size:
-                    event = popleft()
-                    if event[0] == ev.MARKER:
-                        markers.append(event[1])
-                    else:
-                        batch.append(event)
-            except IndexError:
-                pass
+            batch, markers = self._take_batch(buffer)
             if batch:
                 BUS.publish(batch)  # subscribers hear of it whether or not the database is up
                 self._write_until_stored(batch)
