@@ -11,8 +11,9 @@ out dead (a server restart while it sat idle) is replaced once, at once.
 
 PostgreSQL connections are the driver's own, in autocommit mode: the write path
 sends ``BEGIN`` and ``COMMIT`` itself (or one statement, atomic by itself).
-SQLite connections come from the engine's pool (no ping there; and an in-memory
-database has one shared connection that must never be closed).
+SQLite connections come from the engine's pool and go back to it after each use
+(no ping to save there; and an in-memory database has one shared connection
+that must never be closed).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class WriteConnections:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._idle: list[_Held] = []
+        self._inherited: list[_Held] = []  # a forked child's share of its parent's
         self._lock = threading.Lock()
 
     def run(self, work: Callable[[Any], T]) -> T:
@@ -78,7 +80,12 @@ class WriteConnections:
         return result
 
     def forget(self) -> None:
-        """In a forked child: drop the parent's connections without closing them."""
+        """In a forked child: set the parent's connections aside, never used or closed.
+
+        They are kept referenced: the driver leaves a connection made in another
+        process open when it is collected, but warns about it.
+        """
+        self._inherited.extend(self._idle)
         self._idle = []
         self._lock = threading.Lock()
 
@@ -99,6 +106,11 @@ class WriteConnections:
         return self._connect(), False
 
     def _give_back(self, held: _Held) -> None:
+        if held.pooled is not None:
+            # SQLite: back to the engine's pool, which has no ping to save and is
+            # shared with the reads; keeping it here could starve them.
+            self._drop(held)
+            return
         with self._lock:
             if len(self._idle) < KEEP_AT_MOST:
                 self._idle.append(held)
