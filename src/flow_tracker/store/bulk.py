@@ -436,6 +436,8 @@ class BatchWriter:
                 params.extend(step.rows[0])
             else:
                 return None
+        if not parts:
+            return None
         key = ("with", copy_key is not None, *parts)
         sql = self._sql.get(key)
         if sql is None:
