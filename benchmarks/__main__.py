@@ -1,26 +1,31 @@
-"""``python -m benchmarks [core] [queues] [dashboard] [--quick]``: side-by-side benchmarks."""
+"""``python -m benchmarks [core] [queues] [jobcost] [dashboard] [--quick]``: benchmarks."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import core, dashboard, queues
+from benchmarks import core, dashboard, job_cost, queues
 
 
 def main() -> int:
     """Run the benchmarks named on the command line (default: all)."""
     args = sys.argv[1:]
-    names = [a for a in args if not a.startswith("-")] or ["core", "queues", "dashboard"]
+    names = [a for a in args if not a.startswith("-")] or ["core", "queues", "jobcost", "dashboard"]
     status = 0
     for name in names:
         if name == "core":
             status |= core.main(args)
         elif name == "queues":
             status |= queues.main(args)
+        elif name == "jobcost":
+            status |= job_cost.main(args)
         elif name == "dashboard":
             status |= dashboard.main(args)
         else:
-            print(f"unknown benchmark {name!r}; known: core, queues, dashboard", file=sys.stderr)
+            print(
+                f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard",
+                file=sys.stderr,
+            )
             return 2
     return status
 

@@ -1,0 +1,97 @@
+"""Where a tracked job's cost goes: wall time, this process's CPU and PostgreSQL's CPU.
+
+In one process, without a queue: a job's durable writes as a worker makes them
+(``start_job``: the running row; ``finish_job``: the final state) and, for the
+busy job, 10 flows with a log entry each in between; also the queued row as
+the enqueuing side writes it (``record_enqueued``). PostgreSQL's CPU is read
+from ``/proc`` for every server process (Linux only; 0 elsewhere), so on a
+machine that runs the workers and the database together this says how much of
+a job's throughput loss is the database's own work and how much is Python's.
+
+``python -m benchmarks jobcost`` (a few seconds). Compare within a run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import flow_tracker
+from benchmarks.queues import fresh_pg_database
+from flow_tracker import Status
+from flow_tracker.integrations import jobs
+
+JOBS = 1_000
+
+
+def _postgres_cpu_s() -> float:
+    """CPU seconds used so far by every PostgreSQL server process."""
+    total = 0
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if not (entry / "comm").read_text().startswith("postgres"):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / ticks
+
+
+def _enqueue() -> None:
+    jobs.record_enqueued(
+        job_system="celery", job_id=uuid.uuid4().hex, name="bench.trivial", queue="celery"
+    )
+
+
+def _job(busy: bool) -> Callable[[], None]:
+    def run() -> None:
+        tracker = jobs.start_job(
+            job_system="celery",
+            job_id=uuid.uuid4().hex,
+            name="bench.job",
+            queue="celery",
+            attempt=1,
+        )
+        if busy:
+            for step in range(10):
+                with flow_tracker.flow(f"step {step}") as flow:
+                    flow.info("processed", data={"step": step})
+        jobs.finish_job(tracker, Status.COMPLETED)
+
+    return run
+
+
+def _measure(work: Callable[[], None], count: int) -> tuple[float, float, float]:
+    for _ in range(50):
+        work()  # warm: connections, prepared statements
+    postgres, cpu, wall = _postgres_cpu_s(), time.process_time(), time.perf_counter()
+    for _ in range(count):
+        work()
+    wall = time.perf_counter() - wall
+    cpu = time.process_time() - cpu
+    postgres = _postgres_cpu_s() - postgres
+    return wall / count * 1e6, cpu / count * 1e6, postgres / count * 1e6
+
+
+def main(argv: list[str]) -> int:
+    """Print where a tracked job's time goes; always exits 0 (no target here)."""
+    count = JOBS // 5 if "--quick" in argv else JOBS
+    flow_tracker.configure(database_url=fresh_pg_database(), log_to_stdlib=False)
+    try:
+        print("\njob cost: one process, PostgreSQL, µs per job (compare within a run)\n")
+        print(f"{'':44} {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}")
+        for label, work in (
+            ("enqueue: queued row", _enqueue),
+            ("trivial job: running row + final state", _job(busy=False)),
+            ("busy job: + 10 flows and 10 logs", _job(busy=True)),
+        ):
+            wall, cpu, postgres = _measure(work, count)
+            print(f"{label:44} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+    finally:
+        flow_tracker.reset()
+    return 0
