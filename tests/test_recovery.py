@@ -298,3 +298,59 @@ def test_silent_means_the_same_on_the_overview_the_health_page_and_health(tracke
     assert report.silent == board.silent_running == 1
     assert flow_tracker.reap(lost_after=60.0).lost  # and the reaper takes exactly that one
     assert flow_tracker.health().silent == overview(runtime.store(), "1h").silent_running == 0
+
+
+@pytest.mark.postgres
+def test_a_start_that_waits_on_a_requeue_in_progress_finds_the_copy_and_stands_down(
+    pg_server_url: str,
+) -> None:
+    import psycopg
+
+    from flow_tracker.ids import process_id_for
+    from flow_tracker.integrations.jobs import skip_if_requeued, start_job
+
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
+    original = _job_row(id=process_id_for("rq", "raced-job"), job_id="raced-job", status="queued")
+    copy = uuid.uuid4()
+    # The job found lost and requeued in one transaction not yet committed: the
+    # row locked, the copy stored. A start that began before reads "queued" in
+    # its snapshot; only the row as the requeue leaves it tells it to stand down.
+    requeue = psycopg.connect(pg_server_url)
+    requeue.execute(
+        "UPDATE flow_tracker_processes SET status = 'lost', updated_at = now() WHERE id = %s",
+        (original,),
+    )
+    requeue.execute(
+        "INSERT INTO flow_tracker_processes (id, name, category, status, created_at, "
+        "requeued_from_id) VALUES (%s, 'charge', 'jobs', 'queued', now(), %s)",
+        (copy, original),
+    )
+    started: list[Any] = []
+    # The broker redelivers the job meanwhile: its start must wait for the requeue.
+    redelivery = threading.Thread(
+        target=lambda: started.append(
+            start_job(job_system="rq", job_id="raced-job", name="charge", queue="q", attempt=1)
+        )
+    )
+    redelivery.start()
+    try:
+        deadline = time.monotonic() + 30
+        with psycopg.connect(pg_server_url, autocommit=True) as watcher:
+            while not watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'flow-tracker' "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone():
+                assert redelivery.is_alive(), "the start did not wait for the requeue's lock"
+                assert time.monotonic() < deadline, "the start never waited on the lock"
+                time.sleep(0.02)
+    finally:
+        requeue.commit()
+        requeue.close()
+        redelivery.join(timeout=30)
+    assert started, "the redelivered start did not finish"
+    tracker = started[0]
+    assert skip_if_requeued(tracker), "the redelivery would run beside its requeued copy"
+    tracker.complete()
+    record = flow_tracker.get_process(original)
+    assert record is not None and record.status is Status.SKIPPED
+    assert str(copy) in record.metadata["skip_reason"]
