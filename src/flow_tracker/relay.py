@@ -193,22 +193,30 @@ class RelayServer:
 
     def _run(self) -> None:
         while True:
-            timeout = None
-            if self.kept:
-                timeout = max(0.0, self._retry_at - time.monotonic())
-            for key, _ in self._selector.select(timeout):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                if sock is self._wake_read:
-                    with contextlib.suppress(OSError):
-                        sock.recv(4096)
-                else:
-                    self._serve(sock)
-            while self._added:
-                new = self._added.popleft()
-                new.setblocking(True)
-                self._selector.register(new, selectors.EVENT_READ)
-            if self.kept and time.monotonic() >= self._retry_at:
-                self._store_kept()
+            try:
+                self._run_once()
+            except Exception:  # pragma: no cover - keep serving; a horse falls back on its own
+                internal_log.exception("flow-tracker: the relay for work-horses failed")
+                time.sleep(RETRY_START_S)
+
+    def _run_once(self) -> None:
+        """Wait for a request (or the next retry of kept batches) and answer it."""
+        timeout = None
+        if self.kept:
+            timeout = max(0.0, self._retry_at - time.monotonic())
+        for key, _ in self._selector.select(timeout):
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            if sock is self._wake_read:
+                with contextlib.suppress(OSError):
+                    sock.recv(4096)
+            else:
+                self._serve(sock)
+        while self._added:
+            new = self._added.popleft()
+            new.setblocking(True)
+            self._selector.register(new, selectors.EVENT_READ)
+        if self.kept and time.monotonic() >= self._retry_at:
+            self._store_kept()
 
     def _serve(self, sock: socket.socket) -> None:
         try:
