@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,6 +146,27 @@ def test_work_horses_hand_their_records_to_the_worker_instead_of_connecting(
         time.sleep(0.2)
         opened = sessions() - before
     assert opened < count // 2, f"{opened} connections opened for {count} jobs"
+
+
+def test_a_forking_worker_in_this_process_relays_its_work_horses_records(
+    tracked: str, rq_queue: Queue
+) -> None:
+    from rq.worker import Worker
+
+    from tests.integrations import rq_jobs
+
+    jobs = [rq_queue.enqueue(rq_jobs.succeed, i) for i in range(3)]
+    Worker([rq_queue], connection=rq_queue.connection).work(burst=True)
+    for job in jobs:
+        record = flow_tracker.get_status(job.id)
+        assert record is not None and record.status is Status.COMPLETED
+        process = flow_tracker.get_process(record.process_id)
+        assert process is not None and [f.name for f in process.flows] == [
+            "load_user",
+            "send_email",
+            "update_stats",
+        ]
+        assert process.pid != os.getpid()  # run by a work-horse, stored by this worker
 
 
 @pytest.mark.postgres
