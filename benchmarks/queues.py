@@ -122,6 +122,26 @@ def bulk_enqueue_us(send_many: Callable[[int], None], enabled: bool, database_ur
         Redis.from_url(REDIS_URL).flushdb()
 
 
+def _celery_worker(pool: str, concurrency: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "benchmarks.apps.celery_bench",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-l",
+        "error",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
 def _rq_worker(worker_class: str) -> list[str]:
     return [
         str(BIN / "rq"),
@@ -141,45 +161,13 @@ def _rq_worker(worker_class: str) -> list[str]:
 QUEUES = [
     Queue(
         "Celery prefork (2)",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "benchmarks.apps.celery_bench",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-l",
-            "error",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
+        _celery_worker("prefork", 2),
         _celery_send,
         1000,
     ),
     Queue(
         "Celery threads (4)",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "benchmarks.apps.celery_bench",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-l",
-            "error",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
+        _celery_worker("threads", 4),
         _celery_send,
         1000,
     ),

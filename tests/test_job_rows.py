@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -31,6 +32,15 @@ def _read(store: Store, process_id: uuid.UUID) -> ProcessRecord:
     record = queries.get_process(store, process_id)
     assert record is not None, f"process {process_id} was not stored"
     return record
+
+
+def _read_without_flush(url: str, process_id: uuid.UUID) -> ProcessRecord:
+    """The process as stored now, read through a store of its own (no writer flush)."""
+    reader = Store(url)
+    try:
+        return _read(reader, process_id)
+    finally:
+        reader.dispose()
 
 
 def test_a_jobs_queued_running_and_final_rows_are_stored_as_given(store: Store) -> None:
@@ -84,11 +94,7 @@ def test_a_final_state_is_stored_after_the_jobs_own_buffered_flows(tracked: str)
             with flow_tracker.flow(f"step {step}") as flow:
                 flow.info("row", data={"step": step})
         process_id = tracker.process_id
-    reader = Store(tracked)
-    try:
-        record = _read(reader, process_id)
-    finally:
-        reader.dispose()
+    record = _read_without_flush(tracked, process_id)
     assert record.status is Status.COMPLETED
     assert len(record.flows) == 40
     assert {f.status for f in record.flows} == {Status.COMPLETED}
@@ -101,11 +107,7 @@ def test_a_small_job_is_stored_whole_by_its_final_write(tracked: str) -> None:
         with flow_tracker.flow("only") as flow:
             flow.warning("careful", data={"n": 1})
         process_id = tracker.process_id
-    reader = Store(tracked)
-    try:
-        record = _read(reader, process_id)
-    finally:
-        reader.dispose()
+    record = _read_without_flush(tracked, process_id)
     assert record.status is Status.COMPLETED
     assert [f.name for f in record.flows] == ["only"]
     assert [(log.level, log.message) for log in record.flows[0].logs] == [("warning", "careful")]
@@ -134,8 +136,6 @@ def test_a_kept_connection_the_server_closed_is_replaced_and_the_write_kept(
 
 
 def _queued_row() -> dict[str, object]:
-    import time
-
     now = time.time()
     return {
         "name": "job",

@@ -318,25 +318,8 @@ def _record_publish(app: Any, name: str, message: Any, options: dict[str, Any]) 
         carrier = trace_carrier()
         if carrier and isinstance(headers, dict):
             headers[TRACE_HEADER] = carrier  # the worker continues the sender's trace
-        queue = options.get("queue")
-        queue_name = getattr(queue, "name", queue) or options.get("routing_key")
         args, kwargs = _body_args(body)
-        record_enqueued(
-            job_system=JOB_SYSTEM,
-            job_id=task_id,
-            name=name,
-            queue=queue_name,
-            args=args,
-            kwargs=kwargs,
-            payload={
-                "task": name,
-                "args": args,
-                "kwargs": kwargs,
-                "queue": queue_name,
-                "app": app.main,
-            },
-            max_attempts=_max_attempts(task),
-        )
+        _record_task(app, task, str(task_id), name, options, args, kwargs)
         return str(task_id)
     except Exception as exc:
         runtime.report_internal_error(exc, "recording a Celery publish")
@@ -403,28 +386,41 @@ def _record_signature(app: Any, sig: Any, call: Mapping[str, Any]) -> str | None
             **{k: v for k, v in call.items() if k not in ("args", "kwargs")},
         }
         routed = app.amqp.router.route(options, sig.task, args, kwargs)
-        queue = routed.get("queue")
-        queue_name = getattr(queue, "name", queue) or routed.get("routing_key")
-        record_enqueued(
-            job_system=JOB_SYSTEM,
-            job_id=task_id,
-            name=sig.task,
-            queue=queue_name,
-            args=args,
-            kwargs=kwargs,
-            payload={
-                "task": sig.task,
-                "args": args,
-                "kwargs": kwargs,
-                "queue": queue_name,
-                "app": app.main,
-            },
-            max_attempts=_max_attempts(task),
-        )
+        _record_task(app, task, str(task_id), sig.task, routed, args, kwargs)
         return str(task_id)
     except Exception as exc:
         runtime.report_internal_error(exc, "recording a Celery group member")
         return None
+
+
+def _record_task(
+    app: Any,
+    task: Any,
+    task_id: str,
+    name: str,
+    routed: Mapping[str, Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> None:
+    """Record a task as queued; ``routed``: its options once Celery has routed it."""
+    queue = routed.get("queue")
+    queue_name = getattr(queue, "name", queue) or routed.get("routing_key")
+    record_enqueued(
+        job_system=JOB_SYSTEM,
+        job_id=task_id,
+        name=name,
+        queue=queue_name,
+        args=args,
+        kwargs=kwargs,
+        payload={
+            "task": name,
+            "args": args,
+            "kwargs": kwargs,
+            "queue": queue_name,
+            "app": app.main,
+        },
+        max_attempts=_max_attempts(task),
+    )
 
 
 def _body_args(body: Any) -> tuple[list[Any], dict[str, Any]]:

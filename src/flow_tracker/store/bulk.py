@@ -17,6 +17,7 @@ in a transaction, and ~1.3 ms through SQLAlchemy's pool and execution path).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -585,33 +586,16 @@ class BatchWriter:
         return values
 
 
+@dataclasses.dataclass(slots=True)
 class _Plan:
     """A batch coalesced into rows: what :meth:`BatchWriter.store` writes."""
 
-    __slots__ = (
-        "flow_rows",
-        "flow_updates",
-        "log_rows",
-        "proc_inserts",
-        "proc_updates",
-        "transition_rows",
-    )
-
-    def __init__(
-        self,
-        proc_inserts: dict[int, dict[str, Any]],
-        proc_updates: dict[int, dict[str, Any]],
-        flow_rows: dict[int, list[Any]],
-        flow_updates: dict[int, dict[str, Any]],
-        log_rows: list[tuple[Any, ...]],
-        transition_rows: list[tuple[Any, ...]],
-    ) -> None:
-        self.proc_inserts = proc_inserts
-        self.proc_updates = proc_updates
-        self.flow_rows = flow_rows
-        self.flow_updates = flow_updates
-        self.log_rows = log_rows
-        self.transition_rows = transition_rows
+    proc_inserts: dict[int, dict[str, Any]]
+    proc_updates: dict[int, dict[str, Any]]
+    flow_rows: dict[int, list[Any]]
+    flow_updates: dict[int, dict[str, Any]]
+    log_rows: list[tuple[Any, ...]]
+    transition_rows: list[tuple[Any, ...]]
 
     @property
     def rows(self) -> int:
@@ -626,64 +610,49 @@ class _Plan:
         )
 
 
+@dataclasses.dataclass(slots=True)
 class Prepared:
     """A batch as statements and plain values (text, numbers, None): picklable."""
 
-    __slots__ = ("commit", "copy_key", "rows", "single", "steps")
-
-    def __init__(
-        self,
-        rows: int,
-        steps: list[_Step],
-        single: tuple[str, list[Any]] | None,
-        copy_key: tuple[str] | None,
-        commit: bool,
-    ) -> None:
-        self.rows = rows  # rows the batch writes
-        self.steps = steps
-        self.single = single  # PostgreSQL: the whole batch as one statement
-        self.copy_key = copy_key  # look for a process requeued from this one
-        self.commit = commit
+    rows: int  # rows the batch writes
+    steps: list[_Step]
+    single: tuple[str, list[Any]] | None  # PostgreSQL: the whole batch as one statement
+    copy_key: tuple[str] | None  # look for a process requeued from this one
+    commit: bool
 
 
+@dataclasses.dataclass(slots=True)
 class _Rows:
     """Rows to insert (or upsert): ``head`` + one ``marks`` group per row + ``tail``."""
 
-    __slots__ = ("head", "marks", "rows", "tail")
-
-    def __init__(self, head: str, marks: str, tail: str, rows: list[Any]) -> None:
-        self.head = head
-        self.marks = marks
-        self.tail = tail
-        self.rows = rows
+    head: str
+    marks: str
+    tail: str
+    rows: list[Any]
 
     def statement(self) -> str:
         """The one-row statement, for ``executemany``."""
         return self.head + self.marks + self.tail
 
 
+@dataclasses.dataclass(slots=True)
 class _Update:
     """One UPDATE statement and the parameters of each row it changes."""
 
-    __slots__ = ("rows", "sql")
-
-    def __init__(self, sql: str, rows: list[Any]) -> None:
-        self.sql = sql
-        self.rows = rows
+    sql: str
+    rows: list[Any]
 
     def statement(self) -> str:
         """The statement, for ``executemany``."""
         return self.sql
 
 
+@dataclasses.dataclass(slots=True)
 class _Copy:
     """Rows for PostgreSQL's ``COPY ... FROM STDIN``."""
 
-    __slots__ = ("rows", "sql")
-
-    def __init__(self, sql: str, rows: list[Any]) -> None:
-        self.sql = sql
-        self.rows = rows
+    sql: str
+    rows: list[Any]
 
 
 _Step = _Rows | _Update | _Copy
