@@ -61,6 +61,19 @@ from flow_tracker.status import BatchStatus, JobStatus, Status
 from flow_tracker.store.engine import Store
 from flow_tracker.subscribers import Subscriber, Subscription, on, subscribe
 from flow_tracker.tracker import Flow, Tracker
+from flow_tracker.workflows import (
+    StepStatus,
+    Workflow,
+    WorkflowRun,
+    WorkflowStatus,
+    cancel_workflow,
+    get_workflow,
+    list_workflows,
+    resolve_step,
+    retry_step,
+    workflow,
+    workflow_diagram,
+)
 
 __version__ = "0.1.0"
 
@@ -128,15 +141,20 @@ __all__ = [
     "Settings",
     "Skipped",
     "Status",
+    "StepStatus",
     "Subscriber",
     "Subscription",
     "Tracker",
     "Transition",
     "UsageError",
+    "Workflow",
+    "WorkflowRun",
+    "WorkflowStatus",
     "__version__",
     "batch_status",
     "bind",
     "bind_async",
+    "cancel_workflow",
     "cleanup",
     "configure",
     "current",
@@ -146,15 +164,21 @@ __all__ = [
     "flush",
     "get_process",
     "get_status",
+    "get_workflow",
     "health",
     "list_processes",
+    "list_workflows",
     "log",
     "on",
     "reap",
     "recovery",
     "requeue",
     "reset",
+    "resolve_step",
+    "retry_step",
     "start",
     "subscribe",
     "track",
+    "workflow",
+    "workflow_diagram",
 ]

@@ -48,6 +48,8 @@ class ReapResult:
     """Jobs still queued after ``stale_after`` seconds (reported, not changed)."""
     checked_at: datetime
     """The database's time of the check."""
+    workflow_steps: int = 0
+    """Steps of workflow runs sent again (their worker was lost, or their retry's message)."""
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,20 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
     lost = [uuid.UUID(str(row.id)) for row in marked]
     # Asking brokers may take a while: never inside the transaction above.
     lost += _reap_vanished(chosen, now, now - timedelta(seconds=after))
+    steps = _recover_workflow_steps(chosen, after)
     stale = stored_jobs.finish_reap(chosen, now, settings.stale_after, LAST_REAP_KEY)
-    return ReapResult(lost=lost, stale_queued=stale, checked_at=now)
+    return ReapResult(lost=lost, stale_queued=stale, checked_at=now, workflow_steps=steps)
+
+
+def _recover_workflow_steps(store: Store, lost_after: float) -> int:
+    """A lost step of a workflow run is the workflow's to send again: its run waits on it."""
+    from flow_tracker.workflows.engine import recover
+
+    try:
+        return len(recover(store, lost_after))
+    except Exception as exc:  # the steps are found again on the next reap
+        runtime.report_internal_error(exc, "sending lost workflow steps again")
+        return 0
 
 
 VANISHED_BATCH = 1000

@@ -58,6 +58,8 @@ from flow_tracker.integrations.registry import register_probe, register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
 from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
+from flow_tracker.workflows.engine import STEP_TASK_NAME
+from flow_tracker.workflows.queues import install_celery
 
 try:
     import celery
@@ -126,6 +128,7 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
         register_control_flow(Reject, Status.CANCELLED)
         register_requeuer(JOB_SYSTEM, _requeue)
         register_probe(JOB_SYSTEM, _pending)
+        install_celery(app)
     warm_up()
     if errors:  # declared before install(): the mistake is raised where install() is called
         raise errors[0]
@@ -212,6 +215,8 @@ def _requeue(payload: Mapping[str, Any], job_id: str) -> None:
 
 
 def _is_tracked(task: Any) -> bool:
+    if getattr(task, "name", None) == STEP_TASK_NAME:
+        return False  # a workflow step: its own process records it
     app = getattr(task, "app", None)
     for installed, track_all in _apps:
         if installed is app:

@@ -52,6 +52,8 @@ from flow_tracker.integrations.registry import register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
 from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
+from flow_tracker.workflows.engine import STEP_TASK_NAME
+from flow_tracker.workflows.queues import install_dramatiq
 
 try:
     import dramatiq
@@ -105,6 +107,8 @@ class FlowTrackerMiddleware(Middleware):
             The error of a bad ``flow_tracker_exclusive`` option, else None.
         """
         option = actor.options.get(EXCLUSIVE_OPTION)
+        if actor.actor_name == STEP_TASK_NAME:
+            return None
         if not (option or self.track_all or actor.options.get(OPT_IN_OPTION)):
             return None
         actor.fn, error = guarded_job_body(actor.fn, option, f"actor {actor.actor_name}")
@@ -117,6 +121,8 @@ class FlowTrackerMiddleware(Middleware):
             return {}
 
     def _is_tracked(self, broker: Any, message: Any) -> bool:
+        if message.actor_name == STEP_TASK_NAME:
+            return False  # a workflow step: its own process records it
         return self.track_all or bool(
             self._actor_options(broker, message.actor_name).get(OPT_IN_OPTION)
         )
@@ -231,6 +237,7 @@ def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
         middleware.prepare_actor(actor)
     register_control_flow(dramatiq.Retry, Status.RETRYING)
     register_requeuer(JOB_SYSTEM, functools.partial(_requeue, broker))
+    install_dramatiq(broker)
     warm_up()
     return middleware
 

@@ -55,6 +55,7 @@ from flow_tracker.integrations.jobs import (
 from flow_tracker.integrations.registry import register_probe, register_requeuer
 from flow_tracker.status import Status
 from flow_tracker.tracker import outcome_of
+from flow_tracker.workflows.queues import RQ_STEP_FUNCTION, install_rq
 
 try:
     import rq
@@ -155,6 +156,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
             _connection = connection
         register_requeuer(JOB_SYSTEM, _requeue)
         register_probe(JOB_SYSTEM, _pending)
+        install_rq(_connection)
         if _installed:
             return
         _installed = True
@@ -167,6 +169,8 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
 
 
 def _is_tracked(job: Job) -> bool:
+    if job.func_name == RQ_STEP_FUNCTION:
+        return False  # a workflow step: its own process records it
     if _track_all or job.meta.get(META_OPT_IN):
         return True
     try:

@@ -213,3 +213,58 @@ state = Table(
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Workflows (flow_tracker.workflow, DESIGN §9): one row per run (its id is the run's
+# process id) with the DAG as it was when the run started, so that pages and the CLI
+# draw it without importing user code; one row per step of a run. A step's attempts are
+# counted on its row, and ``waiting`` counts the parents that have not ended yet: the
+# transaction that stores a parent's end decrements it, and the one that brings it to
+# zero queues the step, so a step with many parents is queued exactly once.
+workflow_runs = Table(
+    "flow_tracker_workflow_runs",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("queue", String(32), nullable=False),
+    # The module that declares the workflow: a worker that does not know the workflow
+    # yet imports it (an RQ worker imports only the step function's own module).
+    Column("module", String(255)),
+    Column("status", String(16), nullable=False),
+    Column("dag", json_type(), nullable=False),
+    Column("context", json_type()),
+    Column("failed_step", String(255)),
+    # Steps queued, running or waiting to retry, and steps failed for good: the run
+    # ends when no step is active, without counting its step rows each time.
+    Column("active", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_flow_tracker_workflow_runs_created", "created_at", "id"),
+    Index("ix_flow_tracker_workflow_runs_name_created", "name", "created_at"),
+    Index("ix_flow_tracker_workflow_runs_status_created", "status", "created_at"),
+)
+
+workflow_steps = Table(
+    "flow_tracker_workflow_steps",
+    metadata,
+    Column("run_id", Uuid, primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("waiting", Integer, nullable=False),
+    Column("parents", json_type(), nullable=False),
+    Column("children", json_type(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("process_id", Uuid),
+    Column("job_id", String(255)),
+    Column("result", json_type()),
+    Column("error_class", String(255)),
+    Column("error_message", Text),
+    Column("queue_name", String(255), nullable=False),
+    Column("next_attempt_at", UTCDateTime),
+    Column("queued_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_flow_tracker_workflow_steps_process", "process_id"),
+)

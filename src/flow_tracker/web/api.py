@@ -1,4 +1,4 @@
-"""The JSON API under ``/api/``: processes, one process, a job's status, statistics.
+"""The JSON API under ``/api/``: processes, one process, a job's status, statistics, workflows.
 
 Read-only, with the same filters as the HTML list; described by the OpenAPI
 document at ``/api/openapi.json`` (:mod:`flow_tracker.web.openapi`). Errors are
@@ -8,11 +8,13 @@ JSON problems (:mod:`flow_tracker.web.errors`): 400 with the reason, 404, 503.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from datetime import datetime, timezone
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
+from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.ids import parse_id
 from flow_tracker.status import JobStatus
 from flow_tracker.store import queries
@@ -21,6 +23,7 @@ from flow_tracker.web import statistics
 from flow_tracker.web.context import dashboard_of
 from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.params import ParamError, ProcessFilters, clean
+from flow_tracker.workflows import manage as workflows
 
 MAX_API_LOGS = 10_000
 MAX_API_FLOWS = 10_000
@@ -88,3 +91,70 @@ def openapi(request: Request) -> Response:
     """``GET /api/openapi.json``: the OpenAPI 3.1 description of this API."""
     base = request.scope.get("root_path", "")
     return json_response(openapi_doc.document(server_url=base or "/"))
+
+
+# -- workflows (DESIGN §9) ---------------------------------------------------------------
+
+
+def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if not raw:
+        return None
+    moment, _sep, ident = clean(raw).partition("|")
+    run_id = parse_id(ident)
+    try:
+        when = datetime.fromisoformat(moment)
+    except ValueError:
+        when = None
+    if run_id is None or when is None or when.tzinfo is None:
+        raise ParamError("before must be the next_cursor of a previous page")
+    return when, run_id
+
+
+def list_workflows(request: Request) -> Response:
+    """``GET /api/workflows``: workflow runs newest first, ``name``/``status`` filters, paged."""
+    board = dashboard_of(request)
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", "50"))
+    except ValueError:
+        raise ParamError("limit must be a whole number") from None
+    name = clean(params["name"])[:255] if params.get("name") else None
+    try:
+        items = workflows.list_workflows(
+            name=name,
+            status=params.get("status") or None,
+            limit=limit,
+            before=_cursor(params.get("before")),
+            store=board.store,
+        )
+    except UsageError as exc:
+        raise ParamError(str(exc)) from None
+    last = items[-1] if len(items) == limit else None
+    cursor = f"{last['created_at']}|{last['id']}" if last else None
+    return json_response({"items": items, "next_cursor": cursor})
+
+
+def _run(request: Request) -> workflows.WorkflowStatus | None:
+    run_id = parse_id(request.path_params["run_id"])
+    if run_id is None:
+        return None
+    try:
+        return workflows.get_workflow(run_id, store=dashboard_of(request).store)
+    except NotFoundError:
+        return None
+
+
+def get_workflow(request: Request) -> Response:
+    """``GET /api/workflows/{id}``: a run with every step (status, attempts, result, error)."""
+    run = _run(request)
+    if run is None:
+        return problem(404, "no workflow run with this id")
+    return json_response(workflows.shown(run))
+
+
+def workflow_diagram(request: Request) -> Response:
+    """``GET /api/workflows/{id}/diagram``: the run as Mermaid flowchart text."""
+    run = _run(request)
+    if run is None:
+        return problem(404, "no workflow run with this id")
+    return PlainTextResponse(workflows.diagram_text(run), media_type="text/plain; charset=utf-8")

@@ -82,6 +82,9 @@ def create_app(
         Route("/api/processes/{process_id}", api.get_process, name="api_process"),
         Route("/api/status/{ident:path}", api.get_status, name="api_status"),
         Route("/api/stats", api.stats, name="api_stats"),
+        Route("/api/workflows", api.list_workflows, name="api_workflows"),
+        Route("/api/workflows/{run_id}", api.get_workflow, name="api_workflow"),
+        Route("/api/workflows/{run_id}/diagram", api.workflow_diagram, name="api_workflow_diagram"),
         Route("/api/openapi.json", api.openapi, name="api_openapi"),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

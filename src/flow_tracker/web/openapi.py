@@ -104,6 +104,14 @@ _PROCESS = {
 }
 
 
+_RUN_ID = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
 def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -225,6 +233,60 @@ def document(server_url: str = "/") -> dict[str, Any]:
                             "Counts, throughput, failure rate and slowest names.",
                         ),
                         "400": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/workflows": {
+                "get": {
+                    "operationId": "listWorkflows",
+                    "summary": "Workflow runs, newest first.",
+                    "parameters": [
+                        _query("name", "Only runs of this workflow.", {"type": "string"}),
+                        _query(
+                            "status",
+                            "Only runs in this status.",
+                            {"enum": ["running", "completed", "failed", "cancelled"]},
+                        ),
+                        _query("limit", "Runs per page.", {"type": "integer", "default": 50}),
+                        _query("before", "next_cursor of the previous page.", {"type": "string"}),
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "items": {"type": "array", "items": {"type": "object"}},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            },
+                            "Runs with steps done of total and the failed step.",
+                        ),
+                        "400": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/workflows/{run_id}": {
+                "get": {
+                    "operationId": "getWorkflow",
+                    "summary": "A run: every step's status, attempts, result and error.",
+                    "parameters": [_RUN_ID],
+                    "responses": {
+                        "200": _ok({"type": "object"}, "The run, context and results redacted."),
+                        "404": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/workflows/{run_id}/diagram": {
+                "get": {
+                    "operationId": "getWorkflowDiagram",
+                    "summary": "A run as Mermaid flowchart text, steps coloured by status.",
+                    "parameters": [_RUN_ID],
+                    "responses": {
+                        "200": {
+                            "description": "Mermaid text.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "404": _ERROR_RESPONSE,
                     },
                 }
             },

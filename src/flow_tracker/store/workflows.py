@@ -1,0 +1,814 @@
+"""How workflow runs and their steps are stored (see :mod:`flow_tracker.workflows`).
+
+Every change of a run's state is one transaction that first locks the run's row
+(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises
+all writers anyway). That lock is what makes scheduling exactly-once:
+
+* a step's end and the readiness of its children are decided together: the
+  children's ``waiting`` counts drop in the same statement, and only the
+  transaction that brings a count to zero queues that child;
+* ``active`` (steps queued, running or waiting to retry) and ``failed`` on the
+  run row say when the run has ended without counting its steps each time, so
+  ending a step costs the same in a run of 3 steps or of 2,000;
+* a worker takes a step only by moving it from ``queued`` or ``retrying`` to
+  ``running`` (:func:`claim_step`); a second delivery of the same message finds
+  it running and stands down, and a completed step is never taken again.
+
+A step's process row (the tracked job) is written here when the step is queued,
+so the dashboard shows it queued; the worker's tracker then updates that row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from flow_tracker.status import Status
+from flow_tracker.store.clock import database_now
+from flow_tracker.store.engine import Store
+from flow_tracker.store.jobs import record_transitions
+from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
+
+CATEGORY = "workflows"
+# Step statuses (DESIGN §9) beyond a process's own.
+PENDING = "pending"
+RESOLVED = "resolved"
+ACTIVE = (Status.QUEUED.value, Status.RUNNING.value, Status.RETRYING.value)
+DONE = (Status.COMPLETED.value, Status.SKIPPED.value, RESOLVED)
+TAKEABLE = (Status.QUEUED.value, Status.RETRYING.value)
+RUN_RUNNING = Status.RUNNING.value
+ERROR_LIMIT = 4_000
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A step to hand to its queue: everything a worker needs to find it."""
+
+    system: str
+    workflow: str
+    run_id: uuid.UUID
+    step: str
+    job_id: str
+    queue_name: str
+    delay: float = 0.0
+    first: bool = True
+    """The step's first message. Later ones (a retry, a requeue) get a message id
+    of their own: a broker may still hold the earlier message under the job id
+    (RQ keeps the job, Dramatiq's Redis broker deletes a message's body by id
+    when it is acknowledged, which may happen after the retry was sent)."""
+
+    def args(self) -> list[str]:
+        """The job's arguments, as every queue's step task takes them."""
+        return [self.workflow, str(self.run_id), self.step, self.job_id]
+
+    def message_id(self) -> str:
+        """The broker's id for this message: the job id for the first one."""
+        return self.job_id if self.first else f"{self.job_id}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A step taken by a worker: its attempt, the run's context and its parents' results."""
+
+    attempt: int
+    context: Any
+    parents: dict[str, Any]
+    workflow: str
+    queue_name: str
+    module: str | None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What storing a step's end (or a manual action) set in motion."""
+
+    dispatches: list[Dispatch]
+    run_status: str | None
+    """The run's status when it ended in this transaction; None while it goes on."""
+
+
+NOTHING = Ended([], None)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _error_fields(error: tuple[str, str] | None) -> dict[str, Any]:
+    if error is None:
+        return {"error_class": None, "error_message": None}
+    cls, message = error
+    return {"error_class": cls[:255], "error_message": message[:ERROR_LIMIT]}
+
+
+# -- starting a run ------------------------------------------------------------------
+
+
+def create_run(
+    store: Store,
+    *,
+    run_id: uuid.UUID,
+    name: str,
+    queue: str,
+    module: str | None,
+    dag: Mapping[str, Any],
+    context: Any,
+    steps: Sequence[Mapping[str, Any]],
+) -> list[Dispatch]:
+    """Store a run, its process, every step, and the roots as queued; return the roots.
+
+    ``steps``: per step ``name``, ``parents``, ``children``, ``job_id``,
+    ``process_id`` and ``queue_name``.
+    """
+    now = _now()
+    roots = [s for s in steps if not s["parents"]]
+    with store.begin_write() as conn:
+        conn.execute(
+            insert(workflow_runs).values(
+                id=run_id,
+                name=name,
+                queue=queue,
+                module=module,
+                status=RUN_RUNNING,
+                dag=dict(dag),
+                context=context,
+                active=len(roots),
+                failed=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(processes).values(
+                id=run_id,
+                name=name,
+                category=CATEGORY,
+                status=RUN_RUNNING,
+                created_at=now,
+                started_at=now,
+                updated_at=now,
+                job_system=queue,
+                metadata={"workflow": name, "steps": len(steps)},
+            )
+        )
+        conn.execute(
+            insert(workflow_steps),
+            [
+                {
+                    "run_id": run_id,
+                    "name": s["name"],
+                    "status": Status.QUEUED.value if not s["parents"] else PENDING,
+                    "waiting": len(s["parents"]),
+                    "parents": list(s["parents"]),
+                    "children": list(s["children"]),
+                    "attempts": 0,
+                    "process_id": s["process_id"],
+                    "job_id": s["job_id"],
+                    "queue_name": s["queue_name"],
+                    "queued_at": now if not s["parents"] else None,
+                    "updated_at": now,
+                }
+                for s in steps
+            ],
+        )
+        _insert_step_processes(conn, run_id, name, queue, roots, now)
+        record_transitions(conn, [run_id], RUN_RUNNING, now, f"started: {len(steps)} steps")
+    return [_dispatch(queue, name, run_id, s) for s in roots]
+
+
+def _dispatch(system: str, workflow: str, run_id: uuid.UUID, step: Mapping[str, Any]) -> Dispatch:
+    return Dispatch(system, workflow, run_id, step["name"], step["job_id"], step["queue_name"])
+
+
+def _insert_step_processes(
+    conn: Connection,
+    run_id: uuid.UUID,
+    workflow: str,
+    system: str,
+    steps: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> None:
+    if not steps:
+        return
+    conn.execute(
+        insert(processes),
+        [
+            {
+                "id": s["process_id"],
+                "name": f"{workflow}.{s['name']}",
+                "category": CATEGORY,
+                "status": Status.QUEUED.value,
+                "created_at": now,
+                "queued_at": now,
+                "updated_at": now,
+                "job_system": system,
+                "job_id": s["job_id"],
+                "queue": s["queue_name"],
+                "job_args": {"workflow": workflow, "run": str(run_id), "step": s["name"]},
+                "attempt": 1,
+                "parent_process_id": run_id,
+            }
+            for s in steps
+        ],
+    )
+
+
+# -- a worker takes a step, then stores its end -------------------------------------------
+
+
+def claim_step(store: Store, run_id: uuid.UUID, step: str) -> Claim | None:
+    """Move a queued (or retry-waiting) step of a running run to ``running``.
+
+    Returns None when the step is not there to take: it runs or ran already
+    (a second delivery of its message), or its run was cancelled.
+    """
+    now = _now()
+    with store.begin_write() as conn:
+        run = conn.execute(
+            select(
+                workflow_runs.c.status,
+                workflow_runs.c.context,
+                workflow_runs.c.name,
+                workflow_runs.c.module,
+            )
+            .where(workflow_runs.c.id == run_id)
+            .with_for_update()
+        ).first()
+        if run is None or run.status != RUN_RUNNING:
+            return None
+        taken = conn.execute(
+            update(workflow_steps)
+            .where(
+                and_(
+                    workflow_steps.c.run_id == run_id,
+                    workflow_steps.c.name == step,
+                    workflow_steps.c.status.in_(TAKEABLE),
+                )
+            )
+            .values(
+                status=Status.RUNNING.value,
+                attempts=workflow_steps.c.attempts + 1,
+                started_at=now,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+            .returning(
+                workflow_steps.c.attempts, workflow_steps.c.parents, workflow_steps.c.queue_name
+            )
+        ).first()
+        if taken is None:
+            return None
+        parents = list(taken.parents or ())
+        results: dict[str, Any] = {}
+        if parents:
+            for row in conn.execute(
+                select(workflow_steps.c.name, workflow_steps.c.result).where(
+                    and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name.in_(parents))
+                )
+            ):
+                results[row.name] = row.result
+    return Claim(int(taken.attempts), run.context, results, run.name, taken.queue_name, run.module)
+
+
+def _lock_run(conn: Connection, run_id: uuid.UUID) -> Any | None:
+    return conn.execute(
+        select(
+            workflow_runs.c.status,
+            workflow_runs.c.name,
+            workflow_runs.c.queue,
+            workflow_runs.c.active,
+            workflow_runs.c.failed,
+            workflow_runs.c.created_at,
+        )
+        .where(workflow_runs.c.id == run_id)
+        .with_for_update()
+    ).first()
+
+
+def end_step(
+    store: Store,
+    run_id: uuid.UUID,
+    step: str,
+    attempt: int,
+    status: str,
+    *,
+    result: Any = None,
+    error: tuple[str, str] | None = None,
+    retry_in: float | None = None,
+) -> Ended:
+    """Store the end of one attempt of a step; queue what it made ready; end the run if done.
+
+    ``status``: ``completed`` or ``skipped`` (children may start), ``retrying``
+    (``retry_in`` seconds from now) or ``failed`` (for good). Nothing changes when
+    the step is no longer this attempt's (the reaper gave it to another worker).
+    """
+    now = _now()
+    with store.begin_write() as conn:
+        run = _lock_run(conn, run_id)
+        if run is None:
+            return NOTHING
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if status == Status.RETRYING.value:
+            values["next_attempt_at"] = now + timedelta(seconds=retry_in or 0.0)
+            values.update(_error_fields(error))
+        else:
+            values["finished_at"] = now
+            values["result"] = result
+            values.update(_error_fields(error))
+        row = conn.execute(
+            update(workflow_steps)
+            .where(
+                and_(
+                    workflow_steps.c.run_id == run_id,
+                    workflow_steps.c.name == step,
+                    workflow_steps.c.status == Status.RUNNING.value,
+                    workflow_steps.c.attempts == attempt,
+                )
+            )
+            .values(**values)
+            .returning(
+                workflow_steps.c.children, workflow_steps.c.job_id, workflow_steps.c.queue_name
+            )
+        ).first()
+        if row is None:
+            return NOTHING
+        if status == Status.RETRYING.value:
+            if run.status != RUN_RUNNING:
+                return NOTHING
+            retry = Dispatch(
+                run.queue,
+                run.name,
+                run_id,
+                step,
+                row.job_id,
+                row.queue_name,
+                retry_in or 0.0,
+                False,
+            )
+            return Ended([retry], None)
+        if status == Status.FAILED.value:
+            return _after_step(conn, run_id, run, now, [], active=-1, failed=+1)
+        return _after_step(conn, run_id, run, now, list(row.children or ()), active=-1, failed=0)
+
+
+def _after_step(
+    conn: Connection,
+    run_id: uuid.UUID,
+    run: Any,
+    now: datetime,
+    children: list[str],
+    *,
+    active: int,
+    failed: int,
+) -> Ended:
+    """Queue the children now ready, count the run's active and failed steps, end it if done."""
+    ready: list[Any] = []
+    if children and run.status == RUN_RUNNING:
+        ready = _release(conn, run_id, children, now)
+        _insert_step_processes(conn, run_id, run.name, run.queue, [r._mapping for r in ready], now)
+    active_now = int(run.active) + active + len(ready)
+    failed_now = int(run.failed) + failed
+    values: dict[str, Any] = {"active": active_now, "failed": failed_now, "updated_at": now}
+    ended: str | None = None
+    if run.status == RUN_RUNNING and active_now <= 0:
+        ended = Status.FAILED.value if failed_now > 0 else Status.COMPLETED.value
+        values.update(status=ended, finished_at=now)
+        if ended == Status.FAILED.value:
+            values["failed_step"] = _root_failure(conn, run_id)
+    elif run.status != RUN_RUNNING and failed:
+        pass  # a cancelled run keeps its status; its counts stay right for a later look
+    conn.execute(update(workflow_runs).where(workflow_runs.c.id == run_id).values(**values))
+    if ended is not None:
+        _end_run_process(conn, run_id, run, ended, now, values.get("failed_step"))
+    dispatches = [
+        Dispatch(run.queue, run.name, run_id, r.name, r.job_id, r.queue_name) for r in ready
+    ]
+    return Ended(dispatches, ended)
+
+
+def _release(conn: Connection, run_id: uuid.UUID, children: list[str], now: datetime) -> list[Any]:
+    """One parent fewer to wait for; the children now waiting for none are queued (returned)."""
+    becomes_ready = and_(workflow_steps.c.waiting == 1, workflow_steps.c.status == PENDING)
+    rows = conn.execute(
+        update(workflow_steps)
+        .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name.in_(children)))
+        .values(
+            waiting=workflow_steps.c.waiting - 1,
+            status=case((becomes_ready, Status.QUEUED.value), else_=workflow_steps.c.status),
+            queued_at=case((becomes_ready, now), else_=workflow_steps.c.queued_at),
+            updated_at=now,
+        )
+        .returning(
+            workflow_steps.c.name,
+            workflow_steps.c.status,
+            workflow_steps.c.waiting,
+            workflow_steps.c.job_id,
+            workflow_steps.c.process_id,
+            workflow_steps.c.queue_name,
+        )
+    ).all()
+    # A count reaches zero once (each parent ends once), so a queued row at zero was
+    # queued by this statement.
+    return [r for r in rows if r.status == Status.QUEUED.value and r.waiting == 0]
+
+
+def _root_failure(conn: Connection, run_id: uuid.UUID) -> str | None:
+    """The step that failed first: the root cause of the run's failure."""
+    return conn.execute(
+        select(workflow_steps.c.name)
+        .where(
+            and_(workflow_steps.c.run_id == run_id, workflow_steps.c.status == Status.FAILED.value)
+        )
+        .order_by(workflow_steps.c.finished_at, workflow_steps.c.name)
+        .limit(1)
+    ).scalar()
+
+
+def _end_run_process(
+    conn: Connection, run_id: uuid.UUID, run: Any, status: str, now: datetime, failed_step: Any
+) -> None:
+    error: dict[str, Any] = {"error_class": None, "error_message": None, "error_traceback": None}
+    reason = "every step completed"
+    if status == Status.FAILED.value and failed_step:
+        cause = conn.execute(
+            select(workflow_steps.c.error_class, workflow_steps.c.error_message).where(
+                and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == failed_step)
+            )
+        ).first()
+        detail = (
+            f"{cause.error_class}: {cause.error_message}" if cause and cause.error_class else ""
+        )
+        reason = f"step {failed_step} failed" + (f" ({detail})" if detail else "")
+        error = {
+            "error_class": "flow_tracker.StepFailed",
+            "error_message": reason[:ERROR_LIMIT],
+            "error_traceback": None,
+        }
+    elif status == Status.CANCELLED.value:
+        reason = "cancelled"
+    started = run.created_at
+    duration = (now - started).total_seconds() * 1000.0 if started is not None else None
+    conn.execute(
+        update(processes)
+        .where(processes.c.id == run_id)
+        .values(status=status, finished_at=now, updated_at=now, duration_ms=duration, **error)
+    )
+    record_transitions(conn, [run_id], status, now, reason)
+
+
+# -- by hand: retry, resolve, cancel ---------------------------------------------------------
+
+
+class NotAllowed(Exception):
+    """A manual action that does not apply (the caller turns it into a UsageError)."""
+
+
+def _step_row(conn: Connection, run_id: uuid.UUID, step: str) -> Any | None:
+    return conn.execute(
+        select(workflow_steps).where(
+            and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step)
+        )
+    ).first()
+
+
+def _reopen_run(conn: Connection, run_id: uuid.UUID, run: Any, now: datetime, reason: str) -> None:
+    """A failed run goes on: running again, on its row and its process."""
+    if run.status != Status.FAILED.value:
+        return
+    conn.execute(
+        update(workflow_runs)
+        .where(workflow_runs.c.id == run_id)
+        .values(status=RUN_RUNNING, finished_at=None, failed_step=None, updated_at=now)
+    )
+    conn.execute(
+        update(processes)
+        .where(processes.c.id == run_id)
+        .values(
+            status=RUN_RUNNING,
+            finished_at=None,
+            duration_ms=None,
+            error_class=None,
+            error_message=None,
+            error_traceback=None,
+            updated_at=now,
+        )
+    )
+    record_transitions(conn, [run_id], RUN_RUNNING, now, reason)
+
+
+def retry_failed_step(store: Store, run_id: uuid.UUID, step: str, reason: str) -> Ended:
+    """Queue a failed step again (its attempts go on counting); reopen a failed run."""
+    now = _now()
+    with store.begin_write() as conn:
+        run = _lock_run(conn, run_id)
+        if run is None:
+            raise LookupError(f"no workflow run {run_id}")
+        if run.status == Status.CANCELLED.value:
+            raise NotAllowed(f"workflow run {run_id} was cancelled; nothing in it starts again")
+        row = _step_row(conn, run_id, step)
+        if row is None:
+            raise LookupError(f"workflow run {run_id} has no step {step!r}")
+        if row.status != Status.FAILED.value:
+            raise NotAllowed(
+                f"step {step!r} is {row.status}, not failed: only a failed step is retried"
+            )
+        conn.execute(
+            update(workflow_steps)
+            .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))
+            .values(
+                status=Status.QUEUED.value,
+                queued_at=now,
+                finished_at=None,
+                error_class=None,
+                error_message=None,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            update(processes)
+            .where(processes.c.id == row.process_id)
+            .values(status=Status.QUEUED.value, queued_at=now, updated_at=now)
+        )
+        _reopen_run(conn, run_id, run, now, f"step {step} retried by hand")
+        conn.execute(
+            update(workflow_runs)
+            .where(workflow_runs.c.id == run_id)
+            .values(active=workflow_runs.c.active + 1, failed=workflow_runs.c.failed - 1)
+        )
+        record_transitions(conn, [run_id, row.process_id], "retried", now, reason)
+    return Ended(
+        [Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)], None
+    )
+
+
+def resolve_failed_step(
+    store: Store, run_id: uuid.UUID, step: str, result: Any, reason: str
+) -> Ended:
+    """Mark a failed step resolved with ``result``; what waits on it goes on."""
+    now = _now()
+    with store.begin_write() as conn:
+        run = _lock_run(conn, run_id)
+        if run is None:
+            raise LookupError(f"no workflow run {run_id}")
+        if run.status == Status.CANCELLED.value:
+            raise NotAllowed(f"workflow run {run_id} was cancelled; nothing in it starts again")
+        row = _step_row(conn, run_id, step)
+        if row is None:
+            raise LookupError(f"workflow run {run_id} has no step {step!r}")
+        if row.status != Status.FAILED.value:
+            raise NotAllowed(
+                f"step {step!r} is {row.status}, not failed: only a failed step is resolved"
+            )
+        conn.execute(
+            update(workflow_steps)
+            .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))
+            .values(status=RESOLVED, result=result, finished_at=now, updated_at=now)
+        )
+        _reopen_run(conn, run_id, run, now, f"step {step} resolved by hand")
+        reopened = _lock_run(conn, run_id)
+        record_transitions(conn, [run_id, row.process_id], RESOLVED, now, reason)
+        return _after_step(
+            conn, run_id, reopened, now, list(row.children or ()), active=0, failed=-1
+        )
+
+
+def cancel_run(store: Store, run_id: uuid.UUID, reason: str) -> int:
+    """Cancel a running run: no step that has not started starts. Returns the steps cancelled."""
+    now = _now()
+    waiting = (PENDING, Status.QUEUED.value, Status.RETRYING.value)
+    with store.begin_write() as conn:
+        run = _lock_run(conn, run_id)
+        if run is None:
+            raise LookupError(f"no workflow run {run_id}")
+        if run.status == Status.CANCELLED.value:
+            return 0
+        if run.status == Status.COMPLETED.value:
+            raise NotAllowed(f"workflow run {run_id} has completed; there is nothing to cancel")
+        rows = conn.execute(
+            update(workflow_steps)
+            .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.status.in_(waiting)))
+            .values(status=Status.CANCELLED.value, finished_at=now, updated_at=now)
+            .returning(workflow_steps.c.process_id, workflow_steps.c.status)
+        ).all()
+        started = [r.process_id for r in rows if r.process_id is not None]
+        if started:
+            conn.execute(
+                update(processes)
+                .where(
+                    and_(
+                        processes.c.id.in_(started),
+                        processes.c.status.in_((Status.QUEUED.value, Status.RETRYING.value)),
+                    )
+                )
+                .values(status=Status.CANCELLED.value, finished_at=now, updated_at=now)
+            )
+        running = conn.execute(
+            select(func.count()).where(
+                and_(
+                    workflow_steps.c.run_id == run_id,
+                    workflow_steps.c.status == Status.RUNNING.value,
+                )
+            )
+        ).scalar_one()
+        conn.execute(
+            update(workflow_runs)
+            .where(workflow_runs.c.id == run_id)
+            .values(status=Status.CANCELLED.value, active=running, finished_at=now, updated_at=now)
+        )
+        _end_run_process(conn, run_id, run, Status.CANCELLED.value, now, None)
+        record_transitions(conn, [run_id], Status.CANCELLED.value, now, reason)
+    return len(rows)
+
+
+# -- recovery: steps whose worker died -----------------------------------------------------------
+
+
+def lost_steps(store: Store, limit: int = 500) -> list[Any]:
+    """Steps of running runs still active whose process was marked lost (their worker died)."""
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(
+                    workflow_steps.c.run_id,
+                    workflow_steps.c.name,
+                    workflow_steps.c.status,
+                    workflow_steps.c.process_id,
+                    processes.c.lost_count,
+                )
+                .select_from(
+                    workflow_steps.join(
+                        processes, processes.c.id == workflow_steps.c.process_id
+                    ).join(workflow_runs, workflow_runs.c.id == workflow_steps.c.run_id)
+                )
+                .where(
+                    and_(
+                        workflow_runs.c.status == RUN_RUNNING,
+                        workflow_steps.c.status.in_((Status.QUEUED.value, Status.RUNNING.value)),
+                        processes.c.status == Status.LOST.value,
+                    )
+                )
+                .limit(limit)
+            ).all()
+        )
+
+
+def overdue_retries(store: Store, older_than: float, limit: int = 500) -> list[Dispatch]:
+    """Steps waiting to retry ``older_than`` seconds past their time: their message was lost."""
+    with store.engine.connect() as conn:
+        now = database_now(conn)
+        rows = conn.execute(
+            select(
+                workflow_steps.c.run_id,
+                workflow_steps.c.name,
+                workflow_steps.c.job_id,
+                workflow_steps.c.queue_name,
+                workflow_runs.c.name.label("workflow"),
+                workflow_runs.c.queue,
+            )
+            .select_from(
+                workflow_steps.join(workflow_runs, workflow_runs.c.id == workflow_steps.c.run_id)
+            )
+            .where(
+                and_(
+                    workflow_runs.c.status == RUN_RUNNING,
+                    workflow_steps.c.status == Status.RETRYING.value,
+                    workflow_steps.c.next_attempt_at < now - timedelta(seconds=older_than),
+                )
+            )
+            .limit(limit)
+        ).all()
+    return [
+        Dispatch(r.queue, r.workflow, r.run_id, r.name, r.job_id, r.queue_name, 0.0, False)
+        for r in rows
+    ]
+
+
+def requeue_lost_step(
+    store: Store, run_id: uuid.UUID, step: str, process_id: uuid.UUID, max_lost: int, reason: str
+) -> Ended:
+    """Queue a step whose worker died again, on the same process row; fail it past ``max_lost``."""
+    now = _now()
+    with store.begin_write() as conn:
+        run = _lock_run(conn, run_id)
+        if run is None or run.status != RUN_RUNNING:
+            return NOTHING
+        lost = conn.execute(
+            select(processes.c.lost_count).where(
+                and_(processes.c.id == process_id, processes.c.status == Status.LOST.value)
+            )
+        ).first()
+        row = _step_row(conn, run_id, step)
+        if (
+            lost is None
+            or row is None
+            or row.status not in (Status.QUEUED.value, Status.RUNNING.value)
+        ):
+            return NOTHING  # another reaper got there first
+        if int(lost.lost_count or 0) >= max_lost:
+            message = f"lost {lost.lost_count} times (max_lost={max_lost}); not enqueued again"
+            conn.execute(
+                update(workflow_steps)
+                .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))
+                .values(
+                    status=Status.FAILED.value,
+                    finished_at=now,
+                    updated_at=now,
+                    error_class="flow_tracker.Lost",
+                    error_message=message,
+                )
+            )
+            record_transitions(conn, [process_id], Status.FAILED.value, now, message)
+            return _after_step(conn, run_id, run, now, [], active=-1, failed=+1)
+        conn.execute(
+            update(workflow_steps)
+            .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))
+            .values(status=Status.QUEUED.value, queued_at=now, updated_at=now)
+        )
+        conn.execute(
+            update(processes)
+            .where(processes.c.id == process_id)
+            .values(status=Status.QUEUED.value, queued_at=now, updated_at=now, finished_at=None)
+        )
+        record_transitions(conn, [process_id], "requeued", now, reason)
+    return Ended(
+        [Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)], None
+    )
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any]] | None:
+    """A run's row and its steps' rows (with their processes' status), or None."""
+    with store.engine.connect() as conn:
+        run = conn.execute(select(workflow_runs).where(workflow_runs.c.id == run_id)).first()
+        if run is None:
+            return None
+        steps = conn.execute(
+            select(workflow_steps, processes.c.status.label("process_status"))
+            .select_from(
+                workflow_steps.outerjoin(processes, processes.c.id == workflow_steps.c.process_id)
+            )
+            .where(workflow_steps.c.run_id == run_id)
+        ).all()
+    return run, list(steps)
+
+
+def run_status(store: Store, run_id: uuid.UUID) -> str | None:
+    """Only the run's status (what :meth:`WorkflowRun.wait` polls)."""
+    with store.engine.connect() as conn:
+        return conn.execute(
+            select(workflow_runs.c.status).where(workflow_runs.c.id == run_id)
+        ).scalar()
+
+
+def list_runs(
+    store: Store,
+    *,
+    name: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Any]:
+    """Runs newest first, with their step counts; keyset paging on (created_at, id)."""
+    done = func.sum(case((workflow_steps.c.status.in_(DONE), 1), else_=0))
+    total = func.count(workflow_steps.c.name)
+    query = (
+        select(workflow_runs, done.label("steps_done"), total.label("steps_total"))
+        .select_from(
+            workflow_runs.outerjoin(workflow_steps, workflow_steps.c.run_id == workflow_runs.c.id)
+        )
+        .group_by(workflow_runs.c.id)
+        .order_by(workflow_runs.c.created_at.desc(), workflow_runs.c.id.desc())
+        .limit(limit)
+    )
+    if name:
+        query = query.where(workflow_runs.c.name == name)
+    if status:
+        query = query.where(workflow_runs.c.status == status)
+    if before is not None:
+        moment, last = before
+        query = query.where(
+            (workflow_runs.c.created_at < moment)
+            | and_(workflow_runs.c.created_at == moment, workflow_runs.c.id < last)
+        )
+    with store.engine.connect() as conn:
+        return list(conn.execute(query).all())
+
+
+def runs_of(store: Store, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Which of these process ids are workflow runs, and the workflow's name."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(workflow_runs.c.id, workflow_runs.c.name).where(workflow_runs.c.id.in_(ids))
+        ).all()
+    return {uuid.UUID(str(r.id)): r.name for r in rows}

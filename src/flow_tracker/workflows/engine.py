@@ -1,0 +1,329 @@
+"""Running workflows: starting a run, running one step in a worker, handing steps to queues.
+
+Every step is an ordinary job of its queue. The message carries only names
+(workflow, run, step, job id); the worker takes the step in the database
+(:func:`~flow_tracker.store.workflows.claim_step`), runs the step's function as
+a tracked process, and stores its end in one transaction that also queues the
+children it made ready. Only then are those children's messages sent.
+
+The order is what makes a crash at any point recoverable:
+
+* killed before the end is stored: the step's process stops sending
+  heartbeats, the reaper marks it lost, and :func:`recover` queues it again;
+* killed after the end is stored but before the children's messages went out:
+  their process rows stay queued and their broker holds no message, so the
+  reaper finds them (as any vanished job) and :func:`recover` sends them again;
+* a message delivered twice: the second delivery finds the step running or
+  done and stands down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from flow_tracker import config, runtime
+from flow_tracker.errors import DatabaseUnavailableError, Skipped, UsageError
+from flow_tracker.ids import new_id, process_id_for
+from flow_tracker.redaction import clean_text, redact_text
+from flow_tracker.status import Status
+from flow_tracker.store import workflows as stored
+from flow_tracker.store.engine import Store, error_line
+from flow_tracker.store.workflows import CATEGORY, Dispatch, Ended
+from flow_tracker.tracker import describe_error
+from flow_tracker.workflows.definition import StepSpec, Workflow, find
+
+_log = logging.getLogger("flow_tracker.workflows")
+STEP_JOB_NAMESPACE = uuid.UUID("5f0e3b8a-2c4d-5e6f-9a1b-7c8d9e0f1a2b")
+STEP_TASK_NAME = "flow_tracker.workflow_step"
+# How long a worker keeps trying to store a step's end while the database is away.
+END_RETRY_SECONDS = 30.0
+
+Sender = Callable[[Dispatch], None]
+_SENDERS: dict[str, Sender] = {}
+
+
+def register_sender(system: str, send: Sender) -> None:
+    """Make ``send`` hand this queue system's steps to its broker (the integration's install)."""
+    _SENDERS[system] = send
+
+
+def sender_for(system: str) -> Sender | None:
+    """How steps of ``system`` are sent in this interpreter, if its integration is installed."""
+    if system == "threads" and system not in _SENDERS:
+        from flow_tracker.workflows import threads
+
+        threads.install()
+    return _SENDERS.get(system)
+
+
+def step_job_id(run_id: uuid.UUID, step: str) -> str:
+    """The job id of a step of a run: the same on every attempt, every retry and every worker."""
+    return str(uuid.uuid5(STEP_JOB_NAMESPACE, f"{run_id}/{step}"))
+
+
+def _store() -> Store:
+    settings = config.current()
+    if not settings.enabled:
+        raise UsageError("flow-tracker is disabled (enabled=False): workflows need its database")
+    store = runtime.store()
+    store.ensure_schema()
+    return store
+
+
+def as_json(value: Any, what: str) -> Any:
+    """``value`` as it will be stored and read back (tuples become lists...).
+
+    NUL characters, which PostgreSQL cannot keep in JSON, become U+FFFD.
+
+    Raises:
+        UsageError: ``value`` is not JSON (an object, NaN, a non-string key...).
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what} must be JSON: {exc}") from None
+    if "\\u0000" in text:
+        text = text.replace("\\u0000", "\\ufffd")
+    return json.loads(text)
+
+
+def _unavailable(exc: BaseException, doing: str) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(f"{doing}: the database is unavailable: {error_line(exc)}")
+
+
+# -- starting a run ---------------------------------------------------------------------
+
+
+def start_run(wf: Workflow, context: Mapping[str, Any] | None) -> Any:
+    """Store a run of ``wf`` and send its first steps (see :meth:`Workflow.run`)."""
+    from flow_tracker.workflows.status import WorkflowRun
+
+    if not wf.steps:
+        raise UsageError(f"workflow {wf.name!r} has no steps")
+    if context is None:
+        context = {}
+    if not isinstance(context, Mapping):
+        raise UsageError(f"a run's context is a dict, not {type(context).__name__}")
+    stored_context = as_json(dict(context), f"the context of a {wf.name} run")
+    if sender_for(wf.queue) is None:
+        raise UsageError(
+            f"workflow {wf.name!r} runs on {wf.queue}: call "
+            f"flow_tracker.integrations.{wf.queue}.install(...) in this process first"
+        )
+    store = _store()
+    run_id = new_id()
+    steps = []
+    for spec in wf.steps.values():
+        job_id = step_job_id(run_id, spec.name)
+        steps.append(
+            {
+                "name": spec.name,
+                "parents": list(spec.depends_on),
+                "children": list(spec.children),
+                "job_id": job_id,
+                "process_id": process_id_for(wf.queue, job_id),
+                "queue_name": spec.queue_name,
+            }
+        )
+    try:
+        roots = stored.create_run(
+            store,
+            run_id=run_id,
+            name=wf.name,
+            queue=wf.queue,
+            module=wf.module,
+            dag=wf.snapshot(),
+            context=stored_context,
+            steps=steps,
+        )
+    except (DBAPIError, SQLAlchemyError) as exc:
+        raise _unavailable(exc, f"starting a {wf.name} run") from exc
+    send(roots)
+    return WorkflowRun(run_id, wf.name)
+
+
+def send(dispatches: Iterable[Dispatch]) -> None:
+    """Hand steps to their queues; a step that cannot be sent is found again by :func:`recover`."""
+    for dispatch in dispatches:
+        sender = sender_for(dispatch.system)
+        if sender is None:
+            _log.error(
+                "step %s of workflow run %s stays queued: the %s integration is not installed "
+                "in this process",
+                dispatch.step,
+                dispatch.run_id,
+                dispatch.system,
+            )
+            continue
+        try:
+            sender(dispatch)
+        except Exception as exc:
+            runtime.report_internal_error(exc, f"sending step {dispatch.step} to {dispatch.system}")
+
+
+# -- running one step (in the worker) ------------------------------------------------------
+
+
+def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str) -> None:
+    """Run one step of a run, as the queue's step task: take it, run it, store its end.
+
+    Returns None whatever the step did: its outcome is in the database, and the
+    queue's own retries must never run a step the workflow retries itself.
+
+    Raises:
+        DatabaseUnavailableError: the step could not be taken (the queue may
+            deliver it again; otherwise the reaper sends it again).
+    """
+    run = uuid.UUID(run_id)
+    store = _store()
+    try:
+        claim = stored.claim_step(store, run, step)
+    except (DBAPIError, SQLAlchemyError) as exc:
+        raise _unavailable(exc, f"taking step {step} of workflow run {run}") from exc
+    if claim is None:
+        return  # a second delivery, a cancelled run: nothing to do
+    wf = _find(workflow, claim.module)
+    spec = wf.steps.get(step) if wf is not None else None
+    if spec is None:
+        message = (
+            f"workflow {workflow!r} has no step {step!r} in this worker: import the module "
+            "that declares it where the worker starts"
+        )
+        _store_end(
+            store,
+            run,
+            step,
+            claim.attempt,
+            Status.FAILED.value,
+            error=("flow_tracker.UsageError", message),
+        )
+        return
+    _run_step(system, store, run, spec, claim, job_id, workflow)
+
+
+def _find(workflow: str, module: str | None) -> Workflow | None:
+    """The workflow by name, importing the module that declared it if it is not known here."""
+    found = find(workflow)
+    if found is None and module and module != "__main__":
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            _log.error("cannot import %s, which declares workflow %s: %s", module, workflow, exc)
+            return None
+        found = find(workflow)
+    return found
+
+
+def _run_step(
+    system: str,
+    store: Store,
+    run: uuid.UUID,
+    spec: StepSpec,
+    claim: stored.Claim,
+    job_id: str,
+    workflow: str,
+) -> None:
+    from flow_tracker.integrations.jobs import finish_job, start_job
+
+    tracker = start_job(
+        job_system=system,
+        job_id=job_id,
+        name=f"{workflow}.{spec.name}",
+        queue=claim.queue_name,
+        attempt=claim.attempt,
+        category=CATEGORY,
+    )
+    status, result, error, retry_in, exc = _call(spec, claim)
+    ended = _store_end(store, run, spec.name, claim.attempt, status, result, error, retry_in)
+    if ended is None:
+        # The end could not be stored: the step is recovered as a lost one once the
+        # database is back (its tracker says so), and runs again.
+        finish_job(tracker, Status.LOST, RuntimeError("its end could not be stored"))
+        return
+    send(ended.dispatches)
+    finish_job(tracker, Status(status), exc)
+
+
+Outcome = tuple[str, Any, "tuple[str, str] | None", "float | None", "BaseException | None"]
+
+
+def _call(spec: StepSpec, claim: stored.Claim) -> Outcome:
+    """Call the step's function: (status, result, error, seconds to retry, the exception)."""
+    try:
+        value = spec.fn(claim.context, **{p: claim.parents.get(p) for p in spec.depends_on})
+    except Skipped:
+        return Status.SKIPPED.value, None, None, None, None
+    except Exception as exc:
+        cls, message, _trace = describe_error(exc)
+        error = (cls, redact_text(clean_text(message)))
+        if isinstance(exc, spec.retry_on) and claim.attempt <= spec.retries:
+            return Status.RETRYING.value, None, error, spec.delay_before(claim.attempt), exc
+        return Status.FAILED.value, None, error, None, exc
+    try:
+        result = as_json(value, f"the result of step {spec.name!r}")
+    except UsageError as exc:
+        return Status.FAILED.value, None, ("flow_tracker.UsageError", str(exc)), None, exc
+    return Status.COMPLETED.value, result, None, None, None
+
+
+def _store_end(
+    store: Store,
+    run: uuid.UUID,
+    step: str,
+    attempt: int,
+    status: str,
+    result: Any = None,
+    error: tuple[str, str] | None = None,
+    retry_in: float | None = None,
+) -> Ended | None:
+    """Store the step's end, trying again while the database is away (for a while)."""
+    deadline = time.monotonic() + END_RETRY_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return stored.end_step(
+                store, run, step, attempt, status, result=result, error=error, retry_in=retry_in
+            )
+        except (DBAPIError, SQLAlchemyError) as exc:
+            if time.monotonic() + pause > deadline:
+                runtime.report_internal_error(exc, f"storing the end of step {step}")
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+# -- recovery (called by the reaper) ---------------------------------------------------------
+
+
+def recover(store: Store, lost_after: float) -> list[Dispatch]:
+    """Send again the steps whose worker died or whose message was lost; return them.
+
+    A step whose process the reaper marked lost is queued again on its own row,
+    up to ``max_lost`` times (then it fails: a poison pill). A step waiting to
+    retry ``lost_after`` seconds past its time lost its delayed message: it is
+    sent again (a duplicate finds it taken and stands down).
+    """
+    settings = config.current()
+    sent: list[Dispatch] = []
+    for row in stored.lost_steps(store):
+        ended = stored.requeue_lost_step(
+            store,
+            uuid.UUID(str(row.run_id)),
+            row.name,
+            uuid.UUID(str(row.process_id)),
+            settings.max_lost,
+            "its worker was lost; the workflow enqueued the step again",
+        )
+        send(ended.dispatches)
+        sent += ended.dispatches
+    overdue = stored.overdue_retries(store, lost_after)
+    send(overdue)
+    return sent + overdue

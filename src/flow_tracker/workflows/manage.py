@@ -1,0 +1,250 @@
+"""Looking at runs and acting on them by hand: status, retry, resolve, cancel, diagram."""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flow_tracker import config
+from flow_tracker.errors import NotFoundError, UsageError
+from flow_tracker.redaction import Redactor, redact_text
+from flow_tracker.store import workflows as stored
+from flow_tracker.store.engine import Store
+from flow_tracker.workflows.engine import _store, as_json, send
+from flow_tracker.workflows.status import WorkflowStatus, build_status
+
+__all__ = [
+    "WorkflowStatus",
+    "cancel_workflow",
+    "diagram_text",
+    "get_workflow",
+    "list_workflows",
+    "resolve_step",
+    "retry_step",
+    "shown",
+    "workflow_diagram",
+]
+
+REASON_LIMIT = 500
+
+
+def _run_id(run_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    try:
+        return uuid.UUID(str(run_id))
+    except ValueError:
+        raise UsageError(f"{run_id!r} is not a workflow run id") from None
+
+
+def _who(by: str | None) -> str:
+    if by:
+        return str(by)[:100]
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without one)
+        return "unknown"
+
+
+def _reason(action: str, step: str, by: str | None, reason: str | None) -> str:
+    text = f"{action} step {step} by {_who(by)}"
+    if reason:
+        text += f": {reason}"
+    return text[:REASON_LIMIT]
+
+
+def get_workflow(run_id: uuid.UUID | str, *, store: Store | None = None) -> WorkflowStatus:
+    """The run and each of its steps, as stored now.
+
+    Args:
+        run_id: the run's id (its process id).
+        store: the database to read (default: the configured one; the dashboard's own).
+
+    Raises:
+        NotFoundError: no run has this id.
+    """
+    found = stored.read_run(store or _store(), _run_id(run_id))
+    if found is None:
+        raise NotFoundError(f"no workflow run {run_id}")
+    return build_status(*found)
+
+
+def list_workflows(
+    *,
+    name: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
+    store: Store | None = None,
+) -> list[dict[str, Any]]:
+    """Runs newest first (name, status, steps done of total, failed step), as JSON-ready dicts.
+
+    ``before``: the ``(created_at, id)`` of the last run of the previous page.
+    """
+    if status is not None and status not in ("running", "completed", "failed", "cancelled"):
+        raise UsageError(
+            f"a run's status is running, completed, failed or cancelled, not {status!r}"
+        )
+    if not 1 <= int(limit) <= 1000:
+        raise UsageError("limit is between 1 and 1000")
+    rows = stored.list_runs(
+        store or _store(), name=name, status=status, limit=int(limit), before=before
+    )
+    return [
+        {
+            "id": str(row.id),
+            "name": row.name,
+            "queue": row.queue,
+            "status": row.status,
+            "failed_step": row.failed_step,
+            "steps_done": int(row.steps_done or 0),
+            "steps_total": int(row.steps_total or 0),
+            "created_at": row.created_at.isoformat(),
+            "finished_at": None if row.finished_at is None else row.finished_at.isoformat(),
+            "duration_ms": None
+            if row.finished_at is None
+            else (row.finished_at - row.created_at).total_seconds() * 1000.0,
+        }
+        for row in rows
+    ]
+
+
+def _act(action: Any, run_id: uuid.UUID, *args: Any) -> stored.Ended:
+    try:
+        ended: stored.Ended = action(_store(), run_id, *args)
+        return ended
+    except LookupError as exc:
+        raise NotFoundError(str(exc)) from None
+    except stored.NotAllowed as exc:
+        raise UsageError(str(exc)) from None
+
+
+def retry_step(
+    run_id: uuid.UUID | str, step: str, *, by: str | None = None, reason: str | None = None
+) -> None:
+    """Run a failed step again, then whatever waits on it; a failed run goes on running.
+
+    Steps that completed are not run again. The action is kept in the run's and
+    the step's state history (who, and why).
+
+    Raises:
+        NotFoundError: no such run or step.
+        UsageError: the step is not failed, or the run was cancelled.
+    """
+    run = _run_id(run_id)
+    ended = _act(stored.retry_failed_step, run, step, _reason("retried", step, by, reason))
+    send(ended.dispatches)
+
+
+def resolve_step(
+    run_id: uuid.UUID | str,
+    step: str,
+    *,
+    result: Any = None,
+    reason: str | None = None,
+    by: str | None = None,
+) -> None:
+    """Mark a failed step done by hand with ``result``, so that what waits on it goes on.
+
+    ``result`` reaches the step's children as if the step had returned it.
+
+    Raises:
+        NotFoundError: no such run or step.
+        UsageError: the step is not failed, the run was cancelled, or ``result``
+            is not JSON.
+    """
+    run = _run_id(run_id)
+    value = as_json(result, f"the result given to resolve step {step!r}")
+    ended = _act(
+        stored.resolve_failed_step, run, step, value, _reason("resolved", step, by, reason)
+    )
+    send(ended.dispatches)
+
+
+def cancel_workflow(
+    run_id: uuid.UUID | str, *, by: str | None = None, reason: str | None = None
+) -> int:
+    """Cancel a run: no step that has not started starts; steps running now finish.
+
+    Returns how many steps were cancelled. Cancelling a cancelled run changes nothing.
+
+    Raises:
+        NotFoundError: no such run.
+        UsageError: the run has completed.
+    """
+    run = _run_id(run_id)
+    text = f"cancelled by {_who(by)}" + (f": {reason}" if reason else "")
+    try:
+        return stored.cancel_run(_store(), run, text[:REASON_LIMIT])
+    except LookupError as exc:
+        raise NotFoundError(str(exc)) from None
+    except stored.NotAllowed as exc:
+        raise UsageError(str(exc)) from None
+
+
+# Mermaid class per step status: fill and stroke that read on light and dark pages.
+_STYLES = {
+    "pending": "fill:#f1f5f9,stroke:#94a3b8,color:#334155",
+    "queued": "fill:#e0f2fe,stroke:#0284c7,color:#0c4a6e",
+    "running": "fill:#dbeafe,stroke:#2563eb,color:#1e3a8a",
+    "retrying": "fill:#fef3c7,stroke:#d97706,color:#78350f",
+    "completed": "fill:#dcfce7,stroke:#16a34a,color:#14532d",
+    "resolved": "fill:#d1fae5,stroke:#059669,color:#064e3b",
+    "skipped": "fill:#f3f4f6,stroke:#6b7280,color:#374151",
+    "failed": "fill:#fee2e2,stroke:#dc2626,color:#7f1d1d",
+    "lost": "fill:#fce7f3,stroke:#db2777,color:#831843",
+    "cancelled": "fill:#e5e7eb,stroke:#4b5563,color:#1f2937",
+}
+
+
+def _mermaid_label(text: str) -> str:
+    # Mermaid labels in quotes: a quote or a bracket would end them; # starts an entity.
+    escaped = text.replace("&", "&amp;").replace("#", "&num;").replace('"', "&quot;")
+    return escaped.replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def diagram_text(status: WorkflowStatus) -> str:
+    """Mermaid flowchart text of a run, steps coloured by status."""
+    ids = {name: f"s{index}" for index, name in enumerate(status.steps)}
+    lines = ["flowchart TD"]
+    for name, step in status.steps.items():
+        label = f"{_mermaid_label(name)}<br/>{step.status}"
+        if step.attempts > 1:
+            label += f" ({step.attempts} attempts)"
+        lines.append(f'    {ids[name]}["{label}"]')
+    for name, step in status.steps.items():
+        for parent in step.depends_on:
+            if parent in ids:
+                lines.append(f"    {ids[parent]} --> {ids[name]}")
+    used = sorted({step.status for step in status.steps.values()})
+    for state in used:
+        lines.append(f"    classDef {state} {_STYLES.get(state, _STYLES['pending'])}")
+    for name, step in status.steps.items():
+        lines.append(f"    class {ids[name]} {step.status}")
+    return "\n".join(lines) + "\n"
+
+
+def workflow_diagram(run_id: uuid.UUID | str, *, store: Store | None = None) -> str:
+    """Mermaid flowchart text of the run, steps coloured by status.
+
+    Raises:
+        NotFoundError: no run has this id.
+    """
+    return diagram_text(get_workflow(run_id, store=store))
+
+
+def shown(status: WorkflowStatus) -> dict[str, Any]:
+    """The run as JSON for people (API, CLI): context and results redacted like metadata.
+
+    :func:`get_workflow` returns them intact: they are the steps' inputs.
+    """
+    redactor = Redactor(config.current().redact_keys)
+    data = status.to_dict()
+    data["context"] = redactor.scrub(data["context"])
+    for step in data["steps"]:
+        step["result"] = redactor.scrub(step["result"])
+        if step["error"]:
+            step["error"] = redact_text(step["error"])
+    return data

@@ -1,0 +1,218 @@
+"""What a workflow run looks like from outside: its status, its steps, and a handle to wait on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flow_tracker.status import Status
+from flow_tracker.store.workflows import ACTIVE, DONE, PENDING
+
+RUN_FINISHED = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """One step of a run, as stored."""
+
+    name: str
+    status: str
+    """``pending``, ``queued``, ``running``, ``retrying``, ``completed``, ``failed``,
+    ``lost``, ``cancelled``, ``skipped`` or ``resolved``."""
+    attempts: int
+    result: Any
+    error: str | None
+    """``ErrorClass: message`` of the last failed attempt."""
+    process_id: uuid.UUID | None
+    """The step's process (its flows, logs and history); None until it is first queued."""
+    depends_on: list[str]
+    blocked_by: str | None = None
+    """For a pending step: the failed step upstream that keeps it from running."""
+    next_attempt_at: datetime | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        """From the last start to the end, once it ended."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds() * 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready values."""
+        return {
+            "name": self.name,
+            "status": self.status,
+            "attempts": self.attempts,
+            "result": self.result,
+            "error": self.error,
+            "process_id": None if self.process_id is None else str(self.process_id),
+            "depends_on": list(self.depends_on),
+            "blocked_by": self.blocked_by,
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "queued_at": _iso(self.queued_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_ms": self.duration_ms,
+        }
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """A run: its status, its steps (in declaration order) and what it was started with."""
+
+    id: uuid.UUID
+    name: str
+    queue: str
+    status: str
+    """``running``, ``completed``, ``failed`` or ``cancelled``."""
+    steps: dict[str, StepStatus]
+    context: Any
+    failed_step: str | None
+    """The root cause of a failed run: the step that failed first."""
+    created_at: datetime
+    finished_at: datetime | None
+    dag: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """True once the run completed, failed or was cancelled."""
+        return self.status in RUN_FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready values."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "queue": self.queue,
+            "status": self.status,
+            "failed_step": self.failed_step,
+            "context": self.context,
+            "created_at": _iso(self.created_at),
+            "finished_at": _iso(self.finished_at),
+            "steps": [step.to_dict() for step in self.steps.values()],
+        }
+
+
+def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
+    """A :class:`WorkflowStatus` from the stored run and step rows."""
+    dag = dict(run.dag or {})
+    order = [s["name"] for s in dag.get("steps", [])]
+    by_name = {row.name: row for row in rows}
+    parents = {row.name: list(row.parents or ()) for row in rows}
+    statuses = {row.name: _step_status(row) for row in rows}
+    steps: dict[str, StepStatus] = {}
+    for name in order + sorted(set(by_name) - set(order)):
+        row = by_name.get(name)
+        if row is None:
+            continue
+        status = statuses[name]
+        error = f"{row.error_class}: {row.error_message}" if row.error_class else None
+        steps[name] = StepStatus(
+            name=name,
+            status=status,
+            attempts=int(row.attempts or 0),
+            result=row.result,
+            error=error,
+            process_id=None
+            if row.process_id is None or row.queued_at is None
+            else uuid.UUID(str(row.process_id)),
+            depends_on=parents[name],
+            blocked_by=_blocked_by(name, parents, statuses) if status == PENDING else None,
+            next_attempt_at=row.next_attempt_at if status == Status.RETRYING.value else None,
+            queued_at=row.queued_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+    return WorkflowStatus(
+        id=uuid.UUID(str(run.id)),
+        name=run.name,
+        queue=run.queue,
+        status=run.status,
+        steps=steps,
+        context=run.context,
+        failed_step=run.failed_step,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        dag=dag,
+    )
+
+
+def _step_status(row: Any) -> str:
+    # A step taken by a worker the reaper has since marked lost says so until it is
+    # queued again.
+    if row.status in ACTIVE and getattr(row, "process_status", None) == Status.LOST.value:
+        return Status.LOST.value
+    return str(row.status)
+
+
+def _blocked_by(name: str, parents: dict[str, list[str]], statuses: dict[str, str]) -> str | None:
+    """The nearest failed step upstream of ``name`` (breadth first), if any."""
+    seen: set[str] = set()
+    frontier = list(parents.get(name, ()))
+    while frontier:
+        following: list[str] = []
+        for parent in frontier:
+            if parent in seen:
+                continue
+            seen.add(parent)
+            if statuses.get(parent) in (Status.FAILED.value, Status.LOST.value):
+                return parent
+            if statuses.get(parent) not in DONE:
+                following += parents.get(parent, ())
+        frontier = following
+    return None
+
+
+class WorkflowRun:
+    """A started run: its id, and :meth:`wait` for its end."""
+
+    def __init__(self, run_id: uuid.UUID, name: str) -> None:
+        self.id = run_id
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<WorkflowRun {self.name} {self.id}>"
+
+    def status(self) -> WorkflowStatus:
+        """The run as stored now."""
+        from flow_tracker.workflows.manage import get_workflow
+
+        return get_workflow(self.id)
+
+    def wait(self, timeout: float | None = None) -> WorkflowStatus:
+        """Wait until the run has completed, failed or been cancelled; return its status.
+
+        A failed run counts as finished here, although :func:`retry_step` or
+        :func:`resolve_step` may reopen it.
+
+        Raises:
+            TimeoutError: still running after ``timeout`` seconds.
+        """
+        from flow_tracker import runtime
+        from flow_tracker.store.workflows import run_status
+        from flow_tracker.workflows.manage import get_workflow
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        store = runtime.store()
+        while True:
+            status = run_status(store, self.id)
+            if status in RUN_FINISHED:
+                return get_workflow(self.id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"workflow run {self.id} ({self.name}) is still {status} after {timeout:g} s"
+                )
+            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            pause = min(pause * 1.5, 0.25)

@@ -1,0 +1,103 @@
+"""The ``threads`` queue: steps run on an in-process pool (scripts, tests, SQLite).
+
+Steps are submitted to a :class:`~concurrent.futures.ThreadPoolExecutor`; a
+step waiting to retry waits on one timer thread (a heap of due times), not on a
+pool thread. The pool's threads are joined as the interpreter exits, so a
+script that starts a run and returns still sees it through; a retry still
+waiting then is sent again by the reaper of a later process (see
+:func:`flow_tracker.workflows.engine.recover`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from flow_tracker import runtime
+from flow_tracker.store.workflows import Dispatch
+
+SYSTEM = "threads"
+WORKERS = int(os.environ.get("FLOW_TRACKER_WORKFLOW_THREADS", "8"))
+
+
+class _Pool:
+    """The pool and the timer of delayed steps, made on first use (and again after a fork)."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(1, WORKERS), thread_name_prefix="flow-tracker-step"
+        )
+        self._due: list[tuple[float, int, Dispatch]] = []
+        self._wake = threading.Condition()
+        self._count = 0
+        self._timer: threading.Thread | None = None
+
+    def submit(self, dispatch: Dispatch) -> None:
+        if dispatch.delay > 0:
+            self._later(dispatch)
+            return
+        self.executor.submit(_run, dispatch)
+
+    def _later(self, dispatch: Dispatch) -> None:
+        with self._wake:
+            self._count += 1
+            heapq.heappush(self._due, (time.monotonic() + dispatch.delay, self._count, dispatch))
+            if self._timer is None:
+                self._timer = threading.Thread(
+                    target=self._tick, name="flow-tracker-step-timer", daemon=True
+                )
+                self._timer.start()
+            self._wake.notify()
+
+    def _tick(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    timeout = None if not self._due else self._due[0][0] - time.monotonic()
+                    self._wake.wait(timeout)
+                _at, _n, dispatch = heapq.heappop(self._due)
+            try:
+                self.executor.submit(_run, dispatch)
+            except RuntimeError:  # the interpreter is shutting down
+                return
+
+
+def _run(dispatch: Dispatch) -> None:
+    from flow_tracker.workflows.engine import execute_step
+
+    try:
+        execute_step(SYSTEM, *dispatch.args())
+    except Exception as exc:  # the database away at the claim: the reaper sends it again
+        runtime.report_internal_error(exc, f"running step {dispatch.step} in a thread")
+
+
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def send(dispatch: Dispatch) -> None:
+    """Run the step on this interpreter's pool (after its delay)."""
+    global _pool
+    pool = _pool
+    if pool is None:
+        with _pool_lock:
+            pool = _pool = _pool or _Pool()
+    pool.submit(dispatch)
+
+
+def install() -> None:
+    """Register the in-process pool as the ``threads`` queue (done on first use)."""
+    from flow_tracker.workflows.engine import register_sender
+
+    register_sender(SYSTEM, send)

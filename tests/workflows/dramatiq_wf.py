@@ -1,0 +1,20 @@
+"""The Dramatiq broker workflow tests run in real workers (``dramatiq tests.workflows.dramatiq_wf``)."""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from flow_tracker.integrations import dramatiq as ft_dramatiq
+from tests.workflows import steps
+
+QUEUE = "ft-wf-dramatiq"
+broker = RedisBroker(
+    url=steps.REDIS_URL,
+    heartbeat_timeout=int(os.environ.get("FT_TEST_DRAMATIQ_HEARTBEAT_TIMEOUT_MS", "60000")),
+)
+dramatiq.set_broker(broker)
+ft_dramatiq.install(broker)
+WORKFLOWS = steps.declare("dramatiq", QUEUE)
