@@ -1,4 +1,4 @@
-"""The Dramatiq broker workflow tests run in real workers (``dramatiq tests.workflows.dramatiq_wf``)."""
+"""The Dramatiq broker of the workflow tests: ``dramatiq tests.workflows.dramatiq_wf``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flow_tracker.integrations import dramatiq as ft_dramatiq
 from tests.workflows import steps
 
 QUEUE = "ft-wf-dramatiq"
-broker = RedisBroker(
+broker = RedisBroker(  # type: ignore[no-untyped-call]
     url=steps.REDIS_URL,
     heartbeat_timeout=int(os.environ.get("FT_TEST_DRAMATIQ_HEARTBEAT_TIMEOUT_MS", "60000")),
 )

@@ -25,7 +25,7 @@ def hit(context: dict[str, Any], step: str) -> int:
 
 
 def declare(queue: str, queue_name: str) -> dict[str, flow_tracker.Workflow]:
-    """The test workflows on ``queue``, named ``<queue>_orders``, ``..._fan_in``, ``..._killable``."""
+    """The test workflows on ``queue``: ``<queue>_orders``, ``_fan_in`` and ``_killable``."""
     orders = flow_tracker.workflow(f"{queue}_orders", queue=queue, queue_name=queue_name)
 
     @orders.step()

@@ -133,7 +133,7 @@ def test_a_run_on_a_queue_whose_integration_is_not_installed_is_refused(sqlite_u
     wf.step(name="a")(lambda context: 1)
     saved = engine._SENDERS.pop("dramatiq", None)
     try:
-        with pytest.raises(UsageError, match="integrations.dramatiq.install"):
+        with pytest.raises(UsageError, match=r"integrations\.dramatiq\.install"):
             wf.run()
     finally:
         if saved is not None:

@@ -21,6 +21,7 @@ import redis
 import flow_tracker
 from tests.integrations.workers import require_service, worker_process
 from tests.workflows import steps
+from tests.workflows.helpers import process
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -166,7 +167,7 @@ def test_runs_complete_with_every_step_run_once(
             assert set(ran.values()) == {1} and len(ran) == steps.LEAVES + 2, ran
             assert status.steps["join"].result == sum(range(1, 1 + 1)) * steps.LEAVES
     flow_tracker.flush()
-    step = flow_tracker.get_process(done[0].steps["charge"].process_id)
+    step = process(done[0].steps["charge"].process_id)
     assert step.job_system == rig.system and step.parent_process_id == done[0].id
     assert step.status == "completed" and step.queue == f"ft-wf-{rig.system}"
 
@@ -211,7 +212,7 @@ def test_a_step_whose_worker_is_killed_is_reaped_and_run_again(
         assert time.monotonic() < deadline, "the reaper never sent the lost step again"
         sent = flow_tracker.reap(lost_after=LOST_AFTER).workflow_steps
         time.sleep(0.5)
-    history = flow_tracker.get_process(flow_tracker.get_workflow(run.id).steps["slow"].process_id)
+    history = process(flow_tracker.get_workflow(run.id).steps["slow"].process_id)
     assert "lost" in [t.status for t in history.history]
     second = tmp_path / "second.log"
     with worker_process(rig.worker, _env(pg_server_url), second):

@@ -14,6 +14,7 @@ import flow_tracker
 from flow_tracker import NotFoundError, UsageError
 from flow_tracker.store.schema import processes, transitions
 from flow_tracker.workflows import engine
+from tests.workflows.helpers import process
 
 WAIT = 30.0  # generous: a busy machine; the runs end in milliseconds when idle
 
@@ -74,9 +75,9 @@ def test_a_run_and_its_steps_are_processes_with_their_logs(tracked: str) -> None
     run = order_workflow("running_processes", Calls()).run(context={"cart_id": 1})
     status = run.wait(WAIT)
     flow_tracker.flush()
-    parent = flow_tracker.get_process(run.id)
+    parent = process(run.id)
     assert parent.status == "completed" and parent.category == "workflows"
-    step = flow_tracker.get_process(status.steps["reserve_stock"].process_id)
+    step = process(status.steps["reserve_stock"].process_id)
     assert step.name == "running_processes.reserve_stock"
     assert step.parent_process_id == run.id
     assert any(entry.message == "reserved" for entry in step.logs)
@@ -92,7 +93,7 @@ def test_a_step_retries_with_backoff_and_keeps_one_row(tracked: str) -> None:
     assert status.steps["charge"].attempts == 3
     assert calls.counts["charge"] == 3 and calls.counts["confirm"] == 1
     flow_tracker.flush()
-    charge = flow_tracker.get_process(status.steps["charge"].process_id)
+    charge = process(status.steps["charge"].process_id)
     assert charge.attempt == 3 and charge.status == "completed"
 
 
@@ -120,8 +121,9 @@ def test_a_failure_stops_only_its_dependents_and_names_the_root_cause(tracked: s
     assert status.steps["confirm"].status == "pending"
     assert status.steps["confirm"].blocked_by == "charge"
     assert status.steps["charge"].error == "TimeoutError: the gateway timed out"
-    parent = flow_tracker.get_process(run.id)
-    assert parent.status == "failed" and "step charge failed" in (parent.error.message or "")
+    parent = process(run.id)
+    assert parent.status == "failed" and parent.error is not None
+    assert "step charge failed (TimeoutError: the gateway timed out)" in parent.error.message
 
 
 def test_retry_step_runs_the_failed_step_then_its_dependents_and_nothing_else(
@@ -344,3 +346,12 @@ def _wait_for(condition: Any, what: str = "the condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {WAIT:g} s for {what}")
         time.sleep(0.01)
+
+
+def test_cleanup_removes_a_finished_run_with_its_steps(tracked: str) -> None:
+    run = order_workflow("running_cleanup", Calls()).run(context={"cart_id": 1})
+    run.wait(WAIT)
+    flow_tracker.flush()
+    assert flow_tracker.cleanup(days=0) >= 5  # the run and its four steps
+    with pytest.raises(NotFoundError):
+        flow_tracker.get_workflow(run.id)

@@ -25,6 +25,7 @@ from flow_tracker import events as ev
 from flow_tracker import runtime
 from flow_tracker.cli import render
 from flow_tracker.cli.demo_history import record_history
+from flow_tracker.cli.demo_workflows import record_workflows
 from flow_tracker.store.engine import parse_url
 
 _rng = random.Random(7)  # the demo's own, so the host's random module is left alone
@@ -221,6 +222,11 @@ def run_demo(
     flow_tracker.flush()
     reaped = flow_tracker.reap()
     echo(f"The reaper marked {len(reaped.lost)} job lost: its worker stopped sending heartbeats.")
+    runs = record_workflows()
+    echo(
+        "Ran the process_order workflow 3 times: completed, failed at charge (confirm "
+        "waits on it), and resolved by hand."
+    )
     past = record_history(runtime.store())
     echo(f"Added {past:,} finished runs of the past week, for the dashboard's charts.")
 
@@ -240,7 +246,8 @@ def run_demo(
         f"  {command} list --status failed --database-url {database_url}\n"
         f"  {command} show <id> --database-url {database_url}\n"
         f"  {command} health --database-url {database_url}\n"
-        f"  {command} locks --database-url {database_url}"
+        f"  {command} locks --database-url {database_url}\n"
+        f"  {command} workflows show {runs[1].id} --database-url {database_url}"
     )
     return page.items
 

@@ -32,7 +32,15 @@ from flow_tracker.records import (
 from flow_tracker.status import UNFINISHED_STATUSES, Status
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.engine import Store
-from flow_tracker.store.schema import flows, log_entries, processes, rollup_counts, transitions
+from flow_tracker.store.schema import (
+    flows,
+    log_entries,
+    processes,
+    rollup_counts,
+    transitions,
+    workflow_runs,
+    workflow_steps,
+)
 from flow_tracker.store.types import as_utc
 
 MAX_PAGE = 500
@@ -651,7 +659,9 @@ def cleanup(
     statuses: Sequence[str] | None = None,
     batch_size: int = 1_000,
 ) -> int:
-    """Delete processes created more than ``days`` ago, with their flows and logs.
+    """Delete processes created more than ``days`` ago, with their flows, logs and history.
+
+    A workflow run's process takes the run's row and its steps' rows with it.
 
     Deletes in batches of ``batch_size`` processes, one short transaction each, so
     that no lock is held for long on a busy database. Queued, running and retrying processes
@@ -674,6 +684,9 @@ def cleanup(
             conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
             conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
             conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
+            # A workflow run's process goes with the run and its steps' state.
+            conn.execute(workflow_steps.delete().where(workflow_steps.c.run_id.in_(ids)))
+            conn.execute(workflow_runs.delete().where(workflow_runs.c.id.in_(ids)))
             conn.execute(processes.delete().where(processes.c.id.in_(ids)))
             deleted += len(ids)
 

@@ -19,11 +19,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from flow_tracker.errors import FlowTrackerError
+from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.ids import parse_id
 from flow_tracker.levels import LEVELS
+from flow_tracker.records import ProcessRecord
 from flow_tracker.status import Status
 from flow_tracker.store import queries
+from flow_tracker.store.engine import Store
+from flow_tracker.store.workflows import CATEGORY as WORKFLOW_CATEGORY
 from flow_tracker.web import charts, statistics
 from flow_tracker.web.context import (
     checked_form,
@@ -34,6 +37,7 @@ from flow_tracker.web.context import (
     render,
 )
 from flow_tracker.web.params import RANGES, ParamError, ProcessFilters, clamp_int
+from flow_tracker.workflows import manage as workflows
 
 logger = logging.getLogger("flow_tracker")
 
@@ -108,6 +112,16 @@ def process_list(request: Request) -> Response:
     )
 
 
+def _workflow_of(store: Store, process: ProcessRecord) -> dict[str, Any] | None:
+    """A workflow run's steps, as shown on its process page (context and results redacted)."""
+    if process.category != WORKFLOW_CATEGORY or process.parent_process_id is not None:
+        return None
+    try:
+        return workflows.shown(workflows.get_workflow(process.id, store=store))
+    except NotFoundError:
+        return None
+
+
 def process_detail(request: Request) -> Response:
     """One process: header, metadata, error, timeline, flow tree with logs."""
     board = dashboard_of(request)
@@ -128,6 +142,7 @@ def process_detail(request: Request) -> Response:
         request,
         "process.html",
         p=process,
+        workflow=_workflow_of(board.store, process),
         timeline=charts.waterfall(process, moment),
         children=queries.child_processes(board.store, pid),
         level=level,

@@ -18,7 +18,7 @@ import random
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from flow_tracker.errors import UsageError
 
@@ -131,6 +131,38 @@ class Workflow:
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} on {self.queue}: {len(self.steps)} steps>"
 
+    @overload
+    def step(
+        self,
+        fn: F,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_factor: float = 2.0,
+        backoff_max: float = 300.0,
+        jitter: float = 0.1,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        queue_name: str | None = None,
+    ) -> F: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_factor: float = 2.0,
+        backoff_max: float = 300.0,
+        jitter: float = 0.1,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        queue_name: str | None = None,
+    ) -> Callable[[F], F]: ...
+
     def step(
         self,
         fn: F | None = None,
@@ -144,7 +176,7 @@ class Workflow:
         jitter: float = 0.1,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         queue_name: str | None = None,
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Declare a step: ``@wf.step(...)`` above a function, or ``wf.step(name=...)(fn)``.
 
         The function is called with the run's context first, then each parent's
