@@ -22,6 +22,7 @@ from flow_tracker import heartbeat, runtime, tracker
 from flow_tracker.store import schema
 from flow_tracker.store.engine import Store
 from flow_tracker.web import statistics_keeper
+from flow_tracker.workflows import threads
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -90,6 +91,7 @@ def _fresh_runtime() -> Iterator[None]:
     token = tracker.CURRENT_NODE.set(None)
     yield
     tracker.CURRENT_NODE.reset(token)
+    threads.wait_idle(10.0)  # a test's workflow steps end before its database goes
     heartbeat.HEARTBEAT.clear()  # processes a test left running are not stamped later
     runtime.shutdown(timeout=2.0)
     statistics_keeper.stop_all()  # a dashboard's background thread must not outlive its test

@@ -400,6 +400,99 @@ def test_per_job_critical_sections(tracked: str) -> None:
         assert threading_call(ns["charge"], "u1", 5) is None  # RQ's: skipped while held
 
 
+def test_workflow_example_runs_on_the_thread_pool(tracked: str, capsys: Any) -> None:
+    ns = run("Workflows: DAGs of steps on the queue you already run #1")
+    assert ns["status"].status == "completed"
+    assert ns["status"].steps["confirm"].result == {"order": "confirmed", "paid": 42}
+    assert capsys.readouterr().out.startswith("completed {")  # PostgreSQL orders JSON keys
+
+
+def _failed_run() -> flow_tracker.WorkflowRun:
+    """A run whose ``charge`` failed once (it succeeds when run again)."""
+    failures = [1]
+    wf = flow_tracker.workflow(f"readme_failing_{uuid.uuid4().hex[:8]}")
+    wf.step(name="validate")(lambda context: {"total": 42})
+
+    def charge(context: Any, validate: Any) -> dict[str, Any]:
+        if failures:
+            failures.pop()
+            raise TimeoutError("the gateway timed out")
+        return {"paid": validate["total"]}
+
+    wf.step(name="charge", depends_on=["validate"])(charge)
+    wf.step(name="confirm", depends_on=["charge"])(lambda context, charge: charge)
+    run = wf.run()
+    assert run.wait(30).status == "failed"
+    return run
+
+
+def _running_run(release: threading.Event) -> flow_tracker.WorkflowRun:
+    wf = flow_tracker.workflow("readme_running")
+    wf.step(name="slow")(lambda context: release.wait(30))
+    wf.step(name="after", depends_on=["slow"])(lambda context, slow: None)
+    return wf.run()
+
+
+def test_workflow_repair_example_retries_and_cancels(tracked: str, capsys: Any) -> None:
+    release = threading.Event()
+    failed, other = _failed_run(), _running_run(release)
+    run("Workflows: DAGs of steps on the queue you already run #2", run=failed, other_run=other)
+    release.set()
+    assert failed.wait(30).status == "completed"
+    assert other.wait(30).status == "cancelled"
+    out = capsys.readouterr().out
+    assert "charge TimeoutError: the gateway timed out" in out and "flowchart TD" in out
+
+
+@pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
+@pytest.mark.slow  # a real worker process
+def test_celery_workflow_example_runs_in_a_real_worker(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = shop("On Celery, RQ or Dramatiq #1", "order_flow")
+    flow = importlib.import_module("shop.order_flow")
+    log = tmp_path / "worker.log"
+    worker = ["-m", "celery", "-A", "shop.order_flow", "worker", "-P", "threads", "-c", "2"]
+    env = shop_env(path.parents[1], tracked)
+    with worker_process([*worker, "--without-gossip", "--without-mingle"], env, log):
+        status = flow.orders.run(context={"items": 3}).wait(120)
+    assert status.status == "completed", log.read_text()[-2000:]
+    assert status.steps["charge"].result == {"paid": 30}
+
+
+@pytest.mark.slow  # a real worker process
+def test_rq_workflow_example_runs_in_a_real_worker(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    settings = shop("RQ #1", "rq_settings")
+    shop("On Celery, RQ or Dramatiq #2", "rq_flow")
+    Queue(connection=Redis()).empty()  # type: ignore[no-untyped-call]  # the README's queue
+    flow = importlib.import_module("shop.rq_flow")
+    log = tmp_path / "worker.log"
+    env = shop_env(settings.parents[1], tracked)
+    with worker_process(["rq", "worker", "--with-scheduler", "-c", "shop.rq_settings"], env, log):
+        status = flow.orders.run(context={"items": 3}).wait(120)
+    assert status.status == "completed", log.read_text()[-2000:]
+    assert status.steps["charge"].result == {"paid": 30}
+
+
+@pytest.mark.slow  # a real worker process
+def test_dramatiq_workflow_example_runs_in_a_real_worker(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = shop("On Celery, RQ or Dramatiq #3", "dramatiq_flow")
+    flow = importlib.import_module("shop.dramatiq_flow")
+    log = tmp_path / "worker.log"
+    env = shop_env(path.parents[1], tracked)
+    with worker_process(["dramatiq", "shop.dramatiq_flow", "-p", "1", "-t", "2"], env, log):
+        status = flow.orders.run(context={"items": 3}).wait(120)
+    assert status.status == "completed", log.read_text()[-2000:]
+    assert status.steps["charge"].result == {"paid": 30}
+
+
 def test_event_subscribers(tracked: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Slack and Sentry are not on this machine: stand-ins record what would be sent.
     posts: list[dict[str, Any]] = []
@@ -484,8 +577,17 @@ def test_every_flow_tracker_line_runs_or_parses(tracked: str) -> None:
         "<task id>": str(tracker.process_id),
         "myapp.celery_app": "tests.integrations.celery_app",
     }
+    release = threading.Event()
+    fresh_runs: dict[str, Callable[[], flow_tracker.WorkflowRun]] = {
+        "<run id>": _failed_run,
+        "<failed run id>": _failed_run,  # a new one per line: retry, then resolve
+        "<running run id>": lambda: _running_run(release),
+    }
     runner = CliRunner(env={"FLOW_TRACKER_DATABASE_URL": tracked})
     for line, text in command_lines():
+        for placeholder, make in fresh_runs.items():
+            if placeholder in text:
+                text = text.replace(placeholder, str(make().id))
         for placeholder, value in substitutions.items():
             text = text.replace(placeholder, value)
         args = arguments(text)
@@ -498,6 +600,7 @@ def test_every_flow_tracker_line_runs_or_parses(tracked: str) -> None:
         result = runner.invoke(main, args)
         allowed = (0, 1) if args[0] == "health" else (0,)  # health: 1 means unhealthy
         assert result.exit_code in allowed, f"README.md:{line}: {text}\n{result.output}"
+    release.set()
 
 
 def test_demo_hint_names_the_command_as_this_shell_finds_it(tmp_path: Path) -> None:

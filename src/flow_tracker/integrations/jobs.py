@@ -214,6 +214,7 @@ def start_job(
     worker: str | None = None,
     category: str | None = None,
     trace: Mapping[str, str] | None = None,
+    durable: bool | None = None,
 ) -> Tracker | NullTracker:
     """Open the job's process in the worker and make it current (``running``).
 
@@ -225,12 +226,14 @@ def start_job(
     then an earlier attempt's end may still be buffered and must be stored first.
 
     The same transaction looks for a copy :func:`flow_tracker.requeue` made of
-    the job (see :func:`skip_if_requeued`).
+    the job (see :func:`skip_if_requeued`). ``durable=False`` buffers the running
+    row whatever the settings (a workflow step stored it running already).
     """
     settings = config.current()
     extra = _job_start_fields(job_system, job_id, queue, worker)
     process_id = process_id_for(job_system, job_id)
-    durable = settings.durable_start and settings.completion_timeout > 0
+    if durable is None:
+        durable = settings.durable_start and settings.completion_timeout > 0
     copies: list[uuid.UUID] = []
     token = JOB_TRACE_CARRIER.set(trace if isinstance(trace, Mapping) else None)
     try:
@@ -334,12 +337,19 @@ def _job_start_fields(
 
 
 def finish_job(
-    tracker: Tracker | NullTracker, status: Status, error: BaseException | None = None
+    tracker: Tracker | NullTracker,
+    status: Status,
+    error: BaseException | None = None,
+    *,
+    wait: bool = True,
 ) -> None:
-    """End the job's process with ``status`` (storing ``error``) and wait until it is stored."""
+    """End the job's process with ``status`` (storing ``error``); wait until it is stored.
+
+    ``wait=False`` lets the final state follow with the writer's next batch.
+    """
     if isinstance(tracker, Tracker):
         try:
-            tracker.complete(error=error, status=status)
+            tracker.complete(error=error, status=status, wait=wait)
         except Exception as exc:
             runtime.report_internal_error(exc, "finishing a job")
 

@@ -222,8 +222,14 @@ def _insert_step_processes(
 # -- a worker takes a step, then stores its end -------------------------------------------
 
 
-def claim_step(store: Store, run_id: uuid.UUID, step: str) -> Claim | None:
+def claim_step(
+    store: Store, run_id: uuid.UUID, step: str, worker: Mapping[str, Any] | None = None
+) -> Claim | None:
     """Move a queued (or retry-waiting) step of a running run to ``running``.
+
+    The step's process row becomes running in the same transaction (with
+    ``worker``'s host, pid and worker name, and a first heartbeat), so the
+    worker's tracker need not store its start again before the step runs.
 
     Returns None when the step is not there to take: it runs or ran already
     (a second delivery of its message), or its run was cancelled.
@@ -259,11 +265,31 @@ def claim_step(store: Store, run_id: uuid.UUID, step: str) -> Claim | None:
                 updated_at=now,
             )
             .returning(
-                workflow_steps.c.attempts, workflow_steps.c.parents, workflow_steps.c.queue_name
+                workflow_steps.c.attempts,
+                workflow_steps.c.parents,
+                workflow_steps.c.queue_name,
+                workflow_steps.c.process_id,
             )
         ).first()
         if taken is None:
             return None
+        conn.execute(
+            update(processes)
+            .where(processes.c.id == taken.process_id)
+            .values(
+                status=Status.RUNNING.value,
+                started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                finished_at=None,
+                duration_ms=None,
+                error_class=None,
+                error_message=None,
+                error_traceback=None,
+                attempt=taken.attempts,
+                **dict(worker or {}),
+            )
+        )
         parents = list(taken.parents or ())
         results: dict[str, Any] = {}
         if parents:
@@ -333,11 +359,16 @@ def end_step(
             )
             .values(**values)
             .returning(
-                workflow_steps.c.children, workflow_steps.c.job_id, workflow_steps.c.queue_name
+                workflow_steps.c.children,
+                workflow_steps.c.job_id,
+                workflow_steps.c.queue_name,
+                workflow_steps.c.process_id,
+                workflow_steps.c.started_at,
             )
         ).first()
         if row is None:
             return NOTHING
+        _end_step_process(conn, row, status, now, error)
         if status == Status.RETRYING.value:
             if run.status != RUN_RUNNING:
                 return NOTHING
@@ -355,6 +386,22 @@ def end_step(
         if status == Status.FAILED.value:
             return _after_step(conn, run_id, run, now, [], active=-1, failed=+1)
         return _after_step(conn, run_id, run, now, list(row.children or ()), active=-1, failed=0)
+
+
+def _end_step_process(
+    conn: Connection, row: Any, status: str, now: datetime, error: tuple[str, str] | None
+) -> None:
+    """The step's process row ends with the step, in the same transaction.
+
+    The worker's tracker stores the same end (with the traceback, flows and logs)
+    with its writer's next batch, without making the worker wait for it.
+    """
+    values: dict[str, Any] = {"status": status, "updated_at": now, **_error_fields(error)}
+    if status != Status.RETRYING.value:
+        values["finished_at"] = now
+        if row.started_at is not None:
+            values["duration_ms"] = (now - row.started_at).total_seconds() * 1000.0
+    conn.execute(update(processes).where(processes.c.id == row.process_id).values(**values))
 
 
 def _after_step(

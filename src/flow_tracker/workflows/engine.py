@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +37,7 @@ from flow_tracker.ids import new_id, process_id_for
 from flow_tracker.redaction import clean_text, redact_text
 from flow_tracker.status import Status
 from flow_tracker.store import workflows as stored
-from flow_tracker.store.engine import Store, error_line
+from flow_tracker.store.engine import Store, error_line, is_transient
 from flow_tracker.store.workflows import CATEGORY, Dispatch, Ended
 from flow_tracker.tracker import describe_error
 from flow_tracker.workflows.definition import StepSpec, Workflow, find
@@ -145,6 +147,8 @@ def start_run(wf: Workflow, context: Mapping[str, Any] | None) -> Any:
             steps=steps,
         )
     except (DBAPIError, SQLAlchemyError) as exc:
+        if not is_transient(exc):
+            raise
         raise _unavailable(exc, f"starting a {wf.name} run") from exc
     send(roots)
     return WorkflowRun(run_id, wf.name)
@@ -184,9 +188,12 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
     """
     run = uuid.UUID(run_id)
     store = _store()
+    worker = {"host": socket.gethostname(), "pid": os.getpid(), "job_system": system}
     try:
-        claim = stored.claim_step(store, run, step)
+        claim = stored.claim_step(store, run, step, worker)
     except (DBAPIError, SQLAlchemyError) as exc:
+        if not is_transient(exc):
+            raise
         raise _unavailable(exc, f"taking step {step} of workflow run {run}") from exc
     if claim is None:
         return  # a second delivery, a cancelled run: nothing to do
@@ -233,6 +240,8 @@ def _run_step(
 ) -> None:
     from flow_tracker.integrations.jobs import finish_job, start_job
 
+    # The claim stored the step's process as running, and the end is stored with
+    # the step's: the tracker need not wait for the database at either end.
     tracker = start_job(
         job_system=system,
         job_id=job_id,
@@ -240,16 +249,23 @@ def _run_step(
         queue=claim.queue_name,
         attempt=claim.attempt,
         category=CATEGORY,
+        durable=False,
     )
     status, result, error, retry_in, exc = _call(spec, claim)
     ended = _store_end(store, run, spec.name, claim.attempt, status, result, error, retry_in)
     if ended is None:
         # The end could not be stored: the step is recovered as a lost one once the
         # database is back (its tracker says so), and runs again.
-        finish_job(tracker, Status.LOST, RuntimeError("its end could not be stored"))
+        finish_job(tracker, Status.LOST, RuntimeError("its end could not be stored"), wait=False)
+        return
+    if status == Status.RETRYING.value:
+        # The next attempt may start in another worker at once: this attempt's
+        # records are stored first, so that they cannot land after the next one's.
+        finish_job(tracker, Status.RETRYING, exc)
+        send(ended.dispatches)
         return
     send(ended.dispatches)
-    finish_job(tracker, Status(status), exc)
+    finish_job(tracker, Status(status), exc, wait=False)
 
 
 Outcome = tuple[str, Any, "tuple[str, str] | None", "float | None", "BaseException | None"]

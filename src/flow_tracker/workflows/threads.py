@@ -34,12 +34,34 @@ class _Pool:
         self._wake = threading.Condition()
         self._count = 0
         self._timer: threading.Thread | None = None
+        self.outstanding = 0  # steps submitted or waiting to retry, not yet ended
+        self.idle = threading.Condition()
 
     def submit(self, dispatch: Dispatch) -> None:
+        with self.idle:
+            self.outstanding += 1
         if dispatch.delay > 0:
             self._later(dispatch)
             return
-        self.executor.submit(_run, dispatch)
+        self._start(dispatch)
+
+    def _start(self, dispatch: Dispatch) -> None:
+        try:
+            self.executor.submit(self._run, dispatch)
+        except RuntimeError:  # the interpreter is shutting down
+            self._done()
+            raise
+
+    def _run(self, dispatch: Dispatch) -> None:
+        try:
+            _run(dispatch)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self.idle:
+            self.outstanding -= 1
+            self.idle.notify_all()
 
     def _later(self, dispatch: Dispatch) -> None:
         with self._wake:
@@ -60,7 +82,7 @@ class _Pool:
                     self._wake.wait(timeout)
                 _at, _n, dispatch = heapq.heappop(self._due)
             try:
-                self.executor.submit(_run, dispatch)
+                self._start(dispatch)
             except RuntimeError:  # the interpreter is shutting down
                 return
 
@@ -94,6 +116,18 @@ def send(dispatch: Dispatch) -> None:
         with _pool_lock:
             pool = _pool = _pool or _Pool()
     pool.submit(dispatch)
+
+
+def wait_idle(timeout: float | None = None) -> bool:
+    """Wait until this interpreter's pool has no step to run (retries waiting included).
+
+    Returns False if steps were still outstanding after ``timeout`` seconds.
+    """
+    pool = _pool
+    if pool is None:
+        return True
+    with pool.idle:
+        return pool.idle.wait_for(lambda: pool.outstanding <= 0, timeout)
 
 
 def install() -> None:
