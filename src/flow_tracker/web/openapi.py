@@ -258,6 +258,7 @@ def document(server_url: str = "/") -> dict[str, Any]:
                                     "items": {"type": "array", "items": {"type": "object"}},
                                     "next_cursor": {"type": ["string", "null"]},
                                 },
+                                "required": ["items", "next_cursor"],
                             },
                             "Runs with steps done of total and the failed step.",
                         ),
@@ -271,7 +272,13 @@ def document(server_url: str = "/") -> dict[str, Any]:
                     "summary": "A run: every step's status, attempts, result and error.",
                     "parameters": [_RUN_ID],
                     "responses": {
-                        "200": _ok({"type": "object"}, "The run, context and results redacted."),
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["id", "name", "status", "failed_step", "steps"],
+                            },
+                            "The run, context and results redacted.",
+                        ),
                         "404": _ERROR_RESPONSE,
                     },
                 }
