@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -266,9 +267,10 @@ def test_a_step_found_lost_by_the_reaper_runs_again_on_its_own(tracked: str) -> 
         if dispatch.step == "b" and not dropped:
             dropped.append(dispatch)  # taken, started, then the worker "dies"
             from flow_tracker.integrations.jobs import start_job
-            from flow_tracker.store import workflows as stored
+            from flow_tracker.store import step_writes
 
-            assert stored.claim_step(flow_tracker.runtime.store(), dispatch.run_id, "b")
+            store = flow_tracker.runtime.store()
+            assert step_writes.claim(store, dispatch.run_id, "b", {}, datetime.now(timezone.utc))
             start_job(job_system="threads", job_id=dispatch.job_id, name="x", queue=None, attempt=1)
             flow_tracker.heartbeat.HEARTBEAT.clear()
             return

@@ -11,8 +11,10 @@ all writers anyway). That lock is what makes scheduling exactly-once:
   run row say when the run has ended without counting its steps each time, so
   ending a step costs the same in a run of 3 steps or of 2,000;
 * a worker takes a step only by moving it from ``queued`` or ``retrying`` to
-  ``running`` (:func:`claim_step`); a second delivery of the same message finds
-  it running and stands down, and a completed step is never taken again.
+  ``running`` (:mod:`flow_tracker.store.step_writes`, with the step's end: the
+  two writes of every step, in the driver's own SQL); a second delivery of the
+  same message finds it running and stands down, and a completed step is never
+  taken again.
 
 A step's process row (the tracked job) is written here when the step is queued,
 so the dashboard shows it queued; the worker's tracker then updates that row.
@@ -70,18 +72,6 @@ class Dispatch:
     def message_id(self) -> str:
         """The broker's id for this message: the job id for the first one."""
         return self.job_id if self.first else f"{self.job_id}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A step taken by a worker: its attempt, the run's context and its parents' results."""
-
-    attempt: int
-    context: Any
-    parents: dict[str, Any]
-    workflow: str
-    queue_name: str
-    module: str | None
 
 
 @dataclass(frozen=True)
@@ -222,86 +212,6 @@ def _insert_step_processes(
 # -- a worker takes a step, then stores its end -------------------------------------------
 
 
-def claim_step(
-    store: Store, run_id: uuid.UUID, step: str, worker: Mapping[str, Any] | None = None
-) -> Claim | None:
-    """Move a queued (or retry-waiting) step of a running run to ``running``.
-
-    The step's process row becomes running in the same transaction (with
-    ``worker``'s host, pid and worker name, and a first heartbeat), so the
-    worker's tracker need not store its start again before the step runs.
-
-    Returns None when the step is not there to take: it runs or ran already
-    (a second delivery of its message), or its run was cancelled.
-    """
-    now = _now()
-    with store.begin_write() as conn:
-        run = conn.execute(
-            select(
-                workflow_runs.c.status,
-                workflow_runs.c.context,
-                workflow_runs.c.name,
-                workflow_runs.c.module,
-            )
-            .where(workflow_runs.c.id == run_id)
-            .with_for_update()
-        ).first()
-        if run is None or run.status != RUN_RUNNING:
-            return None
-        taken = conn.execute(
-            update(workflow_steps)
-            .where(
-                and_(
-                    workflow_steps.c.run_id == run_id,
-                    workflow_steps.c.name == step,
-                    workflow_steps.c.status.in_(TAKEABLE),
-                )
-            )
-            .values(
-                status=Status.RUNNING.value,
-                attempts=workflow_steps.c.attempts + 1,
-                started_at=now,
-                next_attempt_at=None,
-                updated_at=now,
-            )
-            .returning(
-                workflow_steps.c.attempts,
-                workflow_steps.c.parents,
-                workflow_steps.c.queue_name,
-                workflow_steps.c.process_id,
-            )
-        ).first()
-        if taken is None:
-            return None
-        conn.execute(
-            update(processes)
-            .where(processes.c.id == taken.process_id)
-            .values(
-                status=Status.RUNNING.value,
-                started_at=now,
-                heartbeat_at=now,
-                updated_at=now,
-                finished_at=None,
-                duration_ms=None,
-                error_class=None,
-                error_message=None,
-                error_traceback=None,
-                attempt=taken.attempts,
-                **dict(worker or {}),
-            )
-        )
-        parents = list(taken.parents or ())
-        results: dict[str, Any] = {}
-        if parents:
-            for row in conn.execute(
-                select(workflow_steps.c.name, workflow_steps.c.result).where(
-                    and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name.in_(parents))
-                )
-            ):
-                results[row.name] = row.result
-    return Claim(int(taken.attempts), run.context, results, run.name, taken.queue_name, run.module)
-
-
 def _lock_run(conn: Connection, run_id: uuid.UUID) -> Any | None:
     return conn.execute(
         select(
@@ -317,91 +227,29 @@ def _lock_run(conn: Connection, run_id: uuid.UUID) -> Any | None:
     ).first()
 
 
-def end_step(
-    store: Store,
-    run_id: uuid.UUID,
-    step: str,
-    attempt: int,
-    status: str,
-    *,
-    result: Any = None,
-    error: tuple[str, str] | None = None,
-    retry_in: float | None = None,
-) -> Ended:
-    """Store the end of one attempt of a step; queue what it made ready; end the run if done.
+def finish_run(store: Store, run_id: uuid.UUID) -> str | None:
+    """End a running run with no active step left: ``completed``, or ``failed`` with its root cause.
 
-    ``status``: ``completed`` or ``skipped`` (children may start), ``retrying``
-    (``retry_in`` seconds from now) or ``failed`` (for good). Nothing changes when
-    the step is no longer this attempt's (the reaper gave it to another worker).
+    Called by the worker whose step end brought the count of active steps to
+    zero (see :mod:`flow_tracker.store.step_writes`), and by the reaper for a run
+    whose last worker died in between. Returns the status it ended with, or None.
     """
     now = _now()
     with store.begin_write() as conn:
         run = _lock_run(conn, run_id)
-        if run is None:
-            return NOTHING
-        values: dict[str, Any] = {"status": status, "updated_at": now}
-        if status == Status.RETRYING.value:
-            values["next_attempt_at"] = now + timedelta(seconds=retry_in or 0.0)
-            values.update(_error_fields(error))
-        else:
-            values["finished_at"] = now
-            values["result"] = result
-            values.update(_error_fields(error))
-        row = conn.execute(
-            update(workflow_steps)
-            .where(
-                and_(
-                    workflow_steps.c.run_id == run_id,
-                    workflow_steps.c.name == step,
-                    workflow_steps.c.status == Status.RUNNING.value,
-                    workflow_steps.c.attempts == attempt,
-                )
-            )
-            .values(**values)
-            .returning(
-                workflow_steps.c.children,
-                workflow_steps.c.job_id,
-                workflow_steps.c.queue_name,
-                workflow_steps.c.process_id,
-                workflow_steps.c.started_at,
-            )
-        ).first()
-        if row is None:
-            return NOTHING
-        _end_step_process(conn, row, status, now, error)
-        if status == Status.RETRYING.value:
-            if run.status != RUN_RUNNING:
-                return NOTHING
-            retry = Dispatch(
-                run.queue,
-                run.name,
-                run_id,
-                step,
-                row.job_id,
-                row.queue_name,
-                retry_in or 0.0,
-                False,
-            )
-            return Ended([retry], None)
-        if status == Status.FAILED.value:
-            return _after_step(conn, run_id, run, now, [], active=-1, failed=+1)
-        return _after_step(conn, run_id, run, now, list(row.children or ()), active=-1, failed=0)
+        if run is None or run.status != RUN_RUNNING or int(run.active) > 0:
+            return None
+        return _end_run(conn, run_id, run, now)
 
 
-def _end_step_process(
-    conn: Connection, row: Any, status: str, now: datetime, error: tuple[str, str] | None
-) -> None:
-    """The step's process row ends with the step, in the same transaction.
-
-    The worker's tracker stores the same end (with the traceback, flows and logs)
-    with its writer's next batch, without making the worker wait for it.
-    """
-    values: dict[str, Any] = {"status": status, "updated_at": now, **_error_fields(error)}
-    if status != Status.RETRYING.value:
-        values["finished_at"] = now
-        if row.started_at is not None:
-            values["duration_ms"] = (now - row.started_at).total_seconds() * 1000.0
-    conn.execute(update(processes).where(processes.c.id == row.process_id).values(**values))
+def _end_run(conn: Connection, run_id: uuid.UUID, run: Any, now: datetime) -> str:
+    ended = Status.FAILED.value if int(run.failed) > 0 else Status.COMPLETED.value
+    values: dict[str, Any] = {"status": ended, "finished_at": now, "updated_at": now}
+    if ended == Status.FAILED.value:
+        values["failed_step"] = _root_failure(conn, run_id)
+    conn.execute(update(workflow_runs).where(workflow_runs.c.id == run_id).values(**values))
+    _end_run_process(conn, run_id, run, ended, now, values.get("failed_step"))
+    return ended
 
 
 def _after_step(
@@ -421,18 +269,14 @@ def _after_step(
         _insert_step_processes(conn, run_id, run.name, run.queue, [r._mapping for r in ready], now)
     active_now = int(run.active) + active + len(ready)
     failed_now = int(run.failed) + failed
-    values: dict[str, Any] = {"active": active_now, "failed": failed_now, "updated_at": now}
+    conn.execute(
+        update(workflow_runs)
+        .where(workflow_runs.c.id == run_id)
+        .values(active=active_now, failed=failed_now, updated_at=now)
+    )
     ended: str | None = None
     if run.status == RUN_RUNNING and active_now <= 0:
-        ended = Status.FAILED.value if failed_now > 0 else Status.COMPLETED.value
-        values.update(status=ended, finished_at=now)
-        if ended == Status.FAILED.value:
-            values["failed_step"] = _root_failure(conn, run_id)
-    elif run.status != RUN_RUNNING and failed:
-        pass  # a cancelled run keeps its status; its counts stay right for a later look
-    conn.execute(update(workflow_runs).where(workflow_runs.c.id == run_id).values(**values))
-    if ended is not None:
-        _end_run_process(conn, run_id, run, ended, now, values.get("failed_step"))
+        ended = _end_run(conn, run_id, _lock_run(conn, run_id), now)
     dispatches = [
         Dispatch(run.queue, run.name, run_id, r.name, r.job_id, r.queue_name) for r in ready
     ]
@@ -847,6 +691,17 @@ def list_runs(
         )
     with store.engine.connect() as conn:
         return list(conn.execute(query).all())
+
+
+def stalled_runs(store: Store, limit: int = 500) -> list[uuid.UUID]:
+    """Running runs with no active step: their last step's worker died before ending them."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(workflow_runs.c.id)
+            .where(and_(workflow_runs.c.status == RUN_RUNNING, workflow_runs.c.active <= 0))
+            .limit(limit)
+        ).all()
+    return [uuid.UUID(str(r.id)) for r in rows]
 
 
 def runs_of(store: Store, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:

@@ -2,7 +2,7 @@
 
 Every step is an ordinary job of its queue. The message carries only names
 (workflow, run, step, job id); the worker takes the step in the database
-(:func:`~flow_tracker.store.workflows.claim_step`), runs the step's function as
+(:func:`~flow_tracker.store.step_writes.claim`), runs the step's function as
 a tracked process, and stores its end in one transaction that also queues the
 children it made ready. Only then are those children's messages sent.
 
@@ -27,6 +27,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -36,6 +37,7 @@ from flow_tracker.errors import DatabaseUnavailableError, Skipped, UsageError
 from flow_tracker.ids import new_id, process_id_for
 from flow_tracker.redaction import clean_text, redact_text
 from flow_tracker.status import Status
+from flow_tracker.store import step_writes
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store, error_line, is_transient
 from flow_tracker.store.workflows import CATEGORY, Dispatch, Ended
@@ -190,8 +192,8 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
     store = _store()
     worker = {"host": socket.gethostname(), "pid": os.getpid(), "job_system": system}
     try:
-        claim = stored.claim_step(store, run, step, worker)
-    except (DBAPIError, SQLAlchemyError) as exc:
+        claim = step_writes.claim(store, run, step, worker, datetime.now(timezone.utc))
+    except Exception as exc:  # the driver's own errors: the hot path bypasses SQLAlchemy
         if not is_transient(exc):
             raise
         raise _unavailable(exc, f"taking step {step} of workflow run {run}") from exc
@@ -234,7 +236,7 @@ def _run_step(
     store: Store,
     run: uuid.UUID,
     spec: StepSpec,
-    claim: stored.Claim,
+    claim: step_writes.Taken,
     job_id: str,
     workflow: str,
 ) -> None:
@@ -271,7 +273,7 @@ def _run_step(
 Outcome = tuple[str, Any, "tuple[str, str] | None", "float | None", "BaseException | None"]
 
 
-def _call(spec: StepSpec, claim: stored.Claim) -> Outcome:
+def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
     """Call the step's function: (status, result, error, seconds to retry, the exception)."""
     try:
         value = spec.fn(claim.context, **{p: claim.parents.get(p) for p in spec.depends_on})
@@ -300,20 +302,71 @@ def _store_end(
     error: tuple[str, str] | None = None,
     retry_in: float | None = None,
 ) -> Ended | None:
-    """Store the step's end, trying again while the database is away (for a while)."""
+    """Store the step's end, trying again while the database is away (for a while).
+
+    Returns what to send next (the children it made ready, or its own retry), or
+    None when the end could not be stored.
+    """
     deadline = time.monotonic() + END_RETRY_SECONDS
     pause = 0.05
     while True:
+        now = datetime.now(timezone.utc)
+        retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
         try:
-            return stored.end_step(
-                store, run, step, attempt, status, result=result, error=error, retry_in=retry_in
+            done = step_writes.end(
+                store,
+                run,
+                step,
+                attempt,
+                status,
+                now=now,
+                result=result,
+                error=error,
+                retry_at=retry_at,
             )
-        except (DBAPIError, SQLAlchemyError) as exc:
-            if time.monotonic() + pause > deadline:
+            break
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + pause > deadline:
                 runtime.report_internal_error(exc, f"storing the end of step {step}")
                 return None
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+    return _next(store, run, step, status, done, retry_in)
+
+
+def _next(
+    store: Store,
+    run: uuid.UUID,
+    step: str,
+    status: str,
+    done: step_writes.StepEnd,
+    retry_in: float | None,
+) -> Ended:
+    """The steps to send after an end; the run's own end when it had no active step left."""
+    if not done.stored or done.workflow is None or done.queue is None:
+        return stored.NOTHING
+    if status == Status.RETRYING.value:
+        if done.run_status != Status.RUNNING.value:
+            return stored.NOTHING
+        again = Dispatch(
+            done.queue,
+            done.workflow,
+            run,
+            step,
+            done.job_id or step_job_id(run, step),
+            done.queue_name or "",
+            retry_in or 0.0,
+            False,
+        )
+        return Ended([again], None)
+    ended = None
+    if done.run_status == Status.RUNNING.value and done.active <= 0:
+        try:
+            ended = stored.finish_run(store, run)
+        except Exception as exc:  # the reaper ends it (a run with no active step left)
+            runtime.report_internal_error(exc, f"ending workflow run {run}")
+    ready = [Dispatch(done.queue, done.workflow, run, *r) for r in done.ready]
+    return Ended(ready, ended)
 
 
 # -- recovery (called by the reaper) ---------------------------------------------------------
@@ -342,4 +395,6 @@ def recover(store: Store, lost_after: float) -> list[Dispatch]:
         sent += ended.dispatches
     overdue = stored.overdue_retries(store, lost_after)
     send(overdue)
+    for run_id in stored.stalled_runs(store):
+        stored.finish_run(store, run_id)
     return sent + overdue
