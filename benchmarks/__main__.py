@@ -1,16 +1,22 @@
-"""``python -m benchmarks [core] [queues] [jobcost] [dashboard] [--quick]``: benchmarks."""
+"""``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [--quick]``."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import core, dashboard, job_cost, queues
+from benchmarks import core, dashboard, job_cost, queues, workflows
 
 
 def main() -> int:
     """Run the benchmarks named on the command line (default: all)."""
     args = sys.argv[1:]
-    names = [a for a in args if not a.startswith("-")] or ["core", "queues", "jobcost", "dashboard"]
+    names = [a for a in args if not a.startswith("-")] or [
+        "core",
+        "queues",
+        "jobcost",
+        "dashboard",
+        "workflows",
+    ]
     status = 0
     for name in names:
         if name == "core":
@@ -21,9 +27,11 @@ def main() -> int:
             status |= job_cost.main(args)
         elif name == "dashboard":
             status |= dashboard.main(args)
+        elif name == "workflows":
+            status |= workflows.main(args)
         else:
             print(
-                f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard",
+                f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, workflows",
                 file=sys.stderr,
             )
             return 2

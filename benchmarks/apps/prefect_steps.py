@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task  # type: ignore[import-not-found]
 
 
 @task

@@ -43,6 +43,7 @@ from flow_tracker.store.engine import Store, error_line, is_transient
 from flow_tracker.store.workflows import CATEGORY, Dispatch, Ended
 from flow_tracker.tracker import describe_error
 from flow_tracker.workflows.definition import StepSpec, Workflow, find
+from flow_tracker.workflows.status import notify_ended
 
 _log = logging.getLogger("flow_tracker.workflows")
 STEP_JOB_NAMESPACE = uuid.UUID("5f0e3b8a-2c4d-5e6f-9a1b-7c8d9e0f1a2b")
@@ -365,6 +366,8 @@ def _next(
             ended = stored.finish_run(store, run)
         except Exception as exc:  # the reaper ends it (a run with no active step left)
             runtime.report_internal_error(exc, f"ending workflow run {run}")
+    if ended is not None:
+        notify_ended(run)
     ready = [Dispatch(done.queue, done.workflow, run, *r) for r in done.ready]
     return Ended(ready, ended)
 

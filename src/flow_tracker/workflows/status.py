@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +13,19 @@ from flow_tracker.status import Status
 from flow_tracker.store.workflows import ACTIVE, DONE, PENDING
 
 RUN_FINISHED = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
+
+# Runs waited on in this interpreter: woken at once when a run ends here (the thread
+# pool's runs), instead of at the next poll of the database.
+_waiting: dict[uuid.UUID, threading.Event] = {}
+_waiting_lock = threading.Lock()
+
+
+def notify_ended(run_id: uuid.UUID) -> None:
+    """Wake whoever waits on ``run_id`` in this interpreter (it ended here)."""
+    with _waiting_lock:
+        event = _waiting.get(run_id)
+    if event is not None:
+        event.set()
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -205,14 +219,22 @@ class WorkflowRun:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         store = runtime.store()
-        while True:
-            status = run_status(store, self.id)
-            if status in RUN_FINISHED:
-                return get_workflow(self.id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"workflow run {self.id} ({self.name}) is still {status} after {timeout:g} s"
-                )
-            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(wait)
-            pause = min(pause * 1.5, 0.25)
+        with _waiting_lock:
+            ended = _waiting.setdefault(self.id, threading.Event())
+        try:
+            while True:
+                status = run_status(store, self.id)
+                if status in RUN_FINISHED:
+                    return get_workflow(self.id)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"workflow run {self.id} ({self.name}) is still {status} "
+                        f"after {timeout:g} s"
+                    )
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ended.wait(pause if left is None else min(pause, left))
+                ended.clear()
+                pause = min(pause * 1.5, 0.25)
+        finally:
+            with _waiting_lock:
+                _waiting.pop(self.id, None)

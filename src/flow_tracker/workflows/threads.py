@@ -43,6 +43,13 @@ class _Pool:
         if dispatch.delay > 0:
             self._later(dispatch)
             return
+        deferred = getattr(_in_step, "deferred", None)
+        if deferred is not None and not deferred:
+            # Sent by a step running on this pool: its thread runs the first child
+            # itself once the step has ended, instead of waking another thread (a
+            # chain then runs on one thread, without a hand-off between threads).
+            deferred.append(dispatch)
+            return
         self._start(dispatch)
 
     def _start(self, dispatch: Dispatch) -> None:
@@ -53,10 +60,18 @@ class _Pool:
             raise
 
     def _run(self, dispatch: Dispatch) -> None:
+        deferred: list[Dispatch] = []
+        _in_step.deferred = deferred
         try:
-            _run(dispatch)
+            current: Dispatch | None = dispatch
+            while current is not None:
+                try:
+                    _run(current)
+                finally:
+                    self._done()
+                current = deferred.pop() if deferred else None
         finally:
-            self._done()
+            _in_step.deferred = None
 
     def _done(self) -> None:
         with self.idle:
@@ -97,6 +112,8 @@ def _run(dispatch: Dispatch) -> None:
 
 
 _pool: _Pool | None = None
+# In a pool thread running a step: the child it will run next (see _Pool.submit).
+_in_step = threading.local()
 _pool_lock = threading.Lock()
 
 
