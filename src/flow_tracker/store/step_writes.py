@@ -104,9 +104,10 @@ WITH taken AS (
     FROM taken WHERE p.id = taken.process_id
 )
 SELECT taken.attempts, taken.queue_name, taken.context, taken.workflow, taken.module,
-       (SELECT jsonb_object_agg(ps.name, ps.result) FROM flow_tracker_workflow_steps ps
-        WHERE ps.run_id = %(run)s
-          AND ps.name IN (SELECT jsonb_array_elements_text(taken.parents))) AS parent_results
+       (SELECT jsonb_object_agg(ps.name, ps.result)
+        FROM jsonb_array_elements_text(taken.parents) AS parent(name)
+        JOIN flow_tracker_workflow_steps ps
+          ON ps.run_id = %(run)s AND ps.name = parent.name) AS parent_results
 FROM taken
 """
 
@@ -140,9 +141,9 @@ WITH run AS (
         queued_at = CASE WHEN c.waiting = 1 AND c.status = 'pending' THEN %(now)s::timestamptz
                     ELSE c.queued_at END,
         updated_at = %(now)s
-    FROM ended, run
+    FROM ended, run, jsonb_array_elements_text(ended.children) AS child(name)
     WHERE %(release)s AND run.status = 'running' AND c.run_id = run.id
-      AND c.name IN (SELECT jsonb_array_elements_text(ended.children))
+      AND c.name = child.name
     RETURNING c.name, c.status, c.waiting, c.job_id, c.process_id, c.queue_name
 ), ready AS (
     SELECT * FROM released WHERE status = 'queued' AND waiting = 0
