@@ -12,7 +12,8 @@ PostgreSQL (and SQLite where said):
   the last leaf's end to the join's start, and how often the join ran. Goal:
   ≤ 2x the chord, the join run once.
 * **in-process pool**: milliseconds per step of a 200-step chain on the
-  ``threads`` queue (SQLite and PostgreSQL), beside a Prefect 3 ``@task`` called
+  ``threads`` queue (SQLite and PostgreSQL), each step writing one log line,
+  beside a Prefect 3 ``@task`` (one line through its run logger) called
   200 times in a ``@flow`` (run in its own environment, ``.bench-prefect/``,
   made on first use). Goal: ≥ 5x faster per step.
 * **scale**: a chain of 20 and of 200 steps, a fan-out of 200 and of 2,000
@@ -41,7 +42,7 @@ from redis import Redis
 
 import flow_tracker
 from benchmarks.apps import wf_marks
-from benchmarks.apps.wf_shapes import CHAIN, LEAVES, chain_workflow, fan_in_workflow
+from benchmarks.apps.wf_shapes import CHAIN, LEAVES, fan_in_workflow, logging_chain
 from benchmarks.readme import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def fan_in(runs: int) -> tuple[float, float, int, int]:
 def in_process_ms(database_url: str, length: int, name: str) -> float:
     """Milliseconds per step of a chain on the thread pool (after a warm-up run)."""
     flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
-    wf = chain_workflow("threads", "threads", length, name=name)
+    wf = logging_chain(length, name)
     assert wf.run(context={"key": "warm"}).wait(WAIT_S).status == "completed"
     started = time.perf_counter()
     status = wf.run(context={"key": uuid.uuid4().hex}).wait(WAIT_S)

@@ -45,3 +45,20 @@ def fan_in_workflow(
 
     wf.step(name="join", depends_on=names)(fan_join)
     return wf
+
+
+def logging_chain(length: int, name: str) -> flow_tracker.Workflow:
+    """A chain of ``length`` steps on the in-process pool, each writing one log line.
+
+    What Prefect's measured task does too (a line through its run logger).
+    """
+    wf = flow_tracker.workflow(name)
+    for i in range(length):
+        parents = [f"s{i - 1}"] if i else []
+
+        def step(context: dict[str, Any], i: int = i, **_: Any) -> int:
+            flow_tracker.log("step", data={"i": i})
+            return i
+
+        wf.step(name=f"s{i}", depends_on=parents)(step)
+    return wf

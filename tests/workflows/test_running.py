@@ -357,3 +357,55 @@ def test_cleanup_removes_a_finished_run_with_its_steps(tracked: str) -> None:
     assert flow_tracker.cleanup(days=0) >= 5  # the run and its four steps
     with pytest.raises(NotFoundError):
         flow_tracker.get_workflow(run.id)
+
+
+def test_a_worker_that_does_not_know_the_workflow_fails_the_step_and_says_why(
+    tracked: str,
+) -> None:
+    wf = flow_tracker.workflow("running_unknown_here")
+    wf.step(name="a")(lambda context: 1)
+    real = engine.sender_for("threads")
+    assert real is not None
+    sent: list[Any] = []
+    engine.register_sender("threads", sent.append)
+    try:
+        run = wf.run()
+    finally:
+        engine.register_sender("threads", real)
+    (dispatch,) = sent
+    engine.execute_step("threads", "not_declared_anywhere", str(run.id), "a", dispatch.job_id)
+    status = run.wait(WAIT)
+    assert status.status == "failed"
+    assert "has no step 'a' in this worker" in (status.steps["a"].error or "")
+    # A second delivery of the same message finds the step taken: nothing happens.
+    engine.execute_step("threads", "running_unknown_here", str(run.id), "a", dispatch.job_id)
+    assert flow_tracker.get_workflow(run.id).steps["a"].attempts == 1
+
+
+def test_a_step_of_a_queue_not_installed_here_stays_queued_for_the_reaper(
+    tracked: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flow_tracker.store.workflows import Dispatch
+
+    saved = engine._SENDERS.pop("rq", None)
+    try:
+        engine.send([Dispatch("rq", "w", uuid.uuid4(), "s", "job", "default")])
+    finally:
+        if saved is not None:
+            engine._SENDERS["rq"] = saved
+    assert "the rq integration is not installed" in caplog.text
+
+
+def test_workflows_say_clearly_when_tracking_is_off_or_the_database_is_away(
+    sqlite_url: str,
+) -> None:
+    from flow_tracker import DatabaseUnavailableError
+
+    wf = flow_tracker.workflow("running_no_database")
+    wf.step(name="a")(lambda context: 1)
+    flow_tracker.configure(database_url=sqlite_url, enabled=False)
+    with pytest.raises(UsageError, match="disabled"):
+        wf.run()
+    flow_tracker.configure(database_url="postgresql://nobody@127.0.0.1:1/none", verify=False)
+    with pytest.raises(DatabaseUnavailableError, match="the database is unavailable"):
+        wf.run()

@@ -75,11 +75,22 @@ def step_job_id(run_id: uuid.UUID, step: str) -> str:
 
 
 def _store() -> Store:
+    """The configured store, its schema made; a clear error when it cannot be used.
+
+    Raises:
+        UsageError: tracking is disabled (workflows need the database).
+        DatabaseUnavailableError: the database cannot be reached.
+    """
     settings = config.current()
     if not settings.enabled:
         raise UsageError("flow-tracker is disabled (enabled=False): workflows need its database")
     store = runtime.store()
-    store.ensure_schema()
+    try:
+        store.ensure_schema()
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise _unavailable(exc, "workflows") from exc
     return store
 
 
