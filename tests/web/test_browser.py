@@ -235,3 +235,71 @@ def test_running_process_updates_live_and_pausing_stops_it(
     page.click("#ft-pause")
     store.dispose()
     assert watched.problems == []
+
+
+def test_workflow_pages_draw_act_and_are_photographed(database_url: str, browser: Any) -> None:
+    """The workflow list and a run's page, its actions through the forms, hostile names."""
+    import threading
+
+    flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
+    hostile = '<img src=x onerror=alert("step")>'
+    fails = [1]
+    wf = flow_tracker.workflow("browser_orders")
+    wf.step(name="validate")(lambda context: {"note": hostile})
+
+    def charge(context: Any, validate: Any) -> dict[str, Any]:
+        if fails:
+            fails.pop()
+            raise TimeoutError("the gateway timed out")
+        return {"paid": 42}
+
+    wf.step(name="charge", depends_on=["validate"])(charge)
+    wf.step(name=f"reserve {hostile}", depends_on=["validate"])(lambda context, validate: "ok")
+    leaves = [f"notify_{i}" for i in range(24)]
+    for leaf in leaves:
+        wf.step(name=leaf, depends_on=["charge"])(lambda context, charge: True)
+    wf.step(name="confirm", depends_on=leaves)(lambda context, **done: len(done))
+    failed = wf.run(context={"cart": hostile}).wait(30)
+    release = threading.Event()
+    slow = flow_tracker.workflow("browser_slow")
+    slow.step(name="wait")(lambda context: release.wait(30))
+    slow.step(name="after", depends_on=["wait"])(lambda context, wait: None)
+    running = slow.run()
+    app = create_app(database_url, refresh_seconds=3600)
+    try:
+        with serve(app) as base:
+            context = browser.new_context(viewport={"width": 1360, "height": 900})
+            watched = Watched(context.new_page())
+            page = watched.page
+            assert page.goto(base + "/workflows").status == 200
+            _shot(page, "workflows")
+            assert page.goto(f"{base}/workflows/{failed.id}").status == 200
+            assert page.locator("svg.dag .node-root-cause").count() == 1
+            assert page.locator("svg.dag .node-group").count() == 1  # 24 notify steps as one
+            _shot(page, "workflow-run")
+            page.locator("svg.dag .node-group").click()
+            page.wait_for_load_state()
+            assert page.locator("svg.dag .node").count() == 28
+            page.goto(f"{base}/workflows/{failed.id}")
+            page.select_option("form[action$='/retry'] select[name=step]", "charge")
+            page.fill("form[action$='/retry'] input[name=reason]", "gateway back")
+            page.click("form[action$='/retry'] button")
+            page.wait_for_load_state()
+            assert "The step was queued again." in page.content()
+            assert (
+                flow_tracker.WorkflowRun(failed.id, "browser_orders").wait(30).status == "completed"
+            )
+            page.goto(f"{base}/workflows/{failed.id}")
+            assert page.locator("svg.dag .node-failed").count() == 0
+            page.locator("svg.dag a").first.click()  # a node opens its step's process page
+            page.wait_for_load_state()
+            assert "/processes/" in page.url
+            page.goto(f"{base}/workflows/{running.id}")
+            page.click("form[action$='/cancel'] button")
+            page.wait_for_load_state()
+            assert "The run was cancelled." in page.content()
+            context.close()
+    finally:
+        release.set()
+        app.state.dashboard.store.dispose()
+    assert watched.problems == []

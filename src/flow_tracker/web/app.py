@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from flow_tracker import config
 from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, UsageError
 from flow_tracker.store.engine import Store
-from flow_tracker.web import api, errors, health_views, views
+from flow_tracker.web import api, errors, health_views, views, workflow_views
 from flow_tracker.web.context import HERE, Dashboard, SearchesBusyError, make_templates
 from flow_tracker.web.params import ParamError
 from flow_tracker.web.security import AuthHook, SecurityMiddleware
@@ -71,6 +71,14 @@ def create_app(
         Route("/", views.overview, name="overview"),
         Route("/processes", views.process_list, name="processes"),
         Route("/processes/{process_id}", views.process_detail, name="process"),
+        Route("/workflows", workflow_views.workflow_list, name="workflows"),
+        Route("/workflows/{run_id}", workflow_views.workflow_detail, name="workflow"),
+        Route(
+            "/workflows/{run_id}/{action}",
+            workflow_views.workflow_action,
+            methods=["POST"],
+            name="workflow_action",
+        ),
         Route("/cleanup", views.cleanup_form, methods=["GET"], name="cleanup"),
         Route("/cleanup", views.cleanup_run, methods=["POST"], name="cleanup_run"),
         Route("/health", health_views.health_page, name="health"),

@@ -13,7 +13,7 @@ from flow_tracker.redaction import Redactor, redact_text
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.workflows.engine import _store, as_json, send
-from flow_tracker.workflows.status import WorkflowStatus, build_status
+from flow_tracker.workflows.status import WorkflowStatus, build_status, notify_ended
 
 __all__ = [
     "WorkflowStatus",
@@ -111,9 +111,9 @@ def list_workflows(
     ]
 
 
-def _act(action: Any, run_id: uuid.UUID, *args: Any) -> stored.Ended:
+def _act(action: Any, store: Store | None, run_id: uuid.UUID, *args: Any) -> stored.Ended:
     try:
-        ended: stored.Ended = action(_store(), run_id, *args)
+        ended: stored.Ended = action(store or _store(), run_id, *args)
         return ended
     except LookupError as exc:
         raise NotFoundError(str(exc)) from None
@@ -122,7 +122,12 @@ def _act(action: Any, run_id: uuid.UUID, *args: Any) -> stored.Ended:
 
 
 def retry_step(
-    run_id: uuid.UUID | str, step: str, *, by: str | None = None, reason: str | None = None
+    run_id: uuid.UUID | str,
+    step: str,
+    *,
+    by: str | None = None,
+    reason: str | None = None,
+    store: Store | None = None,
 ) -> None:
     """Run a failed step again, then whatever waits on it; a failed run goes on running.
 
@@ -134,7 +139,7 @@ def retry_step(
         UsageError: the step is not failed, or the run was cancelled.
     """
     run = _run_id(run_id)
-    ended = _act(stored.retry_failed_step, run, step, _reason("retried", step, by, reason))
+    ended = _act(stored.retry_failed_step, store, run, step, _reason("retried", step, by, reason))
     send(ended.dispatches)
 
 
@@ -145,6 +150,7 @@ def resolve_step(
     result: Any = None,
     reason: str | None = None,
     by: str | None = None,
+    store: Store | None = None,
 ) -> None:
     """Mark a failed step done by hand with ``result``, so that what waits on it goes on.
 
@@ -157,14 +163,17 @@ def resolve_step(
     """
     run = _run_id(run_id)
     value = as_json(result, f"the result given to resolve step {step!r}")
-    ended = _act(
-        stored.resolve_failed_step, run, step, value, _reason("resolved", step, by, reason)
-    )
+    reason_text = _reason("resolved", step, by, reason)
+    ended = _act(stored.resolve_failed_step, store, run, step, value, reason_text)
     send(ended.dispatches)
 
 
 def cancel_workflow(
-    run_id: uuid.UUID | str, *, by: str | None = None, reason: str | None = None
+    run_id: uuid.UUID | str,
+    *,
+    by: str | None = None,
+    reason: str | None = None,
+    store: Store | None = None,
 ) -> int:
     """Cancel a run: no step that has not started starts; steps running now finish.
 
@@ -177,11 +186,13 @@ def cancel_workflow(
     run = _run_id(run_id)
     text = f"cancelled by {_who(by)}" + (f": {reason}" if reason else "")
     try:
-        return stored.cancel_run(_store(), run, text[:REASON_LIMIT])
+        count = stored.cancel_run(store or _store(), run, text[:REASON_LIMIT])
     except LookupError as exc:
         raise NotFoundError(str(exc)) from None
     except stored.NotAllowed as exc:
         raise UsageError(str(exc)) from None
+    notify_ended(run)
+    return count
 
 
 # Mermaid class per step status: fill and stroke that read on light and dark pages.

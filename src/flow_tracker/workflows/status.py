@@ -117,6 +117,36 @@ class WorkflowStatus:
         }
 
 
+def explain(run: WorkflowStatus, step: StepStatus) -> str:
+    """Why a step is where it is, in a few words (pages and the CLI)."""
+    if step.status == PENDING:
+        if step.blocked_by:
+            return f"blocked: upstream {step.blocked_by} failed"
+        waiting = [
+            p for p in step.depends_on if run.steps.get(p) and run.steps[p].status not in DONE
+        ]
+        return f"waiting for {', '.join(waiting or step.depends_on)}"
+    if step.status == Status.RETRYING.value:
+        retries = next(
+            (s.get("retries", 0) for s in run.dag.get("steps", []) if s.get("name") == step.name), 0
+        )
+        when = f" at {step.next_attempt_at:%H:%M:%S}" if step.next_attempt_at else ""
+        return f"retry {step.attempts} of {retries}{when}"
+    if step.status == Status.QUEUED.value:
+        return "queued: waiting for a worker"
+    if step.status == Status.RUNNING.value:
+        return f"running, attempt {step.attempts}"
+    if step.status == Status.LOST.value:
+        return "its worker was lost: the reaper will send it again"
+    if step.status == Status.CANCELLED.value:
+        return "cancelled before it started"
+    if step.status == "resolved":
+        return "resolved by hand"
+    if step.status == Status.FAILED.value:
+        return "the root cause" if run.failed_step == step.name else "failed"
+    return ""
+
+
 def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
     """A :class:`WorkflowStatus` from the stored run and step rows."""
     dag = dict(run.dag or {})

@@ -1,0 +1,218 @@
+"""The workflow pages: the list of runs, a run drawn as a DAG, and retry, resolve and cancel.
+
+Actions are POST forms with the CSRF token, refused (and hidden) on a read-only
+dashboard, and kept in the run's state history with who did them: the Basic
+auth user when the dashboard has one, else ``dashboard``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from flow_tracker.errors import FlowTrackerError, NotFoundError
+from flow_tracker.ids import parse_id
+from flow_tracker.store.workflows import DONE
+from flow_tracker.web import dag
+from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, render
+from flow_tracker.web.params import ParamError, clean
+from flow_tracker.workflows import manage
+from flow_tracker.workflows.status import StepStatus, WorkflowStatus, explain
+
+RUN_STATUSES = ("running", "completed", "failed", "cancelled")
+PAGE = 50
+REASON_LIMIT = 300
+LISTED = 300  # step rows a run's page lists (every step not done, then done ones)
+
+
+def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if not raw:
+        return None
+    moment, _sep, ident = clean(raw).partition("|")
+    run_id = parse_id(ident)
+    try:
+        when = datetime.fromisoformat(moment)
+    except ValueError:
+        raise ParamError("that page link is broken: start from the first page") from None
+    if run_id is None or when.tzinfo is None:
+        raise ParamError("that page link is broken: start from the first page")
+    return when, run_id
+
+
+def workflow_list(request: Request) -> Response:
+    """Runs newest first: status, name, started, duration, steps done of total, failed step."""
+    board = dashboard_of(request)
+    params = request.query_params
+    name = clean(params["name"])[:255] if params.get("name") else None
+    status = params.get("status") or None
+    error = None
+    runs: list[dict[str, Any]] = []
+    try:
+        if status is not None and status not in RUN_STATUSES:
+            raise ParamError(f"status must be one of {', '.join(RUN_STATUSES)}")
+        runs = manage.list_workflows(
+            name=name,
+            status=status,
+            limit=PAGE,
+            before=_cursor(params.get("before")),
+            store=board.store,
+        )
+    except (ParamError, FlowTrackerError) as exc:
+        error = str(exc)
+    last = runs[-1] if len(runs) == PAGE else None
+    for run in runs:
+        run["created"] = datetime.fromisoformat(run["created_at"])
+    return render(
+        request,
+        "workflows.html",
+        status_code=400 if error else 200,
+        runs=runs,
+        name=name or "",
+        status=status or "",
+        statuses=RUN_STATUSES,
+        error=error,
+        next_cursor=f"{last['created_at']}|{last['id']}" if last else None,
+        nav="workflows",
+        now=now(),
+        live=True,
+    )
+
+
+def _run_of(request: Request) -> WorkflowStatus:
+    run_id = parse_id(request.path_params["run_id"])
+    if run_id is None:
+        raise HTTPException(404, "no workflow run with this id")
+    try:
+        return manage.get_workflow(run_id, store=dashboard_of(request).store)
+    except NotFoundError:
+        raise HTTPException(404, "no workflow run with this id") from None
+
+
+def _expanded(request: Request) -> set[int]:
+    chosen = set()
+    for raw in request.query_params.getlist("expand")[:50]:
+        if raw.isdigit():
+            chosen.add(int(raw))
+    return chosen
+
+
+def workflow_detail(request: Request) -> Response:
+    """One run: its DAG, every step and why it waits, context and results, the actions."""
+    run = _run_of(request)
+    shown = manage.shown(run)
+    expand = _expanded(request)
+
+    def link(step: StepStatus) -> str | None:
+        if step.process_id is None:
+            return None
+        return request.url_for("process", process_id=step.process_id).path
+
+    def expand_link(group: int) -> str:
+        wanted = sorted(expand | {group})
+        query = "&".join(f"expand={g}" for g in wanted)
+        return request.url_for("workflow", run_id=run.id).path + "?" + query
+
+    drawing = dag.draw(run, link, expand_link, expand)
+    steps = []
+    for row in shown["steps"]:
+        step = run.steps[row["name"]]
+        steps.append({**row, "why": explain(run, step), "link": link(step)})
+    listed, unlisted = _listed(steps)
+    return render(
+        request,
+        "workflow.html",
+        run=run,
+        shown=shown,
+        steps=listed,
+        unlisted=unlisted,
+        steps_done=sum(1 for s in steps if s["status"] in DONE),
+        steps_total=len(steps),
+        drawing=drawing,
+        mermaid=manage.diagram_text(run),
+        failed_steps=[s["name"] for s in steps if s["status"] == "failed"][:LISTED],
+        nav="workflows",
+        now=now(),
+        live=not run.finished,
+    )
+
+
+def _listed(steps: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The steps the table lists: all of a small run; of a large one, every step not done first.
+
+    Returns the rows, in declaration order, and how many done steps were left out.
+    """
+    if len(steps) <= LISTED:
+        return steps, 0
+    keep = {s["name"] for s in steps if s["status"] not in DONE}
+    for s in steps:
+        if len(keep) >= LISTED:
+            break
+        keep.add(s["name"])
+    rows = [s for s in steps if s["name"] in keep]
+    return rows, len(steps) - len(rows)
+
+
+def _who(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            user = base64.b64decode(header[6:], validate=True).decode().partition(":")[0]
+        except ValueError:
+            user = ""
+        if user:
+            return f"{user} (dashboard)"
+    return "dashboard"
+
+
+def _field(form: dict[str, list[str]], name: str) -> str:
+    return (form.get(name) or [""])[0].strip()
+
+
+async def workflow_action(request: Request) -> Response:
+    """Retry or resolve a failed step, or cancel the run (POST, CSRF token, same origin)."""
+    form, refused = await checked_form(request)
+    if refused is not None:
+        return refused
+    run_id = parse_id(request.path_params["run_id"])
+    if run_id is None:
+        return refuse(request, 404, "no workflow run with this id")
+    action = request.path_params["action"]
+    reason = _field(form, "reason")[:REASON_LIMIT] or None
+    step = _field(form, "step")
+    board = dashboard_of(request)
+    who = _who(request)
+    try:
+        if action == "retry":
+            await run_in_threadpool(
+                lambda: manage.retry_step(run_id, step, by=who, reason=reason, store=board.store)
+            )
+        elif action == "resolve":
+            try:
+                result = json.loads(_field(form, "result") or "null")
+            except ValueError as exc:
+                return refuse(request, 400, f"the result must be JSON: {exc}")
+            await run_in_threadpool(
+                lambda: manage.resolve_step(
+                    run_id, step, result=result, by=who, reason=reason, store=board.store
+                )
+            )
+        elif action == "cancel":
+            await run_in_threadpool(
+                lambda: manage.cancel_workflow(run_id, by=who, reason=reason, store=board.store)
+            )
+        else:
+            return refuse(request, 404, f"no action {action!r}")
+    except NotFoundError as exc:
+        return refuse(request, 404, str(exc))
+    except FlowTrackerError as exc:
+        return refuse(request, 409, str(exc))
+    target = request.url_for("workflow", run_id=run_id).path + f"?done={action}"
+    return RedirectResponse(target, status_code=303)
