@@ -273,6 +273,8 @@ def test_workflow_pages_draw_act_and_are_photographed(database_url: str, browser
             page = watched.page
             assert page.goto(base + "/workflows").status == 200
             _shot(page, "workflows")
+            assert page.goto(base + "/workflows/analytics").status == 200
+            _shot(page, "workflow-analytics")
             assert page.goto(f"{base}/workflows/{failed.id}").status == 200
             assert page.locator("svg.dag .node-root-cause").count() == 1
             assert page.locator("svg.dag .node-group").count() == 1  # 24 notify steps as one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,3 +182,25 @@ def test_cancel_by_form_and_forged_or_read_only_posts_are_refused(tracked: str) 
         release.set()
         app.state.dashboard.store.dispose()
         read_only.state.dashboard.store.dispose()
+
+
+def test_step_analytics_come_from_the_rollups_with_a_critical_path(board: TestClient) -> None:
+    wf = flow_tracker.workflow("pages_analytics")
+    wf.step(name="fetch")(lambda context: 1)
+    wf.step(name="slow_branch", depends_on=["fetch"])(lambda context, fetch: time.sleep(0.05))
+    wf.step(name="fast_branch", depends_on=["fetch"])(lambda context, fetch: 2)
+    wf.step(name="merge", depends_on=["slow_branch", "fast_branch"])(lambda context, **p: 3)
+    for _ in range(3):
+        wf.run().wait(WAIT)
+    bad = flow_tracker.workflow("pages_analytics_bad")
+    bad.step(name="boom")(lambda context: 1 / 0)
+    bad.run().wait(WAIT)
+    flow_tracker.flush()
+    page = board.get("/workflows/analytics?window=24h")
+    assert page.status_code == 200
+    text = page.text
+    assert "pages_analytics" in text and "3 runs" in text
+    assert "<code>fetch</code>" in text and "<code>slow_branch</code>" in text
+    assert "<code>fast_branch</code>" not in text.split("Critical path")[1].split("</p>")[0]
+    assert "100.0% failed" in text  # the bad workflow
+    assert board.get("/workflows/analytics?window=9y").status_code == 400

@@ -72,6 +72,11 @@ def create_app(
         Route("/processes", views.process_list, name="processes"),
         Route("/processes/{process_id}", views.process_detail, name="process"),
         Route("/workflows", workflow_views.workflow_list, name="workflows"),
+        Route(
+            "/workflows/analytics",
+            workflow_views.workflow_analytics,
+            name="workflow_analytics",
+        ),
         Route("/workflows/{run_id}", workflow_views.workflow_detail, name="workflow"),
         Route(
             "/workflows/{run_id}/{action}",

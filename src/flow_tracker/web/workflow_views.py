@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.ids import parse_id
 from flow_tracker.store.workflows import DONE
-from flow_tracker.web import dag
+from flow_tracker.web import dag, statistics, workflow_statistics
 from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, render
 from flow_tracker.web.params import ParamError, clean
 from flow_tracker.workflows import manage
@@ -83,6 +83,24 @@ def workflow_list(request: Request) -> Response:
         nav="workflows",
         now=now(),
         live=True,
+    )
+
+
+def workflow_analytics(request: Request) -> Response:
+    """Per workflow and step: runs, p50/p95, failure rate, slowest steps, a critical path."""
+    board = dashboard_of(request)
+    window = request.query_params.get("window", statistics.DEFAULT_WINDOW)
+    if window not in statistics.WINDOWS:
+        raise ParamError(f"window must be one of {', '.join(statistics.WINDOWS)}")
+    found = workflow_statistics.analytics(board.store, window, board.rollup_state())
+    return render(
+        request,
+        "workflow_analytics.html",
+        workflows=found,
+        window=window,
+        windows=list(statistics.WINDOWS),
+        nav="workflows",
+        now=now(),
     )
 
 
