@@ -279,6 +279,10 @@ def test_workflow_pages_draw_act_and_are_photographed(database_url: str, browser
             assert page.locator("svg.dag .node-root-cause").count() == 1
             assert page.locator("svg.dag .node-group").count() == 1  # 24 notify steps as one
             _shot(page, "workflow-run")
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+            page.click("text=Copy as Mermaid")
+            page.wait_for_selector("text=Copied")
+            assert page.evaluate("navigator.clipboard.readText()").startswith("flowchart TD")
             page.locator("svg.dag .node-group").click()
             page.wait_for_load_state()
             assert page.locator("svg.dag .node").count() == 28

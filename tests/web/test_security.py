@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
+import flow_tracker
 from flow_tracker.web import create_app
 from flow_tracker.web.security import CSRF_COOKIE
 from tests.web.conftest import ORIGIN, PINGS, Sample
@@ -54,7 +55,21 @@ def test_every_response_carries_the_security_headers(client: TestClient) -> None
 
 
 def test_pages_have_no_inline_script_or_style(client: TestClient, sample: Sample) -> None:
-    for path in ("/", "/processes", f"/processes/{sample.imported}", "/cleanup?days=0", "/health"):
+    wf = flow_tracker.workflow("security_pages")
+    wf.step(name="a")(lambda context: 1)
+    wf.step(name="b", depends_on=["a"])(lambda context, a: 1 / 0)
+    run = wf.run().wait(30)
+    for path in (
+        "/",
+        "/processes",
+        f"/processes/{sample.imported}",
+        "/cleanup?days=0",
+        "/health",
+        "/workflows",
+        f"/workflows/{run.id}",
+        "/workflows/analytics",
+        f"/processes/{run.id}",
+    ):
         html = client.get(path).text
         assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
         assert " style=" not in html and "<style" not in html, path

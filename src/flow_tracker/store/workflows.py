@@ -641,8 +641,11 @@ def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any]] | None:
         run = conn.execute(select(workflow_runs).where(workflow_runs.c.id == run_id)).first()
         if run is None:
             return None
+        # Not the parents and children lists: the run's DAG snapshot has them once,
+        # and a wide fan-in's join (or fan-out's root) would repeat thousands of names.
+        wanted = [c for c in workflow_steps.c if c.name not in ("parents", "children")]
         steps = conn.execute(
-            select(workflow_steps, processes.c.status.label("process_status"))
+            select(*wanted, processes.c.status.label("process_status"))
             .select_from(
                 workflow_steps.outerjoin(processes, processes.c.id == workflow_steps.c.process_id)
             )

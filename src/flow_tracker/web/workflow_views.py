@@ -31,6 +31,7 @@ RUN_STATUSES = ("running", "completed", "failed", "cancelled")
 PAGE = 50
 REASON_LIMIT = 300
 LISTED = 300  # step rows a run's page lists (every step not done, then done ones)
+MERMAID_INLINE = 200  # steps up to which a run's page shows its Mermaid text
 
 
 def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
@@ -154,7 +155,8 @@ def workflow_detail(request: Request) -> Response:
         steps_done=sum(1 for s in steps if s["status"] in DONE),
         steps_total=len(steps),
         drawing=drawing,
-        mermaid=manage.diagram_text(run),
+        # A large run's Mermaid text is a download, not part of every page view.
+        mermaid=manage.diagram_text(run) if len(run.steps) <= MERMAID_INLINE else None,
         failed_steps=[s["name"] for s in steps if s["status"] == "failed"][:LISTED],
         nav="workflows",
         now=now(),

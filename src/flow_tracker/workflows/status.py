@@ -152,10 +152,11 @@ def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
     dag = dict(run.dag or {})
     order = [s["name"] for s in dag.get("steps", [])]
     by_name = {row.name: row for row in rows}
-    parents = {row.name: list(row.parents or ()) for row in rows}
+    parents = {s["name"]: list(s.get("depends_on") or ()) for s in dag.get("steps", [])}
     statuses = {row.name: _step_status(row) for row in rows}
     steps: dict[str, StepStatus] = {}
-    for name in order + sorted(set(by_name) - set(order)):
+    declared = set(order)
+    for name in order + sorted(n for n in by_name if n not in declared):
         row = by_name.get(name)
         if row is None:
             continue
@@ -169,8 +170,8 @@ def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
             error=error,
             process_id=None
             if row.process_id is None or row.queued_at is None
-            else uuid.UUID(str(row.process_id)),
-            depends_on=parents[name],
+            else _uuid(row.process_id),
+            depends_on=parents.get(name, []),
             blocked_by=_blocked_by(name, parents, statuses) if status == PENDING else None,
             next_attempt_at=row.next_attempt_at if status == Status.RETRYING.value else None,
             queued_at=row.queued_at,
@@ -189,6 +190,10 @@ def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
         finished_at=run.finished_at,
         dag=dag,
     )
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def _step_status(row: Any) -> str:

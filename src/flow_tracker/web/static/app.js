@@ -64,3 +64,18 @@
   show();
   schedule();
 })();
+
+// "Copy" buttons: data-copy-url="<url>" puts the text served there on the clipboard
+// (a workflow run's Mermaid text). Delegated: live refresh replaces <main>.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("[data-copy-url]") : null;
+    if (!button) { return; }
+    fetch(button.getAttribute("data-copy-url"), { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(new Error(String(r.status))); })
+      .then(function (text) { return navigator.clipboard.writeText(text); })
+      .then(function () { button.textContent = "Copied"; },
+            function () { button.textContent = "Copy failed: use Download"; });
+  });
+})();
