@@ -6,6 +6,7 @@ README are saved under docs/screenshots/.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -273,8 +274,6 @@ def test_workflow_pages_draw_act_and_are_photographed(database_url: str, browser
             page = watched.page
             assert page.goto(base + "/workflows").status == 200
             _shot(page, "workflows")
-            assert page.goto(base + "/workflows/analytics").status == 200
-            _shot(page, "workflow-analytics")
             assert page.goto(f"{base}/workflows/{failed.id}").status == 200
             assert page.locator("svg.dag .node-root-cause").count() == 1
             assert page.locator("svg.dag .node-group").count() == 1  # 24 notify steps as one
@@ -295,6 +294,19 @@ def test_workflow_pages_draw_act_and_are_photographed(database_url: str, browser
             assert (
                 flow_tracker.WorkflowRun(failed.id, "browser_orders").wait(30).status == "completed"
             )
+            pipeline = flow_tracker.workflow("browser_pipeline")
+            pipeline.step(name="extract")(lambda context: 1)
+            pipeline.step(name="transform", depends_on=["extract"])(
+                lambda context, extract: time.sleep(0.02)
+            )
+            pipeline.step(name="audit", depends_on=["extract"])(lambda context, extract: 2)
+            pipeline.step(name="load", depends_on=["transform", "audit"])(lambda context, **p: 3)
+            for _ in range(3):
+                assert pipeline.run().wait(30).status == "completed"
+            flow_tracker.flush()
+            assert page.goto(base + "/workflows/analytics").status == 200
+            assert "Critical path" in page.content()
+            _shot(page, "workflow-analytics")
             page.goto(f"{base}/workflows/{failed.id}")
             assert page.locator("svg.dag .node-failed").count() == 0
             page.locator("svg.dag a").first.click()  # a node opens its step's process page

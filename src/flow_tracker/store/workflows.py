@@ -662,6 +662,21 @@ def run_status(store: Store, run_id: uuid.UUID) -> str | None:
         ).scalar()
 
 
+@dataclass(frozen=True)
+class RunRow:
+    """A run as the list shows it."""
+
+    id: uuid.UUID
+    name: str
+    queue: str
+    status: str
+    failed_step: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    steps_done: int
+    steps_total: int
+
+
 def list_runs(
     store: Store,
     *,
@@ -669,16 +684,22 @@ def list_runs(
     status: str | None = None,
     limit: int = 50,
     before: tuple[datetime, uuid.UUID] | None = None,
-) -> list[Any]:
-    """Runs newest first, with their step counts; keyset paging on (created_at, id)."""
-    done = func.sum(case((workflow_steps.c.status.in_(DONE), 1), else_=0))
-    total = func.count(workflow_steps.c.name)
+) -> list[RunRow]:
+    """Runs newest first, with their step counts; keyset paging on (created_at, id).
+
+    The page's runs first (by the time index), then the steps of those runs only:
+    a list view never groups the whole steps table.
+    """
     query = (
-        select(workflow_runs, done.label("steps_done"), total.label("steps_total"))
-        .select_from(
-            workflow_runs.outerjoin(workflow_steps, workflow_steps.c.run_id == workflow_runs.c.id)
+        select(
+            workflow_runs.c.id,
+            workflow_runs.c.name,
+            workflow_runs.c.queue,
+            workflow_runs.c.status,
+            workflow_runs.c.failed_step,
+            workflow_runs.c.created_at,
+            workflow_runs.c.finished_at,
         )
-        .group_by(workflow_runs.c.id)
         .order_by(workflow_runs.c.created_at.desc(), workflow_runs.c.id.desc())
         .limit(limit)
     )
@@ -692,8 +713,30 @@ def list_runs(
             (workflow_runs.c.created_at < moment)
             | and_(workflow_runs.c.created_at == moment, workflow_runs.c.id < last)
         )
+    done = func.sum(case((workflow_steps.c.status.in_(DONE), 1), else_=0))
     with store.engine.connect() as conn:
-        return list(conn.execute(query).all())
+        runs = conn.execute(query).all()
+        counts: dict[Any, tuple[int, int]] = {}
+        if runs:
+            for row in conn.execute(
+                select(workflow_steps.c.run_id, done, func.count())
+                .where(workflow_steps.c.run_id.in_([r.id for r in runs]))
+                .group_by(workflow_steps.c.run_id)
+            ):
+                counts[row[0]] = (int(row[1] or 0), int(row[2]))
+    return [
+        RunRow(
+            r.id,
+            r.name,
+            r.queue,
+            r.status,
+            r.failed_step,
+            r.created_at,
+            r.finished_at,
+            *counts.get(r.id, (0, 0)),
+        )
+        for r in runs
+    ]
 
 
 def stalled_runs(store: Store, limit: int = 500) -> list[uuid.UUID]:
