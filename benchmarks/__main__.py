@@ -1,10 +1,10 @@
-"""``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [--quick]``."""
+"""``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages]``."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import core, dashboard, job_cost, queues, workflows
+from benchmarks import core, dashboard, job_cost, queues, workflow_pages, workflows
 
 
 def main() -> int:
@@ -16,6 +16,7 @@ def main() -> int:
         "jobcost",
         "dashboard",
         "workflows",
+        "workflow_pages",
     ]
     status = 0
     for name in names:
@@ -29,9 +30,12 @@ def main() -> int:
             status |= dashboard.main(args)
         elif name == "workflows":
             status |= workflows.main(args)
+        elif name == "workflow_pages":
+            status |= workflow_pages.main(args)
         else:
             print(
-                f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, workflows",
+                f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, "
+                "workflows, workflow_pages",
                 file=sys.stderr,
             )
             return 2
