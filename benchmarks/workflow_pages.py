@@ -68,10 +68,10 @@ def _bulk_runs(dsn: str, runs: int) -> float:
             INSERT INTO flow_tracker_workflow_runs
                 (id, name, queue, status, dag, context, active, failed, failed_step,
                  created_at, finished_at, updated_at)
-            SELECT md5('run' || g)::uuid, 'bulk_' || (g % 5), 'celery',
-                   CASE WHEN g % 20 = 0 THEN 'failed' ELSE 'completed' END, %s,
-                   jsonb_build_object('order', g), 0, CASE WHEN g % 20 = 0 THEN 1 ELSE 0 END,
-                   CASE WHEN g % 20 = 0 THEN 's3' END,
+            SELECT md5('run' || g)::uuid, 'bulk_' || (g %% 5), 'celery',
+                   CASE WHEN g %% 20 = 0 THEN 'failed' ELSE 'completed' END, %s,
+                   jsonb_build_object('order', g), 0, CASE WHEN g %% 20 = 0 THEN 1 ELSE 0 END,
+                   CASE WHEN g %% 20 = 0 THEN 's3' END,
                    now() - make_interval(secs => g * 2), now() - make_interval(secs => g * 2 - 1),
                    now()
             FROM generate_series(1, %s) g
@@ -85,15 +85,15 @@ def _bulk_runs(dsn: str, runs: int) -> float:
                  job_id, queue_name, result, error_class, error_message,
                  queued_at, started_at, finished_at, updated_at)
             SELECT md5('run' || g)::uuid, 's' || k,
-                   CASE WHEN g % 20 = 0 AND k = 3 THEN 'failed'
-                        WHEN g % 20 = 0 AND k > 3 THEN 'pending' ELSE 'completed' END,
-                   CASE WHEN g % 20 = 0 AND k > 3 THEN 1 ELSE 0 END,
+                   CASE WHEN g %% 20 = 0 AND k = 3 THEN 'failed'
+                        WHEN g %% 20 = 0 AND k > 3 THEN 'pending' ELSE 'completed' END,
+                   CASE WHEN g %% 20 = 0 AND k > 3 THEN 1 ELSE 0 END,
                    CASE WHEN k = 0 THEN '[]'::jsonb ELSE jsonb_build_array('s' || (k - 1)) END,
                    CASE WHEN k = 9 THEN '[]'::jsonb ELSE jsonb_build_array('s' || (k + 1)) END,
                    1, md5('step' || g || '-' || k)::uuid, md5('job' || g || '-' || k), 'celery',
                    to_jsonb(k),
-                   CASE WHEN g % 20 = 0 AND k = 3 THEN 'TimeoutError' END,
-                   CASE WHEN g % 20 = 0 AND k = 3 THEN 'the gateway timed out' END,
+                   CASE WHEN g %% 20 = 0 AND k = 3 THEN 'TimeoutError' END,
+                   CASE WHEN g %% 20 = 0 AND k = 3 THEN 'the gateway timed out' END,
                    now() - make_interval(secs => g * 2), now() - make_interval(secs => g * 2),
                    now() - make_interval(secs => g * 2 - 0.05 * (k + 1)), now()
             FROM generate_series(1, %s) g, generate_series(0, 9) k

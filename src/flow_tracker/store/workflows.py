@@ -635,8 +635,8 @@ def requeue_lost_step(
 # -- reading -----------------------------------------------------------------------------------
 
 
-def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any]] | None:
-    """A run's row and its steps' rows (with their processes' status), or None."""
+def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any], set[str]] | None:
+    """A run's row, its steps' rows, and the active steps whose process was marked lost."""
     with store.engine.connect() as conn:
         run = conn.execute(select(workflow_runs).where(workflow_runs.c.id == run_id)).first()
         if run is None:
@@ -644,14 +644,34 @@ def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any]] | None:
         # Not the parents and children lists: the run's DAG snapshot has them once,
         # and a wide fan-in's join (or fan-out's root) would repeat thousands of names.
         wanted = [c for c in workflow_steps.c if c.name not in ("parents", "children")]
-        steps = conn.execute(
-            select(*wanted, processes.c.status.label("process_status"))
-            .select_from(
-                workflow_steps.outerjoin(processes, processes.c.id == workflow_steps.c.process_id)
-            )
-            .where(workflow_steps.c.run_id == run_id)
+        steps = conn.execute(select(*wanted).where(workflow_steps.c.run_id == run_id)).all()
+        # Only active steps can have been lost: look up their processes alone (joining
+        # every step of a large run to its process doubled the cost of reading it).
+        active = {r.process_id: r.name for r in steps if r.status in ACTIVE and r.process_id}
+        lost: set[str] = set()
+        for offset in range(0, len(active), 1000):
+            ids = list(active)[offset : offset + 1000]
+            lost |= {
+                active[pid]
+                for pid in conn.execute(
+                    select(processes.c.id).where(
+                        and_(processes.c.id.in_(ids), processes.c.status == Status.LOST.value)
+                    )
+                ).scalars()
+            }
+    return run, list(steps), lost
+
+
+def step_times(store: Store, run_id: uuid.UUID) -> tuple[dict[str, Any], list[Any]]:
+    """A run's DAG and each step's start and end: what a critical path needs, nothing more."""
+    with store.engine.connect() as conn:
+        dag = conn.execute(select(workflow_runs.c.dag).where(workflow_runs.c.id == run_id)).scalar()
+        rows = conn.execute(
+            select(
+                workflow_steps.c.name, workflow_steps.c.started_at, workflow_steps.c.finished_at
+            ).where(workflow_steps.c.run_id == run_id)
         ).all()
-    return run, list(steps)
+    return dict(dag or {}), list(rows)
 
 
 def run_status(store: Store, run_id: uuid.UUID) -> str | None:

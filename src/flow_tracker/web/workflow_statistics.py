@@ -9,6 +9,7 @@ except the one run whose critical path is drawn.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,12 +17,12 @@ from typing import Any
 
 from flow_tracker.status import Status
 from flow_tracker.store import queries, rollups
+from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import percentile
 from flow_tracker.store.workflows import CATEGORY
 from flow_tracker.web.statistics import refresh_rollups, window_span
 from flow_tracker.workflows import manage
-from flow_tracker.workflows.status import WorkflowStatus
 
 RECENT_RUNS = 50  # runs looked at for the slowest recent one
 
@@ -62,22 +63,32 @@ class WorkflowStats:
         return self.failed_runs / self.runs if self.runs else None
 
 
-def critical_path(run: WorkflowStatus) -> list[tuple[str, float]]:
-    """From the step that ended last, back through the parent each one waited for last."""
-    ended = {n: s for n, s in run.steps.items() if s.finished_at is not None}
+def critical_path(
+    parents: dict[str, list[str]], times: dict[str, tuple[datetime | None, datetime | None]]
+) -> list[tuple[str, float]]:
+    """From the step that ended last, back through the parent each one waited for last.
+
+    Args:
+        parents: each step's parents.
+        times: each step's (start, end).
+    """
+    ended = {n: t for n, t in times.items() if t[1] is not None}
     if not ended:
         return []
-    current: str | None = max(ended, key=lambda n: ended[n].finished_at or run.created_at)
+
+    def end(name: str) -> datetime:
+        moment = ended[name][1]
+        assert moment is not None
+        return moment
+
+    current: str | None = max(ended, key=end)
     path: list[tuple[str, float]] = []
     while current is not None:
-        step = run.steps[current]
-        path.append((current, step.duration_ms or 0.0))
-        parents = [p for p in step.depends_on if run.steps[p].finished_at is not None]
-        current = (
-            max(parents, key=lambda p: run.steps[p].finished_at or run.created_at)
-            if parents
-            else None
-        )
+        start, finish = times[current]
+        ms = (finish - start).total_seconds() * 1000.0 if start and finish else 0.0
+        path.append((current, ms))
+        waited = [p for p in parents.get(current, ()) if p in ended]
+        current = max(waited, key=end) if waited else None
     return list(reversed(path))
 
 
@@ -141,4 +152,7 @@ def _slowest_recent(store: Store, workflow: str) -> tuple[str | None, list[tuple
     if not timed:
         return None, []
     slowest = max(timed, key=lambda r: r["duration_ms"])
-    return slowest["id"], critical_path(manage.get_workflow(slowest["id"], store=store))
+    dag, rows = stored.step_times(store, uuid.UUID(slowest["id"]))
+    parents = {s["name"]: list(s.get("depends_on") or ()) for s in dag.get("steps", [])}
+    times = {r.name: (r.started_at, r.finished_at) for r in rows}
+    return slowest["id"], critical_path(parents, times)

@@ -126,7 +126,8 @@ def _expanded(request: Request) -> set[int]:
 def workflow_detail(request: Request) -> Response:
     """One run: its DAG, every step and why it waits, context and results, the actions."""
     run = _run_of(request)
-    shown = manage.shown(run)
+    names, unlisted = _listed(run)
+    shown = manage.shown(run, names)
     expand = _expanded(request)
 
     def link(step: StepStatus) -> str | None:
@@ -140,11 +141,10 @@ def workflow_detail(request: Request) -> Response:
         return request.url_for("workflow", run_id=run.id).path + "?" + query
 
     drawing = dag.draw(run, link, expand_link, expand)
-    steps = []
+    listed = []
     for row in shown["steps"]:
         step = run.steps[row["name"]]
-        steps.append({**row, "why": explain(run, step), "link": link(step)})
-    listed, unlisted = _listed(steps)
+        listed.append({**row, "why": explain(run, step), "link": link(step)})
     return render(
         request,
         "workflow.html",
@@ -152,32 +152,34 @@ def workflow_detail(request: Request) -> Response:
         shown=shown,
         steps=listed,
         unlisted=unlisted,
-        steps_done=sum(1 for s in steps if s["status"] in DONE),
-        steps_total=len(steps),
+        steps_done=sum(1 for s in run.steps.values() if s.status in DONE),
+        steps_total=len(run.steps),
         drawing=drawing,
         # A large run's Mermaid text is a download, not part of every page view.
         mermaid=manage.diagram_text(run) if len(run.steps) <= MERMAID_INLINE else None,
-        failed_steps=[s["name"] for s in steps if s["status"] == "failed"][:LISTED],
+        failed_steps=[n for n, s in run.steps.items() if s.status == "failed"][:LISTED],
         nav="workflows",
         now=now(),
         live=not run.finished,
     )
 
 
-def _listed(steps: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def _listed(run: WorkflowStatus) -> tuple[list[str], int]:
     """The steps the table lists: all of a small run; of a large one, every step not done first.
 
-    Returns the rows, in declaration order, and how many done steps were left out.
+    Returns their names and how many done steps were left out.
     """
-    if len(steps) <= LISTED:
-        return steps, 0
-    keep = {s["name"] for s in steps if s["status"] not in DONE}
-    for s in steps:
+    if len(run.steps) <= LISTED:
+        return list(run.steps), 0
+    keep = [n for n, s in run.steps.items() if s.status not in DONE][:LISTED]
+    chosen = set(keep)
+    for name in run.steps:
         if len(keep) >= LISTED:
             break
-        keep.add(s["name"])
-    rows = [s for s in steps if s["name"] in keep]
-    return rows, len(steps) - len(rows)
+        if name not in chosen:
+            keep.append(name)
+            chosen.add(name)
+    return keep, len(run.steps) - len(keep)
 
 
 def _who(request: Request) -> str:

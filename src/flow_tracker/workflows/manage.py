@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -246,13 +247,17 @@ def workflow_diagram(run_id: uuid.UUID | str, *, store: Store | None = None) -> 
     return diagram_text(get_workflow(run_id, store=store))
 
 
-def shown(status: WorkflowStatus) -> dict[str, Any]:
+def shown(status: WorkflowStatus, steps: Iterable[str] | None = None) -> dict[str, Any]:
     """The run as JSON for people (API, CLI): context and results redacted like metadata.
 
     :func:`get_workflow` returns them intact: they are the steps' inputs.
+
+    Args:
+        status: the run.
+        steps: only these steps (a page listing part of a large run); default all.
     """
     redactor = Redactor(config.current().redact_keys)
-    data = status.to_dict()
+    data = status.to_dict(steps)
     data["context"] = redactor.scrub(data["context"])
     for step in data["steps"]:
         step["result"] = redactor.scrub(step["result"])

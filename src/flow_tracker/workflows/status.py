@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from flow_tracker.status import Status
-from flow_tracker.store.workflows import ACTIVE, DONE, PENDING
+from flow_tracker.store.workflows import DONE, PENDING
 
 RUN_FINISHED = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
 
@@ -102,8 +103,12 @@ class WorkflowStatus:
         """True once the run completed, failed or was cancelled."""
         return self.status in RUN_FINISHED
 
-    def to_dict(self) -> dict[str, Any]:
-        """As JSON-ready values."""
+    def to_dict(self, steps: Iterable[str] | None = None) -> dict[str, Any]:
+        """As JSON-ready values (only ``steps`` when given, in the run's order)."""
+        chosen = self.steps.values()
+        if steps is not None:
+            wanted = set(steps)
+            chosen = [s for s in self.steps.values() if s.name in wanted]  # type: ignore[assignment]
         return {
             "id": str(self.id),
             "name": self.name,
@@ -113,7 +118,7 @@ class WorkflowStatus:
             "context": self.context,
             "created_at": _iso(self.created_at),
             "finished_at": _iso(self.finished_at),
-            "steps": [step.to_dict() for step in self.steps.values()],
+            "steps": [step.to_dict() for step in chosen],
         }
 
 
@@ -147,13 +152,20 @@ def explain(run: WorkflowStatus, step: StepStatus) -> str:
     return ""
 
 
-def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
-    """A :class:`WorkflowStatus` from the stored run and step rows."""
+def build_status(run: Any, rows: list[Any], lost: set[str] | None = None) -> WorkflowStatus:
+    """A :class:`WorkflowStatus` from the stored run and step rows.
+
+    ``lost``: active steps whose process the reaper marked lost (shown as lost
+    until they are queued again).
+    """
+    lost = lost or set()
     dag = dict(run.dag or {})
     order = [s["name"] for s in dag.get("steps", [])]
     by_name = {row.name: row for row in rows}
     parents = {s["name"]: list(s.get("depends_on") or ()) for s in dag.get("steps", [])}
-    statuses = {row.name: _step_status(row) for row in rows}
+    statuses = {
+        row.name: Status.LOST.value if row.name in lost else str(row.status) for row in rows
+    }
     steps: dict[str, StepStatus] = {}
     declared = set(order)
     for name in order + sorted(n for n in by_name if n not in declared):
@@ -194,14 +206,6 @@ def build_status(run: Any, rows: list[Any]) -> WorkflowStatus:
 
 def _uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-def _step_status(row: Any) -> str:
-    # A step taken by a worker the reaper has since marked lost says so until it is
-    # queued again.
-    if row.status in ACTIVE and getattr(row, "process_status", None) == Status.LOST.value:
-        return Status.LOST.value
-    return str(row.status)
 
 
 def _blocked_by(name: str, parents: dict[str, list[str]], statuses: dict[str, str]) -> str | None:
