@@ -9,8 +9,9 @@ except the one run whose critical path is drawn.
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -152,7 +153,26 @@ def _slowest_recent(store: Store, workflow: str) -> tuple[str | None, list[tuple
     if not timed:
         return None, []
     slowest = max(timed, key=lambda r: r["duration_ms"])
-    dag, rows = stored.step_times(store, uuid.UUID(slowest["id"]))
+    return slowest["id"], _critical_path_of(store, uuid.UUID(slowest["id"]))
+
+
+# Critical paths of completed runs, which never change: a page view computes each once.
+_PATHS: OrderedDict[tuple[int, uuid.UUID], list[tuple[str, float]]] = OrderedDict()
+_PATHS_KEPT = 256
+_paths_lock = threading.Lock()
+
+
+def _critical_path_of(store: Store, run_id: uuid.UUID) -> list[tuple[str, float]]:
+    key = (id(store), run_id)
+    with _paths_lock:
+        if key in _PATHS:
+            _PATHS.move_to_end(key)
+            return _PATHS[key]
+    dag, rows = stored.step_times(store, run_id)
     parents = {s["name"]: list(s.get("depends_on") or ()) for s in dag.get("steps", [])}
-    times = {r.name: (r.started_at, r.finished_at) for r in rows}
-    return slowest["id"], critical_path(parents, times)
+    path = critical_path(parents, {r.name: (r.started_at, r.finished_at) for r in rows})
+    with _paths_lock:
+        _PATHS[key] = path
+        while len(_PATHS) > _PATHS_KEPT:
+            _PATHS.popitem(last=False)
+    return path
