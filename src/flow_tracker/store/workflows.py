@@ -393,22 +393,31 @@ def _reopen_run(conn: Connection, run_id: uuid.UUID, run: Any, now: datetime, re
     record_transitions(conn, [run_id], RUN_RUNNING, now, reason)
 
 
+def _failed_step(conn: Connection, run_id: uuid.UUID, step: str, verb: str) -> tuple[Any, Any]:
+    """The run (locked) and the step a manual action applies to: a failed step of a live run.
+
+    Raises:
+        LookupError: no such run or step.
+        NotAllowed: the run was cancelled, or the step is not failed.
+    """
+    run = _lock_run(conn, run_id)
+    if run is None:
+        raise LookupError(f"no workflow run {run_id}")
+    if run.status == Status.CANCELLED.value:
+        raise NotAllowed(f"workflow run {run_id} was cancelled; nothing in it starts again")
+    row = _step_row(conn, run_id, step)
+    if row is None:
+        raise LookupError(f"workflow run {run_id} has no step {step!r}")
+    if row.status != Status.FAILED.value:
+        raise NotAllowed(f"step {step!r} is {row.status}, not failed: only a failed step is {verb}")
+    return run, row
+
+
 def retry_failed_step(store: Store, run_id: uuid.UUID, step: str, reason: str) -> Ended:
     """Queue a failed step again (its attempts go on counting); reopen a failed run."""
     now = _now()
     with store.begin_write() as conn:
-        run = _lock_run(conn, run_id)
-        if run is None:
-            raise LookupError(f"no workflow run {run_id}")
-        if run.status == Status.CANCELLED.value:
-            raise NotAllowed(f"workflow run {run_id} was cancelled; nothing in it starts again")
-        row = _step_row(conn, run_id, step)
-        if row is None:
-            raise LookupError(f"workflow run {run_id} has no step {step!r}")
-        if row.status != Status.FAILED.value:
-            raise NotAllowed(
-                f"step {step!r} is {row.status}, not failed: only a failed step is retried"
-            )
+        run, row = _failed_step(conn, run_id, step, "retried")
         conn.execute(
             update(workflow_steps)
             .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))
@@ -444,18 +453,7 @@ def resolve_failed_step(
     """Mark a failed step resolved with ``result``; what waits on it goes on."""
     now = _now()
     with store.begin_write() as conn:
-        run = _lock_run(conn, run_id)
-        if run is None:
-            raise LookupError(f"no workflow run {run_id}")
-        if run.status == Status.CANCELLED.value:
-            raise NotAllowed(f"workflow run {run_id} was cancelled; nothing in it starts again")
-        row = _step_row(conn, run_id, step)
-        if row is None:
-            raise LookupError(f"workflow run {run_id} has no step {step!r}")
-        if row.status != Status.FAILED.value:
-            raise NotAllowed(
-                f"step {step!r} is {row.status}, not failed: only a failed step is resolved"
-            )
+        run, row = _failed_step(conn, run_id, step, "resolved")
         conn.execute(
             update(workflow_steps)
             .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))

@@ -8,7 +8,6 @@ JSON problems (:mod:`flow_tracker.web.errors`): 400 with the reason, 404, 503.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from datetime import datetime, timezone
 
 from starlette.requests import Request
@@ -22,7 +21,7 @@ from flow_tracker.web import openapi as openapi_doc
 from flow_tracker.web import statistics
 from flow_tracker.web.context import dashboard_of
 from flow_tracker.web.errors import json_response, problem
-from flow_tracker.web.params import ParamError, ProcessFilters, clean
+from flow_tracker.web.params import ParamError, ProcessFilters, clean, run_cursor
 from flow_tracker.workflows import manage as workflows
 
 MAX_API_LOGS = 10_000
@@ -96,20 +95,6 @@ def openapi(request: Request) -> Response:
 # -- workflows (DESIGN §9) ---------------------------------------------------------------
 
 
-def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if not raw:
-        return None
-    moment, _sep, ident = clean(raw).partition("|")
-    run_id = parse_id(ident)
-    try:
-        when = datetime.fromisoformat(moment)
-    except ValueError:
-        when = None
-    if run_id is None or when is None or when.tzinfo is None:
-        raise ParamError("before must be the next_cursor of a previous page")
-    return when, run_id
-
-
 def list_workflows(request: Request) -> Response:
     """``GET /api/workflows``: workflow runs newest first, ``name``/``status`` filters, paged."""
     board = dashboard_of(request)
@@ -124,7 +109,7 @@ def list_workflows(request: Request) -> Response:
             name=name,
             status=params.get("status") or None,
             limit=limit,
-            before=_cursor(params.get("before")),
+            before=run_cursor(params.get("before")),
             store=board.store,
         )
     except UsageError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,6 +17,7 @@ from urllib.parse import urlencode
 
 from starlette.datastructures import QueryParams
 
+from flow_tracker.ids import parse_id
 from flow_tracker.status import Status
 
 RANGES: dict[str, timedelta] = {
@@ -216,3 +218,22 @@ class ProcessFilters:
             "order": self.order,
             "search_logs_since": self.logs_since,
         }
+
+
+def run_cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """A workflow list's page cursor (``<created_at ISO>|<run id>``), or None for page one.
+
+    Raises:
+        ParamError: a cursor that is not one (edited, truncated).
+    """
+    if not raw:
+        return None
+    moment, _sep, ident = clean(raw).partition("|")
+    run_id = parse_id(ident)
+    try:
+        when = datetime.fromisoformat(moment)
+    except ValueError:
+        when = None
+    if run_id is None or when is None or when.tzinfo is None:
+        raise ParamError("that page link is broken (before=): start from the first page")
+    return when, run_id

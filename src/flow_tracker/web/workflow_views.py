@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ from flow_tracker.ids import parse_id
 from flow_tracker.store.workflows import DONE
 from flow_tracker.web import dag, statistics, workflow_statistics
 from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, render
-from flow_tracker.web.params import ParamError, clean
+from flow_tracker.web.params import ParamError, clean, run_cursor
 from flow_tracker.workflows import manage
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus, explain
 
@@ -32,20 +31,6 @@ PAGE = 50
 REASON_LIMIT = 300
 LISTED = 300  # step rows a run's page lists (every step not done, then done ones)
 MERMAID_INLINE = 200  # steps up to which a run's page shows its Mermaid text
-
-
-def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if not raw:
-        return None
-    moment, _sep, ident = clean(raw).partition("|")
-    run_id = parse_id(ident)
-    try:
-        when = datetime.fromisoformat(moment)
-    except ValueError:
-        raise ParamError("that page link is broken: start from the first page") from None
-    if run_id is None or when.tzinfo is None:
-        raise ParamError("that page link is broken: start from the first page")
-    return when, run_id
 
 
 def workflow_list(request: Request) -> Response:
@@ -63,7 +48,7 @@ def workflow_list(request: Request) -> Response:
             name=name,
             status=status,
             limit=PAGE,
-            before=_cursor(params.get("before")),
+            before=run_cursor(params.get("before")),
             store=board.store,
         )
     except (ParamError, FlowTrackerError) as exc:
