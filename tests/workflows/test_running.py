@@ -409,3 +409,21 @@ def test_workflows_say_clearly_when_tracking_is_off_or_the_database_is_away(
     flow_tracker.configure(database_url="postgresql://nobody@127.0.0.1:1/none", verify=False)
     with pytest.raises(DatabaseUnavailableError, match="the database is unavailable"):
         wf.run()
+
+
+def test_an_async_step_runs_to_its_end(tracked: str) -> None:
+    import asyncio
+
+    wf = flow_tracker.workflow("running_async")
+
+    @wf.step()
+    async def fetch(context: Any) -> int:
+        await asyncio.sleep(0.01)
+        return 20
+
+    @wf.step(depends_on=[fetch], retries=1, backoff=0.01)
+    async def double(context: Any, fetch: int) -> int:
+        return fetch * 2
+
+    status = wf.run().wait(WAIT)
+    assert status.status == "completed" and status.steps["double"].result == 40

@@ -181,7 +181,8 @@ class Workflow:
 
         The function is called with the run's context first, then each parent's
         result as a keyword named after the parent. It returns the step's result:
-        any JSON value. The function is returned unchanged.
+        any JSON value. An ``async def`` function runs to its end on an event loop
+        of its own. The function is returned unchanged.
 
         Args:
             fn: the step's function, when used as ``@wf.step`` without parentheses.

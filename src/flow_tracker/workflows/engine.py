@@ -19,7 +19,9 @@ The order is what makes a crash at any point recoverable:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -286,9 +288,15 @@ Outcome = tuple[str, Any, "tuple[str, str] | None", "float | None", "BaseExcepti
 
 
 def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
-    """Call the step's function: (status, result, error, seconds to retry, the exception)."""
+    """Call the step's function: (status, result, error, seconds to retry, the exception).
+
+    An ``async def`` step runs to its end on an event loop of its own (a worker's
+    thread runs none).
+    """
     try:
         value = spec.fn(claim.context, **{p: claim.parents.get(p) for p in spec.depends_on})
+        if inspect.iscoroutine(value):
+            value = asyncio.run(value)
     except Skipped:
         return Status.SKIPPED.value, None, None, None, None
     except Exception as exc:
