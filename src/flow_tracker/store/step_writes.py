@@ -5,9 +5,8 @@ directly (no SQLAlchemy compilation, a kept connection, see
 :mod:`flow_tracker.store.connections`): on PostgreSQL each is **one statement**
 whose ``WITH`` parts do every write atomically (one round trip); on SQLite each
 is one short ``BEGIN IMMEDIATE`` transaction of a few statements (no round
-trips to save there, only overhead). Measured on this project's 2-core machine,
-this took a chain's step from ~5 ms to ~1 ms on PostgreSQL (``python -m
-benchmarks workflows``).
+trips to save there, only overhead). ``python -m benchmarks workflows``
+measures what a step costs.
 
 What they do is :mod:`flow_tracker.store.workflows`'s contract:
 
@@ -35,9 +34,7 @@ from typing import Any
 from flow_tracker.status import Status
 from flow_tracker.store.engine import Store
 from flow_tracker.store.types import as_utc
-
-CATEGORY = "workflows"
-ERROR_LIMIT = 4_000
+from flow_tracker.store.workflows import error_columns
 
 
 @dataclass(frozen=True)
@@ -70,12 +67,6 @@ class StepEnd:
 
 
 NOT_STORED = StepEnd(False, None, None, None, 0, 0, [])
-
-
-def _error(error: tuple[str, str] | None) -> tuple[str | None, str | None]:
-    if error is None:
-        return None, None
-    return error[0][:255], error[1][:ERROR_LIMIT]
 
 
 def _json(value: Any) -> str | None:
@@ -390,7 +381,7 @@ def end(
 ) -> StepEnd:
     """Store one attempt's end (see the module's docstring)."""
     retrying = status == Status.RETRYING.value
-    error_class, error_message = _error(error)
+    error_class, error_message = error_columns(error)
     params = {
         "run": run_id,
         "step": step,

@@ -23,7 +23,7 @@ so the dashboard shows it queued; the worker's tracker then updates that row.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -90,11 +90,17 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _error_fields(error: tuple[str, str] | None) -> dict[str, Any]:
+def error_columns(error: tuple[str, str] | None) -> tuple[str | None, str | None]:
+    """A step's ``(class, message)`` error as its two columns, cut to fit."""
     if error is None:
-        return {"error_class": None, "error_message": None}
+        return None, None
     cls, message = error
-    return {"error_class": cls[:255], "error_message": message[:ERROR_LIMIT]}
+    return cls[:255], message[:ERROR_LIMIT]
+
+
+def _error_fields(error: tuple[str, str] | None) -> dict[str, Any]:
+    error_class, error_message = error_columns(error)
+    return {"error_class": error_class, "error_message": error_message}
 
 
 # -- starting a run ------------------------------------------------------------------
@@ -766,15 +772,3 @@ def stalled_runs(store: Store, limit: int = 500) -> list[uuid.UUID]:
             .limit(limit)
         ).all()
     return [uuid.UUID(str(r.id)) for r in rows]
-
-
-def runs_of(store: Store, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
-    """Which of these process ids are workflow runs, and the workflow's name."""
-    ids = list(run_ids)
-    if not ids:
-        return {}
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(workflow_runs.c.id, workflow_runs.c.name).where(workflow_runs.c.id.in_(ids))
-        ).all()
-    return {uuid.UUID(str(r.id)): r.name for r in rows}
