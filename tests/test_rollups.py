@@ -220,3 +220,29 @@ def test_keeper_thread_warms_in_the_background_and_stops(store: Store) -> None:
     keeper.stop()
     alive = [t for t in threading.enumerate() if t.name == "flow-tracker-statistics"]
     assert not any(t.is_alive() for t in alive)
+
+
+def test_retried_processes_are_counted_in_the_rollups_and_the_raw_tail(store: Store) -> None:
+    now = queries.database_time(store)
+    rows = []
+    for k, finished in enumerate([now - timedelta(days=2), now - timedelta(minutes=1)] * 10):
+        row = _process("Webhook", "completed", finished, 10.0)
+        row["attempt"] = 1 + (k % 4 == 0) + (k % 8 == 0)  # 5 of 20 took 2 or 3 attempts
+        rows.append(row)
+    step = _process("checkout.charge", "completed", now - timedelta(days=2), 10.0)
+    step["category"], step["attempt"] = "workflows", 3
+    rows.append(step)
+    with store.engine.begin() as conn:
+        conn.execute(insert(processes), rows)
+    rollups.refresh(store, now)
+    with store.engine.connect() as conn:
+        version = rollups.read_version(conn)
+        span = statistics.window_span("7d", now, *version)
+        counts = rollups.read_counts(conn, store, span)
+        only_workflows = rollups.read_counts(conn, store, span, category="workflows")
+        rolled = conn.execute(select(func.sum(rollup_counts.c.retried))).scalar_one()
+    webhook = [r for r in counts if r.name == "Webhook"]
+    assert sum(r.count for r in webhook) == 20
+    assert sum(r.retried for r in webhook) == 5  # rolled-up days and the raw tail together
+    assert rolled >= 3  # the rollups hold the old half (and the step)
+    assert [(r.name, r.count, r.retried) for r in only_workflows] == [("checkout.charge", 1, 1)]

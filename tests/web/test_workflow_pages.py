@@ -202,5 +202,74 @@ def test_step_analytics_come_from_the_rollups_with_a_critical_path(board: TestCl
     assert "pages_analytics" in text and "3 runs" in text
     assert "<code>fetch</code>" in text and "<code>slow_branch</code>" in text
     assert "<code>fast_branch</code>" not in text.split("Critical path")[1].split("</p>")[0]
-    assert "100.0% failed" in text  # the bad workflow
+    assert "100.0 % failed" in text  # the bad workflow
     assert board.get("/workflows/analytics?window=9y").status_code == 400
+
+
+def test_analytics_show_retry_rates_and_the_slowest_steps_with_all_on_request(
+    board: TestClient,
+) -> None:
+    flaky = flow_tracker.workflow("pages_flaky")
+    failures = [1]
+
+    @flaky.step(retries=2, backoff=0.01)
+    def call_api(context: Any) -> int:
+        if failures:
+            failures.pop()
+            raise ConnectionError("reset by peer")
+        return 1
+
+    flaky.step(name="store", depends_on=[call_api])(lambda context, call_api: 2)
+    flaky.run().wait(WAIT)
+    flaky.run().wait(WAIT)  # no failure left: one of two call_api steps was retried
+
+    wide = flow_tracker.workflow("pages_wide")
+    names = [f"part_{i:02d}" for i in range(25)]
+    for name in names:
+        wide.step(name=name)(lambda context: 0)
+    wide.run().wait(WAIT)
+    flow_tracker.flush()
+
+    text = board.get("/workflows/analytics?window=24h").text
+    flaky_card = text.split('aria-label="pages_flaky"')[1].split("</section>")[0]
+    call_row = flaky_card.split("<td>call_api</td>")[1].split("</tr>")[0]
+    assert re.findall(r'class="num">([^<]*)</td>', call_row)[:3] == ["2", "0.0 %", "50.0 %"]
+    assert "25.0 % of steps retried" in flaky_card  # 1 of 4 finished steps
+    wide_card = text.split('aria-label="pages_wide"')[1].split("</section>")[0]
+    assert wide_card.count("<td>part_") == 20
+    assert "The 20 slowest of 25 steps." in wide_card
+    assert "/workflows/analytics?window=24h&amp;name=pages_wide" in wide_card
+
+    one = board.get("/workflows/analytics?window=24h&name=pages_wide").text
+    assert one.count("<td>part_") == 25 and 'aria-label="pages_flaky"' not in one
+    nothing = board.get(f"/workflows/analytics?window=24h&name={XSS}")
+    assert nothing.status_code == 200 and XSS not in nothing.text
+    assert "No run of &lt;script&gt;" in nothing.text
+
+
+def test_a_failure_in_a_drawn_fan_out_is_drawn_alone_at_the_next_view(board: TestClient) -> None:
+    wf = flow_tracker.workflow("pages_fan_out_fails")
+    wf.step(name="root")(lambda context: 0)
+    failing = {"leaf_7"}
+    leaves = [f"leaf_{i}" for i in range(25)]
+    for leaf in leaves:
+
+        def body(context: Any, root: int, leaf: str = leaf) -> int:
+            if leaf in failing:
+                raise ValueError(f"{leaf} broke")
+            return 1
+
+        wf.step(name=leaf, depends_on=["root"])(body)
+    run = wf.run().wait(WAIT)
+    assert run.status == "failed"
+    first = board.get(f"/workflows/{run.id}").text
+    assert "24 steps: leaf_0" in first and 'class="node node-failed node-root-cause"' in first
+    failing.clear()
+    flow_tracker.retry_step(run.id, "leaf_7")
+    deadline = time.monotonic() + WAIT
+    while flow_tracker.get_workflow(run.id).status != "completed":
+        assert time.monotonic() < deadline, f"the retried run did not complete in {WAIT:g} s"
+        time.sleep(0.05)
+    again = board.get(f"/workflows/{run.id}").text  # the run's DAG is drawn from a cache now
+    assert "25 steps: leaf_0" in again and "25 completed" in again
+    assert "node-failed" not in again

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from sqlalchemy import select
 import flow_tracker
 from flow_tracker import NotFoundError, UsageError
 from flow_tracker.store.schema import processes, transitions
-from flow_tracker.workflows import engine
+from flow_tracker.workflows import engine, manage
 from tests.workflows.helpers import process
 
 WAIT = 30.0  # generous: a busy machine; the runs end in milliseconds when idle
@@ -427,3 +427,26 @@ def test_an_async_step_runs_to_its_end(tracked: str) -> None:
 
     status = wf.run().wait(WAIT)
     assert status.status == "completed" and status.steps["double"].result == 40
+
+
+def test_an_outline_reads_every_step_but_only_the_results_asked_for(tracked: str) -> None:
+    wf = flow_tracker.workflow("running_outline")
+    odd = {"text": "é ☃ <b>", "deep": [[[1]]], "big": 2**62}
+    wf.step(name="a")(lambda context: odd)
+    wf.step(name="b", depends_on=["a"])(lambda context, a: 7)
+    wf.step(name="c", depends_on=["b"])(lambda context, b: None)
+    full = wf.run().wait(WAIT)
+    assert full.steps["a"].result == odd and full.steps["b"].result == 7
+    assert all(
+        s.started_at and s.started_at.utcoffset() == timedelta(0) for s in full.steps.values()
+    )
+    assert all(isinstance(s.process_id, uuid.UUID) for s in full.steps.values())
+
+    outline = manage.get_workflow_outline(full.id)
+    assert [s.result for s in outline.steps.values()] == [None, None, None]
+    assert {n: s.status for n, s in outline.steps.items()} == {
+        n: s.status for n, s in full.steps.items()
+    }
+    some = manage.with_results(outline, ["b", "a", "nope"])
+    assert [s.result for s in some.steps.values()] == [odd, 7, None]
+    assert some.steps["a"].process_id == full.steps["a"].process_id

@@ -28,10 +28,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     String,
     and_,
+    case,
     cast,
     func,
     insert,
@@ -71,6 +73,7 @@ _COUNT_COLUMNS = [
     "status",
     "count",
     "duration_ms_sum",
+    "retried",
 ]
 
 
@@ -84,6 +87,8 @@ class CountRow:
     status: str
     count: int
     duration_ms_sum: float
+    retried: int = 0
+    """How many of them took more than one attempt (none in rollup rows older than 0006)."""
 
 
 #: Duration histograms per (kind, name): bucket -> count.
@@ -145,6 +150,13 @@ def _sources(store: Store) -> list[tuple[str, Any, Any]]:
     ]
 
 
+def _retried(table: Any) -> Any:
+    """How many rows took more than one attempt (a flow has no attempts of its own)."""
+    if "attempt" not in table.c:
+        return literal(0, BigInteger)
+    return func.coalesce(func.sum(case((table.c.attempt > 1, 1), else_=0)), 0)
+
+
 def read_version(conn: Connection) -> tuple[datetime | None, str]:
     """The watermark and a stamp that changes whenever a refresh rewrites rollups."""
     row = conn.execute(
@@ -201,6 +213,7 @@ def _roll_hours(conn: Connection, store: Store, start: datetime, end: datetime) 
                 table.c.status,
                 func.count(),
                 func.coalesce(func.sum(table.c.duration_ms), 0.0),
+                _retried(table),
             )
             .where(finished)
             .group_by(hour, table.c.name, category, table.c.status)
@@ -276,6 +289,7 @@ def _roll_days(conn: Connection, store: Store, start: datetime, end: datetime) -
                 c.status,
                 func.sum(c.count),
                 func.sum(c.duration_ms_sum),
+                func.sum(c.retried),
             )
             .where(hours)
             .group_by(c.kind, day, c.name, c.category, c.status),
@@ -466,7 +480,15 @@ def _rolled_counts(conn: Connection, store: Store, span: Span) -> list[CountRow]
 
     def rolled() -> list[CountRow]:
         return [
-            CountRow(r.kind, r.name, r.category, r.status, int(r.n), float(r.total or 0))
+            CountRow(
+                r.kind,
+                r.name,
+                r.category,
+                r.status,
+                int(r.n),
+                float(r.total or 0),
+                int(r.retried or 0),
+            )
             for r in conn.execute(
                 select(
                     c.kind,
@@ -475,6 +497,7 @@ def _rolled_counts(conn: Connection, store: Store, span: Span) -> list[CountRow]
                     c.status,
                     func.sum(c.count).label("n"),
                     func.sum(c.duration_ms_sum).label("total"),
+                    func.sum(c.retried).label("retried"),
                 )
                 .where(_span_rollups(span, rollup_counts))
                 .group_by(c.kind, c.name, c.category, c.status)
@@ -484,24 +507,39 @@ def _rolled_counts(conn: Connection, store: Store, span: Span) -> list[CountRow]
     return _cached(span.cache_key(store, "counts"), rolled)
 
 
-def read_counts(conn: Connection, store: Store, span: Span) -> list[CountRow]:
-    """Counts per kind, name, category and status over the span (rollups + tail)."""
-    rows = list(_rolled_counts(conn, store, span))
-    for kind, table, category in _sources(store):
+def read_counts(
+    conn: Connection, store: Store, span: Span, *, category: str | None = None
+) -> list[CountRow]:
+    """Counts per kind, name, category and status over the span (rollups + tail).
+
+    ``category``: only the processes of this category (no flows).
+    """
+    rows = [
+        r
+        for r in _rolled_counts(conn, store, span)
+        if category is None or (r.kind == "p" and r.category == category)
+    ]
+    for kind, table, category_column in _sources(store):
+        if category is not None and kind != "p":
+            continue
+        where = _raw_filter(table, span.tail_start, span.end)
+        if category is not None:
+            where = and_(where, table.c.category == category)
         query = (
             select(
                 table.c.name,
-                category.label("category"),
+                category_column.label("category"),
                 table.c.status,
                 func.count().label("n"),
                 func.coalesce(func.sum(table.c.duration_ms), 0.0).label("total"),
+                _retried(table).label("retried"),
             )
-            .where(_raw_filter(table, span.tail_start, span.end))
-            .group_by(table.c.name, category, table.c.status)
+            .where(where)
+            .group_by(table.c.name, category_column, table.c.status)
         )
         rows.extend(
-            CountRow(kind, r.name, r.category, r.status, int(r.n), float(r.total))
-            for r in conn.execute(query)
+            CountRow(kind, r.name, r.category, r.status, int(r.n), float(r.total), int(r.retried))
+            for r in conn.execute(query).all()  # fetchall: far cheaper than row by row
         )
     return rows
 
@@ -536,12 +574,24 @@ def _rolled_histograms(conn: Connection, store: Store, span: Span) -> Histograms
     return _cached(span.cache_key(store, "histograms"), rolled)
 
 
-def read_histograms(conn: Connection, store: Store, span: Span) -> Histograms:
-    """Duration histograms per kind and name over the span (rollups + tail)."""
-    histograms: Histograms = {}
-    for key, buckets in _rolled_histograms(conn, store, span).items():
-        histograms[key] = dict(buckets)  # a copy: the tail is added to it below
+def read_histograms(
+    conn: Connection, store: Store, span: Span, *, names: Callable[[str], bool] | None = None
+) -> Histograms:
+    """Duration histograms per kind and name over the span (rollups + tail).
+
+    ``names``: only the processes whose name it accepts (no flows). The rolled-up
+    histograms are shared with other readers: a name's is copied only when the
+    tail adds to it.
+    """
+    histograms: Histograms = {
+        key: buckets
+        for key, buckets in _rolled_histograms(conn, store, span).items()
+        if names is None or (key[0] == "p" and names(key[1]))
+    }
+    copied: set[tuple[str, str]] = set()
     for kind, table, _category in _sources(store):
+        if names is not None and kind != "p":
+            continue
         bucket = _bucket(store, table.c.duration_ms)
         query = (
             select(table.c.name, bucket.label("bucket"), func.count().label("n"))
@@ -553,9 +603,15 @@ def read_histograms(conn: Connection, store: Store, span: Span) -> Histograms:
             )
             .group_by(table.c.name, bucket)
         )
-        for r in conn.execute(query):
-            target = histograms.setdefault((kind, r.name), {})
-            target[int(r.bucket)] = target.get(int(r.bucket), 0) + int(r.n)
+        for name, bucket_index, n in conn.execute(query).all():
+            if names is not None and not names(name):
+                continue
+            key = (kind, name)
+            if key not in copied:
+                histograms[key] = dict(histograms.get(key, {}))
+                copied.add(key)
+            target = histograms[key]
+            target[int(bucket_index)] = target.get(int(bucket_index), 0) + int(n)
     return histograms
 
 

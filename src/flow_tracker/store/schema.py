@@ -190,6 +190,8 @@ rollup_counts = Table(
     Column("status", String(16), primary_key=True),
     Column("count", BigInteger, nullable=False),
     Column("duration_ms_sum", Float, nullable=False),
+    # Of count, how many took more than one attempt (a step's or a job's retries).
+    Column("retried", BigInteger, nullable=False, server_default=text("0")),
 )
 
 # Histograms of durations for p50/p95: one row per name and hour (or day), its counts

@@ -22,11 +22,14 @@ so the dashboard shows it queued; the worker's tracker then updates that row.
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -36,6 +39,7 @@ from flow_tracker.store.clock import database_now
 from flow_tracker.store.engine import Store
 from flow_tracker.store.jobs import record_transitions
 from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
+from flow_tracker.store.types import as_utc
 
 CATEGORY = "workflows"
 # Step statuses (DESIGN §9) beyond a process's own.
@@ -639,16 +643,138 @@ def requeue_lost_step(
 # -- reading -----------------------------------------------------------------------------------
 
 
-def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any], set[str]] | None:
-    """A run's row, its steps' rows, and the active steps whose process was marked lost."""
+class StepRow(NamedTuple):
+    """A step as a run's status reads it (not its parents and children: the DAG has them)."""
+
+    name: str
+    status: str
+    attempts: int
+    process_id: uuid.UUID | None
+    result: Any
+    error_class: str | None
+    error_message: str | None
+    next_attempt_at: datetime | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# In the driver's own SQL: a run's page reads every step of the run, and SQLAlchemy's
+# result processing (a type per column per row) was most of the time of a 2,000-step
+# page. Not the parents and children lists: the run's DAG snapshot has them once, and
+# a wide fan-in's join (or fan-out's root) would repeat thousands of names.
+_STEPS_SQL = (
+    "SELECT name, status, attempts, process_id, {result}, error_class, error_message,"
+    " next_attempt_at, queued_at, started_at, finished_at"
+    " FROM flow_tracker_workflow_steps WHERE run_id = {run}"
+)
+
+
+def _sqlite_moment(value: Any) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def _sqlite_json(value: Any) -> Any:
+    # A JSON column has NUMERIC affinity in SQLite: a number comes back as a number.
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _read_steps(conn: Connection, run_id: uuid.UUID, results: bool) -> list[StepRow]:
+    result = "result" if results else "NULL AS result"
+    if conn.dialect.name != "sqlite":
+        sql = _STEPS_SQL.format(result=result, run="%(run)s")
+        cursor = conn.exec_driver_sql(sql, {"run": run_id})
+        # psycopg returns uuids, parsed JSON and aware datetimes itself.
+        return [StepRow._make(row) for row in cursor.fetchall()]
+    cursor = conn.exec_driver_sql(_STEPS_SQL.format(result=result, run="?"), (run_id.hex,))
+    moment = _sqlite_moment
+    return [
+        StepRow(
+            name,
+            status,
+            attempts,
+            None if process_id is None else uuid.UUID(process_id),
+            _sqlite_json(result),
+            error_class,
+            error_message,
+            moment(next_at),
+            moment(queued),
+            moment(started),
+            moment(finished),
+        )
+        for (
+            name,
+            status,
+            attempts,
+            process_id,
+            result,
+            error_class,
+            error_message,
+            next_at,
+            queued,
+            started,
+            finished,
+        ) in cursor.fetchall()
+    ]
+
+
+@dataclass(frozen=True)
+class DagShape:
+    """A run's DAG snapshot, parsed once: it never changes after the run was created.
+
+    Shared by every read of the run in this process: read it, never change it.
+    """
+
+    dag: dict[str, Any]
+    order: list[str]
+    """The steps in declaration order (a topological order)."""
+    parents: dict[str, list[str]]
+
+
+# Parsed DAGs of recently read runs. A 2,000-step DAG took ~8 ms to parse and ~6,000
+# objects to hold, on every view of its page while the run was watched.
+_SHAPES: OrderedDict[uuid.UUID, DagShape] = OrderedDict()
+_SHAPES_KEPT = 64
+_shapes_lock = threading.Lock()
+
+
+def _dag_shape(conn: Connection, run_id: uuid.UUID) -> DagShape:
+    with _shapes_lock:
+        shape = _SHAPES.get(run_id)
+        if shape is not None:
+            _SHAPES.move_to_end(run_id)
+            return shape
+    dag = dict(
+        conn.execute(select(workflow_runs.c.dag).where(workflow_runs.c.id == run_id)).scalar() or {}
+    )
+    declared = dag.get("steps", [])
+    shape = DagShape(
+        dag,
+        [s["name"] for s in declared],
+        {s["name"]: list(s.get("depends_on") or ()) for s in declared},
+    )
+    with _shapes_lock:
+        _SHAPES[run_id] = shape
+        while len(_SHAPES) > _SHAPES_KEPT:
+            _SHAPES.popitem(last=False)
+    return shape
+
+
+def read_run(
+    store: Store, run_id: uuid.UUID, *, results: bool = True
+) -> tuple[Any, DagShape, list[StepRow], set[str]] | None:
+    """A run's row (without its DAG), its DAG, its steps' rows, and its lost steps.
+
+    Lost steps: active steps whose process the reaper marked lost.
+    ``results=False`` leaves every step's result None (see :func:`read_results`).
+    """
     with store.engine.connect() as conn:
-        run = conn.execute(select(workflow_runs).where(workflow_runs.c.id == run_id)).first()
+        wanted = [c for c in workflow_runs.c if c.name != "dag"]
+        run = conn.execute(select(*wanted).where(workflow_runs.c.id == run_id)).first()
         if run is None:
             return None
-        # Not the parents and children lists: the run's DAG snapshot has them once,
-        # and a wide fan-in's join (or fan-out's root) would repeat thousands of names.
-        wanted = [c for c in workflow_steps.c if c.name not in ("parents", "children")]
-        steps = conn.execute(select(*wanted).where(workflow_steps.c.run_id == run_id)).all()
+        shape = _dag_shape(conn, run_id)
+        steps = _read_steps(conn, run_id, results)
         # Only active steps can have been lost: look up their processes alone (joining
         # every step of a large run to its process doubled the cost of reading it).
         active = {r.process_id: r.name for r in steps if r.status in ACTIVE and r.process_id}
@@ -663,7 +789,24 @@ def read_run(store: Store, run_id: uuid.UUID) -> tuple[Any, list[Any], set[str]]
                     )
                 ).scalars()
             }
-    return run, list(steps), lost
+    return run, shape, steps, lost
+
+
+def read_results(store: Store, run_id: uuid.UUID, names: Sequence[str]) -> dict[str, Any]:
+    """The results of some steps of a run, by step name."""
+    found: dict[str, Any] = {}
+    with store.engine.connect() as conn:
+        for offset in range(0, len(names), 500):
+            rows = conn.execute(
+                select(workflow_steps.c.name, workflow_steps.c.result).where(
+                    and_(
+                        workflow_steps.c.run_id == run_id,
+                        workflow_steps.c.name.in_(names[offset : offset + 500]),
+                    )
+                )
+            )
+            found.update((name, result) for name, result in rows)
+    return found
 
 
 def step_times(store: Store, run_id: uuid.UUID) -> tuple[dict[str, Any], list[Any]]:
@@ -699,6 +842,22 @@ class RunRow:
     finished_at: datetime | None
     steps_done: int
     steps_total: int
+
+
+def slowest_recent_run(store: Store, name: str, recent: int) -> tuple[uuid.UUID, float] | None:
+    """Of the last ``recent`` completed runs of ``name``: the slowest one, and its ms."""
+    latest = (
+        select(workflow_runs.c.id, workflow_runs.c.created_at, workflow_runs.c.finished_at)
+        .where(and_(workflow_runs.c.name == name, workflow_runs.c.status == Status.COMPLETED.value))
+        .order_by(workflow_runs.c.created_at.desc(), workflow_runs.c.id.desc())
+        .limit(recent)
+    )
+    with store.engine.connect() as conn:
+        rows = [r for r in conn.execute(latest) if r.finished_at is not None]
+    if not rows:
+        return None
+    slowest = max(rows, key=lambda r: r.finished_at - r.created_at)
+    return slowest.id, (slowest.finished_at - slowest.created_at).total_seconds() * 1000.0
 
 
 def list_runs(

@@ -11,9 +11,12 @@ Every label is escaped here: the SVG is inserted into the page as markup.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
+from typing import Any
 
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus
 
@@ -62,19 +65,51 @@ class Drawing:
     """Collapsed groups by number: the steps each stands for."""
 
 
-def _levels(run: WorkflowStatus) -> dict[str, int]:
+@dataclass(frozen=True)
+class _Structure:
+    """What the drawing needs of a run's DAG alone, which never changes during the run."""
+
+    dag: dict[str, Any]
+    """Kept so the ``id()`` it is cached under is not reused while cached."""
+    steps: int
+    level: dict[str, int]
+    order: dict[str, int]
+    """Each step's place in declaration order."""
+    families: list[list[str]]
+    """Steps with the same parents and children, in declaration order."""
+
+
+# Structures of recently drawn runs, by the id of their (shared, cached) DAG snapshot:
+# a 2,000-step run's levels and families took ~7 ms to work out on every view.
+_STRUCTURES: OrderedDict[int, _Structure] = OrderedDict()
+_STRUCTURES_KEPT = 64
+_structures_lock = threading.Lock()
+
+
+def _structure(run: WorkflowStatus) -> _Structure:
+    key = id(run.dag)
+    with _structures_lock:
+        found = _STRUCTURES.get(key)
+        if found is not None and found.dag is run.dag and found.steps == len(run.steps):
+            _STRUCTURES.move_to_end(key)
+            return found
     level: dict[str, int] = {}
+    children: dict[str, list[str]] = {name: [] for name in run.steps}
     for name, step in run.steps.items():  # declaration order is a topological order
         level[name] = 1 + max((level.get(p, 0) for p in step.depends_on), default=-1)
-    return level
-
-
-def _children(run: WorkflowStatus) -> dict[str, list[str]]:
-    children: dict[str, list[str]] = {name: [] for name in run.steps}
-    for name, step in run.steps.items():
         for parent in step.depends_on:
             children.setdefault(parent, []).append(name)
-    return children
+    families: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for name, step in run.steps.items():
+        shape = (tuple(sorted(step.depends_on)), tuple(sorted(children.get(name, ()))))
+        families.setdefault(shape, []).append(name)
+    order = {name: i for i, name in enumerate(run.steps)}
+    found = _Structure(run.dag, len(run.steps), level, order, list(families.values()))
+    with _structures_lock:
+        _STRUCTURES[key] = found
+        while len(_STRUCTURES) > _STRUCTURES_KEPT:
+            _STRUCTURES.popitem(last=False)
+    return found
 
 
 def _short(text: str) -> str:
@@ -84,18 +119,22 @@ def _short(text: str) -> str:
 def layout(run: WorkflowStatus, expand: set[int] | None = None) -> list[Node]:
     """The nodes with their places (groups collapsed unless their number is in ``expand``)."""
     expand = expand or set()
-    level = _levels(run)
-    children = _children(run)
-    siblings: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
-    for name, step in run.steps.items():
-        shape = (tuple(sorted(step.depends_on)), tuple(sorted(children.get(name, ()))))
-        if step.status in ("failed", "lost"):
-            shape = ((name,), ())  # a failure is always drawn on its own
-        siblings.setdefault(shape, []).append(name)
+    structure = _structure(run)
+    level = structure.level
+    steps = run.steps
+    siblings: list[list[str]] = []
+    for family in structure.families:
+        alone = [n for n in family if steps[n].status in ("failed", "lost")]
+        if alone:
+            # A failure is always drawn on its own.
+            siblings.extend([n] for n in alone)
+            family = [n for n in family if steps[n].status not in ("failed", "lost")]
+        if family:
+            siblings.append(family)
     node_of: dict[str, str] = {}
     nodes: dict[str, Node] = {}
     group_number = 0
-    for names in siblings.values():
+    for names in siblings:
         if len(names) > COLLAPSE_OVER:
             group_number += 1
             if group_number not in expand:
@@ -120,7 +159,7 @@ def layout(run: WorkflowStatus, expand: set[int] | None = None) -> list[Node]:
     for node in nodes.values():
         node.parents = sorted({node_of[p] for p in node.parents if p in node_of})
     columns: dict[int, list[Node]] = {}
-    order = {name: i for i, name in enumerate(run.steps)}
+    order = structure.order
     for node in sorted(nodes.values(), key=lambda n: order[n.steps[0].name]):
         columns.setdefault(node.level, []).append(node)
     for column, members in columns.items():

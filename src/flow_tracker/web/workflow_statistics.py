@@ -14,7 +14,6 @@ import uuid
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from flow_tracker.status import Status
 from flow_tracker.store import queries, rollups
@@ -23,9 +22,9 @@ from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import percentile
 from flow_tracker.store.workflows import CATEGORY
 from flow_tracker.web.statistics import refresh_rollups, window_span
-from flow_tracker.workflows import manage
 
 RECENT_RUNS = 50  # runs looked at for the slowest recent one
+STEPS_SHOWN = 20  # steps listed per workflow (slowest first) unless one workflow is asked for
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,18 @@ class StepStats:
     failed: int
     p50_ms: float | None
     p95_ms: float | None
+    retried: int = 0
+    """Of ``count``, how many took more than one attempt."""
 
     @property
     def failure_rate(self) -> float | None:
         """Failed of finished, or None with none finished."""
         return self.failed / self.count if self.count else None
+
+    @property
+    def retry_rate(self) -> float | None:
+        """Retried of finished, or None with none finished."""
+        return self.retried / self.count if self.count else None
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,11 @@ class WorkflowStats:
     p50_ms: float | None
     p95_ms: float | None
     steps: list[StepStats] = field(default_factory=list)
+    """The slowest steps (all of them when one workflow was asked for)."""
+    steps_total: int = 0
+    """How many steps finished in the window, listed or not."""
+    finished_steps: int = 0
+    retried_steps: int = 0
     slowest_run: str | None = None
     critical_path: list[tuple[str, float]] = field(default_factory=list)
     """Steps of the slowest recent run that made it last that long: (step, ms)."""
@@ -62,6 +73,11 @@ class WorkflowStats:
     def failure_rate(self) -> float | None:
         """Failed runs of finished runs."""
         return self.failed_runs / self.runs if self.runs else None
+
+    @property
+    def retry_rate(self) -> float | None:
+        """Steps that took more than one attempt, of finished steps."""
+        return self.retried_steps / self.finished_steps if self.finished_steps else None
 
 
 def critical_path(
@@ -93,10 +109,31 @@ def critical_path(
     return list(reversed(path))
 
 
+def _workflow_of(name: str, workflows: set[str]) -> str | None:
+    """The workflow a step's process name belongs to: the longest run name before a dot."""
+    cut = len(name)
+    while (cut := name.rfind(".", 0, cut)) > 0:
+        if name[:cut] in workflows:
+            return name[:cut]
+    return None
+
+
 def analytics(
-    store: Store, window: str, rollup_state: tuple[datetime | None, str] | None = None
+    store: Store,
+    window: str,
+    rollup_state: tuple[datetime | None, str] | None = None,
+    *,
+    only: str | None = None,
 ) -> list[WorkflowStats]:
-    """Per workflow and step: runs, p50/p95 duration, failure rate, and a critical path."""
+    """Per workflow and step: runs, p50/p95 duration, failure and retry rates, a critical path.
+
+    Args:
+        store: the tracking database.
+        window: one of the dashboard's windows (``24h``, ``7d``…).
+        rollup_state: the rollups' version, when the caller knows it.
+        only: one workflow, with all its steps; else every workflow, each with its
+            :data:`STEPS_SHOWN` slowest steps.
+    """
     now = queries.database_time(store)
     if rollup_state is None:
         refresh_rollups(store, now)
@@ -104,32 +141,51 @@ def analytics(
             rollup_state = rollups.read_version(conn)
     span = window_span(window, now, *rollup_state)
     with store.engine.connect() as conn:
-        counts = rollups.read_counts(conn, store, span)
-        histograms = rollups.read_histograms(conn, store, span)
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        counts = rollups.read_counts(conn, store, span, category=CATEGORY)
+        names = {row.name for row in counts}
+        histograms = rollups.read_histograms(conn, store, span, names=names.__contains__)
+    # Runs are processes named after their workflow; steps are named <workflow>.<step>.
+    # A name that prefixes another one (before a dot) is a workflow.
+    workflows = {n for n in names if "." not in n}
+    for name in names:
+        cut = len(name)
+        while (cut := name.rfind(".", 0, cut)) > 0:
+            if name[:cut] in names:
+                workflows.add(name[:cut])
+    if only is not None:
+        workflows &= {only}
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for row in counts:
-        if row.kind == "p" and row.category == CATEGORY:
-            totals[row.name][0] += row.count
-            if row.status == Status.FAILED.value:
-                totals[row.name][1] += row.count
-    workflows = {name for name in totals if "." not in name}
-    found: list[WorkflowStats] = []
-    for workflow in sorted(workflows):
-        hist = histograms.get(("p", workflow), {})
-        steps = [
+        entry = totals[row.name]
+        entry[0] += row.count
+        entry[2] += row.retried
+        if row.status == Status.FAILED.value:
+            entry[1] += row.count
+    steps_of: dict[str, list[StepStats]] = defaultdict(list)
+    for name, (count, failed, retried) in totals.items():
+        if name in workflows:
+            continue
+        workflow = _workflow_of(name, workflows)
+        if workflow is None:
+            continue
+        hist = histograms.get(("p", name), {})
+        steps_of[workflow].append(
             StepStats(
                 name=name[len(workflow) + 1 :],
                 count=count,
                 failed=failed,
-                p50_ms=percentile(histograms.get(("p", name), {}), 0.50),
-                p95_ms=percentile(histograms.get(("p", name), {}), 0.95),
+                p50_ms=percentile(hist, 0.50),
+                p95_ms=percentile(hist, 0.95),
+                retried=retried,
             )
-            for name, (count, failed) in totals.items()
-            if name.startswith(workflow + ".")
-        ]
+        )
+    found: list[WorkflowStats] = []
+    for workflow in sorted(workflows):
+        steps = steps_of.get(workflow, [])
         steps.sort(key=lambda s: (s.p95_ms or 0.0, s.count), reverse=True)
+        hist = histograms.get(("p", workflow), {})
         slowest, path = _slowest_recent(store, workflow)
-        runs, failed_runs = totals[workflow]
+        runs, failed_runs, _retried = totals.get(workflow, [0, 0, 0])
         found.append(
             WorkflowStats(
                 name=workflow,
@@ -137,7 +193,10 @@ def analytics(
                 failed_runs=failed_runs,
                 p50_ms=percentile(hist, 0.50),
                 p95_ms=percentile(hist, 0.95),
-                steps=steps,
+                steps=steps if only is not None else steps[:STEPS_SHOWN],
+                steps_total=len(steps),
+                finished_steps=sum(s.count for s in steps),
+                retried_steps=sum(s.retried for s in steps),
                 slowest_run=slowest,
                 critical_path=path,
             )
@@ -146,14 +205,10 @@ def analytics(
 
 
 def _slowest_recent(store: Store, workflow: str) -> tuple[str | None, list[tuple[str, float]]]:
-    recent: list[dict[str, Any]] = manage.list_workflows(
-        name=workflow, status="completed", limit=RECENT_RUNS, store=store
-    )
-    timed = [r for r in recent if r["duration_ms"] is not None]
-    if not timed:
+    slowest = stored.slowest_recent_run(store, workflow, RECENT_RUNS)
+    if slowest is None:
         return None, []
-    slowest = max(timed, key=lambda r: r["duration_ms"])
-    return slowest["id"], _critical_path_of(store, uuid.UUID(slowest["id"]))
+    return str(slowest[0]), _critical_path_of(store, slowest[0])
 
 
 # Critical paths of completed runs, which never change: a page view computes each once.

@@ -30,7 +30,8 @@ RUN_STATUSES = ("running", "completed", "failed", "cancelled")
 PAGE = 50
 REASON_LIMIT = 300
 LISTED = 300  # step rows a run's page lists (every step not done, then done ones)
-MERMAID_INLINE = 200  # steps up to which a run's page shows its Mermaid text
+MERMAID_INLINE = 200
+_SOME_ID = "00000000-0000-0000-0000-000000000000"
 
 
 def workflow_list(request: Request) -> Response:
@@ -73,16 +74,21 @@ def workflow_list(request: Request) -> Response:
 
 
 def workflow_analytics(request: Request) -> Response:
-    """Per workflow and step: runs, p50/p95, failure rate, slowest steps, a critical path."""
+    """Per workflow and step: runs, p50/p95, failure and retry rates, a critical path.
+
+    Each workflow lists its slowest steps; ``?name=`` shows one workflow with all of them.
+    """
     board = dashboard_of(request)
     window = request.query_params.get("window", statistics.DEFAULT_WINDOW)
     if window not in statistics.WINDOWS:
         raise ParamError(f"window must be one of {', '.join(statistics.WINDOWS)}")
-    found = workflow_statistics.analytics(board.store, window, board.rollup_state())
+    only = clean(request.query_params["name"])[:255] if request.query_params.get("name") else None
+    found = workflow_statistics.analytics(board.store, window, board.rollup_state(), only=only)
     return render(
         request,
         "workflow_analytics.html",
         workflows=found,
+        only=only,
         window=window,
         windows=list(statistics.WINDOWS),
         nav="workflows",
@@ -95,7 +101,7 @@ def _run_of(request: Request) -> WorkflowStatus:
     if run_id is None:
         raise HTTPException(404, "no workflow run with this id")
     try:
-        return manage.get_workflow(run_id, store=dashboard_of(request).store)
+        return manage.get_workflow_outline(run_id, store=dashboard_of(request).store)
     except NotFoundError:
         raise HTTPException(404, "no workflow run with this id") from None
 
@@ -112,13 +118,17 @@ def workflow_detail(request: Request) -> Response:
     """One run: its DAG, every step and why it waits, context and results, the actions."""
     run = _run_of(request)
     names, unlisted = _listed(run)
+    run = manage.with_results(run, names, store=dashboard_of(request).store)
     shown = manage.shown(run, names)
     expand = _expanded(request)
+
+    # One route look-up, not one per step (~45 µs each, 14 ms on a 2,000-step page).
+    process_path = request.url_for("process", process_id=_SOME_ID).path
 
     def link(step: StepStatus) -> str | None:
         if step.process_id is None:
             return None
-        return request.url_for("process", process_id=step.process_id).path
+        return process_path.replace(_SOME_ID, str(step.process_id))
 
     def expand_link(group: int) -> str:
         wanted = sorted(expand | {group})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import uuid
 from collections.abc import Iterable
@@ -66,10 +67,38 @@ def get_workflow(run_id: uuid.UUID | str, *, store: Store | None = None) -> Work
     Raises:
         NotFoundError: no run has this id.
     """
-    found = stored.read_run(store or _store(), _run_id(run_id))
+    return _read(run_id, store, results=True)
+
+
+def _read(run_id: uuid.UUID | str, store: Store | None, *, results: bool) -> WorkflowStatus:
+    found = stored.read_run(store or _store(), _run_id(run_id), results=results)
     if found is None:
         raise NotFoundError(f"no workflow run {run_id}")
     return build_status(*found)
+
+
+def get_workflow_outline(run_id: uuid.UUID | str, *, store: Store | None = None) -> WorkflowStatus:
+    """The run as :func:`get_workflow` reads it, but every step's result left None.
+
+    What a page needs to draw a large run: results are most of what a step's row
+    holds, and a page shows those of the steps it lists (:func:`with_results`).
+
+    Raises:
+        NotFoundError: no run has this id.
+    """
+    return _read(run_id, store, results=False)
+
+
+def with_results(
+    status: WorkflowStatus, names: Iterable[str], *, store: Store | None = None
+) -> WorkflowStatus:
+    """``status`` with the stored results of the steps ``names``."""
+    wanted = [n for n in dict.fromkeys(names) if n in status.steps]
+    results = stored.read_results(store or _store(), status.id, wanted)
+    steps = dict(status.steps)
+    for name in wanted:
+        steps[name] = dataclasses.replace(steps[name], result=results.get(name))
+    return dataclasses.replace(status, steps=steps)
 
 
 def list_workflows(

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from flow_tracker.status import Status
-from flow_tracker.store.workflows import DONE, PENDING
+from flow_tracker.store.workflows import DONE, PENDING, DagShape
 
 RUN_FINISHED = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
 
@@ -33,7 +33,7 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepStatus:
     """One step of a run, as stored."""
 
@@ -97,6 +97,8 @@ class WorkflowStatus:
     created_at: datetime
     finished_at: datetime | None
     dag: dict[str, Any] = field(repr=False, default_factory=dict)
+    """The DAG the run was started with. Shared by every read of the run in this
+    process (it never changes), as are the steps' ``depends_on`` lists: read them only."""
 
     @property
     def finished(self) -> bool:
@@ -152,43 +154,43 @@ def explain(run: WorkflowStatus, step: StepStatus) -> str:
     return ""
 
 
-def build_status(run: Any, rows: list[Any], lost: set[str] | None = None) -> WorkflowStatus:
-    """A :class:`WorkflowStatus` from the stored run and step rows.
+def build_status(
+    run: Any, shape: DagShape, rows: list[Any], lost: set[str] | None = None
+) -> WorkflowStatus:
+    """A :class:`WorkflowStatus` from the stored run, its DAG and its step rows.
 
     ``lost``: active steps whose process the reaper marked lost (shown as lost
     until they are queued again).
     """
     lost = lost or set()
-    dag = dict(run.dag or {})
-    order = [s["name"] for s in dag.get("steps", [])]
+    parents = shape.parents
     by_name = {row.name: row for row in rows}
-    parents = {s["name"]: list(s.get("depends_on") or ()) for s in dag.get("steps", [])}
-    statuses = {
-        row.name: Status.LOST.value if row.name in lost else str(row.status) for row in rows
-    }
+    statuses = {row.name: str(row.status) for row in rows}
+    for name in lost & statuses.keys():
+        statuses[name] = Status.LOST.value
+    retrying = Status.RETRYING.value
     steps: dict[str, StepStatus] = {}
-    declared = set(order)
-    for name in order + sorted(n for n in by_name if n not in declared):
+    order = shape.order
+    known = set(order)
+    for name in order + sorted(n for n in by_name if n not in known):
         row = by_name.get(name)
         if row is None:
             continue
         status = statuses[name]
-        error = f"{row.error_class}: {row.error_message}" if row.error_class else None
+        process_id = row.process_id
         steps[name] = StepStatus(
-            name=name,
-            status=status,
-            attempts=int(row.attempts or 0),
-            result=row.result,
-            error=error,
-            process_id=None
-            if row.process_id is None or row.queued_at is None
-            else _uuid(row.process_id),
-            depends_on=parents.get(name, []),
-            blocked_by=_blocked_by(name, parents, statuses) if status == PENDING else None,
-            next_attempt_at=row.next_attempt_at if status == Status.RETRYING.value else None,
-            queued_at=row.queued_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
+            name,
+            status,
+            int(row.attempts or 0),
+            row.result,
+            f"{row.error_class}: {row.error_message}" if row.error_class else None,
+            None if process_id is None or row.queued_at is None else _uuid(process_id),
+            parents.get(name, []),
+            _blocked_by(name, parents, statuses) if status == PENDING else None,
+            row.next_attempt_at if status == retrying else None,
+            row.queued_at,
+            row.started_at,
+            row.finished_at,
         )
     return WorkflowStatus(
         id=uuid.UUID(str(run.id)),
@@ -200,7 +202,7 @@ def build_status(run: Any, rows: list[Any], lost: set[str] | None = None) -> Wor
         failed_step=run.failed_step,
         created_at=run.created_at,
         finished_at=run.finished_at,
-        dag=dag,
+        dag=shape.dag,
     )
 
 
