@@ -12,6 +12,7 @@ import os
 import random
 import time
 import uuid
+from datetime import datetime, timezone
 
 _VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
 _RAND_A_MASK = (1 << 12) - 1
@@ -48,6 +49,17 @@ def new_id_int() -> int:
 def new_id() -> uuid.UUID:
     """Return a fresh UUIDv7."""
     return uuid.UUID(int=new_id_int())
+
+
+def id_floor(moment: datetime) -> uuid.UUID:
+    """The smallest UUIDv7 of ``moment``'s millisecond: ids made from then on are not smaller.
+
+    A naive ``moment`` is taken as UTC.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    ms = int(moment.timestamp() * 1000)
+    return uuid.UUID(int=max(ms, 0) << 80)
 
 
 def to_hex(value: int) -> str:

@@ -93,6 +93,10 @@ def cleanup(
     """Delete processes older than ``days`` (default: ``retention_days``) with their flows and logs.
 
     Queued, running and retrying processes are kept unless ``statuses`` names them.
+    On PostgreSQL (whose log-entry and flow tables are partitioned by time), log
+    entries and flows older than the cut-off are dropped with their partitions,
+    those of a process that is still running included; with ``statuses``, only
+    the rows of the processes deleted go.
 
     Returns:
         How many processes were deleted (or, with ``dry_run``, would be).

@@ -147,7 +147,23 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
     lost += _reap_vanished(chosen, now, now - timedelta(seconds=after))
     steps = _recover_workflow_steps(chosen, after)
     stale = stored_jobs.finish_reap(chosen, now, settings.stale_after, LAST_REAP_KEY)
+    chosen.keep_partitions()  # hourly at most; the reaper loop is one of their keepers
+    _keep_rollups(chosen, now)
     return ReapResult(lost=lost, stale_queued=stale, checked_at=now, workflow_steps=steps)
+
+
+def _keep_rollups(store: Store, now: datetime) -> None:
+    """Roll up the hours that closed since the last time (one read when there are none).
+
+    The reaper runs where it can write: it keeps the dashboard's statistics current
+    for a dashboard that cannot (one reading a replica) or that nobody opened.
+    """
+    from flow_tracker.store import rollups
+
+    try:
+        rollups.refresh(store, now)
+    except Exception as exc:  # the next reap tries again
+        runtime.report_internal_error(exc, "rolling up the dashboard's statistics")
 
 
 def _recover_workflow_steps(store: Store, lost_after: float) -> int:

@@ -316,6 +316,8 @@ class Writer:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
                 self._drain()
+                # Hourly at most: a worker that runs for weeks keeps partitions ahead.
+                self.store.keep_partitions()
                 if self._closing and not self.buffer:
                     return
         except BaseException as exc:  # pragma: no cover - last resort, keep the host alive

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import math
 import os
 import sqlite3
@@ -34,7 +35,10 @@ from flow_tracker.store.histogram import duration_bucket
 if TYPE_CHECKING:
     from flow_tracker.store.connections import WriteConnections
 
+logger = logging.getLogger("flow_tracker")
+
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+PARTITION_CHECK_EVERY_S = 3600.0  # how often a long-lived process checks partitions lie ahead
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 5
 
@@ -151,6 +155,14 @@ def _enable_wal(cursor: Any) -> None:
 def _sqlite_on_begin(conn: Connection) -> None:
     mode = conn.get_execution_options().get("flow_tracker_begin", "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """A write refused by a read-only server: a hot standby, or a read-only default."""
+    return (
+        getattr(exc, "sqlstate", None) == "25006"
+        or getattr(getattr(exc, "orig", None), "sqlstate", None) == "25006"
+    )
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -281,6 +293,7 @@ class Store:
         self._schema_ready = False
         self._lock = threading.Lock()
         self._write_connections: WriteConnections | None = None
+        self._partitions_due = 0.0
 
     @property
     def engine(self) -> Engine:
@@ -320,14 +333,54 @@ class Store:
         )
 
     def ensure_schema(self) -> None:
-        """Create or upgrade the tables once, when ``auto_migrate`` is on."""
+        """Create or upgrade the tables once, when ``auto_migrate`` is on.
+
+        Also makes sure the partitions of the next days exist (PostgreSQL).
+        """
         if self._schema_ready:
             return
         if self.auto_migrate:
-            from flow_tracker.store.migrate import upgrade_if_needed
+            from flow_tracker.store.migrate import HEAD_REVISION, driver_revision, upgrade
 
-            upgrade_if_needed(self.engine)
+            # Read on the write path's own connection: a worker that only writes keeps
+            # one connection to the server, not that one and an idle one in the pool.
+            if self.write_connections.run(driver_revision) != HEAD_REVISION:
+                upgrade(self.engine)
         self._schema_ready = True
+        self.keep_partitions(force=True)
+
+    def keep_partitions(self, *, force: bool = False) -> list[str]:
+        """On PostgreSQL, attach the partitions of the next days if they are missing.
+
+        At most once an hour unless ``force``d: every long-lived writer and the
+        reaper call it (see :mod:`flow_tracker.store.partitions`). Never raises: a
+        read-only server (a replica) or one that is away is left for the next time.
+
+        Returns:
+            The partitions attached now.
+        """
+        if self.dialect != "postgresql":
+            return []
+        now = time.monotonic()
+        with self._lock:
+            if not force and now < self._partitions_due:
+                return []
+            self._partitions_due = now + PARTITION_CHECK_EVERY_S
+        from flow_tracker import config
+        from flow_tracker.store import partitions
+
+        hours = config.current().partition_hours
+
+        def work(conn: Any) -> list[str]:
+            moment = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            return partitions.keep_ahead(conn, hours, moment)
+
+        try:
+            return self.write_connections.run(work)
+        except Exception as exc:
+            level = logging.DEBUG if is_read_only(exc) else logging.WARNING
+            logger.log(level, "flow-tracker: partitions not checked: %s", error_line(exc))
+            return []
 
     @contextlib.contextmanager
     def begin_write(self) -> Iterator[Connection]:

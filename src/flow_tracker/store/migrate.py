@@ -8,7 +8,7 @@ serialised: an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -25,7 +25,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest revision in migrations/versions (a test checks they agree). Knowing
 # it without Alembic makes the first-use check one small query: it runs in every
 # forked work-horse of an RQ worker, where loading the scripts cost ~100 ms a job.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 # Any constant works; it only has to be the same for every flow-tracker process.
 _PG_ADVISORY_LOCK_KEY = 0x666C6F77  # "flow"
 
@@ -67,12 +67,33 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             command.upgrade(alembic_config(conn), revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the database to ``revision`` (waiting for any other process migrating)."""
+    from alembic import command
+
+    with engine.connect() as conn:
+        conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_ADVISORY_LOCK_KEY})")
+            command.downgrade(alembic_config(conn), revision)
+
+
 def stored_revision(conn: Connection) -> str | None:
     """The revision in the version table, read with one query (None if there is none)."""
     try:
         with conn.begin_nested() if conn.in_transaction() else conn.begin():
             row = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").first()
     except DBAPIError:
+        return None
+    return None if row is None else str(row[0])
+
+
+def driver_revision(conn: Any) -> str | None:
+    """The revision in the version table, read on a driver connection (None if there is none)."""
+    try:
+        row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+    except Exception:  # no version table yet: a new database
         return None
     return None if row is None else str(row[0])
 

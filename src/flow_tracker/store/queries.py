@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from flow_tracker.errors import SearchTooBroadError, UsageError
-from flow_tracker.ids import parse_id
+from flow_tracker.ids import id_floor, parse_id
 from flow_tracker.records import (
     ErrorInfo,
     FlowRecord,
@@ -31,7 +31,7 @@ from flow_tracker.records import (
 )
 from flow_tracker.status import UNFINISHED_STATUSES, Status
 from flow_tracker.store.clock import database_now
-from flow_tracker.store.engine import Store
+from flow_tracker.store.engine import Store, is_transient
 from flow_tracker.store.schema import (
     flows,
     log_entries,
@@ -107,13 +107,20 @@ def get_process(
         row = conn.execute(select(processes).where(processes.c.id == pid)).first()
         if row is None:
             return None
-        flow_query = select(flows).where(flows.c.process_id == pid).order_by(flows.c.position)
+        flow_query = (
+            select(flows)
+            .where(flows.c.process_id == pid, *_made_since(store, flows, row.created_at))
+            .order_by(flows.c.position)
+        )
         if max_flows is not None:
             flow_query = flow_query.limit(max_flows)
         flow_rows = conn.execute(flow_query).all()
         log_rows = conn.execute(
             select(log_entries)
-            .where(log_entries.c.process_id == pid)
+            .where(
+                log_entries.c.process_id == pid,
+                *_made_since(store, log_entries, row.created_at),
+            )
             .order_by(log_entries.c.position)
             .limit(max_logs)
         ).all()
@@ -164,14 +171,39 @@ def get_process(
     return record
 
 
-def count_children(store: Store, process_id: uuid.UUID) -> tuple[int, int]:
-    """How many flows and log entries a process has (to say when a page shows fewer)."""
+# How far a host's clock may lag the one that created a process: its flows and logs
+# are looked for from that much before the process was created (ids are made by
+# the writing host's clock).
+CLOCK_SLACK = timedelta(days=1)
+
+
+def _made_since(store: Store, table: Any, created_at: datetime) -> list[ColumnElement[bool]]:
+    """On PostgreSQL, the rows of a process made no earlier than it (less the clock slack).
+
+    The log-entry and flow tables are partitioned by their ids' time there: so
+    bounded, reading one process's rows looks only at the partitions since it
+    was created instead of probing every partition of the retention.
+    """
+    if store.dialect != "postgresql":
+        return []
+    return [table.c.id >= id_floor(as_utc(created_at) - CLOCK_SLACK)]
+
+
+def count_children(
+    store: Store, process_id: uuid.UUID, created_at: datetime | None = None
+) -> tuple[int, int]:
+    """How many flows and log entries a process has (to say when a page shows fewer).
+
+    ``created_at``: the process's, when known (see :func:`_made_since`).
+    """
+    since_flows = [] if created_at is None else _made_since(store, flows, created_at)
+    since_logs = [] if created_at is None else _made_since(store, log_entries, created_at)
     with store.engine.connect() as conn:
         n_flows = conn.execute(
-            select(func.count()).where(flows.c.process_id == process_id)
+            select(func.count()).where(flows.c.process_id == process_id, *since_flows)
         ).scalar_one()
         n_logs = conn.execute(
-            select(func.count()).where(log_entries.c.process_id == process_id)
+            select(func.count()).where(log_entries.c.process_id == process_id, *since_logs)
         ).scalar_one()
     return int(n_flows), int(n_logs)
 
@@ -251,12 +283,6 @@ def _metadata_filter(store: Store, metadata: Mapping[str, Any]) -> list[ColumnEl
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
-
-
-def id_floor(moment: datetime) -> uuid.UUID:
-    """The smallest UUIDv7 of ``moment``'s millisecond: ids from then on are not smaller."""
-    ms = int(as_utc(moment).timestamp() * 1000)
-    return uuid.UUID(int=max(ms, 0) << 80)
 
 
 def max_time(*moments: datetime | None) -> datetime | None:
@@ -665,14 +691,25 @@ def cleanup(
 
     Deletes in batches of ``batch_size`` processes, one short transaction each, so
     that no lock is held for long on a busy database. Queued, running and retrying processes
-    are kept unless ``statuses`` names them.
+    are kept unless ``statuses`` names them. On PostgreSQL's partitioned tables (and
+    no ``statuses``), the log entries and flows older than the cutoff go with their
+    partitions first, those of a process still running included.
     """
     if days < 0:
         raise UsageError("days must be zero or more")
     for s in statuses or ():
         Status(s)
-    condition, _ = _cleanup_condition(days, statuses)
+    condition, cutoff = _cleanup_condition(days, statuses)
     store.ensure_schema()
+    # Partitioned tables (PostgreSQL): whole partitions older than the cutoff are
+    # dropped and the straddling one's older rows deleted; only the newer
+    # partitions can still hold rows of the processes deleted below. A clean-up
+    # of some statuses only keeps deleting row by row.
+    newer = {
+        dropped.table for dropped in (drop_partitions_before(store, cutoff) if not statuses else [])
+    }
+    logs_of = log_entries.c.process_id.in_
+    flows_of = flows.c.process_id.in_
     deleted = 0
     while True:
         with store.begin_write() as conn:
@@ -681,14 +718,43 @@ def cleanup(
             )
             if not ids:
                 return deleted
-            conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
+            logs: ColumnElement[bool] = logs_of(ids)
+            if log_entries.name in newer:
+                logs = and_(logs, log_entries.c.id >= id_floor(cutoff))
+            flow_rows: ColumnElement[bool] = flows_of(ids)
+            if flows.name in newer:
+                flow_rows = and_(flow_rows, flows.c.id >= id_floor(cutoff))
+            conn.execute(log_entries.delete().where(logs))
             conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
-            conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
+            conn.execute(flows.delete().where(flow_rows))
             # A workflow run's process goes with the run and its steps' state.
             conn.execute(workflow_steps.delete().where(workflow_steps.c.run_id.in_(ids)))
             conn.execute(workflow_runs.delete().where(workflow_runs.c.id.in_(ids)))
             conn.execute(processes.delete().where(processes.c.id.in_(ids)))
             deleted += len(ids)
+
+
+def drop_partitions_before(store: Store, cutoff: datetime) -> list[Any]:
+    """Drop the partitions entirely older than ``cutoff`` (PostgreSQL's partitioned tables).
+
+    Returns what was done to each partitioned table (:class:`partitions.Dropped`);
+    nothing on SQLite or an unpartitioned database.
+    """
+    if store.dialect != "postgresql":
+        return []
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from flow_tracker.store import partitions
+
+    try:
+        with store.engine.connect() as conn:
+            return list(partitions.drop_before(conn.connection.driver_connection, cutoff))
+    except DBAPIError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):  # the driver's own error: reported like any other outage
+            raise OperationalError("dropping old partitions", None, exc) from exc
+        raise
 
 
 def count_by_status(conn: Connection, statuses: Iterable[Status]) -> dict[str, int]:

@@ -53,7 +53,7 @@ def get_process(request: Request) -> Response:
         )
     if pid is None or record is None:
         return problem(404, "no process with this id")
-    n_flows, n_logs = queries.count_children(board.store, pid)
+    n_flows, n_logs = queries.count_children(board.store, pid, record.created_at)
     data = record.to_dict()
     data["counts"] = {"flows": n_flows, "logs": n_logs}
     data["truncated"] = n_flows > MAX_API_FLOWS or n_logs > MAX_API_LOGS

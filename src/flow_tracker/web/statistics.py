@@ -17,7 +17,7 @@ from flow_tracker.records import ProcessRecord
 from flow_tracker.status import UNFINISHED_STATUSES, Status
 from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.store import queries, rollups
-from flow_tracker.store.engine import Store
+from flow_tracker.store.engine import Store, is_read_only
 from flow_tracker.store.histogram import percentile
 
 logger = logging.getLogger("flow_tracker")
@@ -195,8 +195,13 @@ def refresh_rollups(store: Store, now: datetime) -> datetime | None:
     """Bring the rollups up to date; on failure log it and return the old watermark."""
     try:
         return rollups.refresh(store, now)
-    except Exception:  # a reader with no write access still gets an overview
-        logger.warning("flow-tracker: could not refresh the dashboard rollups", exc_info=True)
+    except Exception as exc:  # a reader with no write access still gets an overview
+        if is_read_only(exc):
+            # A read replica: the rollups are kept on the primary (the reaper, or a
+            # dashboard there), and reach this one by replication.
+            logger.debug("flow-tracker: rollups not refreshed on a read-only server")
+        else:
+            logger.warning("flow-tracker: could not refresh the dashboard rollups", exc_info=True)
         with store.engine.connect() as conn:
             return rollups.read_watermark(conn)
 

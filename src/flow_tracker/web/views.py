@@ -136,7 +136,7 @@ def process_detail(request: Request) -> Response:
     level = request.query_params.get("level", "debug")
     if level not in LEVEL_RANKS:
         level = "debug"
-    n_flows, n_logs = queries.count_children(board.store, pid)
+    n_flows, n_logs = queries.count_children(board.store, pid, process.created_at)
     moment = now()
     return render(
         request,
