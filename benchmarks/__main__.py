@@ -1,10 +1,13 @@
-"""``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages]``."""
+"""Run benchmarks by name; none named runs them all.
+
+``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages] [scale]``
+"""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import core, dashboard, job_cost, queues, workflow_pages, workflows
+from benchmarks import core, dashboard, job_cost, queues, scale, workflow_pages, workflows
 
 
 def main() -> int:
@@ -17,6 +20,7 @@ def main() -> int:
         "dashboard",
         "workflows",
         "workflow_pages",
+        "scale",
     ]
     status = 0
     for name in names:
@@ -32,10 +36,12 @@ def main() -> int:
             status |= workflows.main(args)
         elif name == "workflow_pages":
             status |= workflow_pages.main(args)
+        elif name == "scale":
+            status |= scale.main(args)
         else:
             print(
                 f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, "
-                "workflows, workflow_pages",
+                "workflows, workflow_pages, scale",
                 file=sys.stderr,
             )
             return 2

@@ -201,11 +201,13 @@ def test_cleanup_drops_whole_partitions_and_deletes_rows_only_where_the_cutoff_f
         assert gone and not gone & after  # dropped whole
         left = conn.execute(f"SELECT process_id, created_at FROM {LOGS}").fetchall()
         left_flows = conn.execute(f"SELECT count(*) FROM {FLOWS}").fetchall()[0][0]
-    assert {pid for pid, _at in left} == {running, kept}  # the old one's newer rows went too
     # Older than the cutoff: nothing, whoever it belonged to (a running process included).
     assert all(at >= cutoff - timedelta(seconds=1) for _pid, at in left)
     assert len([1 for pid, _at in left if pid == running]) == 3  # days 0, 1 and 2
-    assert left_flows == 0
+    assert len([1 for pid, _at in left if pid == kept]) == 1
+    # The deleted process's newer rows are kept by time: not shown, gone with their partition.
+    assert len([1 for pid, _at in left if pid == old]) == 3 and left_flows == 3
+    assert flow_tracker.get_process(old) is None
     store.dispose()
 
 
@@ -358,3 +360,21 @@ def test_a_read_only_server_serves_the_dashboard_and_is_left_unwritten_quietly(
         assert json.loads(client.get("/api/processes").text)["items"][0]["name"] == "Nightly"
     app.state.dashboard.store.dispose()
     reader.dispose()
+
+
+def test_the_cli_takes_the_tables_back_to_unpartitioned_and_up_again(fresh_url: str) -> None:
+    from click.testing import CliRunner
+
+    from flow_tracker.cli import main
+
+    runner = CliRunner()
+    up = runner.invoke(main, ["db", "upgrade", "--database-url", fresh_url])
+    assert up.exit_code == 0, up.output
+    down = runner.invoke(main, ["db", "downgrade", "0006", "--database-url", fresh_url])
+    assert down.exit_code == 0 and "is at revision 0006" in down.output, down.output
+    with _driver(fresh_url) as conn:
+        assert not any(partitions.is_partitioned(conn, t) for t in partitions.TABLES)
+    again = runner.invoke(main, ["db", "upgrade", "--database-url", fresh_url])
+    assert again.exit_code == 0 and "is at revision 0007" in again.output, again.output
+    with _driver(fresh_url) as conn:
+        assert all(partitions.is_partitioned(conn, t) for t in partitions.TABLES)

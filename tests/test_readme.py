@@ -560,6 +560,31 @@ def test_flask_mount(tracked: str) -> None:
     assert b"flow-tracker" in response.data
 
 
+@pytest.mark.postgres
+def test_a_dashboard_reads_a_replica(pg_server_url: str) -> None:
+    from starlette.testclient import TestClient
+
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
+    with flow_tracker.track("replicated nightly") as tracker:
+        tracker.info("seen on the replica")
+    flow_tracker.flush()
+    flow_tracker.reset()
+    # What a hot standby answers to every write, without running one.
+    replica = f"{pg_server_url}?options=-c%20default_transaction_read_only%3Don"
+    block = example("Running at scale #1")
+    code = block.code.replace("postgresql://reader@replica.internal/app", replica)
+    assert code != block.code, "the example's URL changed: update this test"
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app = namespace["dashboard"]
+    with TestClient(app) as client:
+        assert "replicated nightly" in client.get("/processes").text
+        detail = client.get(f"/processes/{tracker.process_id}")
+        assert detail.status_code == 200 and "seen on the replica" in detail.text
+        assert client.get("/").status_code == 200
+    app.state.dashboard.store.dispose()
+
+
 # -- the command lines -----------------------------------------------------------------
 
 

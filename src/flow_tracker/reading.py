@@ -94,9 +94,10 @@ def cleanup(
 
     Queued, running and retrying processes are kept unless ``statuses`` names them.
     On PostgreSQL (whose log-entry and flow tables are partitioned by time), log
-    entries and flows older than the cut-off are dropped with their partitions,
-    those of a process that is still running included; with ``statuses``, only
-    the rows of the processes deleted go.
+    entries and flows are kept by time: those older than the cut-off go with their
+    partitions (a process still running loses its oldest ones), and those a deleted
+    process wrote after the cut-off are no longer shown and go with their own
+    partition later. With ``statuses``, the rows of the processes deleted go.
 
     Returns:
         How many processes were deleted (or, with ``dry_run``, would be).

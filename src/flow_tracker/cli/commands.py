@@ -133,6 +133,22 @@ def db_upgrade(database_url: str | None, revision: str) -> None:
     click.echo(f"{display_url(store.url)} is at revision {now}")
 
 
+@db.command("downgrade")
+@database_option
+@click.argument("revision")
+@friendly_errors
+def db_downgrade(database_url: str | None, revision: str) -> None:
+    """Take flow-tracker's tables back to REVISION (e.g. 0006: unpartitioned tables)."""
+    url = database_url or flow_tracker.config.settings_from_env().database_url
+    store = Store(url, auto_migrate=False)
+    store.check_connection()
+    migrate.downgrade(store.engine, revision)
+    with store.engine.connect() as conn:
+        now = migrate.current_revision(conn)
+    store.dispose()
+    click.echo(f"{display_url(store.url)} is at revision {now}")
+
+
 @db.command("current")
 @database_option
 @friendly_errors

@@ -10,7 +10,9 @@ first out; one that fails is rolled back or dropped, and a kept one that turns
 out dead (a server restart while it sat idle) is replaced once, at once.
 
 PostgreSQL connections are the driver's own, in autocommit mode: the write path
-sends ``BEGIN`` and ``COMMIT`` itself (or one statement, atomic by itself).
+sends ``BEGIN`` and ``COMMIT`` itself (or one statement, atomic by itself). A
+process holds one at a time (:data:`CONNECTIONS_PER_PROCESS`): its threads take
+turns.
 SQLite connections come from the engine's pool and go back to it after each use
 (no ping to save there; and an in-memory database has one shared connection
 that must never be closed).
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 KEEP_AT_MOST = 8  # idle connections kept; more are closed (a burst of threads went by)
+CONNECTIONS_PER_PROCESS = 1  # PostgreSQL connections the write path holds at once
+TURN_WAIT_S = 30.0
 
 
 class _Held:
@@ -55,6 +59,16 @@ class WriteConnections:
         self._idle: list[_Held] = []
         self._inherited: list[_Held] = []  # a forked child's share of its parent's
         self._lock = threading.Lock()
+        self._slots = self._new_slots()
+
+    def _new_slots(self) -> threading.BoundedSemaphore | None:
+        # PostgreSQL: one connection per process, whatever its threads: a fleet of
+        # hundreds of worker processes then needs hundreds of server connections, not
+        # thousands. Threads that write at once take turns, and what they queued
+        # meanwhile goes in the next batch.
+        if self.store.dialect != "postgresql":
+            return None
+        return threading.BoundedSemaphore(CONNECTIONS_PER_PROCESS)
 
     def run(self, work: Callable[[Any], T]) -> T:
         """``work(driver_connection)`` on a kept connection, or a new one.
@@ -63,21 +77,29 @@ class WriteConnections:
         ``work`` tried once more on a new one (its server closed it while it sat
         idle). Any other failure is raised after the connection is rolled back.
         """
-        held, reused = self._take()
+        slots = self._slots
+        # A turn is waited for at most this long: a write stuck that long (a server
+        # that stopped answering) must not stop every other thread's.
+        slot = slots.acquire(timeout=TURN_WAIT_S) if slots is not None else False
         try:
-            result = work(held.driver)
-        except Exception as exc:
-            alive = self._recover(held)
-            if alive or not reused or not is_transient(exc):
-                raise
-            held, _ = self._take(fresh=True)
+            held, reused = self._take()
             try:
                 result = work(held.driver)
-            except Exception:
-                self._recover(held)
-                raise
-        self._give_back(held)
-        return result
+            except Exception as exc:
+                alive = self._recover(held)
+                if alive or not reused or not is_transient(exc):
+                    raise
+                held, _ = self._take(fresh=True)
+                try:
+                    result = work(held.driver)
+                except Exception:
+                    self._recover(held)
+                    raise
+            self._give_back(held)
+            return result
+        finally:
+            if slot and slots is not None:
+                slots.release()
 
     def forget(self) -> None:
         """In a forked child: set the parent's connections aside, never used or closed.
@@ -88,6 +110,7 @@ class WriteConnections:
         self._inherited.extend(self._idle)
         self._idle = []
         self._lock = threading.Lock()
+        self._slots = self._new_slots()
 
     def close(self) -> None:
         """Close every idle connection."""

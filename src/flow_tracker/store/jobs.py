@@ -125,6 +125,20 @@ def state_written_at(conn: Connection, key: str) -> datetime | None:
 
 def stamp_heartbeats(store: Store, process_ids: Sequence[int]) -> None:
     """Set ``heartbeat_at`` to the database's time on these running processes (by int id)."""
+    if store.dialect == "postgresql":
+        # On the write path's connection: a worker's heartbeats must not keep a second
+        # connection to the server open (one per process, see store/connections.py).
+        def stamp(conn: Any) -> None:
+            for offset in range(0, len(process_ids), HEARTBEAT_BATCH):
+                chunk = [uuid.UUID(int=i) for i in process_ids[offset : offset + HEARTBEAT_BATCH]]
+                conn.execute(
+                    "UPDATE flow_tracker_processes SET heartbeat_at = clock_timestamp()"
+                    " WHERE id = ANY(%s) AND status = %s",
+                    (chunk, Status.RUNNING.value),
+                )
+
+        store.write_connections.run(stamp)
+        return
     now = now_sql(store.dialect)
     with store.begin_write() as conn:
         for offset in range(0, len(process_ids), HEARTBEAT_BATCH):

@@ -20,12 +20,14 @@ reads only the partitions it needs.
 * **A default partition** takes any row no range covers (an id made by a host
   whose clock is days off), so no batch of the writer is ever refused; a
   partition attached later takes its rows out of it first.
-* **Retention** (:func:`drop_before`): partitions entirely older than the cut-off
-  are detached and dropped, a moment's work whatever their size; rows are
-  deleted only in the one partition that straddles the cut-off (and in the
-  default one). Detaching takes a brief exclusive lock on the table, bounded by
-  :data:`LOCK_TIMEOUT_MS`: if a long query holds the table, the partition is left
-  for the next clean-up instead of making the writers queue behind it.
+* **Retention** (:func:`detach_before`, :func:`drop_tables`, :func:`delete_before`):
+  partitions entirely older than the cut-off are detached, a moment's work
+  whatever their size, then dropped (removing their files takes longer, but
+  locks nothing anyone else uses); rows are deleted only in the one partition
+  that straddles the cut-off (and in the default one). Detaching takes a brief
+  exclusive lock on the table, bounded by :data:`LOCK_TIMEOUT_MS`: if a long
+  query holds the table, the partition is left for the next clean-up instead of
+  making the writers queue behind it.
 """
 
 from __future__ import annotations
@@ -207,33 +209,32 @@ def _is_lock_timeout(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class Dropped:
-    """What :func:`drop_before` did to one table."""
+class Detached:
+    """What :func:`detach_before` did to one table."""
 
     table: str
-    dropped: list[str]
-    """Partitions detached and dropped whole."""
+    detached: list[str]
+    """Partitions taken out of the table: their rows are gone from it at once; the
+    tables themselves are dropped by :func:`drop_tables`."""
     left: list[str]
-    """Partitions old enough to drop that a lock kept: the next clean-up takes them."""
-    deleted: int
-    """Rows deleted one by one: the straddling partition's and the default one's."""
+    """Partitions old enough to go that a lock kept: the next clean-up takes them."""
 
 
-def drop_before(conn: Any, cutoff: datetime) -> list[Dropped]:
-    """Retention: drop the partitions entirely older than ``cutoff``, delete older rows.
+def detach_before(conn: Any, cutoff: datetime) -> list[Detached]:
+    """Take every partition entirely older than ``cutoff`` out of its table.
 
-    Rows are deleted one by one only in the partition that straddles ``cutoff``
-    and in the default one. ``conn`` is a driver connection. Tables that are not
-    partitioned are skipped (the caller deletes their rows).
+    Each in a transaction of its own, under :data:`LOCK_TIMEOUT_MS`; a detached
+    table left by an earlier clean-up that failed to drop it is listed again.
+    ``conn`` is a driver connection; tables that are not partitioned are skipped.
     """
     cutoff = as_utc(cutoff)
-    done: list[Dropped] = []
+    done: list[Detached] = []
     for table in TABLES:
         with conn.transaction():
             if not is_partitioned(conn, table):
                 continue
             found = partitions(conn, table)
-        dropped: list[str] = []
+            detached = _orphans(conn, table)
         left: list[str] = []
         for part in found:
             if part.default or part.end is None or part.end > cutoff:
@@ -243,22 +244,53 @@ def drop_before(conn: Any, cutoff: datetime) -> list[Dropped]:
                     conn.execute(
                         f"ALTER TABLE {_ident(table)} DETACH PARTITION {_ident(part.name)}"
                     )
-                    conn.execute(f"DROP TABLE {_ident(part.name)}")
-                dropped.append(part.name)
+                detached.append(part.name)
             except Exception as exc:
                 if not _is_lock_timeout(exc):
                     raise
                 left.append(part.name)
-        deleted = 0
-        below = _literal(id_floor(cutoff))
+        done.append(Detached(table, detached, left))
+    return done
+
+
+def _orphans(conn: Any, table: str) -> list[str]:
+    """Partitions of ``table`` detached earlier and not dropped (their names say whose)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind = 'r' AND NOT c.relispartition"
+        " AND c.relname ~ %s",
+        (f"^{re.escape(table)}_(p|before_)[0-9]{{12}}$",),
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def drop_tables(conn: Any, names: list[str]) -> None:
+    """Drop detached partitions (removing their files is most of a clean-up's time)."""
+    if names:
+        conn.execute("DROP TABLE IF EXISTS " + ", ".join(_ident(n) for n in names))
+
+
+def delete_before(conn: Any, cutoff: datetime) -> int:
+    """Delete the rows older than ``cutoff`` where partitions straddle it or take any id.
+
+    That is the one partition whose range holds ``cutoff``, and the default one:
+    the rest were detached whole. Returns how many rows were deleted.
+    """
+    cutoff = as_utc(cutoff)
+    below = _literal(id_floor(cutoff))
+    deleted = 0
+    for table in TABLES:
+        with conn.transaction():
+            if not is_partitioned(conn, table):
+                continue
+            found = partitions(conn, table)
         for part in found:
             straddles = part.end is not None and (part.start or _EPOCH) < cutoff < part.end
             if part.default or straddles:
                 with conn.transaction():
                     cursor = conn.execute(f"DELETE FROM {_ident(part.name)} WHERE id < {below}")
                     deleted += max(cursor.rowcount, 0)
-        done.append(Dropped(table, dropped, left, deleted))
-    return done
+    return deleted
 
 
 def partition_table(conn: Any, table: str, hours: int, now: datetime) -> str | None:

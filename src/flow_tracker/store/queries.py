@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -692,8 +694,7 @@ def cleanup(
     Deletes in batches of ``batch_size`` processes, one short transaction each, so
     that no lock is held for long on a busy database. Queued, running and retrying processes
     are kept unless ``statuses`` names them. On PostgreSQL's partitioned tables (and
-    no ``statuses``), the log entries and flows older than the cutoff go with their
-    partitions first, those of a process still running included.
+    no ``statuses``), log entries and flows are kept by time instead: see below.
     """
     if days < 0:
         raise UsageError("days must be zero or more")
@@ -702,58 +703,89 @@ def cleanup(
     condition, cutoff = _cleanup_condition(days, statuses)
     store.ensure_schema()
     # Partitioned tables (PostgreSQL): whole partitions older than the cutoff are
-    # dropped and the straddling one's older rows deleted; only the newer
-    # partitions can still hold rows of the processes deleted below. A clean-up
-    # of some statuses only keeps deleting row by row.
-    newer = {
-        dropped.table for dropped in (drop_partitions_before(store, cutoff) if not statuses else [])
-    }
-    logs_of = log_entries.c.process_id.in_
-    flows_of = flows.c.process_id.in_
-    deleted = 0
-    while True:
-        with store.begin_write() as conn:
-            ids = list(
-                conn.execute(select(processes.c.id).where(condition).limit(batch_size)).scalars()
-            )
-            if not ids:
-                return deleted
-            logs: ColumnElement[bool] = logs_of(ids)
-            if log_entries.name in newer:
-                logs = and_(logs, log_entries.c.id >= id_floor(cutoff))
-            flow_rows: ColumnElement[bool] = flows_of(ids)
-            if flows.name in newer:
-                flow_rows = and_(flow_rows, flows.c.id >= id_floor(cutoff))
-            conn.execute(log_entries.delete().where(logs))
-            conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
-            conn.execute(flows.delete().where(flow_rows))
-            # A workflow run's process goes with the run and its steps' state.
-            conn.execute(workflow_steps.delete().where(workflow_steps.c.run_id.in_(ids)))
-            conn.execute(workflow_runs.delete().where(workflow_runs.c.id.in_(ids)))
-            conn.execute(processes.delete().where(processes.c.id.in_(ids)))
-            deleted += len(ids)
+    # detached and dropped, and the straddling one's older rows deleted. Rows there
+    # are kept by time, not by process: the flows and logs that a deleted process
+    # wrote after the cutoff (it ran that long) are no longer shown, and go with
+    # their own partition later. (Looking for them process by process probed every
+    # newer partition's index for each process: most of a clean-up's time.) A
+    # clean-up of some statuses only keeps deleting row by row.
+    with _old_partitions_dropped(store, cutoff, by_time=not statuses) as by_time:
+        if by_time:
+            # Without their flows and logs, a batch of processes is light: fewer
+            # round trips, each lock still held for a moment only.
+            batch_size *= 10
+        deleted = 0
+        while True:
+            with store.begin_write() as conn:
+                ids = list(
+                    conn.execute(
+                        select(processes.c.id).where(condition).limit(batch_size)
+                    ).scalars()
+                )
+                if not ids:
+                    return deleted
+                if log_entries.name not in by_time:
+                    conn.execute(log_entries.delete().where(log_entries.c.process_id.in_(ids)))
+                if flows.name not in by_time:
+                    conn.execute(flows.delete().where(flows.c.process_id.in_(ids)))
+                conn.execute(transitions.delete().where(transitions.c.process_id.in_(ids)))
+                # A workflow run's process goes with the run and its steps' state.
+                conn.execute(workflow_steps.delete().where(workflow_steps.c.run_id.in_(ids)))
+                conn.execute(workflow_runs.delete().where(workflow_runs.c.id.in_(ids)))
+                conn.execute(processes.delete().where(processes.c.id.in_(ids)))
+                deleted += len(ids)
 
 
-def drop_partitions_before(store: Store, cutoff: datetime) -> list[Any]:
-    """Drop the partitions entirely older than ``cutoff`` (PostgreSQL's partitioned tables).
+@contextlib.contextmanager
+def _old_partitions_dropped(store: Store, cutoff: datetime, *, by_time: bool) -> Iterator[set[str]]:
+    """Detach the partitions older than ``cutoff``, delete the straddling rows.
 
-    Returns what was done to each partitioned table (:class:`partitions.Dropped`);
-    nothing on SQLite or an unpartitioned database.
+    The detached tables are dropped beside the block (removing their files is
+    slow, and locks nothing the block needs). Yields the tables whose rows are
+    kept by time: none on SQLite, on an unpartitioned database, or unless ``by_time``.
     """
-    if store.dialect != "postgresql":
-        return []
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
+    if not by_time or store.dialect != "postgresql":
+        yield set()
+        return
     from flow_tracker.store import partitions
 
-    try:
+    with _driver_errors_as_outages():
         with store.engine.connect() as conn:
-            return list(partitions.drop_before(conn.connection.driver_connection, cutoff))
+            driver = conn.connection.driver_connection
+            detached = partitions.detach_before(driver, cutoff)
+            partitions.delete_before(driver, cutoff)
+    names = [name for d in detached for name in d.detached]
+    failed: list[BaseException] = []
+
+    def drop() -> None:
+        try:
+            with _driver_errors_as_outages(), store.engine.connect() as conn:
+                partitions.drop_tables(conn.connection.driver_connection, names)
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+
+    dropper = threading.Thread(target=drop, name="flow-tracker-drop-partitions", daemon=True)
+    dropper.start()
+    try:
+        yield {d.table for d in detached}
+    finally:
+        dropper.join()
+    if failed:  # the detached tables are found and dropped by the next clean-up
+        raise failed[0]
+
+
+@contextlib.contextmanager
+def _driver_errors_as_outages() -> Iterator[None]:
+    """The driver's own connection errors, reported like SQLAlchemy's (a 503 on a page)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    try:
+        yield
     except DBAPIError:
         raise
     except Exception as exc:
-        if is_transient(exc):  # the driver's own error: reported like any other outage
-            raise OperationalError("dropping old partitions", None, exc) from exc
+        if is_transient(exc):
+            raise OperationalError("maintaining partitions", None, exc) from exc
         raise
 
 
