@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -158,3 +160,40 @@ def test_warm_up_rehearses_the_job_statements_and_stores_nothing(tracked: str) -
             assert conn.execute(select(processes.c.id)).first() is None
     finally:
         reader.dispose()
+
+
+def test_threads_writing_at_once_take_turns_on_one_connection(pg_server_url: str) -> None:
+    store = Store(pg_server_url)
+    store.ensure_schema()
+    lock = threading.Lock()
+    inside, most, backends = [0], [0], set()
+
+    def write(conn: Any) -> None:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        backends.add(conn.execute("SELECT pg_backend_pid()").fetchall()[0][0])
+        time.sleep(0.02)  # long enough for the other threads to ask meanwhile
+        with lock:
+            inside[0] -= 1
+
+    def many(take_turns: bool) -> None:
+        threads = [
+            threading.Thread(
+                target=lambda: [
+                    store.write_connections.run(write, take_turns=take_turns) for _ in range(5)
+                ]
+            )
+            for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    many(take_turns=True)
+    assert most[0] == 1 and len(backends) == 1  # 30 writes, one connection, one at a time
+    most[0] = 0
+    many(take_turns=False)  # a workflow step's claim or end does not queue behind the rest
+    assert most[0] > 1
+    store.dispose()

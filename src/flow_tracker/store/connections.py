@@ -70,14 +70,18 @@ class WriteConnections:
             return None
         return threading.BoundedSemaphore(CONNECTIONS_PER_PROCESS)
 
-    def run(self, work: Callable[[Any], T]) -> T:
+    def run(self, work: Callable[[Any], T], *, take_turns: bool = True) -> T:
         """``work(driver_connection)`` on a kept connection, or a new one.
 
         A kept connection that fails with a connection error is replaced and
         ``work`` tried once more on a new one (its server closed it while it sat
         idle). Any other failure is raised after the connection is rolled back.
+        ``take_turns=False`` does not wait for the process's one connection: a
+        workflow step's claim and end (the hand-off between two steps) never queue
+        behind another thread's batch; a process running steps on several threads
+        may then hold one more connection per thread.
         """
-        slots = self._slots
+        slots = self._slots if take_turns else None
         # A turn is waited for at most this long: a write stuck that long (a server
         # that stopped answering) must not stop every other thread's.
         slot = slots.acquire(timeout=TURN_WAIT_S) if slots is not None else False

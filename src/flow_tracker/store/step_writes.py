@@ -358,9 +358,11 @@ def claim(
         "system": worker.get("job_system"),
     }
     if store.dialect == "postgresql":
-        row = store.write_connections.run(lambda conn: _pg_claim(conn, params))
+        row = store.write_connections.run(lambda conn: _pg_claim(conn, params), take_turns=False)
     else:
-        row = store.write_connections.run(lambda conn: _sqlite_claim(conn, params))
+        row = store.write_connections.run(
+            lambda conn: _sqlite_claim(conn, params), take_turns=False
+        )
     if row is None:
         return None
     attempts, queue_name, context, workflow, module, parents = row
@@ -398,9 +400,9 @@ def end(
         "failed": 1 if status == Status.FAILED.value else 0,
     }
     if store.dialect == "postgresql":
-        row = store.write_connections.run(lambda conn: _pg_end(conn, params))
+        row = store.write_connections.run(lambda conn: _pg_end(conn, params), take_turns=False)
     else:
-        row = store.write_connections.run(lambda conn: _sqlite_end(conn, params))
+        row = store.write_connections.run(lambda conn: _sqlite_end(conn, params), take_turns=False)
     if row is None:
         return NOT_STORED
     active, failed, run_status, workflow, queue, ready, job_id, queue_name = row
