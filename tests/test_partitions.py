@@ -19,6 +19,7 @@ from sqlalchemy import insert, select
 from starlette.testclient import TestClient
 
 import flow_tracker
+from flow_tracker import ids
 from flow_tracker.store import migrate, partitions, queries
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import flows, log_entries, processes
@@ -332,6 +333,16 @@ def test_a_process_page_and_a_search_in_time_read_only_their_partitions(fresh_ur
     assert all(":Index" in r or ":Bitmap Heap Scan" in r for r in read_from), read_from
     found = flow_tracker.list_processes(search="needle", since=now - timedelta(hours=1))
     assert [p.id for p in found] == [proc.process_id]
+    # The search's scan of messages, bounded as a search "since an hour ago" bounds it.
+    with store.engine.connect() as db:
+        scan = select(log_entries.c.process_id).where(
+            log_entries.c.message.ilike("%needle%"),
+            log_entries.c.id >= ids.id_floor(now - timedelta(hours=1)),
+        )
+        sql = str(scan.compile(db, compile_kwargs={"literal_binds": True}))
+        plan = db.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar_one()
+    scanned = _relations(plan)
+    assert 1 <= len(scanned) <= 5 < total, scanned  # today's, the ones ahead, the default
     store.dispose()
 
 

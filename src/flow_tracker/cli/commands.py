@@ -123,14 +123,7 @@ def db() -> None:
 @friendly_errors
 def db_upgrade(database_url: str | None, revision: str) -> None:
     """Create or upgrade flow-tracker's tables (the migrations ship in the package)."""
-    url = database_url or flow_tracker.config.settings_from_env().database_url
-    store = Store(url, auto_migrate=False)
-    store.check_connection()
-    migrate.upgrade(store.engine, revision)
-    with store.engine.connect() as conn:
-        now = migrate.current_revision(conn)
-    store.dispose()
-    click.echo(f"{display_url(store.url)} is at revision {now}")
+    _migrate_to(database_url, revision, migrate.upgrade)
 
 
 @db.command("downgrade")
@@ -139,10 +132,14 @@ def db_upgrade(database_url: str | None, revision: str) -> None:
 @friendly_errors
 def db_downgrade(database_url: str | None, revision: str) -> None:
     """Take flow-tracker's tables back to REVISION (e.g. 0006: unpartitioned tables)."""
+    _migrate_to(database_url, revision, migrate.downgrade)
+
+
+def _migrate_to(database_url: str | None, revision: str, move: Callable[[Any, str], None]) -> None:
     url = database_url or flow_tracker.config.settings_from_env().database_url
     store = Store(url, auto_migrate=False)
     store.check_connection()
-    migrate.downgrade(store.engine, revision)
+    move(store.engine, revision)
     with store.engine.connect() as conn:
         now = migrate.current_revision(conn)
     store.dispose()

@@ -57,18 +57,15 @@ def current_revision(conn: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision``, waiting for any other process doing the same."""
-    from alembic import command
-
-    with engine.connect() as conn:
-        conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_ADVISORY_LOCK_KEY})")
-            command.upgrade(alembic_config(conn), revision)
+    _migrate(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the database to ``revision`` (waiting for any other process migrating)."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
     from alembic import command
 
     with engine.connect() as conn:
@@ -76,7 +73,8 @@ def downgrade(engine: Engine, revision: str) -> None:
         with conn.begin():
             if engine.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_ADVISORY_LOCK_KEY})")
-            command.downgrade(alembic_config(conn), revision)
+            move = command.upgrade if direction == "upgrade" else command.downgrade
+            move(alembic_config(conn), revision)
 
 
 def stored_revision(conn: Connection) -> str | None:

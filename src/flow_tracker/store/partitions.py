@@ -308,11 +308,7 @@ def partition_table(conn: Any, table: str, hours: int, now: datetime) -> str | N
         return None
     end = boundary(now, hours) + timedelta(hours=hours)
     legacy = f"{table}_before_{end:%Y%m%d%H%M}"
-    indexes = conn.execute(
-        "SELECT indexname, indexdef FROM pg_indexes"
-        " WHERE tablename = %s AND schemaname = current_schema() AND indexname <> %s",
-        (table, f"{table}_pkey"),
-    ).fetchall()
+    indexes = _indexes(conn, table)
     conn.execute(f"ALTER TABLE {_ident(table)} RENAME TO {_ident(legacy)}")
     conn.execute(f"ALTER INDEX {_ident(table + '_pkey')} RENAME TO {_ident(legacy + '_pkey')}")
     for name, _definition in indexes:
@@ -342,16 +338,22 @@ def partition_table(conn: Any, table: str, hours: int, now: datetime) -> str | N
     return legacy
 
 
+def _indexes(conn: Any, table: str) -> list[tuple[str, str]]:
+    """The name and ``CREATE INDEX`` statement of each index of ``table`` but its key."""
+    rows = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes"
+        " WHERE tablename = %s AND schemaname = current_schema() AND indexname <> %s",
+        (table, f"{table}_pkey"),
+    ).fetchall()
+    return [(str(name), str(definition)) for name, definition in rows]
+
+
 def unpartition_table(conn: Any, table: str) -> None:
     """Turn a partitioned ``table`` back into a plain one (a copy of every row)."""
     if not is_partitioned(conn, table):
         return
     plain = f"{table}_plain"
-    indexes = conn.execute(
-        "SELECT indexname, indexdef FROM pg_indexes"
-        " WHERE tablename = %s AND schemaname = current_schema() AND indexname <> %s",
-        (table, f"{table}_pkey"),
-    ).fetchall()
+    indexes = _indexes(conn, table)
     conn.execute(
         f"CREATE TABLE {_ident(plain)} (LIKE {_ident(table)}"
         " INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
