@@ -167,25 +167,27 @@ def test_threads_writing_at_once_take_turns_on_one_connection(pg_server_url: str
     store.ensure_schema()
     lock = threading.Lock()
     inside, most, backends = [0], [0], set()
+    both_in = threading.Event()
 
     def write(conn: Any) -> None:
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
+            if inside[0] > 1:
+                both_in.set()
         backends.add(conn.execute("SELECT pg_backend_pid()").fetchall()[0][0])
-        time.sleep(0.02)  # long enough for the other threads to ask meanwhile
+        # Stay until another thread is inside too: never, when they take turns (then
+        # this waits its short while and lets the next one in); at once, when not.
+        both_in.wait(0.05)
         with lock:
             inside[0] -= 1
 
     def many(take_turns: bool) -> None:
-        threads = [
-            threading.Thread(
-                target=lambda: [
-                    store.write_connections.run(write, take_turns=take_turns) for _ in range(5)
-                ]
-            )
-            for _ in range(6)
-        ]
+        def writes() -> None:
+            for _ in range(5):
+                store.write_connections.run(write, take_turns=take_turns)
+
+        threads = [threading.Thread(target=writes) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -193,7 +195,7 @@ def test_threads_writing_at_once_take_turns_on_one_connection(pg_server_url: str
 
     many(take_turns=True)
     assert most[0] == 1 and len(backends) == 1  # 30 writes, one connection, one at a time
-    most[0] = 0
+    assert not both_in.is_set()
     many(take_turns=False)  # a workflow step's claim or end does not queue behind the rest
-    assert most[0] > 1
+    assert both_in.is_set() and most[0] > 1
     store.dispose()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from flow_tracker.store.schema import VERSION_TABLE
 
@@ -77,16 +76,6 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
             move(alembic_config(conn), revision)
 
 
-def stored_revision(conn: Connection) -> str | None:
-    """The revision in the version table, read with one query (None if there is none)."""
-    try:
-        with conn.begin_nested() if conn.in_transaction() else conn.begin():
-            row = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").first()
-    except DBAPIError:
-        return None
-    return None if row is None else str(row[0])
-
-
 def driver_revision(conn: Any) -> str | None:
     """The revision in the version table, read on a driver connection (None if there is none)."""
     try:
@@ -94,11 +83,3 @@ def driver_revision(conn: Any) -> str | None:
     except Exception:  # no version table yet: a new database
         return None
     return None if row is None else str(row[0])
-
-
-def upgrade_if_needed(engine: Engine) -> None:
-    """Upgrade to head unless the database is there already (one small query when it is)."""
-    with engine.connect() as conn:
-        if stored_revision(conn) == HEAD_REVISION:
-            return
-    upgrade(engine)

@@ -48,7 +48,6 @@ logger = logging.getLogger("flow_tracker")
 
 TABLES = ("flow_tracker_log_entries", "flow_tracker_flows")
 AHEAD = timedelta(days=2)
-
 LOCK_TIMEOUT_MS = 2000
 _LOCK_KEY = 0x666C7074  # serialises processes making partitions at the same moment
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -208,7 +208,7 @@ def _slowest_recent(store: Store, workflow: str) -> tuple[str | None, list[tuple
     slowest = stored.slowest_recent_run(store, workflow, RECENT_RUNS)
     if slowest is None:
         return None, []
-    return str(slowest[0]), _critical_path_of(store, slowest[0])
+    return str(slowest), _critical_path_of(store, slowest)
 
 
 # Critical paths of completed runs, which never change: a page view computes each once.

@@ -3,9 +3,8 @@
 No row is copied: each table becomes the first partition of a new partitioned
 table of the same name (one scan checks its ids), then the partitions of the
 next days are attached; see :mod:`flow_tracker.store.partitions`. The lock it
-holds while it runs blocks writes to these tables for the time of that scan
-(about a second per few million rows); writers keep their rows in memory and
-store them after. SQLite is left as it is.
+holds while it runs blocks writes to these tables for the time of that scan;
+writers keep their rows in memory and store them after. SQLite is left as it is.
 
 Revision ID: 0007
 Revises: 0006
