@@ -75,6 +75,60 @@ def test_heartbeats_stamp_running_processes_with_the_database_clock(tracked: str
     assert tracker.process_id not in HEARTBEAT.running_here()
 
 
+@pytest.mark.postgres
+def test_a_heartbeat_in_flight_lands_before_clear_returns_never_after(
+    pg_server_url: str,
+) -> None:
+    """A worker that "dies" (clear) while a beat is in flight is not stamped afterwards.
+
+    The beat's UPDATE is held on a row lock the test takes, so the beat has
+    collected the process before clear() is called; clear() must wait for it.
+    """
+    import psycopg
+
+    flow_tracker.configure(database_url=pg_server_url, heartbeat_interval=60, log_to_stdlib=False)
+    tracker = flow_tracker.start("dies_mid_beat")
+    flow_tracker.flush()
+    with psycopg.connect(pg_server_url) as holder:
+        holder.execute(
+            "SELECT 1 FROM flow_tracker_processes WHERE id = %s FOR UPDATE", (tracker.process_id,)
+        )
+        beating = threading.Thread(target=HEARTBEAT.beat)
+        beating.start()
+        cleared = threading.Event()
+
+        def clear() -> None:
+            HEARTBEAT.clear()
+            cleared.set()
+
+        clearing = threading.Thread(target=clear)
+        _wait_for_lock_wait(pg_server_url)
+        clearing.start()
+        assert not cleared.wait(0.2), "clear() returned while a beat was in flight"
+        holder.rollback()  # the beat's stamp goes in now
+    beating.join(30)
+    assert cleared.wait(30), "clear() never returned after the beat ended"
+    clearing.join(30)
+    _silence([tracker.process_id], 120)
+    HEARTBEAT.beat()  # nothing is stamped: the process was forgotten
+    assert tracker.process_id in flow_tracker.reap(lost_after=60).lost
+    flow_tracker.reset()
+
+
+def _wait_for_lock_wait(url: str) -> None:
+    """Wait until a session of this database waits on a lock (the beat's UPDATE)."""
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "waited 30 s for the beat to wait on the lock"
+            time.sleep(0.01)
+
+
 def test_the_reaper_marks_silent_running_processes_lost_once(tracked: str) -> None:
     silent = flow_tracker.start("died")
     with silent.flow("step"):

@@ -45,6 +45,9 @@ class Heartbeat:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Held for a whole beat: clear() waits for one in flight, so no stamp it had
+        # already collected lands after clear() returned (a worker "dies" in the tests).
+        self._beat_lock = threading.Lock()
         self.beats = 0
 
     def _check_fork(self) -> None:
@@ -78,9 +81,13 @@ class Heartbeat:
         self._leases.pop(id(lease), None)
 
     def clear(self) -> None:
-        """Forget every process and lease of this interpreter (the thread idles)."""
-        self._processes.clear()
-        self._leases.clear()
+        """Forget every process and lease of this interpreter (the thread idles).
+
+        Waits for a beat in flight: once this returns, nothing it forgot is stamped.
+        """
+        with self._beat_lock:
+            self._processes.clear()
+            self._leases.clear()
 
     def running_here(self) -> list[uuid.UUID]:
         """The processes this interpreter is stamping."""
@@ -116,18 +123,19 @@ class Heartbeat:
     def beat(self) -> None:
         """Stamp every running process and renew every lease now; never raises."""
         self._check_fork()
-        ids = list(self._processes)
-        try:
-            if ids:
-                _stamp(ids)
-        except Exception as exc:
-            runtime.report_internal_error(exc, "sending heartbeats")
-        for lease in list(self._leases.values()):
+        with self._beat_lock:
+            ids = list(self._processes)
             try:
-                lease.renew()
+                if ids:
+                    _stamp(ids)
             except Exception as exc:
-                runtime.report_internal_error(exc, "renewing a lock")
-        self.beats += 1
+                runtime.report_internal_error(exc, "sending heartbeats")
+            for lease in list(self._leases.values()):
+                try:
+                    lease.renew()
+                except Exception as exc:
+                    runtime.report_internal_error(exc, "renewing a lock")
+            self.beats += 1
 
 
 def _stamp(ids: list[int]) -> None:
