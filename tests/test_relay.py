@@ -64,7 +64,7 @@ def test_a_work_horses_batches_are_stored_by_the_worker_and_answered(tracked: st
     builder = runtime.writer().batch_writer
     client, _ = _serve(runtime.store())
     rows, copy, stored = client.store(builder.prepare(events[:1]))
-    assert (rows, copy, stored) == (2, None, True)  # the running row and its history row
+    assert (rows, copy, stored) == (2, {}, True)  # the running row and its history row
     assert _status(process_id) is Status.RUNNING
     client.store(builder.prepare(events[1:]))
     record = flow_tracker.get_process(process_id)
@@ -86,8 +86,8 @@ def test_a_requeued_copy_is_found_through_the_relay(tracked: str) -> None:
             insert(processes).values(id=copy, status="queued", requeued_from_id=process_id, **row)
         )
     client, _ = _serve(runtime.store())
-    prepared = runtime.writer().batch_writer.prepare(events[:1], copy_of=process_id.int)
-    assert client.store(prepared)[1] == copy
+    prepared = runtime.writer().batch_writer.prepare(events[:1], copies_of=(process_id.int,))
+    assert client.store(prepared)[1] == {process_id.int: copy}
 
 
 @pytest.mark.postgres
@@ -133,7 +133,7 @@ def test_a_batch_the_database_refuses_is_answered_as_refused(pg_server_url: str)
     runtime.store().ensure_schema()
     client, _ = _serve(runtime.store())
     bad = Prepared(
-        1, [], ("INSERT INTO flow_tracker_processes (id) VALUES ('x'::uuid)", []), None, True
+        1, [], ("INSERT INTO flow_tracker_processes (id) VALUES ('x'::uuid)", []), (), True
     )
     with pytest.raises(relay.RelayRefusedError):
         client.store(bad)

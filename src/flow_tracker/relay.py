@@ -87,8 +87,8 @@ class RelayClient:
         self._sock = sock
         self._lock = threading.Lock()  # the job's thread and the writer thread share it
 
-    def store(self, prepared: Prepared) -> tuple[int, uuid.UUID | None, bool]:
-        """Have the worker store ``prepared``: (rows, requeued copy, stored now).
+    def store(self, prepared: Prepared) -> tuple[int, dict[int, uuid.UUID], bool]:
+        """Have the worker store ``prepared``: (rows, requeued copies, stored now).
 
         ``stored`` is False when the worker kept the batch to store later (the
         database is away).
@@ -107,7 +107,7 @@ class RelayClient:
         if reply[0] == "stored":
             return reply[1], reply[2], True
         if reply[0] == "kept":
-            return prepared.rows, None, False
+            return prepared.rows, {}, False
         raise RelayRefusedError(reply[1])
 
     def close(self) -> None:
@@ -240,7 +240,7 @@ class RelayServer:
             return ("kept",)
         try:
             self.store.ensure_schema()
-            rows, copy = self.store.write_connections.run(
+            rows, copies = self.store.write_connections.run(
                 functools.partial(self._execute, prepared=prepared)
             )
         except Exception as exc:
@@ -257,9 +257,9 @@ class RelayServer:
                 return ("kept",)
             return ("refused", error_line(exc))
         self.batches += 1
-        return ("stored", rows, copy)
+        return ("stored", rows, copies)
 
-    def _execute(self, conn: Any, *, prepared: Prepared) -> tuple[int, uuid.UUID | None]:
+    def _execute(self, conn: Any, *, prepared: Prepared) -> tuple[int, dict[int, uuid.UUID]]:
         return self.builder.execute(conn, prepared)
 
     def _keep(self, prepared: Prepared) -> None:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from flow_tracker import events as ev
 from flow_tracker import relay
+from flow_tracker.group_commit import GroupCommit, Request
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store, display_url, error_line, is_transient
 from flow_tracker.subscribers import BUS
@@ -101,6 +102,7 @@ class Writer:
         self._drain_lock = threading.Lock()  # one drainer at a time: the thread or a job's
         self._local = threading.local()  # write_now's statement builders, per thread
         self._relay: relay.RelayClient | None = None  # set in an RQ work-horse
+        self.group = GroupCommit(self._store_group)  # threads writing at once share a commit
 
     # -- job's thread ---------------------------------------------------------
 
@@ -157,22 +159,72 @@ class Writer:
             for event in events:
                 self.put(event)
             return Stored(False, None)
-        builder = self._builder()
-        try:
-            _, copy, stored = self._store(builder, events, copy_of)
-        except Exception as exc:
+        request = Request(events, copy_of)
+        self.group.submit(request)
+        exc = request.error
+        if exc is not None:
             if not is_transient(exc):
                 self.on_error(exc, "storing a record at once")
             for event in events:
                 self.put(event)  # published to subscribers when the writer takes them
             return Stored(False, None)
         BUS.publish(list(events))
-        return Stored(stored, copy)
+        return Stored(request.stored, request.copy)
+
+    def _store_group(self, take: Callable[[], list[Request]]) -> None:
+        """Store the requests ``take()`` gives in one transaction; set each one's outcome.
+
+        Called by :class:`GroupCommit` on the thread whose turn it is. Should the
+        database refuse the group (one thread's bad record, not an outage), each
+        request is stored alone so that one's error does not become the others'.
+        """
+        builder = self._builder()
+        if self._relay is not None:  # an RQ work-horse: one thread, one request at a time
+            for request in take():
+                self._store_alone(builder, request)
+            return
+        self.store.ensure_schema()
+        group: list[Request] = []
+
+        def store_all(conn: Any) -> dict[int, uuid.UUID]:
+            group[:] = take()
+            events = [event for request in group for event in request.events]
+            copies_of = [r.copy_of for r in group if r.copy_of is not None]
+            rows, copies = builder.store(conn, events, copies_of=copies_of)
+            self.rows_written += rows
+            return copies
+
+        try:
+            found = self.store.write_connections.run(store_all)
+        except Exception as exc:
+            if is_transient(exc) or len(group) <= 1:
+                raise
+            for request in group:
+                self._store_alone(builder, request)
+            return
+        for request in group:
+            request.stored = True
+            if request.copy_of is not None:
+                request.copy = found.get(request.copy_of)
+
+    def _store_alone(self, builder: BatchWriter, request: Request) -> None:
+        try:
+            rows, copies, request.stored = self._store(
+                builder,
+                request.events,
+                () if request.copy_of is None else (request.copy_of,),
+            )
+        except Exception as exc:
+            request.error = exc
+            return
+        self.rows_written += rows
+        if request.copy_of is not None:
+            request.copy = copies.get(request.copy_of)
 
     def _store(
-        self, builder: BatchWriter, events: Sequence[ev.Change], copy_of: int | None = None
-    ) -> tuple[int, uuid.UUID | None, bool]:
-        """Store ``events`` in one transaction: (rows, requeued copy, stored now).
+        self, builder: BatchWriter, events: Sequence[ev.Change], copies_of: Sequence[int] = ()
+    ) -> tuple[int, dict[int, uuid.UUID], bool]:
+        """Store ``events`` in one transaction: (rows, requeued copies, stored now).
 
         In an RQ work-horse, through the worker that forked it (see
         :mod:`flow_tracker.relay`); "stored now" is False when the worker kept
@@ -181,16 +233,16 @@ class Writer:
         client = self._relay
         if client is not None:
             try:
-                return client.store(builder.prepare(events, copy_of=copy_of))
+                return client.store(builder.prepare(events, copies_of=copies_of))
             except relay.RelayUnavailableError as exc:
                 self._relay = None
                 client.close()
                 internal_log.warning("flow-tracker: %s; this process now writes on its own", exc)
         self.store.ensure_schema()
-        rows, copy = self.store.write_connections.run(
-            lambda conn: builder.store(conn, events, copy_of=copy_of)
+        rows, copies = self.store.write_connections.run(
+            lambda conn: builder.store(conn, events, copies_of=copies_of)
         )
-        return rows, copy, True
+        return rows, copies, True
 
     def write_through(self, event: ev.Change, timeout: float) -> bool:
         """Store ``event`` and everything queued before it; wait up to ``timeout`` s.
@@ -223,13 +275,15 @@ class Writer:
     def _drain_here(self) -> bool:
         """Store the buffer on the calling thread; False (nothing lost) on a database error."""
         buffer = self.buffer
-        builder = self._builder()
         while buffer:
             batch, markers = self._take_batch(buffer)
             if batch:
-                try:
-                    rows, _, _ = self._store(builder, batch)
-                except Exception as exc:
+                # With the group: other threads' running rows and final states
+                # written at this moment go in the same transaction.
+                request = Request(batch, None)
+                self.group.submit(request)
+                exc = request.error
+                if exc is not None:
                     # Back in front, in order, for the writer thread (which also
                     # tells the subscribers then, and isolates a refused event).
                     buffer.extendleft(reversed([*batch, *((ev.MARKER, m) for m in markers)]))
@@ -237,7 +291,6 @@ class Writer:
                         self._note_outage(exc)
                     self._wake.set()
                     return False
-                self.rows_written += rows
                 self.batches_written += 1
                 BUS.publish(batch)
             for marker in markers:

@@ -312,7 +312,7 @@ def warm_up() -> None:
 
         def rehearse(conn: Any) -> None:
             builder.store(conn, events, commit=False)  # start and end in one batch
-            builder.store(conn, events[:1], copy_of=1, commit=False)  # and in two
+            builder.store(conn, events[:1], copies_of=(1,), commit=False)  # and in two
             builder.store(conn, events[1:], commit=False)
 
         store.write_connections.run(rehearse)

@@ -65,6 +65,9 @@ REASON_LIMIT = 1_000
 # statement (measured: 20 log rows 0.57 ms pipelined vs 0.75 ms by COPY; 50 rows
 # 1.26 vs 0.98 ms).
 _COPY_FROM = 32
+# Updates of as many rows go in the one statement as a part each (several threads'
+# job ends stored together); more go in a transaction by executemany.
+_UPDATES_AS_PARTS = 8
 NAME_LIMIT = 255
 TRACEBACK_LIMIT = 65_536
 
@@ -257,26 +260,27 @@ class BatchWriter:
         conn: Any,
         batch: Iterable[ev.Change],
         *,
-        copy_of: int | None = None,
+        copies_of: Sequence[int] = (),
         commit: bool = True,
-    ) -> tuple[int, uuid.UUID | None]:
+    ) -> tuple[int, Copies]:
         """Store ``batch`` in one transaction on the driver connection ``conn``.
 
-        Returns the rows written and, when ``copy_of`` is a process id, the id of
-        a process requeued from it, looked for once the batch's writes are
-        committed (see :func:`flow_tracker.integrations.jobs.skip_if_requeued`).
-        ``commit=False`` rolls the writes back (a warm-up).
+        Returns the rows written and, for each process id in ``copies_of`` that
+        has one, the id of a process requeued from it, looked for once the
+        batch's writes are committed (see
+        :func:`flow_tracker.integrations.jobs.skip_if_requeued`). ``commit=False``
+        rolls the writes back (a warm-up).
 
         PostgreSQL gets a small batch - a job's queued, running or final row with
-        its history row, or its end with a few flows and logs - as one statement
-        (the writes as ``WITH`` parts of it: atomic, one round trip); the copy is
-        looked for only when that statement says the job may have one. Bulk rows
-        go by ``COPY``.
+        its history row, its end with a few flows and logs, or those of a few
+        jobs that several threads wrote at once - as one statement (the writes as
+        ``WITH`` parts of it: atomic, one round trip); a copy is looked for only
+        when that statement says the job may have one. Bulk rows go by ``COPY``.
         """
-        return self.execute(conn, self.prepare(batch, copy_of=copy_of, commit=commit))
+        return self.execute(conn, self.prepare(batch, copies_of=copies_of, commit=commit))
 
     def prepare(
-        self, batch: Iterable[ev.Change], *, copy_of: int | None = None, commit: bool = True
+        self, batch: Iterable[ev.Change], *, copies_of: Sequence[int] = (), commit: bool = True
     ) -> Prepared:
         """The statements that store ``batch``: plain data, for :meth:`execute` here or elsewhere.
 
@@ -286,19 +290,21 @@ class BatchWriter:
         """
         plan = self.plan(batch)
         steps = self._steps(plan)
-        copy_key = None if copy_of is None else (to_hex(copy_of),)
+        copy_keys = tuple(to_hex(process_id) for process_id in copies_of)
         single = None
         if self.dialect == "postgresql":
-            single = self._one_statement(steps, copy_key)  # built even for a warm-up
-        return Prepared(plan.rows, steps, single, copy_key, commit)
+            single = self._one_statement(steps, copy_keys)  # built even for a warm-up
+        return Prepared(plan.rows, steps, single, copy_keys, commit)
 
-    def execute(self, conn: Any, prepared: Prepared) -> tuple[int, uuid.UUID | None]:
-        """Run ``prepared`` on the driver connection ``conn``; the rows and any copy found."""
+    def execute(self, conn: Any, prepared: Prepared) -> tuple[int, Copies]:
+        """Run ``prepared`` on the driver connection ``conn``; the rows and the copies found."""
         if self.dialect == "postgresql":
             found = self._store_postgresql(conn, prepared)
         else:
             found = self._store_sqlite(conn, prepared)
-        return prepared.rows, None if found is None else _as_uuid(found)
+        return prepared.rows, {
+            _as_uuid(key).int: _as_uuid(copy) for key, copy in found if copy is not None
+        }
 
     # -- statements -----------------------------------------------------------
 
@@ -411,7 +417,7 @@ class BatchWriter:
         return "%s"
 
     def _one_statement(
-        self, steps: list[_Step], copy_key: tuple[str] | None
+        self, steps: list[_Step], copy_keys: tuple[str, ...]
     ) -> tuple[str, list[Any]] | None:
         """The steps as one PostgreSQL statement, or None when they cannot be one.
 
@@ -420,33 +426,41 @@ class BatchWriter:
         statement, which is all they need: a batch names each row once (see
         :meth:`plan`).
 
-        With ``copy_key`` the statement answers with the status the process row
-        had before this write, read with ``FOR UPDATE``: should a requeue of the
-        job hold the row, that waits for it and reads what it left (see
-        :meth:`_store_postgresql`).
+        With ``copy_keys`` the statement answers with the status each of those
+        process rows had before this write, read with ``FOR UPDATE``: should a
+        requeue of the job hold the row, that waits for it and reads what it left
+        (see :meth:`_store_postgresql`).
         """
         parts: list[str] = []
-        params: list[Any] = [] if copy_key is None else [*copy_key]
+        params: list[Any] = list(copy_keys)
         for step in steps:
             if isinstance(step, _Rows):
                 parts.append(step.head + ", ".join([step.marks] * len(step.rows)) + step.tail)
                 for row in step.rows:
                     params.extend(row)
-            elif isinstance(step, _Update) and len(step.rows) == 1:
-                parts.append(step.sql)
-                params.extend(step.rows[0])
+            elif isinstance(step, _Update) and len(step.rows) <= _UPDATES_AS_PARTS:
+                # Several threads' job ends: a part per row (a row appears once per batch).
+                for row in step.rows:
+                    parts.append(step.sql)
+                    params.extend(row)
             else:
                 return None
         if not parts:
             return None
-        key = ("with", copy_key is not None, *parts)
+        key = ("with", len(copy_keys), *parts)
         sql = self._sql.get(key)
         if sql is None:
-            if copy_key is not None:
+            if copy_keys:
                 ctes = [f"w{n} AS ({part})" for n, part in enumerate(parts)]
-                previous = f"SELECT status FROM {processes.name} WHERE id = %s::uuid FOR UPDATE"
+                # One placeholder per key: with "id = ANY(array)" the statement's cost
+                # grew with the table (measured); plain equality does not.
+                marks = ", ".join(["%s::uuid"] * len(copy_keys))
+                previous = (
+                    f"SELECT id, status FROM {processes.name} WHERE id IN ({marks}) FOR UPDATE"
+                )
                 sql = (
-                    f"WITH previous AS ({previous}), {', '.join(ctes)} SELECT status FROM previous"
+                    f"WITH previous AS ({previous}), {', '.join(ctes)}"
+                    " SELECT id, status FROM previous"
                 )
             elif len(parts) == 1:
                 sql = parts[0]
@@ -461,23 +475,23 @@ class BatchWriter:
             self._sql[key] = sql
         return sql, params
 
-    def _store_postgresql(self, conn: Any, prepared: Prepared) -> Any:
-        steps, copy_key, single = prepared.steps, prepared.copy_key, prepared.single
+    def _store_postgresql(self, conn: Any, prepared: Prepared) -> list[tuple[Any, Any]]:
+        """Store; for each copy key that has one, (key, copy id)."""
+        steps, copy_keys, single = prepared.steps, prepared.copy_keys, prepared.single
         if single is not None and prepared.commit:
             from psycopg import RawCursor
 
             with RawCursor(conn) as raw:
                 raw.execute(*single)
-                previous = raw.fetchone() if copy_key is not None else None
-            if copy_key is None:
-                return None
+                previous = raw.fetchall() if copy_keys else []
             # flow_tracker.requeue sends a copy only of a job whose row is lost,
             # failed or cancelled, and holds that row while it does: any other
             # status (or no row) means there is no copy, without looking.
-            if previous is None or previous[0] not in REQUEUEABLE:
-                return None
-            found = conn.execute(_FIND_COPY_PG, copy_key).fetchone()
-            return None if found is None else found[0]
+            return [
+                (key, _first(conn.execute(_FIND_COPY_PG, (key,)).fetchone()))
+                for key, status in previous
+                if status in REQUEUEABLE
+            ]
         with conn.cursor() as cursor:
             cursor.execute("BEGIN")
             for step in steps:
@@ -487,22 +501,23 @@ class BatchWriter:
                             copy.write_row(row)
                 else:
                     cursor.executemany(step.statement(), step.rows)
-            found = None
-            if copy_key is not None:
-                found = cursor.execute(_FIND_COPY_PG, copy_key).fetchone()
+            found = [
+                (key, _first(cursor.execute(_FIND_COPY_PG, (key,)).fetchone())) for key in copy_keys
+            ]
             cursor.execute("COMMIT" if prepared.commit else "ROLLBACK")
-            return None if found is None else found[0]
+            return found
 
-    def _store_sqlite(self, conn: Any, prepared: Prepared) -> Any:
+    def _store_sqlite(self, conn: Any, prepared: Prepared) -> list[tuple[Any, Any]]:
         # BEGIN IMMEDIATE: take the write lock first (see Store.begin_write).
         conn.execute("BEGIN IMMEDIATE")
         for step in prepared.steps:
             conn.executemany(step.statement(), step.rows)  # type: ignore[union-attr]
-        found = None
-        if prepared.copy_key is not None:
-            found = conn.execute(_FIND_COPY_SQLITE, prepared.copy_key).fetchone()
+        found = [
+            (key, _first(conn.execute(_FIND_COPY_SQLITE, (key,)).fetchone()))
+            for key in prepared.copy_keys
+        ]
         conn.execute("COMMIT" if prepared.commit else "ROLLBACK")
-        return None if found is None else found[0]
+        return found
 
     # -- values ---------------------------------------------------------------
 
@@ -617,7 +632,7 @@ class Prepared:
     rows: int  # rows the batch writes
     steps: list[_Step]
     single: tuple[str, list[Any]] | None  # PostgreSQL: the whole batch as one statement
-    copy_key: tuple[str] | None  # look for a process requeued from this one
+    copy_keys: tuple[str, ...]  # look for processes requeued from these
     commit: bool
 
 
@@ -656,8 +671,13 @@ class _Copy:
 
 
 _Step = _Rows | _Update | _Copy
+Copies = dict[int, uuid.UUID]  # process id (int) -> the id of a process requeued from it
 _FIND_COPY_PG = f"SELECT id FROM {processes.name} WHERE requeued_from_id = %s::uuid LIMIT 1"
 _FIND_COPY_SQLITE = f"SELECT id FROM {processes.name} WHERE requeued_from_id = ? LIMIT 1"
+
+
+def _first(row: Any) -> Any:
+    return None if row is None else row[0]
 
 
 def _as_uuid(value: Any) -> uuid.UUID:
