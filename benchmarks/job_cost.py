@@ -7,6 +7,9 @@ the enqueuing side writes it (``record_enqueued``). PostgreSQL's CPU is read
 from ``/proc`` for every server process (Linux only; 0 elsewhere), so on a
 machine that runs the workers and the database together this says how much of
 a job's throughput loss is the database's own work and how much is Python's.
+Last, the trivial job on four threads at once, as a threaded worker runs them:
+their durable writes share commits (:mod:`flow_tracker.group_commit`), and the
+run says how many writes went in each.
 
 ``python -m benchmarks jobcost`` (a few seconds). Compare within a run.
 """
@@ -14,6 +17,7 @@ a job's throughput loss is the database's own work and how much is Python's.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,10 +25,11 @@ from pathlib import Path
 
 import flow_tracker
 from benchmarks.queues import fresh_pg_database
-from flow_tracker import Status
+from flow_tracker import Status, runtime
 from flow_tracker.integrations import jobs
 
 JOBS = 1_000
+THREADS = 4
 
 
 def _postgres_cpu_s() -> float:
@@ -66,12 +71,36 @@ def _job(busy: bool) -> Callable[[], None]:
     return run
 
 
-def _measure(work: Callable[[], None], count: int) -> tuple[float, float, float]:
-    for _ in range(50):
-        work()  # warm: connections, prepared statements
+def _one_thread(work: Callable[[], None]) -> Callable[[int], None]:
+    """``count`` runs of ``work``, one after another."""
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            work()
+
+    return run
+
+
+def _on_threads(work: Callable[[], None], threads: int) -> Callable[[int], None]:
+    """``count`` runs of ``work`` shared by ``threads`` threads started at once."""
+
+    def run(count: int) -> None:
+        workers = [
+            threading.Thread(target=_one_thread(work), args=(count // threads,))
+            for _ in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    return run
+
+
+def _measure(run: Callable[[int], None], count: int) -> tuple[float, float, float]:
+    run(50 * THREADS)  # warm: connections, statements
     postgres, cpu, wall = _postgres_cpu_s(), time.process_time(), time.perf_counter()
-    for _ in range(count):
-        work()
+    run(count)
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     postgres = _postgres_cpu_s() - postgres
@@ -90,8 +119,19 @@ def main(argv: list[str]) -> int:
             ("trivial job: running row + final state", _job(busy=False)),
             ("busy job: + 10 flows and 10 logs", _job(busy=True)),
         ):
-            wall, cpu, postgres = _measure(work, count)
+            wall, cpu, postgres = _measure(_one_thread(work), count)
             print(f"{label:44} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+        # Threads of one worker writing at once share commits (flow_tracker.group_commit).
+        group = runtime.writer().group
+        groups, requests = group.groups, group.requests
+        wall, cpu, postgres = _measure(_on_threads(_job(busy=False), THREADS), count)
+        label = f"trivial job, {THREADS} threads at once"
+        print(f"{label:44} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+        commits = group.groups - groups
+        print(
+            f"\n  with {THREADS} threads: {(group.requests - requests) / max(commits, 1):.2f} "
+            f"durable writes per commit ({commits:,} commits)"
+        )
     finally:
         flow_tracker.reset()
     return 0

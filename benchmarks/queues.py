@@ -9,8 +9,9 @@ Four runs each: tracking off (``FLOW_TRACKER_ENABLED=false``); on with the
 defaults (the running row stored before the job's code runs, the final state
 before the job is reported done); on with ``durable_start=False``; and on with
 ``completion_timeout=0`` (the final state follows within the flush interval).
-Tracking writes to PostgreSQL. Also measured: the cost of an enqueue in the
-sending process (the queued row is stored before the message goes out).
+Tracking writes to PostgreSQL, then the whole run again to SQLite (the targets
+are PostgreSQL's). Also measured: the cost of an enqueue in the sending process
+(the queued row is stored before the message goes out), one by one and in bulk.
 
 ``--readme`` writes the tables into README.md between its
 ``<!-- benchmark:queues -->`` markers; every run writes them to
@@ -274,87 +275,117 @@ def fresh_pg_database() -> str:
     return f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
 
 
+def fresh_sqlite_database() -> str:
+    """URL of a new, empty SQLite file for this run (in the results folder, not kept)."""
+    path = REPO / "benchmarks" / "results" / "queues.sqlite3"
+    path.parent.mkdir(exist_ok=True)
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    return f"sqlite:///{path}"
+
+
+# The databases compared; the targets are PostgreSQL's (its commit is what costs).
+DATABASES = {"PostgreSQL": fresh_pg_database, "SQLite": fresh_sqlite_database}
+
+
+def _measure_queue(
+    queue: Queue, kind: str, database_url: str, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best jobs/s per setting and fastest enqueue µs per setting, the settings taking turns."""
+    rates: dict[str, float] = {}
+    enqueue_us: dict[str, float] = {}
+    # Best of ROUNDS, the settings taking turns: one run of 1,000 jobs swings
+    # by ±15% on a 2-core machine that also runs the broker and the database.
+    for _ in range(rounds):
+        for setting in SETTINGS:
+            rate, enqueue = run_one(queue, kind, setting, database_url)
+            if rate > rates.get(setting, 0.0):
+                rates[setting] = rate
+            enqueue_us[setting] = min(enqueue, enqueue_us.get(setting, enqueue))
+    return rates, enqueue_us
+
+
 def main(argv: list[str]) -> int:
     """Run the queue benchmark; exit 1 when a target is missed."""
     quick = "--quick" in argv
-    database_url = fresh_pg_database()
+    rounds = 1 if quick else ROUNDS
     print(
         f"\nqueue benchmark ({'quick' if quick else 'full'}): jobs/s through real workers, "
-        "tracking to PostgreSQL\n"
+        "tracking to PostgreSQL, then to SQLite\n"
     )
     names = list(SETTINGS)
-    print(f"{'':32} {'job':8} " + " ".join(f"{n:>22}" for n in names))
+    print(f"{'':45} {'job':8} " + " ".join(f"{n:>22}" for n in names))
     misses: list[str] = []
     throughput: list[str] = [
-        "| worker | job | off j/s | defaults j/s | loss | cost/job | "
+        "| database | worker | job | off j/s | defaults j/s | loss | cost/job | "
         "`durable_start=False` | loss | `completion_timeout=0` | loss |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     enqueues: list[str] = [
-        "| queue | enqueue, off µs | tracked µs | extra per job |",
-        "|---|---:|---:|---:|",
+        "| database | queue | enqueue, off µs | tracked µs | extra per job |",
+        "|---|---|---:|---:|---:|",
     ]
-    for queue in QUEUES:
-        if quick:
-            queue.jobs = max(100, queue.jobs // 5)
-        for kind in ("trivial", "busy"):
-            rates: dict[str, float] = {}
-            enqueue_us: dict[str, float] = {}
-            # Best of ROUNDS, the settings taking turns: one run of 1,000 jobs swings
-            # by ±15% on a 2-core machine that also runs the broker and the database.
-            for _ in range(1 if quick else ROUNDS):
-                for setting in names:
-                    rate, enqueue = run_one(queue, kind, setting, database_url)
-                    if rate > rates.get(setting, 0.0):
-                        rates[setting] = rate
-                    enqueue_us[setting] = min(enqueue, enqueue_us.get(setting, enqueue))
-            off = rates["off"]
-            label = "trivial" if kind == "trivial" else "10 flows + 10 logs"
-
-            losses = {n: 1 - rates[n] / off for n in names}
-            cost_ms = (1 / rates["defaults"] - 1 / off) * 1000
-            print(
-                f"{queue.name:32} {label[:8]:8} "
-                + " ".join(
-                    f"{rates[n]:10.0f} j/s {'' if n == 'off' else f'{losses[n]:6.1%}':>7}"
-                    for n in names
-                )
-            )
-            throughput.append(
-                f"| {queue.name} | {label} | {off:,.0f} | {rates['defaults']:,.0f} | "
-                f"{losses['defaults']:.0%} | {cost_ms:.2f} ms | "
-                f"{rates['durable_start=False']:,.0f} | {losses['durable_start=False']:.0%} | "
-                f"{rates['completion_timeout=0']:,.0f} | {losses['completion_timeout=0']:.0%} |"
-            )
-            limit = TRIVIAL_LOSS if kind == "trivial" else BUSY_LOSS
-            if queue.name in TARGETED and losses["defaults"] > limit:
-                misses.append(
-                    f"{queue.name}, {label}: {losses['defaults']:.1%} of throughput "
-                    f"(target ≤ {limit:.0%})"
-                )
-            if kind == "trivial":
-                extra = enqueue_us["defaults"] - enqueue_us["off"]
-                enqueues.append(
-                    f"| {queue.name} | {enqueue_us['off']:,.0f} | {enqueue_us['defaults']:,.0f} "
-                    f"| {extra:+,.0f} µs |"
-                )
-                if queue.name in TARGETED and extra > ENQUEUE_EXTRA_US:
-                    misses.append(
-                        f"{queue.name}: an enqueue costs {extra:.0f} µs more "
-                        f"(target ≤ {ENQUEUE_EXTRA_US:.0f})"
-                    )
     bulk: list[str] = [
-        f"| bulk enqueue of {BULK_SIZE} | off µs per job | tracked µs per job | extra per job |",
-        "|---|---:|---:|---:|",
+        f"| database | bulk enqueue of {BULK_SIZE} | off µs per job | tracked µs per job "
+        "| extra per job |",
+        "|---|---|---:|---:|---:|",
     ]
-    for label, send_many in BULK_SENDS.items():
-        off_us = bulk_enqueue_us(send_many, False, database_url)
-        on_us = bulk_enqueue_us(send_many, True, database_url)
-        print(f"{label:32} bulk enqueue {off_us:7.0f} -> {on_us:7.0f} µs per job")
-        bulk.append(f"| {label} | {off_us:,.0f} | {on_us:,.0f} | {on_us - off_us:+,.0f} µs |")
+    if quick:
+        for queue in QUEUES:
+            queue.jobs = max(100, queue.jobs // 5)
+    for database, fresh in DATABASES.items():
+        database_url = fresh()
+        targeted = database == "PostgreSQL"
+        for queue in QUEUES:
+            for kind in ("trivial", "busy"):
+                rates, enqueue_us = _measure_queue(queue, kind, database_url, rounds)
+                off = rates["off"]
+                label = "trivial" if kind == "trivial" else "10 flows + 10 logs"
+                losses = {n: 1 - rates[n] / off for n in names}
+                cost_ms = (1 / rates["defaults"] - 1 / off) * 1000
+                print(
+                    f"{database[:10]:10} {queue.name:34} {label[:8]:8} "
+                    + " ".join(
+                        f"{rates[n]:10.0f} j/s {'' if n == 'off' else f'{losses[n]:6.1%}':>7}"
+                        for n in names
+                    )
+                )
+                throughput.append(
+                    f"| {database} | {queue.name} | {label} | {off:,.0f} | "
+                    f"{rates['defaults']:,.0f} | {losses['defaults']:.0%} | {cost_ms:.2f} ms | "
+                    f"{rates['durable_start=False']:,.0f} | "
+                    f"{losses['durable_start=False']:.0%} | "
+                    f"{rates['completion_timeout=0']:,.0f} | "
+                    f"{losses['completion_timeout=0']:.0%} |"
+                )
+                limit = TRIVIAL_LOSS if kind == "trivial" else BUSY_LOSS
+                if targeted and queue.name in TARGETED and losses["defaults"] > limit:
+                    misses.append(
+                        f"{queue.name}, {label}: {losses['defaults']:.1%} of throughput "
+                        f"(target ≤ {limit:.0%})"
+                    )
+                if kind == "trivial":
+                    extra = enqueue_us["defaults"] - enqueue_us["off"]
+                    enqueues.append(
+                        f"| {database} | {queue.name} | {enqueue_us['off']:,.0f} | "
+                        f"{enqueue_us['defaults']:,.0f} | {extra:+,.0f} µs |"
+                    )
+                    if targeted and queue.name in TARGETED and extra > ENQUEUE_EXTRA_US:
+                        misses.append(
+                            f"{queue.name}: an enqueue costs {extra:.0f} µs more "
+                            f"(target ≤ {ENQUEUE_EXTRA_US:.0f})"
+                        )
+        for label, send_many in BULK_SENDS.items():
+            off_us = bulk_enqueue_us(send_many, False, database_url)
+            on_us = bulk_enqueue_us(send_many, True, database_url)
+            print(f"{database[:10]:10} {label:34} bulk enqueue {off_us:7.0f} -> {on_us:7.0f} µs")
+            bulk.append(
+                f"| {database} | {label} | {off_us:,.0f} | {on_us:,.0f} | "
+                f"{on_us - off_us:+,.0f} µs |"
+            )
     print(
-        f"\ntargets (defaults): throughput loss ≤ {TRIVIAL_LOSS:.0%} for a trivial job and "
-        f"≤ {BUSY_LOSS:.0%} for 10 flows + 10 logs ({', '.join(TARGETED)}); "
+        f"\ntargets (defaults, PostgreSQL): throughput loss ≤ {TRIVIAL_LOSS:.0%} for a trivial "
+        f"job and ≤ {BUSY_LOSS:.0%} for 10 flows + 10 logs ({', '.join(TARGETED)}); "
         f"≤ {ENQUEUE_EXTRA_US:.0f} µs more per enqueue"
     )
     for line in misses:
@@ -363,9 +394,9 @@ def main(argv: list[str]) -> int:
         print("  PASS  every target")
     header = (
         f"Measured by `python -m benchmarks queues{' --quick' if quick else ''}` on "
-        f"{machine_line()}; tracking to PostgreSQL; {QUEUES[0].jobs:,} jobs per run "
-        "(RQ's forking worker fewer), jobs/s from the first job done to the last, "
-        f"best of {1 if quick else ROUNDS} runs per setting; enqueue: the fastest run."
+        f"{machine_line()}; tracking to PostgreSQL, then to SQLite (a file); "
+        f"{QUEUES[0].jobs:,} jobs per run (RQ's forking worker fewer), jobs/s from the first "
+        f"job done to the last, best of {rounds} runs per setting; enqueue: the fastest run."
     )
     publish(
         "queues", [header, "", *throughput, "", *enqueues, "", *bulk], readme="--readme" in argv

@@ -58,7 +58,8 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[Request] = []
         self._writing = False
-        self.groups = 0  # groups stored (for the benchmarks and tests)
+        self.groups = 0  # groups stored, one transaction each (for the benchmarks and tests)
+        self.requests = 0  # requests stored in them
         self.grouped = 0  # requests that went in a group of more than one
 
     def submit(self, request: Request) -> None:
@@ -100,6 +101,7 @@ class GroupCommit:
             with cond:
                 self._writing = False
                 self.groups += 1
+                self.requests += len(group)
                 if len(group) > 1:
                     self.grouped += len(group)
                 for each in group:
