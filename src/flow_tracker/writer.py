@@ -263,7 +263,9 @@ class Writer:
                 try:
                     self._draining = True
                     self.put(event)
-                    if self._drain_here():
+                    # Up to this event only: what other threads queue after it is
+                    # the writer thread's (this job is reported done sooner).
+                    if self._drain_here(len(self.buffer)):
                         return True
                 finally:
                     self._draining = False
@@ -272,11 +274,15 @@ class Writer:
         self.put(event)
         return self.flush(timeout)
 
-    def _drain_here(self) -> bool:
-        """Store the buffer on the calling thread; False (nothing lost) on a database error."""
+    def _drain_here(self, most: int) -> bool:
+        """Store the buffer's first ``most`` items on the calling thread.
+
+        False (nothing lost) on a database error.
+        """
         buffer = self.buffer
-        while buffer:
-            batch, markers = self._take_batch(buffer)
+        while buffer and most > 0:
+            batch, markers = self._take_batch(buffer, most)
+            most -= len(batch) + len(markers)
             if batch:
                 # With the group: other threads' running rows and final states
                 # written at this moment go in the same transaction.
@@ -387,13 +393,16 @@ class Writer:
                 self._draining = False
 
     def _take_batch(
-        self, buffer: collections.deque[ev.Change]
+        self, buffer: collections.deque[ev.Change], most: int | None = None
     ) -> tuple[list[ev.Change], list[threading.Event]]:
         batch: list[ev.Change] = []
         markers: list[threading.Event] = []
         popleft = buffer.popleft
+        size = self.batch_size
         try:
-            while len(batch) < self.batch_size:
+            while len(batch) < size:
+                if most is not None and len(batch) + len(markers) >= most:
+                    break
                 event = popleft()
                 if event[0] == ev.MARKER:
                     markers.append(event[1])
