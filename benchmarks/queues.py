@@ -209,6 +209,7 @@ SETTINGS = {
 }
 # Targets (issue "a tracked job must cost almost nothing"), defaults on PostgreSQL.
 ROUNDS = 2
+SETTLE_S = 0.5
 TRIVIAL_LOSS = 0.15
 BUSY_LOSS = 0.25
 ENQUEUE_EXTRA_US = 500.0
@@ -245,6 +246,9 @@ def run_one(queue: Queue, kind: str, setting: str, database_url: str) -> tuple[f
     try:
         queue.send(kind)  # a first job: the worker is up and warm once it is done
         _wait_for(redis, 1, 60)
+        # Let its writer finish: a worker stopped inside a SQLite write transaction
+        # would hold the file's lock while the jobs are sent.
+        time.sleep(SETTLE_S)
         os.killpg(proc.pid, signal.SIGSTOP)  # hold the worker while the jobs are sent
         started = time.perf_counter()
         for _ in range(queue.jobs):
