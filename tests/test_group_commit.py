@@ -179,3 +179,34 @@ def test_a_record_the_database_refuses_costs_only_its_own_thread(
     assert results["bad"].stored is False  # kept for the writer thread, which isolates it
     assert errors[0] == "storing a record at once"  # then the writer drops it alone
     finish_job(results["good"], Status.COMPLETED)
+
+
+def test_a_thread_waits_for_a_stuck_write_ahead_of_it_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that never finishes (a server that stopped answering) does not hold the rest."""
+    from flow_tracker import group_commit
+    from flow_tracker.group_commit import GroupCommit, Request
+
+    monkeypatch.setattr(group_commit, "GROUP_WAIT_S", 0.2)
+    release = threading.Event()
+    stored: list[list[Request]] = []
+
+    def store_group(take: Callable[[], list[Request]]) -> None:
+        release.wait(WAIT_S)  # stuck before it even took the group
+        group = take()
+        stored.append(group)
+        for request in group:
+            request.stored = True
+
+    commits = GroupCommit(store_group)
+    first, second = Request((), None), Request((), None)
+    writing = threading.Thread(target=commits.submit, args=(first,))
+    writing.start()
+    _wait_until(lambda: commits._writing, "the first write to start")
+    commits.submit(second)  # returns after GROUP_WAIT_S, not when the first write ends
+    assert isinstance(second.error, TimeoutError) and not second.stored
+    release.set()
+    writing.join(WAIT_S)
+    assert first.stored and first.error is None
+    assert stored == [[first]]  # the one that gave up was not stored twice

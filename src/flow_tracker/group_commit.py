@@ -96,6 +96,8 @@ class GroupCommit:
             for each in take():
                 if not each.done and each.error is None:
                     each.error = exc
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: this thread's, not a write's outcome
         finally:
             group = take()
             with cond:
