@@ -6,6 +6,7 @@ so who waits for whom is certain, not a matter of timing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -70,6 +71,21 @@ def _lost_job_with_a_copy(job_id: str) -> uuid.UUID:
     return copy
 
 
+@contextlib.contextmanager
+def _write_held(url: str, ahead: Any) -> Iterator[None]:
+    """Job ``ahead`` ends on a thread whose write waits on a row lock until the block ends."""
+    with psycopg.connect(url) as holder:
+        holder.execute(
+            "SELECT 1 FROM flow_tracker_processes WHERE id = %s FOR UPDATE", (ahead.process_id,)
+        )
+        ending = threading.Thread(target=finish_job, args=(ahead, Status.COMPLETED))
+        ending.start()
+        _wait_until(lambda: _lock_waits(url) == 1, "the first write to wait on the lock")
+        yield
+        holder.rollback()  # the write ahead goes in, then the group behind it
+    ending.join(WAIT_S)
+
+
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """An empty PostgreSQL tracking database: the write ahead is held on a row lock."""
@@ -93,17 +109,10 @@ def test_writes_made_while_another_is_stored_go_in_one_transaction_after_it(pg_u
         thread.start()
         return thread
 
-    with psycopg.connect(database_url) as holder:
-        holder.execute(
-            "SELECT 1 FROM flow_tracker_processes WHERE id = %s FOR UPDATE", (ahead.process_id,)
-        )
-        ending = threading.Thread(target=finish_job, args=(ahead, Status.COMPLETED))
-        ending.start()
-        _wait_until(lambda: _lock_waits(database_url) == 1, "the first write to wait on the lock")
+    with _write_held(database_url, ahead):
         threads = [start_in_thread(job_id) for job_id in ("b", "c", "requeued")]
         _wait_until(lambda: len(group._pending) == 3, "three threads to wait behind it")
-        holder.rollback()
-    for thread in (ending, *threads):
+    for thread in threads:
         thread.join(WAIT_S)
     assert (group.groups - groups, group.grouped - grouped) == (2, 3)
     assert _status("ahead") is Status.COMPLETED
@@ -157,14 +166,8 @@ def test_a_record_the_database_refuses_costs_only_its_own_thread(
     bad = (ev.PROCESS_START, bad_id.int, {**fields, "attempt": 2**70})
     errors: list[str] = []
     monkeypatch.setattr(writer, "on_error", lambda exc, what: errors.append(what))
-    with psycopg.connect(database_url) as holder:
-        holder.execute(
-            "SELECT 1 FROM flow_tracker_processes WHERE id = %s FOR UPDATE", (ahead.process_id,)
-        )
-        ending = threading.Thread(target=finish_job, args=(ahead, Status.COMPLETED))
-        ending.start()
-        _wait_until(lambda: _lock_waits(database_url) == 1, "the first write to wait on the lock")
-        results: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    with _write_held(database_url, ahead):
         good = threading.Thread(target=lambda: results.__setitem__("good", _start("good")))
         refused = threading.Thread(
             target=lambda: results.__setitem__("bad", writer.write_now((bad,)))
@@ -172,8 +175,7 @@ def test_a_record_the_database_refuses_costs_only_its_own_thread(
         good.start()
         refused.start()
         _wait_until(lambda: len(group._pending) == 2, "two threads to wait behind it")
-        holder.rollback()
-    for thread in (ending, good, refused):
+    for thread in (good, refused):
         thread.join(WAIT_S)
     assert _status("good") is Status.RUNNING
     assert results["bad"].stored is False  # kept for the writer thread, which isolates it
