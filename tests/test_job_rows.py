@@ -137,6 +137,19 @@ def test_a_kept_connection_the_server_closed_is_replaced_and_the_write_kept(
     assert runtime.writer().healthy
 
 
+@pytest.mark.postgres
+def test_a_statement_the_server_forgot_is_prepared_again(pg_server_url: str) -> None:
+    """A pooler in front may DISCARD ALL between two uses: the write is stored all the same."""
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False, flush_interval=60)
+    assert jobs.record_enqueued(job_system="rq", job_id="first", name="job", queue="q")
+    errors = runtime.internal_error_count()
+    runtime.store().write_connections.run(lambda conn: conn.execute("DEALLOCATE ALL"))
+    second = jobs.record_enqueued(job_system="rq", job_id="second", name="job", queue="q")
+    assert second is not None  # the same statement as the first: prepared, then forgotten
+    assert runtime.writer().stats()["buffered"] == 0, "the write went to the buffer"
+    assert runtime.internal_error_count() == errors
+
+
 def _queued_row() -> dict[str, object]:
     now = time.time()
     return {
