@@ -13,6 +13,9 @@ a job's start or end: its process row and its history row - is sent to
 PostgreSQL as one statement, its writes as ``WITH`` parts: atomic, in a single
 round trip (measured: 0.33 ms against 0.65 ms for the same rows as statements
 in a transaction, and ~1.3 ms through SQLAlchemy's pool and execution path).
+That one statement goes through libpq itself, prepared once per connection
+(see :func:`_exec_one`): a job's running row and final state are what a worker
+waits for, and psycopg's cursor around them was half of their CPU.
 """
 
 from __future__ import annotations
