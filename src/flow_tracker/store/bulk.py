@@ -471,9 +471,9 @@ class BatchWriter:
             else:
                 ctes = [f"w{n} AS ({part})" for n, part in enumerate(parts[:-1])]
                 sql = f"WITH {', '.join(ctes)} {parts[-1]}"
-            # PostgreSQL's own numbered placeholders, run on a RawCursor: psycopg
-            # would otherwise parse a statement this long for %s on every run
-            # (it caches only short ones; measured ~0.7 ms for 250 parameters).
+            # PostgreSQL's own numbered placeholders: the statement goes to libpq as
+            # it is (see _exec_one); psycopg's parsing of a statement this long for
+            # %s cost ~0.7 ms for 250 parameters (measured).
             pieces = sql.split("%s")
             sql = pieces[0] + "".join(f"${n}{rest}" for n, rest in enumerate(pieces[1:], 1))
             self._sql[key] = sql
