@@ -60,7 +60,6 @@ class GroupCommit:
         self._writing = False
         self.groups = 0  # groups stored, one transaction each (for the benchmarks and tests)
         self.requests = 0  # requests stored in them
-        self.grouped = 0  # requests that went in a group of more than one
 
     def submit(self, request: Request) -> None:
         """Return once ``request`` is stored (or failed: its ``error`` is set)."""
@@ -104,8 +103,6 @@ class GroupCommit:
                 self._writing = False
                 self.groups += 1
                 self.requests += len(group)
-                if len(group) > 1:
-                    self.grouped += len(group)
                 for each in group:
                     each.done = True
                 cond.notify_all()

@@ -15,7 +15,7 @@ round trip (measured: 0.33 ms against 0.65 ms for the same rows as statements
 in a transaction, and ~1.3 ms through SQLAlchemy's pool and execution path).
 That one statement goes through libpq itself, prepared once per connection
 (see :func:`_exec_one`): a job's running row and final state are what a worker
-waits for, and psycopg's cursor around them was half of their CPU.
+waits for, and psycopg's cursor around them was a third of their CPU (measured).
 """
 
 from __future__ import annotations
@@ -687,7 +687,7 @@ def _exec_one(conn: Any, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...
 
     A job's running row and final state are one statement each, and the
     statement is all they wait for: psycopg's cursor machinery around it cost
-    half of the worker's own CPU for a tracked job (measured). The statement is
+    a third of the worker's own CPU for a tracked job (measured). The statement is
     prepared once per connection (parsing and planning it each time cost the
     server more than running it), its parameters sent as text for the server to
     read as the types it inferred. libpq's blocking call runs without the
