@@ -9,8 +9,8 @@ leaves its records with the group and waits; when the writer is done, one of
 the waiting threads writes everything the group has gathered meanwhile in one
 statement, and each thread returns once its own records are stored. Every
 record is still stored before its thread goes on - the promise is unchanged -
-but the database commits once per group instead of once per job, and no
-thread waits behind more than one write.
+but the database commits once per group instead of once per job, and a
+thread waits for at most the write in progress and its own group's.
 
 The group is taken as late as possible: once the writing thread holds the
 connection (see :meth:`GroupCommit.submit`), so whatever arrived while it
