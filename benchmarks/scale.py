@@ -6,11 +6,13 @@
   steps (a flow with one log line: two rows, as in the core benchmark), each
   thread in a tracked process of its own, for 60 s (15 s with ``--quick``),
   while PostgreSQL is restarted in the middle. First one process's ``COPY`` of
-  the same log rows is measured; then the fleet is offered :data:`LOAD` of that
-  rate (steps paced by each thread; a fleet offered more than its writers can
-  store drops what its buffers cannot hold, by design: recording never blocks a
-  job). Reported: the rows stored per second by all of them (goal ≥ 60 % of one
-  process's ``COPY``), the most connections the writers held at once (sampled
+  the same log rows is measured; then the fleet runs unpaced for
+  :data:`CAPACITY_S` without a restart, which finds the most it stores (its
+  threads make rows faster than that, so its buffers overflow and drop rows, by
+  design: recording never blocks a job); then, on a fresh database, the fleet is
+  offered :data:`LOAD` of the ``COPY`` rate (steps paced by each thread) with
+  the restart. Reported: the rows stored per second by all of them (goal ≥ 60 %
+  of one process's ``COPY``), the most connections the writers held at once (sampled
   from ``pg_stat_activity``; goal: at most one per process) and the rows lost
   (goal 0).
 * **retention**: 30 daily partitions of 1,000,000 log rows (100,000 with
@@ -56,6 +58,7 @@ THREADS = 4
 PARTITIONS = 30
 BUFFER = 400_000
 LOAD = 0.65  # of one process's COPY rate, offered by the fleet
+CAPACITY_S = 15.0  # the unpaced run, which finds the most the fleet stores
 
 
 def _driver_url(url: str) -> str:
@@ -143,8 +146,13 @@ def _server_cpu() -> float:
     return total
 
 
-def fleet(url: str, seconds: float, steps_per_thread: float) -> dict[str, Any]:
-    """Run the writers with a restart in the middle; return what was stored and lost."""
+def fleet(
+    url: str, seconds: float, steps_per_thread: float, *, restart_halfway: bool = True
+) -> dict[str, Any]:
+    """Run the writers (with a restart in the middle); return what was stored and lost.
+
+    ``steps_per_thread`` is each thread's pace in steps a second; 0 runs unpaced.
+    """
     folder = Path(tempfile.mkdtemp(prefix="ft-fleet-"))
     env = {
         **os.environ,
@@ -152,7 +160,7 @@ def fleet(url: str, seconds: float, steps_per_thread: float) -> dict[str, Any]:
         "FLOW_TRACKER_DATABASE_URL": url,
         "FLOW_TRACKER_BUFFER_SIZE": str(BUFFER),
     }
-    restart = _restart_command()
+    restart = _restart_command() if restart_halfway else None
     seen: list[int] = []
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_connections, args=(url, stop, seen), daemon=True)
@@ -333,6 +341,19 @@ def _fleet_part(seconds: float, misses: list[str]) -> list[str]:
     setup.dispose()  # its connection would count as a writer's below
     copy_rate = _copy_rate(url, 10.0)
     print(f"  one process's COPY of log rows: {copy_rate:,.0f} rows/s")
+    # First unpaced, without a restart: the most the fleet stores. Its threads make
+    # rows faster than any writer stores them, so the buffers overflow and drop rows,
+    # by design (recording never blocks a job); the paced run below loses none.
+    most = fleet(url, CAPACITY_S, 0, restart_halfway=False)
+    capacity = most["stored"] / most["window"]
+    print(
+        f"  fleet {WRITERS} x {THREADS} unpaced, {CAPACITY_S:.0f} s: {capacity:,.0f} rows/s stored "
+        f"({capacity / copy_rate:.0%} of COPY), {most['dropped']:,} dropped past the buffers"
+    )
+    url = fresh_pg_database("flow_tracker_bench_fleet")
+    setup = Store(url)
+    setup.ensure_schema()
+    setup.dispose()
     offered = LOAD * copy_rate
     run = fleet(url, seconds, offered / 2 / (WRITERS * THREADS))
     rate = run["stored"] / run["window"]
@@ -361,7 +382,9 @@ def _fleet_part(seconds: float, misses: list[str]) -> list[str]:
         "PostgreSQL restarted halfway | |",
         "|---|---:|",
         f"| one process's `COPY` of log rows (the floor, same run) | {copy_rate:,.0f} rows/s |",
-        f"| offered to the fleet ({LOAD:.0%} of that, paced by each thread) "
+        f"| the most the fleet stores (unpaced, {CAPACITY_S:.0f} s, no restart; "
+        f"rows past the buffers dropped) | {capacity:,.0f} rows/s ({capacity / copy_rate:.0%}) |",
+        f"| offered to the fleet ({LOAD:.0%} of `COPY`, paced by each thread) "
         f"| {offered:,.0f} rows/s |",
         f"| the fleet, rows stored (processes, flows, logs) | {rate:,.0f} rows/s |",
         f"| fleet ÷ one process's `COPY` (goal ≥ 60 %) | {share:.0%} |",
