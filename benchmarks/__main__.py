@@ -1,13 +1,23 @@
 """Run benchmarks by name; none named runs them all.
 
-``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages] [scale]``
+``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages]
+[scale] [alternatives]``
 """
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import core, dashboard, job_cost, queues, scale, workflow_pages, workflows
+from benchmarks import (
+    alternatives,
+    core,
+    dashboard,
+    job_cost,
+    queues,
+    scale,
+    workflow_pages,
+    workflows,
+)
 
 
 def main() -> int:
@@ -21,6 +31,7 @@ def main() -> int:
         "workflows",
         "workflow_pages",
         "scale",
+        "alternatives",
     ]
     status = 0
     for name in names:
@@ -38,10 +49,12 @@ def main() -> int:
             status |= workflow_pages.main(args)
         elif name == "scale":
             status |= scale.main(args)
+        elif name == "alternatives":
+            status |= alternatives.main(args)
         else:
             print(
                 f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, "
-                "workflows, workflow_pages, scale",
+                "workflows, workflow_pages, scale, alternatives",
                 file=sys.stderr,
             )
             return 2

@@ -221,18 +221,28 @@ TARGETED = (
 )
 
 
-def run_one(queue: Queue, kind: str, setting: str, database_url: str) -> tuple[float, float]:
-    """Jobs/s through the worker, and the µs an enqueue took in this process."""
+def run_one(
+    queue: Queue,
+    kind: str,
+    setting: str,
+    database_url: str,
+    settings: dict[str, dict[str, str]] = SETTINGS,
+) -> tuple[float, float]:
+    """Jobs/s through the worker, and the µs an enqueue took in this process.
+
+    ``settings[setting]`` is the worker's environment; the sending side tracks
+    unless it turns tracking off.
+    """
     redis = Redis.from_url(REDIS_URL)
     redis.flushdb()
-    enabled = setting != "off"
+    enabled = settings[setting].get("FLOW_TRACKER_ENABLED") != "false"
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "FT_BENCH_REDIS": REDIS_URL,
         "FLOW_TRACKER_DATABASE_URL": database_url,
         "FLOW_TRACKER_LOG_TO_STDLIB": "false",
-        **SETTINGS[setting],
+        **settings[setting],
     }
     flow_tracker.configure(database_url=database_url, enabled=enabled, log_to_stdlib=False)
     proc = subprocess.Popen(

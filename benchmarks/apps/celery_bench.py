@@ -12,6 +12,13 @@ from flow_tracker.integrations import celery as ft_celery
 app = Celery("ft_bench", broker=os.environ.get("FT_BENCH_REDIS", "redis://127.0.0.1:6379/10"))
 app.conf.update(worker_prefetch_multiplier=16, broker_connection_retry_on_startup=True)
 ft_celery.install(app)
+# The alternatives the benchmark compares with (``benchmarks alternatives``): Celery's
+# own database result backend keeping each task's state (STARTED before the task,
+# SUCCESS after), and the task events Flower reads.
+if backend := os.environ.get("FT_BENCH_CELERY_BACKEND"):
+    app.conf.update(result_backend=backend, task_track_started=True)
+if os.environ.get("FT_BENCH_CELERY_EVENTS"):
+    app.conf.update(worker_send_task_events=True)
 
 
 @app.task(name="bench.trivial")

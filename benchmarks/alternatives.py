@@ -1,0 +1,86 @@
+"""What Celery's own ways of knowing what a task did cost, beside flow-tracker's, in one run.
+
+``python -m benchmarks alternatives [--quick] [--readme]``: the trivial job through
+a real Celery worker (prefork, 2 processes; threads, 4), jobs/s as in the queue
+benchmark (:mod:`benchmarks.queues`), the settings taking turns, best of 2 runs:
+
+* **off**: no tracking, no result backend, no events;
+* **flow-tracker**: its defaults, tracking to PostgreSQL (the running row stored
+  before the task, the final state before the task is reported done);
+* **Celery's database result backend** on the same PostgreSQL with
+  ``task_track_started=True``: the state in SQL that Celery itself keeps (STARTED
+  stored before the task, SUCCESS after), the nearest thing to what flow-tracker
+  records — without flows, logs, lost-job detection or a dashboard;
+* **Celery task events** (``worker_send_task_events``): what Flower reads; the
+  worker publishes them to the broker and nothing keeps them unless a monitor
+  listens (none does here).
+
+Every run writes ``benchmarks/results/alternatives.md``; ``--readme`` also replaces
+the README's ``<!-- benchmark:alternatives -->`` section.
+"""
+
+from __future__ import annotations
+
+from benchmarks.queues import QUEUES, fresh_pg_database, run_one
+from benchmarks.readme import machine_line, publish
+
+ROUNDS = 2
+WORKERS = ("Celery prefork (2)", "Celery threads (4)")
+
+
+def _settings(database_url: str) -> dict[str, dict[str, str]]:
+    # Celery's database backend speaks SQLAlchemy: the same server and database.
+    backend = "db+" + database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return {
+        "off": {"FLOW_TRACKER_ENABLED": "false"},
+        "flow-tracker": {},
+        "Celery result backend": {
+            "FLOW_TRACKER_ENABLED": "false",
+            "FT_BENCH_CELERY_BACKEND": backend,
+        },
+        "Celery task events": {"FLOW_TRACKER_ENABLED": "false", "FT_BENCH_CELERY_EVENTS": "1"},
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Run the comparison; always exits 0 (no target here: it says where flow-tracker stands)."""
+    quick = "--quick" in argv
+    rounds = 1 if quick else ROUNDS
+    database_url = fresh_pg_database()
+    settings = _settings(database_url)
+    names = list(settings)
+    print("\nalternatives: a trivial Celery task, jobs/s (tracking and results to PostgreSQL)\n")
+    rows = [
+        "| worker | off j/s | "
+        + " | ".join(f"{n} j/s | loss | cost/job" for n in names[1:])
+        + " |",
+        "|---|---:|" + "---:|---:|---:|" * (len(names) - 1),
+    ]
+    for queue in QUEUES:
+        if queue.name not in WORKERS:
+            continue
+        if quick:
+            queue.jobs = max(100, queue.jobs // 5)
+        rates: dict[str, float] = {}
+        for _ in range(rounds):
+            for name in names:
+                rate, _enqueue = run_one(queue, "trivial", name, database_url, settings)
+                rates[name] = max(rate, rates.get(name, 0.0))
+        off = rates["off"]
+        cost = {n: (1 / rates[n] - 1 / off) * 1e3 for n in names}  # ms of worker time per job
+        print(f"  {queue.name:20} " + "  ".join(f"{n}: {rates[n]:,.0f} j/s" for n in names))
+        rows.append(
+            f"| {queue.name} | {off:,.0f} | "
+            + " | ".join(
+                f"{rates[n]:,.0f} | {1 - rates[n] / off:.0%} | {cost[n]:.2f} ms" for n in names[1:]
+            )
+            + " |"
+        )
+    header = (
+        f"Measured by `python -m benchmarks alternatives{' --quick' if quick else ''}` on "
+        f"{machine_line()}; the trivial task, {QUEUES[0].jobs:,} jobs per run, best of "
+        f"{rounds}; flow-tracker with its defaults and Celery's database result backend "
+        "(`task_track_started=True`) both writing to the same PostgreSQL."
+    )
+    publish("alternatives", [header, "", *rows], readme="--readme" in argv)
+    return 0
