@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 from click.testing import CliRunner
@@ -75,6 +76,12 @@ def test_retry_resolve_and_cancel_act_and_explain_what_they_refuse(tracked: str)
     wf.step(name="slow")(lambda context: release.wait(WAIT))
     wf.step(name="after", depends_on=["slow"])(lambda context, slow: None)
     run = wf.run()
+    # Cancel once "slow" runs, so that only "after" is left not to run (on a busy
+    # machine the pool may not have taken "slow" yet when the run is sent).
+    deadline = time.monotonic() + WAIT
+    while flow_tracker.get_workflow(run.id).steps["slow"].status != "running":
+        assert time.monotonic() < deadline, "step slow did not start within 30 s"
+        time.sleep(0.01)
     out = _cli(tracked, "cancel", str(run.id), "--reason", "customer left")
     release.set()
     assert out.exit_code == 0 and "1 steps will not run" in out.output
