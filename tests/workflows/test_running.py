@@ -450,3 +450,38 @@ def test_an_outline_reads_every_step_but_only_the_results_asked_for(tracked: str
     some = manage.with_results(outline, ["b", "a", "nope"])
     assert [s.result for s in some.steps.values()] == [odd, 7, None]
     assert some.steps["a"].process_id == full.steps["a"].process_id
+
+
+def test_a_finished_runs_outline_is_read_once_and_read_again_once_it_changes(
+    tracked: str,
+) -> None:
+    run = order_workflow("running_outline", Calls(), charge_fails=1).run(context={"cart_id": 2})
+    assert run.wait(WAIT).status == "failed"
+    first = manage.get_workflow_outline(run.id)
+    assert first.steps["charge"].status == "failed"
+    assert manage.get_workflow_outline(run.id) is first  # kept, not read again
+    flow_tracker.retry_step(run.id, "charge", by="alice")
+    assert manage.get_workflow_outline(run.id) is not first
+    assert run.wait(WAIT).status == "completed"
+    done = manage.get_workflow_outline(run.id)
+    assert (done.status, done.steps["charge"].status) == ("completed", "completed")
+    assert manage.get_workflow_outline(run.id) is done
+
+
+def test_a_running_runs_outline_is_read_every_time(tracked: str) -> None:
+    gate = threading.Event()
+    wf = flow_tracker.workflow("running_outline_live")
+
+    @wf.step()
+    def held(context: Any) -> int:
+        gate.wait(WAIT)
+        return 1
+
+    run = wf.run(context={})
+    try:
+        first = manage.get_workflow_outline(run.id)
+        assert first.status == "running"
+        assert manage.get_workflow_outline(run.id) is not first
+    finally:
+        gate.set()
+    assert run.wait(WAIT).status == "completed"

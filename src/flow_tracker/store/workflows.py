@@ -760,6 +760,20 @@ def _dag_shape(conn: Connection, run_id: uuid.UUID) -> DagShape:
     return shape
 
 
+def run_version(store: Store, run_id: uuid.UUID) -> tuple[Any, ...] | None:
+    """What changes whenever anything shown of a run may have: status, counts, last change.
+
+    Every write to a run's steps (a claim, an end, a retry, a resolve, a cancel)
+    also rewrites the run's row in the same transaction. None: no such run.
+    """
+    r = workflow_runs.c
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(r.status, r.active, r.failed, r.updated_at).where(r.id == run_id)
+        ).first()
+    return None if row is None else tuple(row)
+
+
 def read_run(
     store: Store, run_id: uuid.UUID, *, results: bool = True
 ) -> tuple[Any, DagShape, list[StepRow], set[str]] | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -77,16 +79,50 @@ def _read(run_id: uuid.UUID | str, store: Store | None, *, results: bool) -> Wor
     return build_status(*found)
 
 
+# Outlines of finished runs with no step still active. Nothing changes those but a
+# manual action, which rewrites the run's row: a large finished run's page, viewed
+# again and again, then reads one row instead of thousands, and keeps no new objects
+# alive for Python's collector to walk in the host's process.
+_OUTLINES: OrderedDict[tuple[int, uuid.UUID], tuple[tuple[Any, ...], WorkflowStatus]] = (
+    OrderedDict()
+)
+_OUTLINES_KEPT = 32
+_outlines_lock = threading.Lock()
+
+
 def get_workflow_outline(run_id: uuid.UUID | str, *, store: Store | None = None) -> WorkflowStatus:
     """The run as :func:`get_workflow` reads it, but every step's result left None.
 
     What a page needs to draw a large run: results are most of what a step's row
     holds, and a page shows those of the steps it lists (:func:`with_results`).
+    A finished run's outline is read once per process, and again only when its
+    row says it changed. Read it, never change it: it is shared.
 
     Raises:
         NotFoundError: no run has this id.
     """
-    return _read(run_id, store, results=False)
+    chosen = store or _store()
+    ident = _run_id(run_id)
+    key = (id(chosen), ident)
+    version = stored.run_version(chosen, ident)
+    if version is None:
+        raise NotFoundError(f"no workflow run {run_id}")
+    with _outlines_lock:
+        cached = _OUTLINES.get(key)
+        if cached is not None and cached[0] == version:
+            _OUTLINES.move_to_end(key)
+            return cached[1]
+    outline = _read(ident, chosen, results=False)
+    # Kept only under the version it was read after, and only once nothing moves it:
+    # a change between the two reads leaves a version no later read will match.
+    status, active = version[0], version[1]
+    if status == outline.status and outline.finished and active == 0:
+        with _outlines_lock:
+            _OUTLINES[key] = (version, outline)
+            _OUTLINES.move_to_end(key)
+            while len(_OUTLINES) > _OUTLINES_KEPT:
+                _OUTLINES.popitem(last=False)
+    return outline
 
 
 def with_results(
