@@ -246,3 +246,35 @@ def test_retried_processes_are_counted_in_the_rollups_and_the_raw_tail(store: St
     assert sum(r.retried for r in webhook) == 5  # rolled-up days and the raw tail together
     assert rolled >= 3  # the rollups hold the old half (and the step)
     assert [(r.name, r.count, r.retried) for r in only_workflows] == [("checkout.charge", 1, 1)]
+
+
+def test_totals_by_name_say_what_the_counts_say_rolled_up_and_in_the_tail(store: Store) -> None:
+    _history(store, 2_000, days=10)
+    now = queries.database_time(store)
+    rows = []
+    for k in range(30):  # old (rolled up) and recent (the raw tail), a tenth failed
+        finished = now - (timedelta(days=3) if k % 2 else timedelta(minutes=2))
+        row = _process(f"checkout.step{k % 3}", "failed" if k % 10 == 0 else "completed",
+                       finished, 10.0)  # fmt: skip
+        row["category"], row["attempt"] = "workflows", 1 + (k % 5 == 0)
+        rows.append(row)
+    with store.engine.begin() as conn:
+        conn.execute(insert(processes), rows)
+    rollups.refresh(store, now)
+    with store.engine.connect() as conn:
+        span = statistics.window_span("7d", now, *rollups.read_version(conn))
+        counts = rollups.read_counts(conn, store, span, category="workflows")
+        totals = rollups.count_totals(conn, store, span, category="workflows")
+    expected: dict[str, list[int]] = {}
+    for r in counts:
+        entry = expected.setdefault(r.name, [0, 0, 0])
+        entry[0] += r.count
+        entry[1] += r.count if r.status == "failed" else 0
+        entry[2] += r.retried
+    assert set(totals.finished) == set(expected) == {f"checkout.step{k}" for k in range(3)}
+    for name, (count, failed, retried) in expected.items():
+        assert totals.finished[name] == count
+        assert totals.failed.get(name, 0) == failed
+        assert totals.retried[name] == retried
+    assert sum(totals.finished.values()) == 30 and sum(totals.failed.values()) == 3
+    assert sum(totals.retried.values()) == 6

@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement as Expr
 
-from flow_tracker.status import FINISHED_STATUSES
+from flow_tracker.status import FINISHED_STATUSES, Status
 from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import BUCKET_BASE, MIN_DURATION_MS
 from flow_tracker.store.schema import flows, processes, rollup_counts, rollup_durations, state
@@ -544,6 +544,50 @@ def read_counts(
     return rows
 
 
+@dataclass(frozen=True)
+class NameTotals:
+    """Finished processes per name over a span, summed by name (see :func:`count_totals`)."""
+
+    finished: dict[str, int]
+    failed: dict[str, int]
+    retried: dict[str, int]
+    """Of ``finished``, how many took more than one attempt."""
+
+
+def count_totals(conn: Connection, store: Store, span: Span, *, category: str) -> NameTotals:
+    """What :func:`read_counts` says of the processes of ``category``, summed by name.
+
+    Summed as the rows are read: a tail of thousands of names (a wide fan-out
+    in the last hour) leaves no object per row alive behind it.
+    """
+    finished: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    retried: dict[str, int] = {}
+
+    def add(name: str, status: str, count: int, took_retries: int) -> None:
+        finished[name] = finished.get(name, 0) + count
+        retried[name] = retried.get(name, 0) + took_retries
+        if status == Status.FAILED.value:
+            failed[name] = failed.get(name, 0) + count
+
+    for row in _rolled_counts(conn, store, span):
+        if row.kind == "p" and row.category == category:
+            add(row.name, row.status, row.count, row.retried)
+    query = (
+        select(processes.c.name, processes.c.status, func.count(), _retried(processes))
+        .where(
+            and_(
+                _raw_filter(processes, span.tail_start, span.end), processes.c.category == category
+            )
+        )
+        .group_by(processes.c.name, processes.c.status)
+    )
+    for chunk in conn.execute(query).partitions(1000):
+        for name, status, count, took_retries in chunk:
+            add(name, status, int(count), int(took_retries))
+    return NameTotals(finished, failed, retried)
+
+
 def _rolled_histograms(conn: Connection, store: Store, span: Span) -> Histograms:
     """The rolled-up part of :func:`read_histograms` (remembered until the rollups change)."""
     d = rollup_durations.c
@@ -603,7 +647,10 @@ def read_histograms(
             )
             .group_by(table.c.name, bucket)
         )
-        for name, bucket_index, n in conn.execute(query).all():
+        # In chunks: a wide fan-out's tail is thousands of rows, none kept past its use.
+        for name, bucket_index, n in (
+            row for chunk in conn.execute(query).partitions(1000) for row in chunk
+        ):
             if names is not None and not names(name):
                 continue
             key = (kind, name)

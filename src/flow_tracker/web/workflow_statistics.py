@@ -9,13 +9,13 @@ except the one run whose critical path is drawn.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flow_tracker.status import Status
 from flow_tracker.store import queries, rollups
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
@@ -141,8 +141,8 @@ def analytics(
             rollup_state = rollups.read_version(conn)
     span = window_span(window, now, *rollup_state)
     with store.engine.connect() as conn:
-        counts = rollups.read_counts(conn, store, span, category=CATEGORY)
-        names = {row.name for row in counts}
+        totals = rollups.count_totals(conn, store, span, category=CATEGORY)
+        names = set(totals.finished)
         histograms = rollups.read_histograms(conn, store, span, names=names.__contains__)
     # Runs are processes named after their workflow; steps are named <workflow>.<step>.
     # A name that prefixes another one (before a dot) is a workflow.
@@ -154,49 +154,56 @@ def analytics(
                 workflows.add(name[:cut])
     if only is not None:
         workflows &= {only}
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for row in counts:
-        entry = totals[row.name]
-        entry[0] += row.count
-        entry[2] += row.retried
-        if row.status == Status.FAILED.value:
-            entry[1] += row.count
-    steps_of: dict[str, list[StepStats]] = defaultdict(list)
-    for name, (count, failed, retried) in totals.items():
+    # Counted in plain dicts of numbers and ranked as tuples of numbers and names:
+    # a workflow of thousands of steps then keeps no object per step alive while
+    # the page renders (Python's collector would walk each one, in the host's
+    # process too), and only the listed steps become StepStats.
+    finished, failed, retried = totals.finished, totals.failed, totals.retried
+    ranked: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    for name, count in finished.items():
         if name in workflows:
             continue
         workflow = _workflow_of(name, workflows)
-        if workflow is None:
-            continue
-        hist = histograms.get(("p", name), {})
-        steps_of[workflow].append(
-            StepStats(
-                name=name[len(workflow) + 1 :],
-                count=count,
-                failed=failed,
-                p50_ms=percentile(hist, 0.50),
-                p95_ms=percentile(hist, 0.95),
-                retried=retried,
-            )
+        if workflow is not None:
+            p95 = percentile(histograms.get(("p", name), {}), 0.95)
+            ranked[workflow].append((p95 or 0.0, count, name))
+
+    def listed(workflow: str, entries: list[tuple[float, int, str]]) -> list[StepStats]:
+        # Slowest first; among equals, the busier first, then as the rollups listed them.
+        chosen = heapq.nlargest(
+            len(entries) if only is not None else STEPS_SHOWN, entries, key=lambda e: e[:2]
         )
+        steps = []
+        for _p95, count, name in chosen:
+            hist = histograms.get(("p", name), {})
+            steps.append(
+                StepStats(
+                    name=name[len(workflow) + 1 :],
+                    count=count,
+                    failed=failed.get(name, 0),
+                    p50_ms=percentile(hist, 0.50),
+                    p95_ms=percentile(hist, 0.95),
+                    retried=retried.get(name, 0),
+                )
+            )
+        return steps
+
     found: list[WorkflowStats] = []
     for workflow in sorted(workflows):
-        steps = steps_of.get(workflow, [])
-        steps.sort(key=lambda s: (s.p95_ms or 0.0, s.count), reverse=True)
+        entries = ranked.get(workflow, [])
         hist = histograms.get(("p", workflow), {})
         slowest, path = _slowest_recent(store, workflow)
-        runs, failed_runs, _retried = totals.get(workflow, [0, 0, 0])
         found.append(
             WorkflowStats(
                 name=workflow,
-                runs=runs,
-                failed_runs=failed_runs,
+                runs=finished.get(workflow, 0),
+                failed_runs=failed.get(workflow, 0),
                 p50_ms=percentile(hist, 0.50),
                 p95_ms=percentile(hist, 0.95),
-                steps=steps if only is not None else steps[:STEPS_SHOWN],
-                steps_total=len(steps),
-                finished_steps=sum(s.count for s in steps),
-                retried_steps=sum(s.retried for s in steps),
+                steps=listed(workflow, entries),
+                steps_total=len(entries),
+                finished_steps=sum(e[1] for e in entries),
+                retried_steps=sum(retried.get(e[2], 0) for e in entries),
                 slowest_run=slowest,
                 critical_path=path,
             )
