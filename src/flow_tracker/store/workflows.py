@@ -761,10 +761,11 @@ def _dag_shape(conn: Connection, run_id: uuid.UUID) -> DagShape:
 
 
 def run_version(store: Store, run_id: uuid.UUID) -> tuple[Any, ...] | None:
-    """What changes whenever anything shown of a run may have: status, counts, last change.
+    """A run's status, step counts and last change: what a finished run's outline is kept by.
 
-    Every write to a run's steps (a claim, an end, a retry, a resolve, a cancel)
-    also rewrites the run's row in the same transaction. None: no such run.
+    A finished run with no active step changes only when a retry or a resolve
+    reopens it, which rewrites this row in the same transaction (a step's claim
+    needs a running run; a step's end rewrites the counts). None: no such run.
     """
     r = workflow_runs.c
     with store.engine.connect() as conn:
