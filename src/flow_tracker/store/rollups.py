@@ -522,26 +522,31 @@ def read_counts(
     for kind, table, category_column in _sources(store):
         if category is not None and kind != "p":
             continue
-        where = _raw_filter(table, span.tail_start, span.end)
-        if category is not None:
-            where = and_(where, table.c.category == category)
-        query = (
-            select(
-                table.c.name,
-                category_column.label("category"),
-                table.c.status,
-                func.count().label("n"),
-                func.coalesce(func.sum(table.c.duration_ms), 0.0).label("total"),
-                _retried(table).label("retried"),
-            )
-            .where(where)
-            .group_by(table.c.name, category_column, table.c.status)
-        )
+        query = _tail_counts(table, category_column, span, category)
         rows.extend(
             CountRow(kind, r.name, r.category, r.status, int(r.n), float(r.total), int(r.retried))
             for r in conn.execute(query).all()  # fetchall: far cheaper than row by row
         )
     return rows
+
+
+def _tail_counts(table: Any, category_column: Any, span: Span, category: str | None) -> Any:
+    """Counts per name, category and status of the raw rows after the rollups."""
+    where = _raw_filter(table, span.tail_start, span.end)
+    if category is not None:
+        where = and_(where, table.c.category == category)
+    return (
+        select(
+            table.c.name,
+            category_column.label("category"),
+            table.c.status,
+            func.count().label("n"),
+            func.coalesce(func.sum(table.c.duration_ms), 0.0).label("total"),
+            _retried(table).label("retried"),
+        )
+        .where(where)
+        .group_by(table.c.name, category_column, table.c.status)
+    )
 
 
 @dataclass(frozen=True)
@@ -573,17 +578,9 @@ def count_totals(conn: Connection, store: Store, span: Span, *, category: str) -
     for row in _rolled_counts(conn, store, span):
         if row.kind == "p" and row.category == category:
             add(row.name, row.status, row.count, row.retried)
-    query = (
-        select(processes.c.name, processes.c.status, func.count(), _retried(processes))
-        .where(
-            and_(
-                _raw_filter(processes, span.tail_start, span.end), processes.c.category == category
-            )
-        )
-        .group_by(processes.c.name, processes.c.status)
-    )
+    query = _tail_counts(processes, processes.c.category, span, category)
     for chunk in conn.execute(query).partitions(1000):
-        for name, status, count, took_retries in chunk:
+        for name, _category, status, count, _total, took_retries in chunk:
             add(name, status, int(count), int(took_retries))
     return NameTotals(finished, failed, retried)
 
