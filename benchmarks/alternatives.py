@@ -13,7 +13,12 @@ benchmark (:mod:`benchmarks.queues`), the settings taking turns, best of 2 runs:
   records — without flows, logs, lost-job detection or a dashboard;
 * **Celery task events** (``worker_send_task_events``): what Flower reads; the
   worker publishes them to the broker and nothing keeps them unless a monitor
-  listens (none does here).
+  listens (none does here);
+* **the floor**: no tracker, only the durability flow-tracker's defaults
+  promise, at its cheapest — one row inserted and committed before each task
+  and one after, into a table without an index on the same PostgreSQL
+  (:mod:`benchmarks.apps.floor`). What is left of flow-tracker's loss beyond
+  this one is flow-tracker's own work.
 
 Every run writes ``benchmarks/results/alternatives.md``; ``--readme`` also replaces
 the README's ``<!-- benchmark:alternatives -->`` section.
@@ -21,6 +26,7 @@ the README's ``<!-- benchmark:alternatives -->`` section.
 
 from __future__ import annotations
 
+from benchmarks.apps import floor
 from benchmarks.queues import QUEUES, fresh_pg_database, run_one
 from benchmarks.readme import machine_line, publish
 
@@ -39,6 +45,7 @@ def _settings(database_url: str) -> dict[str, dict[str, str]]:
             "FT_BENCH_CELERY_BACKEND": backend,
         },
         "Celery task events": {"FLOW_TRACKER_ENABLED": "false", "FT_BENCH_CELERY_EVENTS": "1"},
+        "floor: 2 commits": {"FLOW_TRACKER_ENABLED": "false", "FT_BENCH_FLOOR": database_url},
     }
 
 
@@ -47,6 +54,7 @@ def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     rounds = 1 if quick else ROUNDS
     database_url = fresh_pg_database()
+    floor.create_table(database_url)
     settings = _settings(database_url)
     names = list(settings)
     print("\nalternatives: a trivial Celery task, jobs/s (tracking and results to PostgreSQL)\n")
@@ -80,7 +88,8 @@ def main(argv: list[str]) -> int:
         f"Measured by `python -m benchmarks alternatives{' --quick' if quick else ''}` on "
         f"{machine_line()}; the trivial task, {QUEUES[0].jobs:,} jobs per run, best of "
         f"{rounds}; flow-tracker with its defaults and Celery's database result backend "
-        "(`task_track_started=True`) both writing to the same PostgreSQL."
+        "(`task_track_started=True`) both writing to the same PostgreSQL, and the floor's "
+        "two commits per task too."
     )
     publish("alternatives", [header, "", *rows], readme="--readme" in argv)
     return 0

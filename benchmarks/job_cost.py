@@ -9,9 +9,21 @@ machine that runs the workers and the database together this says how much of
 a job's throughput loss is the database's own work and how much is Python's.
 Last, the trivial job on four threads at once, as a threaded worker runs them:
 their durable writes share commits (:mod:`flow_tracker.group_commit`), and the
-run says how many writes went in each.
+run says how many writes went in each. First of all, the floor: two commits
+per job on a kept, prepared connection into a table without an index
+(:mod:`benchmarks.apps.floor`) — what the durable start and end cost before
+any tracker does anything else.
 
-``python -m benchmarks jobcost`` (a few seconds). Compare within a run.
+``--schemas`` adds the database's share of a job queued beforehand (its
+running row then updates the queued one, as in a real worker) under schema
+variants, each on a fresh database: as shipped; without the ``metadata`` GIN
+index; without the four indexes a status change touches, so that the updates
+can be HOT (heap-only: no index entry written); and that without the history
+rows too. They are not options of flow-tracker — the dashboard's filters,
+the reaper and the timeline need what they remove — but what each would save
+is what a different storage of the job's start and end could hope for.
+
+``python -m benchmarks jobcost [--schemas]`` (a few seconds). Compare within a run.
 """
 
 from __future__ import annotations
@@ -20,10 +32,13 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
+
 import flow_tracker
+from benchmarks.apps import floor
 from benchmarks.queues import fresh_pg_database
 from flow_tracker import Status, runtime
 from flow_tracker.integrations import jobs
@@ -71,6 +86,69 @@ def _job(busy: bool) -> Callable[[], None]:
     return run
 
 
+def _floor_job() -> None:
+    job_id = uuid.uuid4().hex
+    floor.mark(job_id, "running")
+    floor.mark(job_id, "completed")
+
+
+# Schema variants of --schemas: SQL run on the fresh database after its migrations.
+_STATUS_INDEXES = (
+    "ix_flow_tracker_processes_metadata",
+    "ix_flow_tracker_processes_status_created",
+    "ix_flow_tracker_processes_heartbeat",
+    "ix_flow_tracker_processes_finished",
+)
+_HOT = [f"DROP INDEX {name}" for name in _STATUS_INDEXES] + [
+    "ALTER TABLE flow_tracker_processes SET (fillfactor = 70)"
+]
+_NO_HISTORY = [
+    "CREATE FUNCTION bench_drop_row() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'",
+    "CREATE TRIGGER bench_no_history BEFORE INSERT ON flow_tracker_transitions "
+    "FOR EACH ROW EXECUTE FUNCTION bench_drop_row()",
+]
+SCHEMAS: dict[str, list[str]] = {
+    "as shipped": [],
+    "without the metadata GIN index": [f"DROP INDEX {_STATUS_INDEXES[0]}"],
+    "HOT: without 4 status-touched indexes": _HOT,
+    "HOT and without the history rows": _HOT + _NO_HISTORY,
+}
+
+
+def _schemas(count: int) -> None:
+    print(f"\n  a queued job run, by schema: {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}")
+    for label, statements in SCHEMAS.items():
+        database_url = fresh_pg_database()
+        flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
+        try:
+            jobs.record_enqueued(job_system="celery", job_id="warm", name="w", queue="celery")
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                for statement in statements:
+                    conn.execute(statement)
+            job_ids = [uuid.uuid4().hex for _ in range(count + 50 * THREADS)]
+            for job_id in job_ids:
+                jobs.record_enqueued(
+                    job_system="celery", job_id=job_id, name="bench.job", queue="celery"
+                )
+            pending = iter(job_ids)
+
+            def run(n: int, pending: Iterator[str] = pending) -> None:
+                for _ in range(n):
+                    tracker = jobs.start_job(
+                        job_system="celery",
+                        job_id=next(pending),
+                        name="bench.job",
+                        queue="celery",
+                        attempt=1,
+                    )
+                    jobs.finish_job(tracker, Status.COMPLETED)
+
+            wall, cpu, postgres = _measure(run, count)
+            print(f"  {label:42} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+        finally:
+            flow_tracker.reset()
+
+
 def _one_thread(work: Callable[[], None]) -> Callable[[int], None]:
     """``count`` runs of ``work``, one after another."""
 
@@ -110,11 +188,15 @@ def _measure(run: Callable[[int], None], count: int) -> tuple[float, float, floa
 def main(argv: list[str]) -> int:
     """Print where a tracked job's time goes; always exits 0 (no target here)."""
     count = JOBS // 5 if "--quick" in argv else JOBS
-    flow_tracker.configure(database_url=fresh_pg_database(), log_to_stdlib=False)
+    database_url = fresh_pg_database()
+    floor.create_table(database_url)
+    os.environ["FT_BENCH_FLOOR"] = database_url
+    flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
     try:
         print("\njob cost: one process, PostgreSQL, µs per job (compare within a run)\n")
         print(f"{'':44} {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}")
         for label, work in (
+            ("floor: 2 commits, no tracker", _floor_job),
             ("enqueue: queued row", _enqueue),
             ("trivial job: running row + final state", _job(busy=False)),
             ("busy job: + 10 flows and 10 logs", _job(busy=True)),
@@ -134,4 +216,6 @@ def main(argv: list[str]) -> int:
         )
     finally:
         flow_tracker.reset()
+    if "--schemas" in argv:
+        _schemas(count)
     return 0

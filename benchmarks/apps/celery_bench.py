@@ -19,6 +19,18 @@ if backend := os.environ.get("FT_BENCH_CELERY_BACKEND"):
     app.conf.update(result_backend=backend, task_track_started=True)
 if os.environ.get("FT_BENCH_CELERY_EVENTS"):
     app.conf.update(worker_send_task_events=True)
+if os.environ.get("FT_BENCH_FLOOR"):
+    from celery import signals
+
+    from benchmarks.apps import floor
+
+    @signals.task_prerun.connect(weak=False)
+    def _floor_start(task_id: str, **_: object) -> None:
+        floor.mark(task_id, "running")
+
+    @signals.task_postrun.connect(weak=False)
+    def _floor_end(task_id: str, **_: object) -> None:
+        floor.mark(task_id, "completed")
 
 
 @app.task(name="bench.trivial")
