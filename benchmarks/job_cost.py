@@ -68,11 +68,13 @@ def _enqueue() -> None:
     )
 
 
-def _job(busy: bool) -> Callable[[], None]:
+def _job(busy: bool, job_ids: Iterator[str] | None = None) -> Callable[[], None]:
+    """A job as a worker runs it; ``job_ids``: those of jobs queued beforehand, in turn."""
+
     def run() -> None:
         tracker = jobs.start_job(
             job_system="celery",
-            job_id=uuid.uuid4().hex,
+            job_id=uuid.uuid4().hex if job_ids is None else next(job_ids),
             name="bench.job",
             queue="celery",
             attempt=1,
@@ -121,6 +123,7 @@ def _schemas(count: int) -> None:
         database_url = fresh_pg_database()
         flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
         try:
+            # A first write makes the schema (its migrations) before it is altered.
             jobs.record_enqueued(job_system="celery", job_id="warm", name="w", queue="celery")
             with psycopg.connect(database_url, autocommit=True) as conn:
                 for statement in statements:
@@ -130,19 +133,7 @@ def _schemas(count: int) -> None:
                 jobs.record_enqueued(
                     job_system="celery", job_id=job_id, name="bench.job", queue="celery"
                 )
-            pending = iter(job_ids)
-
-            def run(n: int, pending: Iterator[str] = pending) -> None:
-                for _ in range(n):
-                    tracker = jobs.start_job(
-                        job_system="celery",
-                        job_id=next(pending),
-                        name="bench.job",
-                        queue="celery",
-                        attempt=1,
-                    )
-                    jobs.finish_job(tracker, Status.COMPLETED)
-
+            run = _one_thread(_job(busy=False, job_ids=iter(job_ids)))
             wall, cpu, postgres = _measure(run, count)
             print(f"  {label:42} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
         finally:
