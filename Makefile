@@ -3,11 +3,12 @@
 #   make test   - creates .venv, installs the dev extras, runs ruff, mypy --strict and every
 #                 test with line coverage (fails under the floor in pyproject.toml)
 #   make test-fast - the tests without worker processes, kills and the browser (minutes)
+#   make test-hostile - the hostile-input lane alone: odd values through library and dashboard
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast lint typecheck pytest bench clean
+.PHONY: demo test test-fast test-hostile lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ pytest: $(VENV)/.installed-dev
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-hostile: $(VENV)/.installed-dev
+	$(BIN)/pytest -m hostile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

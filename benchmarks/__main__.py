@@ -1,7 +1,7 @@
 """Run benchmarks by name; none named runs them all.
 
 ``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages]
-[scale] [alternatives]``
+[compare] [scale] [alternatives]``
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 
 from benchmarks import (
     alternatives,
+    compare,
     core,
     dashboard,
     job_cost,
@@ -30,6 +31,7 @@ def main() -> int:
         "dashboard",
         "workflows",
         "workflow_pages",
+        "compare",
         "scale",
         "alternatives",
     ]
@@ -47,6 +49,8 @@ def main() -> int:
             status |= workflows.main(args)
         elif name == "workflow_pages":
             status |= workflow_pages.main(args)
+        elif name == "compare":
+            status |= compare.main(args)
         elif name == "scale":
             status |= scale.main(args)
         elif name == "alternatives":
@@ -54,7 +58,7 @@ def main() -> int:
         else:
             print(
                 f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, "
-                "workflows, workflow_pages, scale, alternatives",
+                "workflows, workflow_pages, compare, scale, alternatives",
                 file=sys.stderr,
             )
             return 2

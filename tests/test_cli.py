@@ -79,7 +79,7 @@ def test_list_show_and_status(runner: CliRunner, database_url: str) -> None:
     by_meta = runner.invoke(
         main, ["list", "--meta", "tenant=acme", "--json", "--database-url", database_url]
     )
-    assert json.loads(by_meta.output.splitlines()[0])["id"] == process_id
+    assert [row["id"] for row in json.loads(by_meta.output)] == [process_id]
 
     shown = runner.invoke(main, ["show", process_id, "--database-url", database_url])
     assert shown.exit_code == 0, shown.output
@@ -100,7 +100,7 @@ def test_cleanup_dry_run_counts_and_cleanup_deletes(runner: CliRunner, sqlite_ur
     record_sample(sqlite_url)
     dry = runner.invoke(main, ["cleanup", "--days", "0", "--dry-run", "--database-url", sqlite_url])
     assert dry.exit_code == 0 and "would delete 1 process " in dry.output
-    real = runner.invoke(main, ["cleanup", "--days", "0", "--database-url", sqlite_url])
+    real = runner.invoke(main, ["cleanup", "--days", "0", "--yes", "--database-url", sqlite_url])
     assert "deleted 1 process " in real.output
     again = runner.invoke(main, ["cleanup", "--days", "0", "--database-url", sqlite_url])
     assert "deleted 0 processes" in again.output
@@ -141,13 +141,28 @@ def test_demo_records_every_kind_of_process(runner: CliRunner, tmp_path: Path) -
     assert thumbnails.parent_process_id == next(p.id for p in page if p.name == "nightly_import")
 
 
-@pytest.mark.parametrize("command", ["list", "show", "status", "locks", "cleanup"])
-def test_reading_commands_name_a_missing_sqlite_file_instead_of_creating_it(
-    runner: CliRunner, tmp_path: Path, command: str
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["show", "some-id"],
+        ["status", "some-id"],
+        ["locks"],
+        ["cleanup"],
+        ["health"],
+        ["reap"],
+        ["requeue", "--lost"],
+        ["workflows", "list"],
+        ["rollups", "rebuild"],
+        ["serve"],
+        ["db", "current"],
+    ],
+)
+def test_commands_name_a_missing_sqlite_file_instead_of_creating_it(
+    runner: CliRunner, tmp_path: Path, command: list[str]
 ) -> None:
     missing = tmp_path / "flow_tracker.db"
-    args = [command, *(["some-id"] if command in ("show", "status") else [])]
-    result = runner.invoke(main, [*args, "--database-url", f"sqlite:///{missing}"])
+    result = runner.invoke(main, [*command, "--database-url", f"sqlite:///{missing}"])
     assert result.exit_code == 1, result.output
     assert f"no database at {missing}" in result.output
     assert not missing.exists()
@@ -165,7 +180,7 @@ def test_status_json_of_a_failure_has_the_error_without_a_null_traceback(
 
 def test_events_lists_every_key_a_lost_process_event_carries(runner: CliRunner) -> None:
     result = runner.invoke(main, ["events", "--json"])
-    rows = {row["name"]: row for row in map(json.loads, result.output.splitlines())}
+    rows = {row["name"]: row for row in json.loads(result.output)}
     keys = {k.strip() for k in rows["process.lost"]["payload"].split(",")}
     published = {"process_id", "name", "category", "job_system", "job_id", "queue"}
     assert published | {"attempt", "status", "time", "reason"} <= keys
@@ -184,6 +199,7 @@ def test_serve_beyond_loopback_without_auth_warns_and_checks_the_host(
     from starlette.testclient import TestClient
 
     served: list[Any] = []
+    record_sample(sqlite_url)
     # Only the server loop is replaced: everything serve builds is the real app.
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
     result = runner.invoke(

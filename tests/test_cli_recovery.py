@@ -41,6 +41,7 @@ def silent_process(url: str) -> uuid.UUID:
 def test_health_exits_0_when_healthy_and_1_with_a_silent_job(
     runner: CliRunner, database_url: str
 ) -> None:
+    assert runner.invoke(main, ["db", "upgrade", "--database-url", database_url]).exit_code == 0
     healthy = runner.invoke(main, ["health", "--database-url", database_url])
     assert healthy.exit_code == 0, healthy.output
     assert healthy.output.startswith("healthy")
@@ -66,6 +67,7 @@ def test_reap_marks_the_silent_job_lost_and_requeue_says_why_it_cannot(
 
 
 def test_requeue_needs_ids_or_one_selection(runner: CliRunner, sqlite_url: str) -> None:
+    assert runner.invoke(main, ["db", "upgrade", "--database-url", sqlite_url]).exit_code == 0
     neither = runner.invoke(main, ["requeue", "--database-url", sqlite_url])
     both = runner.invoke(main, ["requeue", "--lost", "x", "--database-url", sqlite_url])
     assert neither.exit_code == both.exit_code == 2
@@ -80,10 +82,14 @@ def test_locks_lists_what_is_held(runner: CliRunner, database_url: str) -> None:
     with flow_tracker.exclusive("financial", key="user-7", ttl=120):
         held = runner.invoke(main, ["locks", "--json", "--database-url", database_url])
     assert held.exit_code == 0, held.output
-    row = json.loads(held.output)
+    (row,) = json.loads(held.output)
     assert (row["name"], row["key"], row["fence"]) == ("financial", "user-7", 1)
     free = runner.invoke(main, ["locks", "--database-url", database_url])
     assert "no locks held" in free.output
+    assert (
+        json.loads(runner.invoke(main, ["locks", "--json", "--database-url", database_url]).output)
+        == []
+    )
 
 
 def test_requeue_of_a_queue_not_installed_names_the_import_option(

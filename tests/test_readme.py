@@ -536,6 +536,21 @@ def test_state_history(tracked: str, capsys: pytest.CaptureFixture[str]) -> None
     assert "running" in printed and "completed" in printed
 
 
+def test_compare_names_what_changed_since_the_last_good_run(
+    tracked: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    namespace = run("What changed since it last worked #1")
+    report = namespace["report"]
+    assert report.baseline.id == namespace["yesterday"].process_id
+    # Both runs take what they take: their durations may differ beyond the noise.
+    assert report.summary.startswith(
+        "failed (TimeoutError), 1 new flow (charge, failed), metadata key `provider` changed"
+    )
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == report.summary
+    assert printed[2].startswith("added charge None ")
+
+
 # -- mounting the dashboard ------------------------------------------------------------
 
 

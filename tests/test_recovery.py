@@ -86,7 +86,9 @@ def test_a_heartbeat_in_flight_lands_before_clear_returns_never_after(
     """
     import psycopg
 
-    flow_tracker.configure(database_url=pg_server_url, heartbeat_interval=60, log_to_stdlib=False)
+    flow_tracker.configure(
+        database_url=pg_server_url, heartbeat_interval=60, lost_after=180, log_to_stdlib=False
+    )
     tracker = flow_tracker.start("dies_mid_beat")
     flow_tracker.flush()
     with psycopg.connect(pg_server_url) as holder:
@@ -109,9 +111,9 @@ def test_a_heartbeat_in_flight_lands_before_clear_returns_never_after(
     beating.join(30)
     assert cleared.wait(30), "clear() never returned after the beat ended"
     clearing.join(30)
-    _silence([tracker.process_id], 120)
+    _silence([tracker.process_id], 240)
     HEARTBEAT.beat()  # nothing is stamped: the process was forgotten
-    assert tracker.process_id in flow_tracker.reap(lost_after=60).lost
+    assert tracker.process_id in flow_tracker.reap(lost_after=180).lost
     flow_tracker.reset()
 
 

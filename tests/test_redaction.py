@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flow_tracker
-from flow_tracker.redaction import MAX_DEPTH, REDACTED, Redactor, clean_text
+from flow_tracker.redaction import MAX_DEPTH, REDACTED, Redactor, clean_text, redact_text
 
 redactor = Redactor(extra_keys=["pin"])
 default_redactor = Redactor()  # what the writer uses with default settings
@@ -77,7 +77,7 @@ def test_cycles_and_deep_nesting_are_cut_with_a_marker() -> None:
 
 def test_huge_strings_containers_and_documents_are_truncated_with_markers() -> None:
     text = redactor.scrub("x" * 100_000)
-    assert text.endswith("…[truncated 91808 chars]")
+    assert text.endswith("…[truncated 91832 chars]") and len(text) == 8192  # marker included
     many = redactor.scrub(list(range(5000)))
     assert len(many) == 1001 and many[-1] == "[truncated 4000 more items]"
     small = Redactor(max_size=1000)
@@ -130,7 +130,7 @@ def test_any_message_data_or_metadata_is_stored_and_never_raises(
     assert record is not None
     assert record.status is flow_tracker.Status.COMPLETED
     entry = record.flows[0].logs[0]
-    assert entry.message == clean_text(str(message))
+    assert entry.message == clean_text(redact_text(str(message)))
     assert same_json(entry.data, default_redactor.scrub(data))
 
 

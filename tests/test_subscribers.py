@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 import flow_tracker
-from flow_tracker import Status
+from flow_tracker import Status, runtime
+from flow_tracker.heartbeat import HEARTBEAT
 from flow_tracker.integrations.jobs import finish_job, record_enqueued, start_job
+from flow_tracker.store.clock import database_now
+from flow_tracker.store.schema import processes
 from flow_tracker.subscribers import BUS, CATALOG
 
 
@@ -140,8 +144,11 @@ def test_lost_requeued_and_skipped_runs_say_so_in_their_history(tracked: str) ->
     )
     start_job(job_system="history-test", job_id="j-1", name="resize", queue="q", attempt=1)
     assert process_id is not None and flow_tracker.flush()
-    time.sleep(0.05)  # its worker died: no heartbeat since it started
-    assert process_id in flow_tracker.reap(lost_after=0.001).lost
+    HEARTBEAT.clear()  # its worker died: no heartbeat since two minutes ago
+    with runtime.store().engine.begin() as conn:
+        old = database_now(conn) - timedelta(minutes=2)
+        conn.execute(update(processes).where(processes.c.id == process_id).values(heartbeat_at=old))
+    assert process_id in flow_tracker.reap().lost
     (result,) = flow_tracker.requeue([process_id])
     assert result.outcome == "requeued" and sent == [result.job_id]
     record = flow_tracker.get_process(process_id)
@@ -176,7 +183,7 @@ def test_the_events_command_prints_the_whole_catalog() -> None:
 
     result = CliRunner().invoke(main, ["events", "--json"])
     assert result.exit_code == 0
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = json.loads(result.output)
     assert [row["name"] for row in rows] == list(CATALOG)
     assert all(row["description"] and row["payload"] for row in rows)
     text = CliRunner().invoke(main, ["events"]).output

@@ -23,6 +23,7 @@ from flow_tracker import config as _config
 from flow_tracker import recovery
 from flow_tracker import runtime as _runtime
 from flow_tracker import subscribers as _subscribers
+from flow_tracker.comparison import Comparison, compare
 from flow_tracker.config import Settings
 from flow_tracker.errors import (
     ConfigurationError,
@@ -119,6 +120,7 @@ def reset() -> None:
 
 __all__ = [
     "BatchStatus",
+    "Comparison",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "ErrorInfo",
@@ -156,6 +158,7 @@ __all__ = [
     "bind_async",
     "cancel_workflow",
     "cleanup",
+    "compare",
     "configure",
     "current",
     "current_flow",

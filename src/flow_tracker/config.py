@@ -33,7 +33,8 @@ class Settings:
         default_category: category of processes that do not name one.
         log_to_stdlib: mirror tracker logs to ``logging.getLogger("flow_tracker")``.
         heartbeat_interval: seconds between heartbeats of running processes.
-        lost_after: a running process whose heartbeat is older than this is lost.
+        lost_after: a running process whose heartbeat is older than this is lost; at
+            least 3 x ``heartbeat_interval`` (see :func:`check_lost_after`).
         stale_after: a job still queued after this many seconds is reported as stale.
         max_lost: a job lost this many times is not re-enqueued again (poison pill).
         durable_start: a queued job's running row is stored before its code runs, so
@@ -58,6 +59,12 @@ class Settings:
         partition_hours: on PostgreSQL, the span of time one partition of the log-entry
             and flow tables holds (a day by default; an hour or a few for a fleet that
             writes hundreds of millions of rows a day). Retention drops whole partitions.
+        max_context_bytes: a workflow run's context larger than this (as UTF-8 JSON) is
+            refused when the run is started: a context is read by every step and every
+            page of the run, so pass ids, not data.
+        max_result_bytes: a step's result larger than this fails the step (its
+            children read it from the database, as the run's page does).
+        context_warning_bytes: a context larger than this is accepted with a warning.
     """
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -81,6 +88,9 @@ class Settings:
     auto_migrate: bool = True
     pg_synchronous_commit: bool = False
     partition_hours: int = 24
+    max_context_bytes: int = 1_048_576
+    max_result_bytes: int = 1_048_576
+    context_warning_bytes: int = 65_536
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -143,10 +153,14 @@ def _validate(s: Settings) -> None:
         "max_message_length": s.max_message_length,
         "max_data_size": s.max_data_size,
         "partition_hours": s.partition_hours,
+        "max_context_bytes": s.max_context_bytes,
+        "max_result_bytes": s.max_result_bytes,
+        "context_warning_bytes": s.context_warning_bytes,
     }
     for name, value in positive.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+    check_lost_after(s.lost_after, s.heartbeat_interval, ConfigurationError)
     for name in ("completion_timeout", "progress_interval"):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -167,6 +181,36 @@ def _validate(s: Settings) -> None:
         )
     if not all(isinstance(k, str) and k for k in s.redact_keys):
         raise ConfigurationError("redact_keys must be non-empty strings")
+
+
+# A live job may miss a beat or two (a busy database, a paused process) without being
+# called lost: a shorter lost_after marks running jobs lost, and a requeue runs them twice.
+LOST_AFTER_BEATS = 3
+
+
+def lost_after_floor(heartbeat_interval: float) -> float:
+    """The shortest ``lost_after`` allowed with ``heartbeat_interval``: three heartbeats."""
+    return LOST_AFTER_BEATS * float(heartbeat_interval)
+
+
+def check_lost_after(
+    lost_after: float,
+    heartbeat_interval: float,
+    error: type[ValueError] = ConfigurationError,
+) -> None:
+    """Refuse a ``lost_after`` that a live job's heartbeats could not keep up with.
+
+    Raises:
+        error: ``lost_after`` is below :func:`lost_after_floor` (a ``ValueError``:
+            :class:`ConfigurationError` for settings, ``UsageError`` for a reap).
+    """
+    floor = lost_after_floor(heartbeat_interval)
+    if lost_after < floor:
+        raise error(
+            f"lost_after={lost_after:g} s is too short for heartbeat_interval="
+            f"{heartbeat_interval:g} s: a live job would be marked lost (and run twice if "
+            f"requeued); use at least {floor:g} s ({LOST_AFTER_BEATS} heartbeats)"
+        )
 
 
 def current() -> Settings:

@@ -8,6 +8,7 @@ the primary-key index, which is what makes UUIDv7 better than uuid4 for inserts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -89,4 +90,11 @@ def process_id_for(job_system: str, job_id: str) -> uuid.UUID:
     Derived from the job's system and id (UUIDv5), so the enqueuing process, every
     retry and every worker agree on the row without carrying anything in the message.
     """
-    return uuid.uuid5(JOB_NAMESPACE, f"{job_system}:{job_id}")
+    name = f"{job_system}:{job_id}"
+    try:
+        return uuid.uuid5(JOB_NAMESPACE, name)
+    except UnicodeEncodeError:
+        # A job id with a lone surrogate (decoded with surrogateescape): its bytes
+        # as Python keeps them, hashed as uuid5 hashes any name (the same id everywhere).
+        digest = hashlib.sha1(JOB_NAMESPACE.bytes + name.encode("utf-8", "surrogatepass"))
+        return uuid.UUID(bytes=digest.digest()[:16], version=5)

@@ -71,20 +71,27 @@ class Lease:
             refuse writes from an older holder.
         lost: True once a renewal found the lock taken over (the lease ran out
             while this holder was paused).
+        released: True once its holder released it (a renewal still on its way
+            then finds the row changed, and knows why).
     """
 
     def __init__(self, name: str, key: str, holder: str, fence: int, ttl: float) -> None:
         self.name, self.key, self.holder, self.fence, self.ttl = name, key, holder, fence, ttl
         self.lost = False
+        self.released = False
         self._depth = 1
 
     def renew(self) -> None:
         """Extend the lease by ``ttl`` from now (called by the heartbeat thread)."""
-        if self.lost:
+        if self.lost or self.released:
             return
         if not stored_locks.renew(
             runtime.store(), self.name, self.key, self.holder, self.fence, self.ttl
         ):
+            if self.released:
+                # Released by its holder while this renewal was on its way (the
+                # heartbeat thread had already collected it): not taken over.
+                return
             self.lost = True
             HEARTBEAT.remove_lease(self)
             runtime.internal_log.warning(
@@ -96,8 +103,12 @@ class Lease:
 
     def release(self) -> bool:
         """Free the lock if this holder still holds it; False when it had been taken over."""
+        self.released = True  # before the row changes: a renewal that misses it then knows why
         HEARTBEAT.remove_lease(self)
-        return stored_locks.release(runtime.store(), self.name, self.key, self.holder, self.fence)
+        freed = stored_locks.release(runtime.store(), self.name, self.key, self.holder, self.fence)
+        if not freed:
+            self.lost = True  # another holder has it: this lease was taken over
+        return freed
 
     def __repr__(self) -> str:
         return f"<Lease {self.name!r} {self.key!r} fence={self.fence}>"

@@ -3,11 +3,20 @@
 Updates are throttled: ``increment``/``decrement`` emit at most one event per
 ``progress_interval`` seconds; setting ``total``/``current`` and ``finish()``
 emit at once. The final value is always stored with the process's end.
+
+Values are always finite floats, because the database column is a float and
+JSON (the API, the status endpoint) has no infinity or NaN:
+
+* an argument that is not a finite number (NaN, an infinity, a string) is the
+  caller's mistake and raises :class:`~flow_tracker.errors.UsageError` at the call;
+* a finite argument never raises: an integer beyond the float range, or a sum
+  of increments that overflows, stops at the largest finite float (with its sign).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +25,7 @@ from flow_tracker.errors import UsageError
 
 
 class Progress:
-    """How far a process has come: ``current`` out of ``total``.
+    """How far a process has come: ``current`` out of ``total``, as finite floats.
 
     Args:
         emit: called with ``(current, total)`` whenever the value should be stored.
@@ -28,8 +37,8 @@ class Progress:
     def __init__(self, emit: Callable[[float, float], None], interval: float) -> None:
         self._emit = emit
         self._interval = interval
-        self._current: float = 0
-        self._total: float = 0
+        self._current = 0.0
+        self._total = 0.0
         self._last_emit = 0.0
         self._lock = threading.Lock()
 
@@ -64,14 +73,14 @@ class Progress:
         """Add ``n`` to ``current`` (throttled)."""
         n = _number(n, "increment")
         with self._lock:
-            self._current += n
+            self._current = _bounded(self._current + n)
         self._maybe_emit()
 
     def decrement(self, n: float = 1) -> None:
         """Subtract ``n`` from ``current`` (throttled)."""
         n = _number(n, "decrement")
         with self._lock:
-            self._current -= n
+            self._current = _bounded(self._current - n)
         self._maybe_emit()
 
     def finish(self) -> None:
@@ -81,10 +90,10 @@ class Progress:
 
     def update(self, current: float | None = None, total: float | None = None) -> None:
         """Set ``current`` and/or ``total`` in one emit."""
-        if total is not None:
-            self._total = _number(total, "total")
-        if current is not None:
-            self._current = _number(current, "current")
+        # Both checked before either is set: a refused value changes nothing.
+        new_total = self._total if total is None else _number(total, "total")
+        new_current = self._current if current is None else _number(current, "current")
+        self._total, self._current = new_total, new_current
         self._emit_now()
 
     def _maybe_emit(self) -> None:
@@ -101,6 +110,9 @@ class Progress:
         return f"<Progress {self._current:g}/{self._total:g}>"
 
 
+_LARGEST = sys.float_info.max
+
+
 def _number(value: object, name: str) -> float:
     # Infinity and NaN are no amount of work, and JSON (the API, the status
     # endpoint) cannot carry them: a caller's mistake, said at the call.
@@ -110,7 +122,22 @@ def _number(value: object, name: str) -> float:
         or (isinstance(value, float) and not math.isfinite(value))
     ):
         raise UsageError(f"progress {name} must be a finite number, got {value!r}")
-    return value
+    # A float, never an int: SQLite cannot bind an int beyond 64 bits, and the
+    # batch holding it - the process's end with it - would be lost.
+    return _bounded(value)
+
+
+def _bounded(value: float) -> float:
+    """``value`` as a float, an overflow stopped at the largest finite float.
+
+    Finite arguments are no mistake, so going past the float range (``2**1024``,
+    ``increment(1e308)`` twice) is not refused: the value stops at the limit.
+    """
+    if value > _LARGEST:
+        return _LARGEST
+    if value < -_LARGEST:
+        return -_LARGEST
+    return float(value)
 
 
 class NullProgress(Progress):

@@ -138,12 +138,13 @@ def open_tracker(
     extra: Mapping[str, Any] | None = None,
     durable: bool = False,
     copies: list[uuid.UUID] | None = None,
+    started_at: float | None = None,
 ) -> AnyTracker:
     """Start a process and make it current; the null tracker when disabled or on failure.
 
     ``durable``: store the running row before returning; ``copies`` gets the id
-    of a process requeued from this one, found in the same transaction (see
-    ``Tracker._begin``).
+    of a process requeued from this one, found in the same transaction;
+    ``started_at``: its start, when another write stored it (see ``Tracker._begin``).
     """
     settings = config.current()
     if not settings.enabled:
@@ -158,7 +159,7 @@ def open_tracker(
             process_id=process_id,
             attempt=attempt,
         )
-        tracker._begin(CURRENT_NODE.get(), extra, durable, copies)
+        tracker._begin(CURRENT_NODE.get(), extra, durable, copies, started_at)
     except Exception as exc:
         runtime.report_internal_error(exc, "starting a process")
         return NULL_TRACKER

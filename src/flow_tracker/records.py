@@ -161,6 +161,23 @@ class ProcessRecord:
     history: list[Transition] = dataclasses.field(default_factory=list)
     """Every status change, oldest first (filled by :func:`get_process` only)."""
 
+    @property
+    def queue_wait_ms(self) -> float | None:
+        """How long the job waited in its queue before its first attempt started, in ms.
+
+        ``started_at`` is the latest attempt's start: for a retried job, ``started_at
+        - queued_at`` would also count the earlier attempts' runs. The first start is
+        in the state history (filled by ``get_process``).
+        """
+        if self.queued_at is None:
+            return None
+        first = next((t.at for t in self.history if t.status == Status.RUNNING.value), None)
+        if first is None and self.attempt <= 1:
+            first = self.started_at
+        if first is None:
+            return None
+        return max(0.0, (first - self.queued_at).total_seconds() * 1000.0)
+
     def all_flows(self) -> Iterator[FlowRecord]:
         """Yield every flow of the process, depth first, in order."""
         for flow in self.flows:

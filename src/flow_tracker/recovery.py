@@ -94,6 +94,44 @@ class Health:
         return values
 
 
+@dataclass(frozen=True)
+class ForgottenJob:
+    """A job the health check counts: silent, lost and not requeued, or stale queued."""
+
+    process_id: uuid.UUID
+    name: str
+    job_system: str | None
+    job_id: str | None
+    queue: str | None
+    host: str | None
+    since: datetime | None
+    """Its last heartbeat (silent), when it was marked lost, or when it was queued (stale)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready values."""
+        values = asdict(self)
+        values["process_id"] = str(self.process_id)
+        values["since"] = None if self.since is None else self.since.isoformat()
+        return values
+
+
+@dataclass(frozen=True)
+class ForgottenJobs:
+    """The jobs behind :class:`Health`'s counts, by kind (the first few of each)."""
+
+    silent: list[ForgottenJob]
+    lost: list[ForgottenJob]
+    stale_queued: list[ForgottenJob]
+
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
+        """As JSON-ready values."""
+        return {
+            "silent": [job.to_dict() for job in self.silent],
+            "lost": [job.to_dict() for job in self.lost],
+            "stale_queued": [job.to_dict() for job in self.stale_queued],
+        }
+
+
 def _store(store: Store | None) -> Store:
     chosen = store or runtime.store()
     chosen.ensure_schema()
@@ -128,16 +166,22 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
     """Mark running processes that stopped sending heartbeats as ``lost``.
 
     Args:
-        lost_after: seconds without a heartbeat (default: the ``lost_after`` setting).
+        lost_after: seconds without a heartbeat (default: the ``lost_after`` setting);
+            at least three ``heartbeat_interval`` s.
         store: the database (default: the configured one).
 
     Returns:
         The processes this call marked lost, and how many queued jobs are stale.
+
+    Raises:
+        UsageError: ``lost_after`` is not above three heartbeat intervals: live jobs
+            would be marked lost, and a requeue would run them twice.
     """
     settings = config.current()
     after = settings.lost_after if lost_after is None else float(lost_after)
     if not after > 0:
         raise UsageError(f"lost_after must be a positive number of seconds, not {lost_after!r}")
+    config.check_lost_after(after, settings.heartbeat_interval, UsageError)
     chosen = _store(store)
     reason = _NO_HEARTBEAT.format(after)
     now, marked = stored_jobs.mark_silent_lost(chosen, after, reason)
@@ -330,10 +374,48 @@ def health(*, store: Store | None = None) -> Health:
     )
 
 
+def forgotten_jobs(*, limit: int = 20, store: Store | None = None) -> ForgottenJobs:
+    """Which jobs :func:`health` counts: up to ``limit`` of each kind, oldest first.
+
+    The same definitions as :func:`health` (silent: no heartbeat for ``lost_after``;
+    lost in the last 24 hours and not enqueued again; queued past ``stale_after``).
+    """
+    settings = config.current()
+    found = stored_jobs.forgotten(
+        _store(store),
+        lost_after=settings.lost_after,
+        stale_after=settings.stale_after,
+        lost_window=LOST_WINDOW,
+        limit=limit,
+    )
+    since_column = {"silent": "heartbeat_at", "lost": "finished_at", "stale_queued": "created_at"}
+
+    def jobs(kind: str) -> list[ForgottenJob]:
+        return [
+            ForgottenJob(
+                process_id=uuid.UUID(str(row.id)),
+                name=row.name,
+                job_system=row.job_system,
+                job_id=row.job_id,
+                queue=row.queue,
+                host=row.host,
+                since=getattr(row, since_column[kind]),
+            )
+            for row in found[kind]
+        ]
+
+    return ForgottenJobs(
+        silent=jobs("silent"), lost=jobs("lost"), stale_queued=jobs("stale_queued")
+    )
+
+
 __all__ = [
+    "ForgottenJob",
+    "ForgottenJobs",
     "Health",
     "ReapResult",
     "RequeueResult",
+    "forgotten_jobs",
     "health",
     "reap",
     "requeue",

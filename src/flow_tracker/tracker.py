@@ -440,6 +440,7 @@ class Tracker(_Node):
         extra: Mapping[str, Any] | None = None,
         durable: bool = False,
         copies: list[uuid.UUID] | None = None,
+        started_at: float | None = None,
     ) -> None:
         """Store the process as running and make it the current one of this context.
 
@@ -448,8 +449,10 @@ class Tracker(_Node):
         reaper can find it), instead of leaving it to the background writer.
         ``copies`` (with ``durable``) gets the id of a process requeued from this
         one, looked for in that write's transaction (see ``Writer.write_now``).
+        ``started_at`` (epoch seconds): when it started, if another write said so
+        already (a workflow step's claim), so that both say the same.
         """
-        started = _now()
+        started = _now() if started_at is None else started_at
         self._started = started
         row: dict[str, Any] = {
             "name": self.name,
@@ -518,6 +521,7 @@ class Tracker(_Node):
         *,
         status: Status | str | None = None,
         wait: bool = True,
+        finished_at: float | None = None,
     ) -> None:
         """End the process: ``completed``, or ``failed`` with ``error``; later ends are ignored.
 
@@ -526,6 +530,8 @@ class Tracker(_Node):
             status: another end state to record (``cancelled``, ``skipped``, ...).
             wait: wait (up to ``completion_timeout``) until the final state is stored;
                 never done while the database is unreachable.
+            finished_at: when it ended (epoch seconds), if another write stored that
+                already (a workflow step's end); default now.
 
         Raises:
             UsageError: ``status`` is not a known status.
@@ -541,7 +547,7 @@ class Tracker(_Node):
             end = chosen or end
             if end is Status.COMPLETED and self._skip_reason is not None:
                 end = Status.SKIPPED  # a job queue says it succeeded: it returned after a skip
-            event = self._end(end, described)
+            event = self._end(end, described, finished_at)
         except Exception as exc:
             runtime.report_internal_error(exc, "completing a process")
             return
@@ -554,12 +560,14 @@ class Tracker(_Node):
             if wait and timeout > 0:
                 writer.flush(timeout)
 
-    def _end(self, status: Status, error: ev.ErrorTuple | None) -> ev.Change:
+    def _end(
+        self, status: Status, error: ev.ErrorTuple | None, finished_at: float | None = None
+    ) -> ev.Change:
         """Mark the process ended and return the event that stores its end."""
         self._finished = True
         heartbeat.remove_process(self._id_int)
         self._status = status
-        finished = _now()
+        finished = _now() if finished_at is None else finished_at
         fields: dict[str, Any] = {
             "status": status.value,
             "finished_at": finished,

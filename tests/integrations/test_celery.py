@@ -417,3 +417,52 @@ def test_install_on_a_finalized_app_raises_for_a_bad_critical_section(tracked: s
     assert getattr(app.tasks["bad_finalized.after"].run, WRAPPED_MARK, False)
     with pytest.raises(flow_tracker.UsageError, match="the job was not run"):
         app.tasks["bad_finalized.charge"].run("u1")
+
+
+def test_a_failure_celery_cannot_pickle_is_stored_with_the_tasks_own_class_and_message(
+    tracked: str, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.integrations import celery_unpicklable_app as unpicklable
+
+    queue = celery_env["FT_TEST_QUEUE"]
+    unpicklable.app.conf.broker_url = celery_env["FT_TEST_BROKER"]
+    task_id = unpicklable.post_to_ledger.apply_async((7,), queue=queue).id
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": tracked}
+    args = worker_args(queue, app="tests.integrations.celery_unpicklable_app")
+    with worker_process(args, env, log):
+        found = wait_until_final([task_id], log)
+    record = flow_tracker.get_process(found[task_id].id)
+    assert record is not None and record.status is Status.FAILED
+    assert record.error is not None
+    assert record.error.type == "tests.integrations.celery_unpicklable_app.LedgerLockedError"
+    assert record.error.message == "ledger entry 7 is locked by another posting"
+    assert "UnpickleableExceptionWrapper" not in (record.error.traceback or "")
+    failed = flow_tracker.list_processes(status="failed", name=unpicklable.post_to_ledger.name)
+    assert [p.error.type for p in failed if p.error] == [record.error.type]
+
+
+def test_a_worker_started_while_the_tracking_database_is_down_says_so_in_one_line(
+    celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    import socket
+
+    from tests.integrations import celery_app as ca
+
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    down = f"postgresql://postgres@127.0.0.1:{closed_port}/nowhere"
+    flow_tracker.configure(database_url=down, verify=False, log_to_stdlib=False)
+    queue = celery_env["FT_TEST_QUEUE"]
+    result = ca.succeed.apply_async((21,), queue=queue)
+    log = tmp_path / "worker.log"
+    env = {**celery_env, "FLOW_TRACKER_DATABASE_URL": down}
+    with worker_process(worker_args(queue, pool="threads", concurrency=1), env, log):
+        assert result.get(timeout=60) == 42  # the task ran
+    text = log.read_text(errors="replace")
+    ours = [line for line in text.splitlines() if "flow-tracker" in line]
+    assert any("cannot reach the tracking database" in line for line in ours), text
+    assert "Traceback" not in text and "AttributeError" not in text, text
+    start_up = [line for line in ours if "cannot reach the tracking database" in line]
+    assert len(start_up) == 1, text

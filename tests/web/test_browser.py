@@ -1,11 +1,14 @@
 """The dashboard in a real headless Chromium.
 
-Pages load cleanly, filters, timeline, cleanup, live refresh; screenshots for the
-README are saved under docs/screenshots/.
+Pages load cleanly, filters, timeline, cleanup, live refresh. Each page looked
+at is photographed into a folder of the system's temporary directory, to look at
+when a test fails; the README's own screenshots are made from the demo by
+``docs/screenshots/make.py``, never by a test (whose data is hostile on purpose).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -24,7 +27,7 @@ from tests.conftest import _service_missing
 from tests.web.browser import CHROMIUM_FLAGS, chromium_path, missing_reason, serve
 from tests.web.conftest import PINGS, Sample
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = Path(tempfile.gettempdir()) / "flow-tracker-test-screenshots"
 pytestmark = [
     pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
     pytest.mark.slow,  # a real browser: the full run, not the fast lane

@@ -163,6 +163,7 @@ def test_openapi_document_describes_every_api_route(client: TestClient, sample: 
         "/api/workflows/{run_id}/diagram": f"/api/workflows/{run.id}/diagram",
         "/api/processes": "/api/processes",
         "/api/processes/{process_id}": f"/api/processes/{sample.imported}",
+        "/api/processes/{process_id}/compare": f"/api/processes/{sample.imported}/compare",
         "/api/status/{id}": f"/api/status/{sample.imported}",
         "/api/stats": "/api/stats",
         "/api/health": "/api/health",

@@ -68,7 +68,7 @@ def test_each_parent_must_be_a_parameter_of_the_function() -> None:
         ({"jitter": 2}, "jitter is a fraction"),
         ({"backoff_max": float("nan")}, "backoff_max must be"),
         ({"retry_on": (ValueError, "x")}, "retry_on takes exception classes"),
-        ({"queue_name": ""}, "queue_name must be a non-empty string"),
+        ({"queue_name": ""}, "queue_name is a non-empty string"),
     ],
 )
 def test_bad_step_options_are_refused(options: dict[str, Any], message: str) -> None:

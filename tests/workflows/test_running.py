@@ -265,24 +265,34 @@ def test_a_step_found_lost_by_the_reaper_runs_again_on_its_own(tracked: str) -> 
 
     def dying_worker(dispatch: Any) -> None:
         if dispatch.step == "b" and not dropped:
-            dropped.append(dispatch)  # taken, started, then the worker "dies"
             from flow_tracker.integrations.jobs import start_job
             from flow_tracker.store import step_writes
 
+            # Taken, started, then the worker "dies": said only once all of it is
+            # stored, or the test would age heartbeats the claim then writes anew.
             store = flow_tracker.runtime.store()
             assert step_writes.claim(store, dispatch.run_id, "b", {}, datetime.now(timezone.utc))
             start_job(job_system="threads", job_id=dispatch.job_id, name="x", queue=None, attempt=1)
             flow_tracker.heartbeat.HEARTBEAT.clear()
+            dropped.append(dispatch)
             return
         real(dispatch)
 
     engine.register_sender("threads", dying_worker)
     try:
         run = wf.run()
-        _wait_for(lambda: bool(dropped))
-        _age_heartbeats(tracked)
-        result = flow_tracker.reap(lost_after=60)
-        assert result.workflow_steps == 1
+        _wait_for(lambda: bool(dropped), "the step to be taken by the dying worker")
+        requeued: list[int] = []
+
+        def found_lost() -> bool:
+            # A heartbeat already under way as the worker "died" may stamp the row
+            # once more after it was aged: age it again until the reaper sees it.
+            _age_heartbeats(tracked)
+            requeued.append(flow_tracker.reap(lost_after=60).workflow_steps)
+            return sum(requeued) > 0
+
+        _wait_for(found_lost, "the reaper to find step b lost")
+        assert sum(requeued) == 1
         status = run.wait(WAIT)
     finally:
         engine.register_sender("threads", real)

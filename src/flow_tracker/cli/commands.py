@@ -6,6 +6,7 @@ import functools
 import gc
 import json
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,9 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 import flow_tracker
 from flow_tracker import config, runtime
 from flow_tracker.cli import render
+from flow_tracker.cli.terminal import confirm_or_refuse, progress_bar
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.status import Status
-from flow_tracker.store import migrate
+from flow_tracker.store import migrate, queries
 from flow_tracker.store.engine import Store, display_url, error_line, parse_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,8 +39,7 @@ APP_SNIPPET = """\
 import flow_tracker
 
 flow_tracker.configure(
-    database_url={url!r},
-    retention_days=365,
+{where}    retention_days=365,
     default_category="jobs",
 )
 
@@ -52,6 +53,22 @@ with flow_tracker.track("MyProcess", category="services", metadata={{"user_id": 
 
 def _style() -> render.Style:
     return click.style if sys.stdout.isatty() else render.plain
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as one JSON document: every ``--json`` prints exactly one.
+
+    The convention, for every command: a list is a JSON array (``[]`` when nothing
+    matches), one thing is an object. A list with more pages says so on stderr
+    (:func:`echo_next_page`), so stdout stays one document for ``jq`` or a script.
+    """
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def echo_next_page(cursor: str | None, *, as_json: bool) -> None:
+    """Say how to ask for the next page, when there is one (stderr under ``--json``)."""
+    if cursor:
+        click.echo(f"next page: --cursor {cursor}", err=as_json)
 
 
 def friendly_errors(command: F) -> F:
@@ -69,27 +86,41 @@ def friendly_errors(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _use(database_url: str | None, *, must_exist: bool = False) -> None:
+def _use(database_url: str | None) -> None:
     """Point flow-tracker at ``database_url`` (or the environment's) for this command.
 
-    Commands that only read what was recorded (``must_exist``) refuse a SQLite
-    file that is not there, instead of creating an empty database and finding
-    nothing in it: a wrong folder or a missing ``--database-url`` says so. The
-    dashboard, the reaper and ``health`` may come before the first job: they create it.
+    Every command that works on what was recorded (all but ``init``, ``db`` and
+    ``demo``, which create the database) refuses a SQLite file that is not there,
+    instead of creating an empty database and finding nothing in it: a probe or a
+    cron job that forgot ``FLOW_TRACKER_DATABASE_URL`` fails loudly rather than
+    reporting "healthy" on a new empty file.
     """
     options: dict[str, Any] = {"completion_timeout": 5.0}
     if database_url:
         options["database_url"] = database_url
-    if must_exist:
-        url = parse_url(database_url or config.DEFAULT_DATABASE_URL)
-        path = url.database or ""
-        a_file = path not in ("", ":memory:") and not path.startswith("file:")
-        if url.get_backend_name() == "sqlite" and a_file and not Path(path).exists():
+    missing = _missing_sqlite_file(database_url or config.DEFAULT_DATABASE_URL)
+    if missing is not None:
+        if not database_url:
             raise click.ClickException(
-                f"no database at {Path(path).resolve()}: nothing was recorded there "
-                "(pass --database-url or set FLOW_TRACKER_DATABASE_URL)"
+                "no tracking database configured: pass --database-url or set "
+                f"FLOW_TRACKER_DATABASE_URL (the default, {config.DEFAULT_DATABASE_URL}, "
+                f"is not in {Path.cwd()})"
             )
+        raise click.ClickException(
+            f"no database at {missing}: nothing was recorded there (check --database-url "
+            "or FLOW_TRACKER_DATABASE_URL; `flow-tracker init` creates it)"
+        )
     flow_tracker.configure(verify=True, **options)
+
+
+def _missing_sqlite_file(database_url: str) -> Path | None:
+    """The absolute path of ``database_url``'s SQLite file when it does not exist, else None."""
+    url = parse_url(database_url)
+    path = url.database or ""
+    a_file = path not in ("", ":memory:") and not path.startswith("file:")
+    if url.get_backend_name() == "sqlite" and a_file and not Path(path).exists():
+        return Path(path).resolve()
+    return None
 
 
 @click.group()
@@ -109,7 +140,21 @@ def init(database_url: str | None) -> None:
     migrate.upgrade(store.engine)
     store.dispose()
     click.echo(f"flow-tracker tables are ready on {display_url(store.url)}\n")
-    click.echo(APP_SNIPPET.format(url=url))
+    click.echo(APP_SNIPPET.format(where=_url_in_snippet(url)))
+
+
+def _url_in_snippet(url: str) -> str:
+    """The snippet's ``database_url`` line: the URL itself, unless it holds a password.
+
+    A password pasted into settings ends up in version control; flow-tracker reads
+    ``FLOW_TRACKER_DATABASE_URL`` by itself, so the snippet points there instead.
+    """
+    if parse_url(url).password:
+        return (
+            "    # database_url: read from $FLOW_TRACKER_DATABASE_URL. Set it in the app's\n"
+            "    # environment (it holds the password), never in code.\n"
+        )
+    return f"    database_url={url!r},\n"
 
 
 @main.group()
@@ -123,7 +168,26 @@ def db() -> None:
 @friendly_errors
 def db_upgrade(database_url: str | None, revision: str) -> None:
     """Create or upgrade flow-tracker's tables (the migrations ship in the package)."""
-    _migrate_to(database_url, revision, migrate.upgrade)
+    _migrate_to(database_url, revision, _upgrade_step_by_step)
+
+
+def _upgrade_step_by_step(engine: Any, revision: str) -> None:
+    """Upgrade one revision at a time, with a bar in a terminal (a big install takes a while)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    with engine.connect() as conn:
+        current = migrate.current_revision(conn)
+    target = script.get_current_head() if revision == "head" else revision
+    pending = [r.revision for r in script.iterate_revisions(target, current)]
+    pending.reverse()  # iterate_revisions walks down from the target
+    if len(pending) < 2:
+        migrate.upgrade(engine, revision)
+        return
+    with progress_bar(f"upgrading to {target}") as advance:
+        for done, step in enumerate(pending, start=1):
+            migrate.upgrade(engine, step)
+            advance(done, len(pending))
 
 
 @db.command("downgrade")
@@ -152,6 +216,9 @@ def _migrate_to(database_url: str | None, revision: str, move: Callable[[Any, st
 def db_current(database_url: str | None) -> None:
     """Print the database's revision and the newest one this version ships."""
     url = database_url or flow_tracker.config.settings_from_env().database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        raise click.ClickException(f"no database at {missing} (`flow-tracker db upgrade` makes it)")
     store = Store(url, auto_migrate=False)
     store.check_connection()
     with store.engine.connect() as conn:
@@ -159,6 +226,48 @@ def db_current(database_url: str | None) -> None:
     store.dispose()
     click.echo(f"current: {now or 'none (run flow-tracker db upgrade)'}")
     click.echo(f"head:    {migrate.head_revision()}")
+
+
+@main.group()
+def rollups() -> None:
+    """The hourly and daily rollups the dashboard's charts and analytics read."""
+
+
+@rollups.command("rebuild")
+@database_option
+@click.option(
+    "--since",
+    default=None,
+    help="First day to rebuild: 30m, 24h, 7d or an ISO date [default: the first finished run].",
+)
+@friendly_errors
+def rollups_rebuild(database_url: str | None, since: str | None) -> None:
+    """Roll up every finished run again: after a restore, an import or a long outage.
+
+    The charts count a run in the hour it finished, rolled up once that hour has
+    closed; rows stored more than two hours late (restored, imported, kept in a
+    worker's memory through an outage) are in the lists but not in the charts
+    until this runs. The dashboard keeps answering meanwhile.
+    """
+    from flow_tracker.store import rollups as stored_rollups
+
+    _use(database_url)
+    store = runtime.store()
+    with progress_bar("rolling up days") as advance:
+        done = stored_rollups.rebuild(
+            store, queries.database_time(store), since=_parse_since(since), progress=advance
+        )
+    if done.start is None:
+        click.echo(
+            "nothing finished yet: no rollups to rebuild"
+            if since is None
+            else f"no closed hour since {since}: nothing to rebuild"
+        )
+        return
+    click.echo(
+        f"rebuilt the rollups of {done.days} day{'s' if done.days != 1 else ''} "
+        f"({done.start:%Y-%m-%d} to {done.until:%Y-%m-%d %H:%M} UTC)"
+    )
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -193,7 +302,8 @@ def _parse_since(value: str | None) -> datetime | None:
 @click.option("--since", default=None, help="30m, 24h, 7d or an ISO date.")
 @click.option("--meta", "meta", multiple=True, help="Metadata filter key=value (JSON values).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--cursor", default=None, help="The next page: the cursor the previous one printed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @friendly_errors
 def list_command(
     database_url: str | None,
@@ -204,10 +314,11 @@ def list_command(
     since: str | None,
     meta: tuple[str, ...],
     limit: int,
+    cursor: str | None,
     as_json: bool,
 ) -> None:
-    """List processes, newest first."""
-    _use(database_url, must_exist=True)
+    """List processes, newest first (a page at a time: see --cursor)."""
+    _use(database_url)
     metadata: dict[str, Any] = {}
     for pair in meta:
         key, sep, raw = pair.partition("=")
@@ -225,14 +336,17 @@ def list_command(
         since=_parse_since(since),
         metadata=metadata or None,
         limit=limit,
+        cursor=cursor,
     )
-    style = _style()
-    for p in page:
-        click.echo(
-            json.dumps(p.to_dict(include_tree=False)) if as_json else render.process_row(p, style)
-        )
-    if not page.items and not as_json:
-        click.echo("no processes match")
+    if as_json:
+        echo_json([p.to_dict(include_tree=False) for p in page])
+    else:
+        style = _style()
+        for p in page:
+            click.echo(render.process_row(p, style))
+        if not page.items:
+            click.echo("no processes match")
+    echo_next_page(page.next_cursor, as_json=as_json)
 
 
 @main.command()
@@ -242,13 +356,13 @@ def list_command(
 @friendly_errors
 def show(database_url: str | None, process_id: str, as_json: bool) -> None:
     """Show a process as a tree of flows with durations and logs (id or job id)."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
     status = flow_tracker.get_status(process_id)
     record = flow_tracker.get_process(status.process_id) if status else None
     if record is None:
         raise NotFoundError(f"no process with id or job id {process_id!r}")
     if as_json:
-        click.echo(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
+        echo_json(record.to_dict())
     else:
         click.echo(render.process_tree(record, _style()))
 
@@ -259,7 +373,7 @@ def show(database_url: str | None, process_id: str, as_json: bool) -> None:
 @friendly_errors
 def status(database_url: str | None, process_or_job_id: str) -> None:
     """Print the status of a process or job (by process id or job id) as JSON."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
     found = flow_tracker.get_status(process_or_job_id)
     if found is None:
         raise NotFoundError(f"no process with id or job id {process_or_job_id!r}")
@@ -277,16 +391,37 @@ def status(database_url: str | None, process_or_job_id: str) -> None:
     help="Only these statuses (default: all but queued and running).",
 )
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask (needed where stdin is not a terminal)."
+)
 @friendly_errors
 def cleanup(
-    database_url: str | None, days: float | None, statuses: tuple[str, ...], dry_run: bool
+    database_url: str | None,
+    days: float | None,
+    statuses: tuple[str, ...],
+    dry_run: bool,
+    yes: bool,
 ) -> None:
-    """Delete processes older than N days with their flows and logs."""
-    _use(database_url, must_exist=True)
+    """Delete processes older than N days with their flows and logs (asks first)."""
+    _use(database_url)
     age = days if days is not None else flow_tracker.config.current().retention_days
-    count = flow_tracker.cleanup(age, statuses=statuses or None, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {count} process{'es' if count != 1 else ''} older than {age:g} days")
+    runtime.flush()
+    store = runtime.store()
+    count = queries.count_for_cleanup(store, age, statuses or None)
+    what = f"process{'es' if count != 1 else ''} older than {age:g} days"
+    if dry_run or count == 0:
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {count:,} {what}")
+        return
+    confirm_or_refuse(
+        f"Delete {count:,} {what}, with their flows and logs, from {display_url(store.url)}?",
+        yes=yes,
+    )
+    with progress_bar("deleting") as advance:
+        deleted = queries.cleanup(
+            store, age, statuses or None, progress=lambda done: advance(done, count)
+        )
+    click.echo(f"deleted {deleted:,} process{'es' if deleted != 1 else ''} older than {age:g} days")
 
 
 @main.command()
@@ -440,7 +575,8 @@ def _import_modules(modules: tuple[str, ...]) -> None:
     "--lost-after",
     type=click.FloatRange(min=0.001),
     default=None,
-    help="Seconds without heartbeat [default: the lost_after setting].",
+    help="Seconds without heartbeat, at least 3 x heartbeat_interval "
+    "[default: the lost_after setting].",
 )
 @click.option(
     "--import",
@@ -459,6 +595,11 @@ def reap(
 ) -> None:
     """Mark running processes whose heartbeat stopped as lost."""
     _use(database_url)
+    if lost_after is not None:
+        try:
+            config.check_lost_after(lost_after, config.current().heartbeat_interval)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--lost-after") from None
     _import_modules(modules)
     while True:
         result = flow_tracker.reap(lost_after=lost_after)
@@ -498,9 +639,19 @@ def requeue(
     _use(database_url)
     _import_modules(modules)
     ids: list[Any] = list(process_ids)
+    for raw in ids:  # all checked before the first is sent
+        try:
+            uuid.UUID(str(raw))
+        except ValueError:
+            raise click.BadParameter(f"{raw!r} is not a process id") from None
     if which:
         ids = flow_tracker.recovery.requeue_candidates(Status(which))
-    results = flow_tracker.requeue(ids)
+    results = []
+    # One at a time, so a terminal shows how far it got; lines are printed after the bar.
+    with progress_bar("requeueing") as advance:
+        for done, process_id in enumerate(ids, start=1):
+            results += flow_tracker.requeue([process_id])
+            advance(done, len(ids))
     failed = 0
     for result in results:
         detail = f" -> {result.new_process_id}" if result.new_process_id else ""
@@ -518,16 +669,20 @@ def requeue(
         sys.exit(1)
 
 
+NAMED_IN_HEALTH = 20  # jobs named per kind; the counts say how many there are in all
+
+
 @main.command()
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @friendly_errors
 def health(database_url: str | None, as_json: bool) -> None:
     """Lost, silent and stale jobs; exit code 0 when healthy, 1 otherwise."""
     _use(database_url)
     report = flow_tracker.health()
+    named = flow_tracker.recovery.forgotten_jobs(limit=NAMED_IN_HEALTH)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json({**report.to_dict(), "jobs": named.to_dict()})
     else:
         oldest = report.oldest_queued_age_s
         last = report.last_reap.strftime("%Y-%m-%d %H:%M:%S") if report.last_reap else "never"
@@ -537,52 +692,65 @@ def health(database_url: str | None, as_json: bool) -> None:
         click.echo(f"  stale queued:  {report.stale_queued}")
         click.echo(f"  oldest queued: {'-' if oldest is None else f'{oldest:.0f} s'}")
         click.echo(f"  last reap:     {last}")
+        for title, jobs, total in (
+            ("without heartbeat", named.silent, report.silent),
+            ("lost, not requeued", named.lost, report.lost),
+            ("stale queued", named.stale_queued, report.stale_queued),
+        ):
+            if jobs:
+                click.echo(f"\n{title}:")
+                for job in jobs:
+                    click.echo("  " + render.job_line(job))
+                if total > len(jobs):
+                    click.echo(f"  ... and {total - len(jobs)} more")
     sys.exit(0 if report.healthy else 1)
 
 
 @main.command("events")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def events_command(as_json: bool) -> None:
     """The events flow_tracker.on() and subscribers get, with their payloads."""
     from flow_tracker.subscribers import describe_catalog
 
-    for row in describe_catalog():
-        if as_json:
-            click.echo(json.dumps(row))
-        else:
-            click.echo(f"{row['name']:<19} {row['description']}")
-            click.echo(f"{'':<19} payload: {row['payload']}")
+    catalog = list(describe_catalog())
+    if as_json:
+        echo_json(catalog)
+        return
+    for row in catalog:
+        click.echo(f"{row['name']:<19} {row['description']}")
+        click.echo(f"{'':<19} payload: {row['payload']}")
 
 
 @main.command("locks")
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @friendly_errors
 def locks_command(database_url: str | None, as_json: bool) -> None:
     """Locks of flow_tracker.exclusive held now."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
     from flow_tracker.locks import held_locks
 
     held = held_locks()
+    if as_json:
+        echo_json(
+            [
+                {
+                    "name": lock.name,
+                    "key": lock.key,
+                    "holder": lock.holder,
+                    "process_id": None if lock.process_id is None else str(lock.process_id),
+                    "fence": lock.fence,
+                    "acquired_at": lock.acquired_at.isoformat(),
+                    "expires_at": lock.expires_at.isoformat(),
+                }
+                for lock in held
+            ]
+        )
+        return
     for lock in held:
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "name": lock.name,
-                        "key": lock.key,
-                        "holder": lock.holder,
-                        "process_id": None if lock.process_id is None else str(lock.process_id),
-                        "fence": lock.fence,
-                        "acquired_at": lock.acquired_at.isoformat(),
-                        "expires_at": lock.expires_at.isoformat(),
-                    }
-                )
-            )
-        else:
-            click.echo(
-                f"{lock.name}  {lock.key}  held by {lock.holder}  fence {lock.fence}  "
-                f"since {lock.acquired_at:%H:%M:%S}  until {lock.expires_at:%H:%M:%S}"
-            )
-    if not held and not as_json:
+        click.echo(
+            f"{lock.name}  {lock.key}  held by {lock.holder}  fence {lock.fence}  "
+            f"since {lock.acquired_at:%H:%M:%S}  until {lock.expires_at:%H:%M:%S}"
+        )
+    if not held:
         click.echo("no locks held")

@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,12 @@ from flow_tracker import runtime
 from flow_tracker.cli import render
 from flow_tracker.cli.demo_history import record_history
 from flow_tracker.cli.demo_workflows import record_workflows
-from flow_tracker.store.engine import parse_url
+from flow_tracker.status import Status
+from flow_tracker.store import queries, rollups
+from flow_tracker.store.engine import display_url, parse_url
 
 _rng = random.Random(7)  # the demo's own, so the host's random module is left alone
+HISTORY_DAYS = 7  # the week of past runs, for the dashboard's charts
 
 
 class SmtpError(Exception):
@@ -179,16 +183,48 @@ def job_of_a_dead_worker() -> None:
     runtime.writer().write_now(((ev.PROCESS_START, process_id_for("rq", job_id).int, row),))
 
 
+SYNC_LOCK = ("account-sync", "shard:3")
+
+
 def long_running_sync() -> None:
     """A process left running, as one is while its worker is busy."""
     running = flow_tracker.start("LongRunningSync", category="services", metadata={"shard": 3})
     # Held until its lease runs out after the demo ends: the Health page lists it.
-    flow_tracker.exclusive("account-sync", key="shard:3", ttl=900).__enter__()
+    flow_tracker.exclusive(SYNC_LOCK[0], key=SYNC_LOCK[1], ttl=900).__enter__()
     running.progress.total = 500
     running.progress.current = 210
     with running.flow("sync_accounts") as sync:
         sync.info("Synced 210 of 500 accounts")
     running.flow("sync_invoices").__enter__()  # still open: the process keeps running
+
+
+def _free_an_earlier_demos_lock() -> bool:
+    """Free the lock an earlier demo's LongRunningSync left held; True if there was one.
+
+    A demo adds to a database it did not make (PostgreSQL, or ``--keep``), and the
+    earlier run's LongRunningSync, whose interpreter has exited, still holds its
+    lock for the rest of its lease: this run's would be refused. Only that lock,
+    held by a process of that name, is freed.
+    """
+    from flow_tracker.locks import held_locks
+    from flow_tracker.store import locks as stored_locks
+
+    freed = False
+    for lock in held_locks():
+        if (lock.name, lock.key) != SYNC_LOCK or lock.process_id is None:
+            continue
+        holder = flow_tracker.get_process(lock.process_id)
+        if holder is not None and holder.name == "LongRunningSync":
+            store = runtime.store()
+            freed |= stored_locks.release(store, lock.name, lock.key, lock.holder, lock.fence)
+    return freed
+
+
+def _count_processes() -> int:
+    """How many processes the database holds (the list shows the newest 50 only)."""
+    store = runtime.store()
+    with store.engine.connect() as conn:
+        return sum(queries.count_by_status(conn, Status).values())
 
 
 def run_demo(
@@ -200,12 +236,21 @@ def run_demo(
 ) -> list[Any]:
     """Record the demo processes into ``database_url`` and print what was recorded."""
     url = parse_url(database_url)
-    if fresh and url.get_backend_name() == "sqlite" and url.database:
+    path = url.database or ""
+    own_file = url.get_backend_name() == "sqlite" and bool(path)
+    if fresh and own_file:
         for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(url.database + suffix):
-                os.remove(url.database + suffix)
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
     flow_tracker.configure(database_url=database_url, log_to_stdlib=False, progress_interval=0.05)
     _rng.seed(7)
+    if not own_file:
+        echo(
+            f"Adding to what {display_url(url)} holds: the demo starts afresh only "
+            "in a SQLite file of its own."
+        )
+    if _free_an_earlier_demos_lock():
+        echo("Freed the lock an earlier demo's LongRunningSync still held.")
     echo("Recording demo processes...")
     nightly_import()
     for user_id, fail in ((101, False), (102, False), (103, True), (104, False)):
@@ -227,11 +272,18 @@ def run_demo(
         "Ran the process_order workflow 3 times: completed, failed at charge (confirm "
         "waits on it), and resolved by hand."
     )
-    past = record_history(runtime.store())
+    past = record_history(runtime.store(), days=HISTORY_DAYS)
+    # Stored after the reaper rolled up the hours they finished in, as a restore
+    # would be: the charts count them only once their days are rolled up again.
+    store = runtime.store()
+    now = queries.database_time(store)
+    rollups.rebuild(store, now, since=now - timedelta(days=HISTORY_DAYS + 1))
     echo(f"Added {past:,} finished runs of the past week, for the dashboard's charts.")
 
     page = flow_tracker.list_processes(limit=50)
-    echo(f"\n{len(page.items)} processes recorded in {database_url}:\n")
+    total = _count_processes()
+    shown = f"; the newest {len(page.items)}" if total > len(page.items) else ""
+    echo(f"\n{total:,} processes recorded in {display_url(url)}{shown}:\n")
     for process in page:
         echo(render.process_row(process, style))
     main = next(p for p in page if p.name == "nightly_import")

@@ -82,6 +82,19 @@ def process_row(p: ProcessRecord, style: Style = plain) -> str:
     )
 
 
+def job_line(job: Any) -> str:
+    """One line naming a job the health check counts (a :class:`ForgottenJob`)."""
+    parts = [
+        clock(job.since),
+        job.name,
+        " ".join(p for p in (job.job_system, job.job_id) if p),
+        f"queue {job.queue}" if job.queue else "",
+        f"on {job.host}" if job.host else "",
+        str(job.process_id),
+    ]
+    return "  ".join(part for part in parts if part)
+
+
 def _data_suffix(data: Any) -> str:
     if data is None or data == {}:
         return ""
@@ -130,6 +143,11 @@ def _tree(
         _tree(_children_in_order(item.children, item.logs), inner, style, out)
 
 
+def queue_wait_ms(p: ProcessRecord) -> float | None:
+    """How long the job waited in its queue before its first attempt started, in ms."""
+    return p.queue_wait_ms
+
+
 def process_tree(p: ProcessRecord, style: Style = plain) -> str:
     """The process as a tree of flows with durations and their logs, for ``flow-tracker show``."""
     out = [
@@ -143,6 +161,12 @@ def process_tree(p: ProcessRecord, style: Style = plain) -> str:
         out.append(f"  host      {p.host or '—'}  pid {p.pid or '—'}  attempt {p.attempt}")
     if p.job_id:
         out.append(f"  job       {p.job_system or ''} {p.job_id}  queue {p.queue or '—'}")
+    waited = queue_wait_ms(p)
+    if waited is not None:
+        out.append(f"  waited    {duration(waited)} in the queue before its first start")
+    if p.job_args is not None:
+        args = json.dumps(p.job_args, ensure_ascii=False, default=str)
+        out.append(f"  args      {_one_line(args, 200)}")
     if p.parent_process_id:
         out.append(f"  parent    {p.parent_process_id}")
     if p.progress_total:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -12,6 +15,8 @@ from flow_tracker.cli.commands import (
     _style,
     _use,
     database_option,
+    echo_json,
+    echo_next_page,
     friendly_errors,
     main,
 )
@@ -54,17 +59,48 @@ def workflows() -> None:
     help="Only runs in this status.",
 )
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--cursor", default=None, help="The next page: the cursor the previous one printed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @friendly_errors
 def list_runs(
-    database_url: str | None, name: str | None, status: str | None, limit: int, as_json: bool
+    database_url: str | None,
+    name: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
 ) -> None:
-    """Runs newest first, with steps done of total and the failed step."""
-    _use(database_url, must_exist=True)
-    runs = manage.list_workflows(name=name, status=status, limit=limit)
+    """Runs newest first, with steps done of total and the failed step (see --cursor)."""
+    _use(database_url)
+    runs = manage.list_workflows(name=name, status=status, limit=limit, before=_before(cursor))
+    last = runs[-1] if len(runs) == limit else None
+    # The same cursor as the API's next_cursor (GET /api/workflows?before=...).
+    next_cursor = f"{last['created_at']}|{last['id']}" if last else None
     if as_json:
-        click.echo(json.dumps(runs, indent=2))
+        echo_json(runs)
+        echo_next_page(next_cursor, as_json=True)
         return
+    _print_runs(runs)
+    echo_next_page(next_cursor, as_json=False)
+
+
+def _before(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) a ``--cursor`` names, or None for the first page."""
+    if not cursor:
+        return None
+    moment, _sep, ident = cursor.partition("|")
+    try:
+        when, run_id = datetime.fromisoformat(moment), uuid.UUID(ident)
+    except ValueError:
+        raise click.BadParameter(
+            "not a cursor this command printed: start from the first page", param_hint="--cursor"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when, run_id
+
+
+def _print_runs(runs: list[dict[str, Any]]) -> None:
     style = _style()
     for run in runs:
         failed = f"  failed at {run['failed_step']}" if run["failed_step"] else ""
@@ -85,10 +121,10 @@ def list_runs(
 @friendly_errors
 def show(database_url: str | None, run_id: str, as_json: bool) -> None:
     """A run and each step: status, attempts, why it waits, result or error."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
     data = manage.shown(manage.get_workflow(run_id))
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
         return
     style = _style()
     head = f"{data['name']}  {style(data['status'], fg=_COLOURS.get(data['status']))}  {data['id']}"
@@ -105,6 +141,10 @@ def show(database_url: str | None, run_id: str, as_json: bool) -> None:
 
 
 def _why(step: dict[str, Any]) -> str:
+    if step["status"] == "resolved":
+        # A resolved step keeps the error of its failed attempt; what goes on is the
+        # result it was given.
+        return f"  resolved by hand -> {_short(step['result'])}"
     if step["status"] == "pending":
         if step["blocked_by"]:
             return f"  blocked: upstream {step['blocked_by']} failed"
@@ -123,6 +163,20 @@ def _short(value: Any, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _known_step(run_id: str, step: str) -> None:
+    """Refuse a step the run does not have, naming the nearest one and the run's steps.
+
+    Raises:
+        UsageError: no step of that name in the run.
+    """
+    steps = list(manage.get_workflow(run_id).steps)
+    if step in steps:
+        return
+    near = difflib.get_close_matches(step, steps, n=1)
+    guess = f"did you mean {near[0]!r}? " if near else ""
+    raise UsageError(f"run {run_id} has no step {step!r}: {guess}its steps: {', '.join(steps)}")
+
+
 @workflows.command()
 @database_option
 @click.argument("run_id")
@@ -134,7 +188,8 @@ def retry(
     database_url: str | None, run_id: str, step: str, reason: str | None, modules: tuple[str, ...]
 ) -> None:
     """Run a failed STEP again, then whatever waits on it."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
+    _known_step(run_id, step)
     _import_modules(modules)
     manage.retry_step(run_id, step, reason=reason)
     click.echo(f"step {step} of run {run_id} queued again")
@@ -161,7 +216,8 @@ def resolve(
         result = json.loads(result_json)
     except ValueError as exc:
         raise UsageError(f"--result must be JSON: {exc}") from None
-    _use(database_url, must_exist=True)
+    _use(database_url)
+    _known_step(run_id, step)
     _import_modules(modules)
     manage.resolve_step(run_id, step, result=result, reason=reason)
     click.echo(f"step {step} of run {run_id} resolved")
@@ -174,7 +230,10 @@ def resolve(
 @friendly_errors
 def cancel(database_url: str | None, run_id: str, reason: str | None) -> None:
     """Cancel a run: no step that has not started starts."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
+    if manage.get_workflow(run_id).status == "cancelled":
+        click.echo(f"run {run_id} was already cancelled: nothing changed")
+        return
     count = manage.cancel_workflow(run_id, reason=reason)
     click.echo(f"run {run_id} cancelled ({count} steps will not run)")
 
@@ -185,5 +244,5 @@ def cancel(database_url: str | None, run_id: str, reason: str | None) -> None:
 @friendly_errors
 def diagram(database_url: str | None, run_id: str) -> None:
     """The run as Mermaid flowchart text (paste it into any Mermaid viewer)."""
-    _use(database_url, must_exist=True)
+    _use(database_url)
     click.echo(manage.workflow_diagram(run_id), nl=False)

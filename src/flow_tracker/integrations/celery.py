@@ -64,6 +64,7 @@ from flow_tracker.workflows.queues import install_celery
 try:
     import celery
     from celery import signals
+    from celery.utils.serialization import UnpickleableExceptionWrapper
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "flow_tracker.integrations.celery needs Celery: pip install 'flow-tracker[celery]'"
@@ -465,7 +466,33 @@ def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None
 def _remember_error(task_id: str | None, error: BaseException | None) -> None:
     key = (task_id or "", threading.get_ident())
     if task_id and key in _running and error is not None:
-        _running[key] = (_running[key][0], error)
+        _running[key] = (_running[key][0], _unwrapped(error))
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    """The task's own exception where Celery hands over its pickling stand-in.
+
+    An exception that cannot be pickled reaches ``task_failure`` (and the result
+    backend) as ``UnpickleableExceptionWrapper``; the class filters and the lists
+    must show the task's class and message. The signal is sent while Celery handles
+    the original, so it is still the exception being handled; failing that, the
+    wrapper's record of the class (module, name, message) is rebuilt.
+    """
+    if not isinstance(error, UnpickleableExceptionWrapper):
+        return error
+    wrapper: Any = error  # Celery's class is untyped: what it is narrowed to is Any
+    original: BaseException = wrapper
+    handled = sys.exc_info()[1]
+    if handled is not None and type(handled).__name__ == wrapper.exc_cls_name:
+        return handled
+    try:
+        rebuilt = wrapper.restore()
+    except Exception:  # a class that cannot be rebuilt from its name and arguments
+        return original
+    if not isinstance(rebuilt, BaseException):
+        return original
+    rebuilt.__traceback__ = original.__traceback__
+    return rebuilt
 
 
 def _task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from flow_tracker import config, runtime
 from flow_tracker import events as ev
-from flow_tracker.errors import Skipped, UsageError
+from flow_tracker.errors import DatabaseUnavailableError, Skipped, UsageError
 from flow_tracker.ids import process_id_for
 from flow_tracker.locks import Exclusive, exclusive
 from flow_tracker.nulls import NULL_TRACKER, NullTracker
@@ -215,6 +215,7 @@ def start_job(
     category: str | None = None,
     trace: Mapping[str, str] | None = None,
     durable: bool | None = None,
+    started_at: float | None = None,
 ) -> Tracker | NullTracker:
     """Open the job's process in the worker and make it current (``running``).
 
@@ -227,7 +228,8 @@ def start_job(
 
     The same transaction looks for a copy :func:`flow_tracker.requeue` made of
     the job (see :func:`skip_if_requeued`). ``durable=False`` buffers the running
-    row whatever the settings (a workflow step stored it running already).
+    row whatever the settings (a workflow step stored it running already), and
+    ``started_at`` (epoch seconds) is the start that write stored.
     """
     settings = config.current()
     extra = _job_start_fields(job_system, job_id, queue, worker)
@@ -246,6 +248,7 @@ def start_job(
             extra=extra,
             durable=durable,
             copies=copies if durable else None,
+            started_at=started_at,
         )
     finally:
         JOB_TRACE_CARRIER.reset(token)
@@ -289,11 +292,26 @@ def warm_up() -> None:
     statements a job's start and end need are built by writing a sample job in
     a transaction that is rolled back, so that the children forked afterwards
     (RQ work-horses, Celery prefork) inherit them built. Never raises.
+
+    A database that cannot be reached is said in one line, as the writer says an
+    outage, and the jobs run: a traceback here would be chained to whatever the
+    queue was handling as it imported the app (Celery's own ``AttributeError``
+    while it looks the app up, suggesting ``-A`` is wrong).
     """
-    runtime.warm_up()
     settings = config.current()
     if not settings.enabled:
         return
+    try:
+        runtime.store().check_connection()
+    except DatabaseUnavailableError as exc:
+        runtime.internal_log.error(
+            "flow-tracker: %s; jobs run, and their records are kept in memory until it is back",
+            exc,
+        )
+        return
+    except Exception:  # anything else: the warm-up below reports it (and never raises)
+        pass
+    runtime.warm_up()
     try:
         capture = _Capture()
         sample = Tracker(
@@ -342,14 +360,16 @@ def finish_job(
     error: BaseException | None = None,
     *,
     wait: bool = True,
+    finished_at: float | None = None,
 ) -> None:
     """End the job's process with ``status`` (storing ``error``); wait until it is stored.
 
-    ``wait=False`` lets the final state follow with the writer's next batch.
+    ``wait=False`` lets the final state follow with the writer's next batch;
+    ``finished_at`` (epoch seconds) is its end when another write stored it.
     """
     if isinstance(tracker, Tracker):
         try:
-            tracker.complete(error=error, status=status, wait=wait)
+            tracker.complete(error=error, status=status, wait=wait, finished_at=finished_at)
         except Exception as exc:
             runtime.report_internal_error(exc, "finishing a job")
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
@@ -27,7 +28,7 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
 )
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 from flow_tracker.errors import ConfigurationError, DatabaseUnavailableError
 from flow_tracker.store.histogram import duration_bucket
@@ -179,6 +180,115 @@ def is_timeout(exc: BaseException) -> bool:
     return isinstance(orig, sqlite3.OperationalError) and "interrupted" in str(orig)
 
 
+# -- a time budget over many statements ----------------------------------------------------
+
+# The moment (time.monotonic) by which the current caller's database work must end.
+# A context variable: each request of the dashboard has its own, and Starlette
+# copies it into the worker thread that runs a handler.
+_DEADLINE: ContextVar[float | None] = ContextVar("flow_tracker_deadline", default=None)
+
+
+class TimeBudgetSpentError(Exception):
+    """The caller's time budget (:func:`time_budget`) ran out before a statement could start."""
+
+    def __init__(self) -> None:
+        super().__init__("the time budget for the database ran out")
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None) -> Iterator[None]:
+    """Bound all the database work of the block, not each statement, to ``seconds`` from now.
+
+    Applies to the stores built with a ``statement_timeout`` (the dashboard's): a
+    wait for a pooled connection ends when the budget does (the pool then raises
+    ``sqlalchemy.exc.TimeoutError``), each statement may run only for what is left
+    of it, and one that would start after it ran out raises
+    :class:`TimeBudgetSpentError`. A budget inside another never outlasts it;
+    ``None`` lifts any budget for the block.
+    """
+    outer = _DEADLINE.get()
+    deadline = None if seconds is None else time.monotonic() + seconds
+    if deadline is not None and outer is not None:
+        deadline = min(deadline, outer)
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def budget_left() -> float | None:
+    """Seconds left of the current :func:`time_budget` (0 or less once spent), or None."""
+    deadline = _DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class BudgetedQueuePool(QueuePool):
+    """A ``QueuePool`` whose wait for a free connection ends with the caller's time budget.
+
+    Without one, a request waits up to the pool's full timeout (30 s) behind
+    requests that hold every connection, then runs its queries on top.
+    """
+
+    _full_timeout: float
+
+    @property
+    def _timeout(self) -> float:
+        # QueuePool reads its timeout at each wait: the budget's rest, when shorter.
+        left = budget_left()
+        if left is None:
+            return self._full_timeout
+        return max(0.0, min(self._full_timeout, left))
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._full_timeout = value
+
+    def recreate(self) -> QueuePool:
+        """The same pool, empty: with the full timeout, even when recreated within a budget."""
+        with time_budget(None):
+            return super().recreate()
+
+
+def _budget_ms(full_ms: int) -> int | None:
+    """Milliseconds the next statement may run within the budget, or None: no budget set.
+
+    Raises:
+        TimeBudgetSpentError: the budget has run out.
+    """
+    left = budget_left()
+    if left is None:
+        return None
+    if left <= 0:
+        raise TimeBudgetSpentError()
+    return min(full_ms, max(1, int(left * 1000)))
+
+
+def _pg_budget(engine: Engine, seconds: float) -> None:
+    """Give each statement of ``engine`` run within a time budget only what is left of it.
+
+    ``SET LOCAL`` ends with the transaction, so nothing is left to undo when the
+    connection goes back to the pool. It costs a round trip, so it is sent only
+    once a tenth of the budget is spent: until then the connection's own
+    ``statement_timeout`` (the whole budget) is within that tenth of the deadline.
+    """
+    full_ms = max(1, int(seconds * 1000))
+    slack_ms = full_ms // 10
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def cap(conn: Connection, cursor: Any, *_: Any) -> None:
+        allowed = _budget_ms(full_ms)
+        if allowed is not None and allowed < full_ms - slack_ms:
+            # The lock timeout keeps to half of it, as on a fresh connection (see
+            # pg_connect_args): a lock waited on is still told apart from a slow query.
+            # On a cursor of its own: the statement's may be a server-side one.
+            cursor.connection.execute(
+                "SELECT set_config('statement_timeout', %s, true), "
+                "set_config('lock_timeout', %s, true)",
+                (str(allowed), str(max(1, allowed // 2))),
+            )
+
+
 # SQLite VM instructions between two looks at the clock: ~1 ms of work.
 _SQLITE_PROGRESS_STEPS = 10_000
 
@@ -188,6 +298,8 @@ def _sqlite_deadline(engine: Engine, seconds: float) -> None:
 
     Each statement sets its connection's deadline as it starts; a progress handler
     SQLite calls every few thousand instructions aborts the statement once passed.
+    Within a :func:`time_budget`, the deadline is also the budget's, and so is the
+    wait for another writer's lock (``busy_timeout``), which no progress handler sees.
     """
 
     @event.listens_for(engine, "connect")
@@ -198,12 +310,27 @@ def _sqlite_deadline(engine: Engine, seconds: float) -> None:
         )
 
     @event.listens_for(engine, "before_cursor_execute")
-    def start(conn: Connection, *_: Any) -> None:
+    def start(conn: Connection, cursor: Any, *_: Any) -> None:
         info = conn.connection.info
         deadline = info.get("flow_tracker_deadline")
-        if deadline is not None:
-            # A caller with a budget over several statements caps each one's deadline.
-            deadline[0] = min(time.monotonic() + seconds, info.get("flow_tracker_cap", math.inf))
+        if deadline is None:
+            return
+        busy_ms = _budget_ms(SQLITE_BUSY_TIMEOUT_MS)
+        if busy_ms is not None or "flow_tracker_busy_ms" in info:
+            # A local setting (no I/O): set at each statement of a budget, and put
+            # back at the first statement after one.
+            wanted = SQLITE_BUSY_TIMEOUT_MS if busy_ms is None else busy_ms
+            cursor.connection.execute(f"PRAGMA busy_timeout = {wanted}")
+            if busy_ms is None:
+                info.pop("flow_tracker_busy_ms", None)
+            else:
+                info["flow_tracker_busy_ms"] = busy_ms
+        # A caller with a budget over several statements caps each one's deadline.
+        deadline[0] = min(
+            time.monotonic() + seconds,
+            info.get("flow_tracker_cap", math.inf),
+            _DEADLINE.get() or math.inf,
+        )
 
 
 def build_engine(
@@ -219,8 +346,11 @@ def build_engine(
     five runs of one query PostgreSQL may switch to a generic plan, and for the
     dashboard's filters (metadata containment, rare statuses) that plan is the slow one.
     ``statement_timeout`` (seconds) cancels any statement that runs longer: a
-    request can then never keep the database busy for minutes.
+    request can then never keep the database busy for minutes. Such an engine
+    also keeps to the caller's :func:`time_budget` over all its statements and
+    its waits for a pooled connection.
     """
+    budgeted = statement_timeout is not None
     if url.get_backend_name() == "sqlite":
         kwargs: dict[str, Any] = {
             "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -228,6 +358,8 @@ def build_engine(
         if not url.database or url.database == ":memory:":
             # One shared connection, or each thread would see its own empty database.
             kwargs["poolclass"] = StaticPool
+        elif budgeted:
+            kwargs["poolclass"] = BudgetedQueuePool  # SQLAlchemy's sizes for a SQLite file
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -239,9 +371,17 @@ def build_engine(
         reader=reader,
         statement_timeout=statement_timeout,
     )
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args=connect_args,
+        poolclass=BudgetedQueuePool if budgeted else QueuePool,
     )
+    if statement_timeout is not None:
+        _pg_budget(engine, statement_timeout)
+    return engine
 
 
 def pg_connect_args(
@@ -258,7 +398,13 @@ def pg_connect_args(
         # The dashboard's queries are short; JIT compiling one costs ~100 ms by itself.
         options.append("-c jit=off")
     if statement_timeout is not None:
-        options.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
+        timeout_ms = max(1, int(statement_timeout * 1000))
+        options.append(f"-c statement_timeout={timeout_ms}")
+        # A read waits for a lock only behind a migration, a TRUNCATE or a VACUUM FULL
+        # (ACCESS EXCLUSIVE), an action behind another writer: past half the budget
+        # it is refused as such (55P03, "lock timeout"), which says "busy, come
+        # back", not "your search is too broad" as a cancelled statement would.
+        options.append(f"-c lock_timeout={max(1, timeout_ms // 2)}")
     if not pg_synchronous_commit:
         # Only flow-tracker's own connections: see Settings.pg_synchronous_commit.
         options.append("-c synchronous_commit=off")
@@ -345,7 +491,10 @@ class Store:
             # Read on the write path's own connection: a worker that only writes keeps
             # one connection to the server, not that one and an idle one in the pool.
             if self.write_connections.run(driver_revision) != HEAD_REVISION:
-                upgrade(self.engine)
+                # Whoever asked first (a page, within its budget) waits for the
+                # whole upgrade: cut short, it would start over at every request.
+                with time_budget(None):
+                    upgrade(self.engine)
         self._schema_ready = True
         self.keep_partitions(force=True)
 

@@ -397,15 +397,51 @@ def health_counts(
             now=now,
             running=count(conn, processes.c.status == Status.RUNNING.value),
             silent=count(conn, silent(now, lost_after)),
-            lost_not_requeued=count(
-                conn,
-                and_(
-                    processes.c.status == Status.LOST.value,
-                    processes.c.finished_at >= now - lost_window,
-                    not_requeued(),
-                ),
-            ),
+            lost_not_requeued=count(conn, _lost_recently(now, lost_window)),
             stale_queued=count(conn, stale_queued(now, stale_after)),
             oldest_queued=None if oldest is None else as_utc(oldest),
             last_reap=state_written_at(conn, reap_key),
         )
+
+
+def _lost_recently(now: datetime, lost_window: timedelta) -> ColumnElement[bool]:
+    """Lost within ``lost_window`` and not enqueued again: what health counts as lost."""
+    return and_(
+        processes.c.status == Status.LOST.value,
+        processes.c.finished_at >= now - lost_window,
+        not_requeued(),
+    )
+
+
+def forgotten(
+    store: Store, *, lost_after: float, stale_after: float, lost_window: timedelta, limit: int
+) -> dict[str, list[Any]]:
+    """The silent, lost and stale queued jobs :func:`health_counts` counts, ``limit`` of each.
+
+    Oldest first, as they would be handled: the job silent longest, the one lost
+    first, the one queued longest.
+    """
+    columns = (
+        processes.c.id,
+        processes.c.name,
+        processes.c.job_system,
+        processes.c.job_id,
+        processes.c.queue,
+        processes.c.host,
+        processes.c.heartbeat_at,
+        processes.c.finished_at,
+        processes.c.created_at,
+    )
+    with store.engine.connect() as conn:
+        now = database_now(conn)
+        kinds = {
+            "silent": (silent(now, lost_after), processes.c.heartbeat_at),
+            "lost": (_lost_recently(now, lost_window), processes.c.finished_at),
+            "stale_queued": (stale_queued(now, stale_after), processes.c.created_at),
+        }
+        return {
+            kind: list(
+                conn.execute(select(*columns).where(condition).order_by(order).limit(limit)).all()
+            )
+            for kind, (condition, order) in kinds.items()
+        }

@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -686,10 +686,12 @@ def cleanup(
     days: float,
     statuses: Sequence[str] | None = None,
     batch_size: int = 1_000,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Delete processes created more than ``days`` ago, with their flows, logs and history.
 
     A workflow run's process takes the run's row and its steps' rows with it.
+    ``progress`` is told how many processes are deleted so far, after each batch.
 
     Deletes in batches of ``batch_size`` processes, one short transaction each, so
     that no lock is held for long on a busy database. Queued, running and retrying processes
@@ -734,6 +736,8 @@ def cleanup(
                 conn.execute(workflow_runs.delete().where(workflow_runs.c.id.in_(ids)))
                 conn.execute(processes.delete().where(processes.c.id.in_(ids)))
                 deleted += len(ids)
+            if progress is not None:
+                progress(deleted)
 
 
 @contextlib.contextmanager

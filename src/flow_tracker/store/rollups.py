@@ -11,9 +11,10 @@ the raw rows of the last hour (the "tail") that is not rolled up yet.
 Nothing in the write path changes: :func:`refresh` rolls up closed hours when a
 reader asks, and rolls the last ``RECHECK`` hours again each time, so rows that
 the background writer stores a little late are still counted. Rows that arrive
-later than that (after a long database outage) are in the lists, not in the
-charts. Whoever refreshes first does the work; the others wait on a lock and
-find it done.
+later than that (after a long database outage, a restore or an import) are in
+the lists, not in the charts, until :func:`rebuild` (``flow-tracker rollups
+rebuild``) rolls their days up again. Whoever refreshes first does the work; the
+others wait on a lock and find it done.
 """
 
 from __future__ import annotations
@@ -365,6 +366,94 @@ def refresh(store: Store, now: datetime) -> datetime:
             conn.execute(text(f"ANALYZE {rollup_counts.name}, {rollup_durations.name}"))
             conn.commit()
     return closed_until
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What :func:`rebuild` rolled up again."""
+
+    start: datetime | None
+    """The first hour rebuilt (None: nothing had finished yet)."""
+    until: datetime
+    """The new watermark: every closed hour before it is in the rollups."""
+    days: int
+    """Days rolled up again, each in a transaction of its own."""
+
+
+def _locked(conn: Connection, store: Store) -> None:
+    """Take the rollups' lock for this transaction (SQLite: its IMMEDIATE begin does)."""
+    if store.dialect == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
+
+
+def rebuild(
+    store: Store,
+    now: datetime,
+    *,
+    since: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Rebuilt:
+    """Roll up again every hour from ``since`` (default: the first finished row) to now.
+
+    :func:`refresh` rolls up new hours and looks back ``RECHECK`` hours for rows
+    stored late; rows that arrive later than that (a restore, an import, a long
+    outage of the database) are in the lists but not in the charts until this runs.
+    Each day is rebuilt in a transaction of its own, under the lock refreshes take,
+    so the dashboard keeps answering and a refresh running meanwhile waits for one
+    day, never for the whole rebuild. Rollups of hours before ``since`` (or of rows
+    deleted since by a cleanup) are kept.
+
+    Args:
+        store: the tracking database (written: run it where the dashboard can write).
+        now: the database's current time.
+        since: the first day to rebuild (rounded down to midnight UTC).
+        progress: called with (days done, days in all) after each day.
+
+    Returns:
+        What was rebuilt, and the new watermark.
+    """
+    store.ensure_schema()
+    closed_until = floor_hour(now - GRACE)
+    with store.engine.connect() as conn:
+        earliest = _earliest_finish(conn) if since is None else as_utc(since)
+    if earliest is None or earliest >= closed_until:
+        start = None
+        days: list[datetime] = []
+    else:
+        # Whole days: a day row sums that day's hour rows, and the hours of a day
+        # older than KEEP_HOURS are gone, so a day is never rebuilt in part.
+        start = floor_day(earliest)
+        days = [start + DAY * n for n in range((closed_until - start) // DAY + 1)]
+        days = [day for day in days if day < closed_until]
+    writing = store.engine.connect().execution_options(flow_tracker_begin="IMMEDIATE")
+    with writing as conn:
+        for done, day in enumerate(days, start=1):
+            with conn.begin():
+                _locked(conn, store)
+                _roll_hours(conn, store, day, min(day + DAY, closed_until))
+                _roll_days(conn, store, day, day + DAY)
+                for table in (rollup_counts, rollup_durations):
+                    conn.execute(
+                        table.delete().where(
+                            and_(
+                                table.c.grain == "h",
+                                table.c.bucket_start >= day,
+                                table.c.bucket_start < closed_until - KEEP_HOURS,
+                            )
+                        )
+                    )
+            if progress is not None:
+                progress(done, len(days))
+        with conn.begin():
+            _locked(conn, store)
+            # A new stamp even when the watermark stays: readers' sums of the rolled-up
+            # part (cached by version) are made again from the rebuilt rows.
+            _write_watermark(conn, closed_until, now)
+    if store.dialect == "postgresql" and len(days) > 1:
+        with store.engine.connect() as conn:
+            conn.execute(text(f"ANALYZE {rollup_counts.name}, {rollup_durations.name}"))
+            conn.commit()
+    return Rebuilt(start=start, until=closed_until, days=len(days))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Every index serves a dashboard or API query:
 * processes: latest first (``created_at``), filtered by status, category or
   name; job id look-ups; running processes by heartbeat (the reaper); parent
   links; the re-enqueued run of a lost job; metadata containment (GIN, PostgreSQL only);
+  the last completed run of a name (a partial index: the baseline of ``compare``);
 * flows and log entries: everything of one process in order (``process_id``,
   ``position``); flows by name over time (slowest-flow statistics);
 * transitions: the state history of one process in order (``process_id``, ``at``).
@@ -102,6 +103,16 @@ processes = Table(
         sqlite_where=text("status IN ('running', 'retrying')"),
     ),
     Index("ix_flow_tracker_processes_finished", "finished_at"),
+    # flow_tracker.compare's baseline: the last completed run of a name before a moment,
+    # found in one probe however many runs of that name failed since.
+    Index(
+        "ix_flow_tracker_processes_completed_name_started",
+        "name",
+        "started_at",
+        "id",
+        postgresql_where=text("status = 'completed'"),
+        sqlite_where=text("status = 'completed'"),
+    ),
     Index(
         "ix_flow_tracker_processes_metadata",
         "metadata",

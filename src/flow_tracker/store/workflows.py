@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import and_, case, func, insert, literal_column, select, update
 from sqlalchemy.engine import Connection
 
 from flow_tracker.status import Status
 from flow_tracker.store.clock import database_now
+from flow_tracker.store.dialect import guarded_json
 from flow_tracker.store.engine import Store
-from flow_tracker.store.jobs import record_transitions
+from flow_tracker.store.jobs import LOST_ERROR_CLASS, record_transitions
 from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
 from flow_tracker.store.types import as_utc
 
@@ -598,7 +599,7 @@ def requeue_lost_step(
         if run is None or run.status != RUN_RUNNING:
             return NOTHING
         lost = conn.execute(
-            select(processes.c.lost_count).where(
+            select(processes.c.lost_count, processes.c.error_class).where(
                 and_(processes.c.id == process_id, processes.c.status == Status.LOST.value)
             )
         ).first()
@@ -609,8 +610,19 @@ def requeue_lost_step(
             or row.status not in (Status.QUEUED.value, Status.RUNNING.value)
         ):
             return NOTHING  # another reaper got there first
-        if int(lost.lost_count or 0) >= max_lost:
-            message = f"lost {lost.lost_count} times (max_lost={max_lost}); not enqueued again"
+        lost_count = int(lost.lost_count or 0)
+        if lost.error_class != LOST_ERROR_CLASS:
+            # Lost by its own worker's word (an end it could not store, a worker
+            # stopping under it), not by the reaper, which counts what it marks:
+            # counted here, so that max_lost bounds every way a step runs again.
+            lost_count += 1
+            conn.execute(
+                update(processes)
+                .where(processes.c.id == process_id)
+                .values(lost_count=processes.c.lost_count + 1)
+            )
+        if lost_count >= max_lost:
+            message = f"lost {lost_count} times (max_lost={max_lost}); not enqueued again"
             conn.execute(
                 update(workflow_steps)
                 .where(and_(workflow_steps.c.run_id == run_id, workflow_steps.c.name == step))
@@ -679,8 +691,22 @@ def _sqlite_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def _read_steps(conn: Connection, run_id: uuid.UUID, results: bool) -> list[StepRow]:
-    result = "result" if results else "NULL AS result"
+# What a page shows of a value over its guard (see dialect.guarded_json).
+PREVIEW_CHARS = 2_000
+
+
+def _result_sql(dialect: str, results: bool, preview_over: int | None) -> str:
+    if not results:
+        return "NULL AS result"
+    if preview_over is None:
+        return "result"
+    return f"{guarded_json(dialect, 'result', preview_over, PREVIEW_CHARS)} AS result"
+
+
+def _read_steps(
+    conn: Connection, run_id: uuid.UUID, results: bool, preview_over: int | None = None
+) -> list[StepRow]:
+    result = _result_sql(conn.dialect.name, results, preview_over)
     if conn.dialect.name != "sqlite":
         sql = _STEPS_SQL.format(result=result, run="%(run)s")
         cursor = conn.exec_driver_sql(sql, {"run": run_id})
@@ -776,20 +802,29 @@ def run_version(store: Store, run_id: uuid.UUID) -> tuple[Any, ...] | None:
 
 
 def read_run(
-    store: Store, run_id: uuid.UUID, *, results: bool = True
+    store: Store, run_id: uuid.UUID, *, results: bool = True, preview_over: int | None = None
 ) -> tuple[Any, DagShape, list[StepRow], set[str]] | None:
     """A run's row (without its DAG), its DAG, its steps' rows, and its lost steps.
 
     Lost steps: active steps whose process the reaper marked lost.
     ``results=False`` leaves every step's result None (see :func:`read_results`).
+    ``preview_over``: a context or result whose JSON text is longer than this comes
+    back as a preview (see :func:`flow_tracker.store.dialect.guarded_json`).
     """
     with store.engine.connect() as conn:
-        wanted = [c for c in workflow_runs.c if c.name != "dag"]
-        run = conn.execute(select(*wanted).where(workflow_runs.c.id == run_id)).first()
+        wanted: list[Any] = [c for c in workflow_runs.c if c.name not in ("dag", "context")]
+        context: Any = workflow_runs.c.context
+        if preview_over is not None:
+            guarded = guarded_json(
+                conn.dialect.name, "flow_tracker_workflow_runs.context", preview_over, PREVIEW_CHARS
+            )
+            context = literal_column(guarded, type_=workflow_runs.c.context.type)
+        query = select(*wanted, context.label("context")).where(workflow_runs.c.id == run_id)
+        run = conn.execute(query).first()
         if run is None:
             return None
         shape = _dag_shape(conn, run_id)
-        steps = _read_steps(conn, run_id, results)
+        steps = _read_steps(conn, run_id, results, preview_over)
         # Only active steps can have been lost: look up their processes alone (joining
         # every step of a large run to its process doubled the cost of reading it).
         active = {r.process_id: r.name for r in steps if r.status in ACTIVE and r.process_id}
@@ -807,13 +842,21 @@ def read_run(
     return run, shape, steps, lost
 
 
-def read_results(store: Store, run_id: uuid.UUID, names: Sequence[str]) -> dict[str, Any]:
-    """The results of some steps of a run, by step name."""
+def read_results(
+    store: Store, run_id: uuid.UUID, names: Sequence[str], *, preview_over: int | None = None
+) -> dict[str, Any]:
+    """The results of some steps of a run, by step name (previews over ``preview_over``)."""
     found: dict[str, Any] = {}
     with store.engine.connect() as conn:
+        result: Any = workflow_steps.c.result
+        if preview_over is not None:
+            guarded = guarded_json(
+                conn.dialect.name, "flow_tracker_workflow_steps.result", preview_over, PREVIEW_CHARS
+            )
+            result = literal_column(guarded, type_=workflow_steps.c.result.type)
         for offset in range(0, len(names), 500):
             rows = conn.execute(
-                select(workflow_steps.c.name, workflow_steps.c.result).where(
+                select(workflow_steps.c.name, result).where(
                     and_(
                         workflow_steps.c.run_id == run_id,
                         workflow_steps.c.name.in_(names[offset : offset + 500]),

@@ -19,7 +19,7 @@ from flow_tracker.status import JobStatus
 from flow_tracker.store import queries
 from flow_tracker.web import openapi as openapi_doc
 from flow_tracker.web import statistics
-from flow_tracker.web.context import dashboard_of
+from flow_tracker.web.context import SHOWN_VALUE_LIMIT, dashboard_of
 from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.params import ParamError, ProcessFilters, clean, run_cursor
 from flow_tracker.workflows import manage as workflows
@@ -124,7 +124,9 @@ def _run(request: Request) -> workflows.WorkflowStatus | None:
     if run_id is None:
         return None
     try:
-        return workflows.get_workflow(run_id, store=dashboard_of(request).store)
+        return workflows.get_workflow(
+            run_id, store=dashboard_of(request).store, preview_over=SHOWN_VALUE_LIMIT
+        )
     except NotFoundError:
         return None
 

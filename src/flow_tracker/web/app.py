@@ -14,8 +14,9 @@ from starlette.staticfiles import StaticFiles
 
 from flow_tracker import config
 from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, UsageError
-from flow_tracker.store.engine import Store
-from flow_tracker.web import api, errors, health_views, views, workflow_views
+from flow_tracker.store.engine import Store, TimeBudgetSpentError
+from flow_tracker.web import api, compare_views, errors, health_views, views, workflow_views
+from flow_tracker.web.budget import TimeBudgetMiddleware
 from flow_tracker.web.context import HERE, Dashboard, SearchesBusyError, make_templates
 from flow_tracker.web.params import ParamError
 from flow_tracker.web.security import AuthHook, SecurityMiddleware
@@ -50,8 +51,11 @@ def create_app(
             ``"*.example.com"`` and ``"*"`` are patterns); any other gets 400, which
             stops DNS-rebinding pages. None (the default when mounted) leaves the
             check to the host app; ``flow-tracker serve`` always sets it.
-        query_timeout: seconds any one query of a page or an API call may run
-            before the database cancels it; the page then says to narrow the search.
+        query_timeout: seconds a page, an API call or an action may spend on the
+            database, all its queries and its wait for a pooled connection
+            together; past it, a search answers 400 (narrow it), anything else
+            503 with ``Retry-After``. Deleting (cleanup) is the exception: only
+            each of its statements is bounded, its length is what was asked for.
 
     Returns:
         A Starlette application.
@@ -71,6 +75,9 @@ def create_app(
         Route("/", views.overview, name="overview"),
         Route("/processes", views.process_list, name="processes"),
         Route("/processes/{process_id}", views.process_detail, name="process"),
+        Route(
+            "/processes/{process_id}/compare", compare_views.compare_page, name="process_compare"
+        ),
         Route("/workflows", workflow_views.workflow_list, name="workflows"),
         Route(
             "/workflows/analytics",
@@ -93,6 +100,11 @@ def create_app(
         Route("/metrics", health_views.metrics, name="metrics"),
         Route("/api/processes", api.list_processes, name="api_processes"),
         Route("/api/processes/{process_id}", api.get_process, name="api_process"),
+        Route(
+            "/api/processes/{process_id}/compare",
+            compare_views.compare_json,
+            name="api_process_compare",
+        ),
         Route("/api/status/{ident:path}", api.get_status, name="api_status"),
         Route("/api/stats", api.stats, name="api_stats"),
         Route("/api/workflows", api.list_workflows, name="api_workflows"),
@@ -117,7 +129,8 @@ def create_app(
         middleware=[
             Middleware(
                 SecurityMiddleware, auth=auth, basic_auth=basic_auth, allowed_hosts=allowed_hosts
-            )
+            ),
+            Middleware(TimeBudgetMiddleware, seconds=query_timeout),
         ],
         # One error policy for pages, the API and the actions alike (see web/errors.py).
         exception_handlers={
@@ -125,8 +138,10 @@ def create_app(
             405: errors.method_not_allowed,
             DBAPIError: errors.database_unavailable,
             PoolTimeout: errors.database_unavailable,
+            TimeBudgetSpentError: errors.database_unavailable,
             SearchesBusyError: errors.searches_busy,
             DatabaseUnavailableError: errors.database_unavailable,
+            UnicodeEncodeError: errors.bad_value,
             ParamError: errors.bad_request,
             FlowTrackerError: errors.bad_request,
         },

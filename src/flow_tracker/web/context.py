@@ -28,6 +28,10 @@ from flow_tracker.web.statistics_keeper import RollupState, StatisticsKeeper
 
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16_384
+# A workflow context or step result whose JSON is longer than this is read as a
+# preview by the database (its first characters and its size), never parsed whole:
+# a run whose context holds a million keys would cost a page hundreds of megabytes.
+SHOWN_VALUE_LIMIT = 262_144
 SEARCH_SLOTS = 1  # searches of the process list running at once, per app
 SEARCH_WAIT = 1.0  # seconds a search waits for a slot
 
@@ -154,7 +158,11 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
     chunked body is read only until it passes the limit. Nothing large is held.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    # A few ASCII digits only: str.isdigit also says yes to "²", and int() refuses
+    # that and numbers of over 4,300 digits.
+    if declared is not None and not (
+        declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) <= limit
+    ):
         return None
     body = bytearray()
     async for chunk in request.stream():

@@ -6,7 +6,8 @@ curves from a parent's right side to a child's left side. Siblings that share
 the same parents and children, more than :data:`COLLAPSE_OVER` of them (a
 fan-out), are drawn as one node with their count per status, which a link
 expands (``?expand=<group>``); a failed or lost step is always drawn alone.
-Every label is escaped here: the SVG is inserted into the page as markup.
+Every label is escaped here, and every class name is a known status: the SVG
+is inserted into the page as markup.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from flow_tracker.workflows.manage import known_step_status
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus
 
 COLLAPSE_OVER = 20
@@ -213,7 +215,9 @@ def draw(
     groups: dict[int, list[str]] = {}
     for node in nodes:
         status = node.status
-        classes = [f"node node-{status}"]
+        # A class name from a known status only: the row's status is any text (SQL can
+        # write one), and this attribute is markup the page does not escape again.
+        classes = [f"node node-{known_step_status(status)}"]
         if node.group is None and run.failed_step == node.key:
             classes.append("node-root-cause")
         if node.group is None and node.steps[0].blocked_by:

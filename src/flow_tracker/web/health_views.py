@@ -26,6 +26,7 @@ from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, re
 from flow_tracker.web.params import clamp_int
 
 LOST_SHOWN = 50
+REASON_SHOWN = 300  # characters of each refusal reason the notice repeats from the URL
 
 
 def _lost_not_requeued(request: Request) -> list[Any]:
@@ -43,6 +44,9 @@ def health_page(request: Request) -> Response:
         for key in ("reaped", "requeued", "refused")
         if key in request.query_params
     }
+    if "requeued" in notice:
+        # The requeue action's redirect names both; a link written by hand may not.
+        notice.setdefault("refused", 0)
     return render(
         request,
         "health.html",
@@ -51,7 +55,7 @@ def health_page(request: Request) -> Response:
         lost=_lost_not_requeued(request),
         locks=held_locks(board.store),
         notice=notice,
-        reasons=request.query_params.getlist("reason")[:10],
+        reasons=[r[:REASON_SHOWN] for r in request.query_params.getlist("reason")[:10]],
         now=now(),
         live=True,
     )

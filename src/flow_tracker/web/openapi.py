@@ -104,6 +104,28 @@ _PROCESS = {
 }
 
 
+_COMPARISON = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        "found": {"type": "boolean"},
+        "run": {"type": "object"},
+        "baseline": {"type": ["object", "null"]},
+        "baseline_chosen": {"type": "boolean"},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "duration": {"type": "object"},
+        "flow_counts": {"type": "object"},
+        "flows_listed": {"enum": ["differing", "all"]},
+        "flows": {"type": "array", "items": {"type": "object"}},
+        "metadata": {"type": "array", "items": {"type": "object"}},
+        "first_log_difference": {"type": ["object", "null"]},
+        "logs_compared": {"type": "integer"},
+        "steps": {"type": ["array", "null"], "items": {"type": "object"}},
+    },
+    "required": ["summary", "found", "run", "baseline", "flows", "metadata", "steps"],
+}
+
+
 _RUN_ID = {
     "name": "run_id",
     "in": "path",
@@ -169,6 +191,42 @@ def document(server_url: str = "/") -> dict[str, Any]:
                             {"$ref": "#/components/schemas/Process"},
                             "The process, with flows, logs, history, counts and truncated.",
                         ),
+                        "404": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/processes/{process_id}/compare": {
+                "get": {
+                    "operationId": "compareProcess",
+                    "summary": "What changed since it last worked: a run beside its baseline.",
+                    "description": "Flows matched by their path of names (added, removed, "
+                    "failed, status, slower, faster, same, with both durations and the "
+                    "ratio), metadata keys added, removed or changed (values redacted), the "
+                    "first log line that differs, attempts, duration, queue wait and errors. "
+                    "With no earlier good run, found is false and summary says so.",
+                    "parameters": [
+                        {
+                            "name": "process_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                        },
+                        _query(
+                            "with",
+                            "The baseline's process id; default: the last completed run of "
+                            "the same name that started before this one.",
+                            {"type": "string", "format": "uuid"},
+                        ),
+                        _query(
+                            "flows",
+                            "differing (default): the flows that differ and the flows above "
+                            "them; all: every flow of both runs.",
+                            {"enum": ["differing", "all"], "default": "differing"},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _ok(_COMPARISON, "The comparison."),
+                        "400": _ERROR_RESPONSE,
                         "404": _ERROR_RESPONSE,
                     },
                 }

@@ -230,10 +230,16 @@ def run_cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
         return None
     moment, _sep, ident = clean(raw).partition("|")
     run_id = parse_id(ident)
+    broken = ParamError("that page link is broken (before=): start from the first page")
     try:
         when = datetime.fromisoformat(moment)
     except ValueError:
-        when = None
-    if run_id is None or when is None or when.tzinfo is None:
-        raise ParamError("that page link is broken (before=): start from the first page")
-    return when, run_id
+        raise broken from None
+    if run_id is None or when.tzinfo is None:
+        raise broken
+    try:
+        # The database compares UTC (SQLite stores it as text): a moment whose UTC
+        # value leaves years 1-9999 (9999-12-31T23:59-14:00) is in no table.
+        return when.astimezone(timezone.utc), run_id
+    except (OverflowError, ValueError):
+        raise broken from None

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import inspect
+import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -155,23 +158,88 @@ class SecurityMiddleware:
 
 
 def _host_patterns(hosts: Sequence[str]) -> tuple[str, ...]:
-    patterns = tuple(h.strip().lower().rstrip(".") for h in hosts if h and h.strip())
+    patterns = tuple(_pattern(h) for h in hosts if h and h.strip())
     if not patterns:
         raise UsageError("allowed_hosts needs at least one host name (or '*')")
     return patterns
 
 
+def _pattern(host: str) -> str:
+    """An allowed host, spelled as :func:`_host_name` reads a ``Host`` header.
+
+    Lower case, one final dot dropped, an IPv6 address in its shortest form
+    (given with or without brackets).
+    """
+    pattern = host.strip().lower()
+    literal = pattern[1:-1] if pattern.startswith("[") and pattern.endswith("]") else pattern
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.IPv6Address(literal))
+    return pattern[:-1] if pattern.endswith(".") and not pattern.endswith("..") else pattern
+
+
+# A DNS name as browsers send it (IDNs as xn--): labels of letters, digits, "-" and
+# "_" (service names), not starting or ending with "-", at most 63 characters each.
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _is_port(text: str) -> bool:
+    return bool(_PORT.fullmatch(text)) and int(text) <= 65_535
+
+
 def _host_name(header: str) -> str:
-    """The name in a ``Host`` header, without its port (``[::1]:8000`` -> ``::1``)."""
-    header = header.strip().lower()
+    """The host a ``Host`` header names, without its port, or "" when it names none.
+
+    Strict (RFC 9110 ``uri-host [":" port]``), so that no odd spelling can pass the
+    allowed-hosts check as another host:
+
+    * ``[IPv6]`` or ``[IPv6]:port`` only (``[::1]:8000`` -> ``::1``, in its
+      shortest form); nothing else after the bracket, no zone;
+    * an IPv4 address exactly (``127.0.0.1``; not ``127.1``, ``0x7f.0.0.1`` or
+      ``127.0.0.1.``, which name no DNS host either: a name's last label is never
+      all digits);
+    * a DNS name, whose one final dot is dropped: ``localhost.`` is the fully
+      qualified spelling of ``localhost``, the same host (RFC 1034 §3.1), and
+      browsers send it as typed. Two dots, or an empty label, name nothing.
+    """
+    header = header.strip()
+    if not header.isascii():
+        # Browsers send international names as xn--; and lower() folds some
+        # characters into ASCII letters (the Kelvin sign into "k").
+        return ""
+    header = header.lower()
     if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else ""
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        literal, bracket, rest = header[1:].partition("]")
+        if not bracket or (rest and not (rest[:1] == ":" and _is_port(rest[1:]))):
+            return ""
+        if "%" in literal:  # a zone (fe80::1%eth0) means this machine's link, no host
+            return ""
+        try:
+            return str(ipaddress.IPv6Address(literal))
+        except ValueError:
+            return ""
+    name, colon, port = header.partition(":")
+    if colon and not _is_port(port):
+        return ""  # a second colon (an IPv6 address needs brackets), or no number
+    fully_qualified = name.endswith(".")
+    if fully_qualified:
+        name = name[:-1]
+    if len(name) > 253 or not _DNS_NAME.fullmatch(name):
+        return ""
+    if name.rpartition(".")[2].isdigit():
+        if fully_qualified:
+            return ""
+        try:
+            return str(ipaddress.IPv4Address(name))
+        except ValueError:
+            return ""
+    return name
 
 
 def _host_allowed(header: str, patterns: Sequence[str]) -> bool:
     """Whether ``header`` names an allowed host: exact, ``*.example.com`` or ``*``."""
-    name = _host_name(header).rstrip(".")
+    name = _host_name(header)
     if not name:
         return False
     for pattern in patterns:
@@ -227,7 +295,11 @@ def _basic_auth_ok(request: Request, expected: tuple[str, str]) -> bool:
 
 
 def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
+    """The origin of ``url`` (a ``Referer``), or "" when it is no URL (``http://[bad``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 

@@ -25,10 +25,11 @@ from flow_tracker.levels import LEVELS
 from flow_tracker.records import ProcessRecord
 from flow_tracker.status import Status
 from flow_tracker.store import queries
-from flow_tracker.store.engine import Store
+from flow_tracker.store.engine import Store, time_budget
 from flow_tracker.store.workflows import CATEGORY as WORKFLOW_CATEGORY
-from flow_tracker.web import charts, statistics
+from flow_tracker.web import charts, compare_views, statistics
 from flow_tracker.web.context import (
+    SHOWN_VALUE_LIMIT,
     checked_form,
     dashboard_of,
     now,
@@ -117,7 +118,8 @@ def _workflow_of(store: Store, process: ProcessRecord) -> dict[str, Any] | None:
     if process.category != WORKFLOW_CATEGORY or process.parent_process_id is not None:
         return None
     try:
-        return workflows.shown(workflows.get_workflow(process.id, store=store))
+        run = workflows.get_workflow(process.id, store=store, preview_over=SHOWN_VALUE_LIMIT)
+        return workflows.shown(run)
     except NotFoundError:
         return None
 
@@ -154,6 +156,7 @@ def process_detail(request: Request) -> Response:
         max_logs=MAX_LOGS_SHOWN,
         now=moment,
         live=not process.status.is_finished,
+        compare_offer=compare_views.offer(board.store, process, moment),
     )
 
 
@@ -206,7 +209,10 @@ async def cleanup_run(request: Request) -> Response:
     except ParamError as exc:
         return refuse(request, 400, str(exc))
     board = dashboard_of(request)
-    deleted = await run_in_threadpool(queries.cleanup, board.store, days, statuses or None)
+    # Deleting takes as long as what was asked for: out of the request's time
+    # budget, each statement still bounded by the store's statement timeout.
+    with time_budget(None):
+        deleted = await run_in_threadpool(queries.cleanup, board.store, days, statuses or None)
     query = f"days={days}&deleted={deleted}" + "".join(f"&status={s}" for s in statuses)
     target = request.url_for("cleanup").path + "?" + query
     return RedirectResponse(target, status_code=303)

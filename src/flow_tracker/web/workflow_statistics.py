@@ -22,6 +22,7 @@ from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import percentile
 from flow_tracker.store.workflows import CATEGORY
 from flow_tracker.web.statistics import refresh_rollups, window_span
+from flow_tracker.workflows.status import step_duration_ms
 
 RECENT_RUNS = 50  # runs looked at for the slowest recent one
 STEPS_SHOWN = 20  # steps listed per workflow (slowest first) unless one workflow is asked for
@@ -102,8 +103,7 @@ def critical_path(
     path: list[tuple[str, float]] = []
     while current is not None:
         start, finish = times[current]
-        ms = (finish - start).total_seconds() * 1000.0 if start and finish else 0.0
-        path.append((current, ms))
+        path.append((current, step_duration_ms(start, finish) or 0.0))
         waited = [p for p in parents.get(current, ()) if p in ended]
         current = max(waited, key=end) if waited else None
     return list(reversed(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,14 @@ from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.ids import parse_id
 from flow_tracker.store.workflows import DONE
 from flow_tracker.web import dag, statistics, workflow_statistics
-from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, render
+from flow_tracker.web.context import (
+    SHOWN_VALUE_LIMIT,
+    checked_form,
+    dashboard_of,
+    now,
+    refuse,
+    render,
+)
 from flow_tracker.web.params import ParamError, clean, run_cursor
 from flow_tracker.workflows import manage
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus, explain
@@ -101,15 +109,25 @@ def _run_of(request: Request) -> WorkflowStatus:
     if run_id is None:
         raise HTTPException(404, "no workflow run with this id")
     try:
-        return manage.get_workflow_outline(run_id, store=dashboard_of(request).store)
+        return manage.get_workflow_outline(
+            run_id, store=dashboard_of(request).store, preview_over=SHOWN_VALUE_LIMIT
+        )
     except NotFoundError:
         raise HTTPException(404, "no workflow run with this id") from None
 
 
+EXPAND_DIGITS = 6  # group numbers of a run: a few thousand at most
+
+
 def _expanded(request: Request) -> set[int]:
+    """The group numbers of ``?expand=``; any other value is ignored (the group stays shut).
+
+    ``str.isdigit`` alone also says yes to "²" and to 5,000 digits, which
+    ``int`` refuses: only short runs of ASCII digits are group numbers.
+    """
     chosen = set()
     for raw in request.query_params.getlist("expand")[:50]:
-        if raw.isdigit():
+        if raw.isascii() and raw.isdigit() and len(raw) <= EXPAND_DIGITS:
             chosen.add(int(raw))
     return chosen
 
@@ -118,7 +136,9 @@ def workflow_detail(request: Request) -> Response:
     """One run: its DAG, every step and why it waits, context and results, the actions."""
     run = _run_of(request)
     names, unlisted = _listed(run)
-    run = manage.with_results(run, names, store=dashboard_of(request).store)
+    run = manage.with_results(
+        run, names, store=dashboard_of(request).store, preview_over=SHOWN_VALUE_LIMIT
+    )
     shown = manage.shown(run, names)
     expand = _expanded(request)
 
@@ -189,6 +209,18 @@ def _who(request: Request) -> str:
     return "dashboard"
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are no JSON and no stored result.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: a number past any float
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
 def _field(form: dict[str, list[str]], name: str) -> str:
     return (form.get(name) or [""])[0].strip()
 
@@ -213,9 +245,16 @@ async def workflow_action(request: Request) -> Response:
             )
         elif action == "resolve":
             try:
-                result = json.loads(_field(form, "result") or "null")
+                result = json.loads(
+                    _field(form, "result") or "null",
+                    parse_constant=_no_constant,
+                    parse_float=_finite_float,
+                )
             except ValueError as exc:
                 return refuse(request, 400, f"the result must be JSON: {exc}")
+            except RecursionError:
+                # "[[[[..." past Python's recursion limit: the parser gives up, not the page.
+                return refuse(request, 400, "the result is nested too deeply")
             await run_in_threadpool(
                 lambda: manage.resolve_step(
                     run_id, step, result=result, by=who, reason=reason, store=board.store

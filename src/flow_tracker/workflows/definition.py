@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import random
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -35,6 +36,8 @@ DEFAULT_QUEUE_NAMES = {
     "dramatiq": "default",
 }
 NAME_LIMIT = 120
+# A queue name is stored in a column of 255 characters, on the step and its process.
+QUEUE_NAME_LIMIT = 255
 CONTEXT_PARAMETER = "context"
 
 _WORKFLOWS: dict[str, Workflow] = {}
@@ -93,6 +96,31 @@ def _class_name(cls: type[BaseException]) -> str:
     )
 
 
+def checked_name(value: object, what: str, limit: int = NAME_LIMIT) -> str:
+    """``value`` if it can name a workflow, step or queue; else a :class:`UsageError`.
+
+    A name is text: not empty, at most ``limit`` characters, no control
+    characters (a NUL cannot be stored by PostgreSQL; a newline breaks every list
+    and diagram it appears in) and no lone surrogates (not UTF-8, so not storable).
+
+    Args:
+        value: the name given.
+        what: how to call it in the error ("a step name").
+        limit: the most characters it may have.
+    """
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        shown = value if not isinstance(value, str) else value[:80]
+        raise UsageError(
+            f"{what} is a non-empty string of at most {limit} characters, not {shown!r}"
+        )
+    bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Cs")), None)
+    if bad is not None and unicodedata.category(bad) == "Cs":
+        raise UsageError(f"{what} is not valid Unicode text (a lone surrogate): {value!r}")
+    if bad is not None:
+        raise UsageError(f"{what} has a control character ({bad!r}): {value!r}")
+    return value
+
+
 def _number(option: str, value: object, *, minimum: float, step: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
         raise UsageError(f"step {step!r}: {option} must be a number >= {minimum:g}, not {value!r}")
@@ -111,16 +139,13 @@ class Workflow:
         queue_name: str | None = None,
         module: str | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name.strip() or len(name) > NAME_LIMIT:
-            raise UsageError(
-                f"a workflow name is a non-empty string of at most {NAME_LIMIT} characters"
-            )
+        checked_name(name, "a workflow name")
         if queue not in QUEUES:
             raise UsageError(
                 f"workflow {name!r}: queue must be one of {', '.join(QUEUES)}, not {queue!r}"
             )
-        if queue_name is not None and (not isinstance(queue_name, str) or not queue_name):
-            raise UsageError(f"workflow {name!r}: queue_name must be a non-empty string")
+        if queue_name is not None:
+            checked_name(queue_name, f"workflow {name!r}: queue_name", QUEUE_NAME_LIMIT)
         self.name = name
         self.queue = queue
         self.queue_name = queue_name or DEFAULT_QUEUE_NAMES[queue]
@@ -237,12 +262,10 @@ class Workflow:
     ) -> None:
         if not callable(func):
             raise UsageError(f"workflow {self.name!r}: a step is a function, not {func!r}")
-        step = name if name is not None else getattr(func, "__name__", None)
-        if not isinstance(step, str) or not step.strip() or len(step) > NAME_LIMIT:
-            raise UsageError(
-                f"workflow {self.name!r}: a step name is a non-empty string of at most "
-                f"{NAME_LIMIT} characters, not {step!r}"
-            )
+        step = checked_name(
+            name if name is not None else getattr(func, "__name__", None),
+            f"workflow {self.name!r}: a step name",
+        )
         if step in self.steps:
             raise UsageError(f"workflow {self.name!r}: a step named {step!r} is declared already")
         parents = tuple(self._parent_name(step, parent) for parent in _as_list(depends_on, step))
@@ -302,9 +325,7 @@ class Workflow:
     def _queue_name(self, queue_name: str | None, step: str) -> str:
         if queue_name is None:
             return self.queue_name
-        if not isinstance(queue_name, str) or not queue_name:
-            raise UsageError(f"step {step!r}: queue_name must be a non-empty string")
-        return queue_name
+        return checked_name(queue_name, f"step {step!r}: queue_name", QUEUE_NAME_LIMIT)
 
     def snapshot(self) -> dict[str, Any]:
         """The DAG as stored with each run: steps in declaration (topological) order."""

@@ -25,17 +25,18 @@ import inspect
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from flow_tracker import config, runtime
-from flow_tracker.errors import DatabaseUnavailableError, Skipped, UsageError
+from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, Skipped, UsageError
 from flow_tracker.ids import new_id, process_id_for
 from flow_tracker.redaction import clean_text, redact_text
 from flow_tracker.status import Status
@@ -54,6 +55,12 @@ STEP_TASK_NAME = "flow_tracker.workflow_step"
 END_RETRY_SECONDS = 30.0
 
 Sender = Callable[[Dispatch], None]
+
+
+class EndNotStored(FlowTrackerError):
+    """A step's end the database did not store: refused, or away past the retry window."""
+
+
 _SENDERS: dict[str, Sender] = {}
 
 
@@ -96,21 +103,48 @@ def _store() -> Store:
     return store
 
 
-def as_json(value: Any, what: str) -> Any:
-    """``value`` as it will be stored and read back (tuples become lists...).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-    NUL characters, which PostgreSQL cannot keep in JSON, become U+FFFD.
+
+def as_json(value: Any, what: str, limit: int | None = None) -> Any:
+    r"""``value`` as it will be stored and read back (tuples become lists...).
+
+    NUL characters, which PostgreSQL cannot keep in JSON, become U+FFFD; lone
+    surrogates (``os.listdir`` of a name that is not UTF-8, ``surrogateescape``
+    decoding), which it cannot keep either, become the visible text ``\udXXX``,
+    as :func:`flow_tracker.redaction.clean_text` writes them in every other record.
+
+    Args:
+        value: the value to store.
+        what: how to name it in an error ("the context of a nightly run").
+        limit: the most bytes its JSON (UTF-8) may take; None for no limit.
 
     Raises:
-        UsageError: ``value`` is not JSON (an object, NaN, a non-string key...).
+        UsageError: ``value`` is not JSON (an object, NaN, a non-string key...),
+            is nested too deeply to encode, or is larger than ``limit``.
     """
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        raise UsageError(f"{what} is nested too deeply to store as JSON") from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{what} must be JSON: {exc}") from None
+    if limit is not None and len(text) * 4 > limit:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise UsageError(
+                f"{what} takes {size:,} bytes as JSON, more than the limit of {limit:,}: "
+                "pass ids, not data"
+            )
     if "\\u0000" in text:
-        text = text.replace("\\u0000", "\\ufffd")
-    return json.loads(text)
+        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        text = _LONE_SURROGATE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{what} is nested too deeply to store as JSON") from None
 
 
 def _unavailable(exc: BaseException, doing: str) -> DatabaseUnavailableError:
@@ -130,7 +164,11 @@ def start_run(wf: Workflow, context: Mapping[str, Any] | None) -> Any:
         context = {}
     if not isinstance(context, Mapping):
         raise UsageError(f"a run's context is a dict, not {type(context).__name__}")
-    stored_context = as_json(dict(context), f"the context of a {wf.name} run")
+    settings = config.current()
+    stored_context = as_json(
+        dict(context), f"the context of a {wf.name} run", settings.max_context_bytes
+    )
+    _warn_if_large(stored_context, wf.name, settings.context_warning_bytes)
     if sender_for(wf.queue) is None:
         raise UsageError(
             f"workflow {wf.name!r} runs on {wf.queue}: call "
@@ -170,6 +208,19 @@ def start_run(wf: Workflow, context: Mapping[str, Any] | None) -> Any:
     return WorkflowRun(run_id, wf.name)
 
 
+def _warn_if_large(context: dict[str, Any], workflow: str, threshold: int) -> None:
+    """Warn about a context above ``threshold`` bytes: every step and page reads it whole."""
+    size = len(json.dumps(context, ensure_ascii=False).encode("utf-8"))
+    if size > threshold:
+        _log.warning(
+            "the context of a %s run takes %s bytes: every step and every page of the run "
+            "reads it whole; pass ids, not data (warned above context_warning_bytes=%s)",
+            workflow,
+            f"{size:,}",
+            f"{threshold:,}",
+        )
+
+
 def send(dispatches: Iterable[Dispatch]) -> None:
     """Hand steps to their queues; a step that cannot be sent is found again by :func:`recover`."""
     for dispatch in dispatches:
@@ -205,8 +256,9 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
     run = uuid.UUID(run_id)
     store = _store()
     worker = {"host": socket.gethostname(), "pid": os.getpid(), "job_system": system}
+    claimed_at = datetime.now(timezone.utc)
     try:
-        claim = step_writes.claim(store, run, step, worker, datetime.now(timezone.utc))
+        claim = step_writes.claim(store, run, step, worker, claimed_at)
     except Exception as exc:  # the driver's own errors: the hot path bypasses SQLAlchemy
         if not is_transient(exc):
             raise
@@ -225,11 +277,10 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
             run,
             step,
             claim.attempt,
-            Status.FAILED.value,
-            error=("flow_tracker.UsageError", message),
+            Outcome(Status.FAILED.value, None, ("flow_tracker.UsageError", message)),
         )
         return
-    _run_step(system, store, run, spec, claim, job_id, workflow)
+    _run_step(system, store, run, spec, claim, job_id, workflow, claimed_at)
 
 
 def _find(workflow: str, module: str | None) -> Workflow | None:
@@ -253,11 +304,13 @@ def _run_step(
     claim: step_writes.Taken,
     job_id: str,
     workflow: str,
+    claimed_at: datetime,
 ) -> None:
     from flow_tracker.integrations.jobs import finish_job, start_job
 
     # The claim stored the step's process as running, and the end is stored with
-    # the step's: the tracker need not wait for the database at either end.
+    # the step's: the tracker need not wait for the database at either end, and
+    # its rows say the same start and end (one duration for the step, everywhere).
     tracker = start_job(
         job_system=system,
         job_id=job_id,
@@ -266,30 +319,50 @@ def _run_step(
         attempt=claim.attempt,
         category=CATEGORY,
         durable=False,
+        started_at=claimed_at.timestamp(),
     )
-    status, result, error, retry_in, exc = _call(spec, claim)
-    ended = _store_end(store, run, spec.name, claim.attempt, status, result, error, retry_in)
+    try:
+        outcome = _call(spec, claim)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # The worker is stopping under the step: it is not the step's failure. Its
+        # tracker stops heartbeating, so the reaper finds it lost and sends it again
+        # (as many times as max_lost allows), as if the worker had been killed.
+        finish_job(tracker, Status.LOST, stop, wait=False)
+        raise
+    ended, status, exc, ended_at = _store_end(store, run, spec.name, claim.attempt, outcome)
     if ended is None:
         # The end could not be stored: the step is recovered as a lost one once the
-        # database is back (its tracker says so), and runs again.
-        finish_job(tracker, Status.LOST, RuntimeError("its end could not be stored"), wait=False)
+        # database is back (its tracker says so), and runs again (up to max_lost).
+        finish_job(tracker, Status.LOST, EndNotStored("its end could not be stored"), wait=False)
         return
     if status == Status.RETRYING.value:
         # The next attempt may start in another worker at once: this attempt's
         # records are stored first, so that they cannot land after the next one's.
-        finish_job(tracker, Status.RETRYING, exc)
+        finish_job(tracker, Status.RETRYING, exc, finished_at=ended_at)
         send(ended.dispatches)
         return
     send(ended.dispatches)
-    finish_job(tracker, Status(status), exc, wait=False)
+    finish_job(tracker, Status(status), exc, wait=False, finished_at=ended_at)
 
 
-Outcome = tuple[str, Any, "tuple[str, str] | None", "float | None", "BaseException | None"]
+class Outcome(NamedTuple):
+    """How an attempt of a step ended, as its end is stored."""
+
+    status: str
+    result: Any = None
+    error: tuple[str, str] | None = None
+    retry_in: float | None = None
+    exc: BaseException | None = None
 
 
 def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
-    """Call the step's function: (status, result, error, seconds to retry, the exception).
+    """Call the step's function and say how the attempt ended.
 
+    Whatever the function raises ends the attempt (failed, or retrying per the
+    step's rules) - an ``Exception`` or any other ``BaseException`` a queue uses
+    to stop a job (Dramatiq's time limit, ``asyncio.CancelledError``) - except
+    ``KeyboardInterrupt`` and ``SystemExit``, which stop the worker, not the step.
+    A result that cannot be stored (not JSON, too deep, too large) fails it.
     An ``async def`` step runs to its end on an event loop of its own (a worker's
     thread runs none).
     """
@@ -298,60 +371,87 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
         if inspect.iscoroutine(value):
             value = asyncio.run(value)
     except Skipped:
-        return Status.SKIPPED.value, None, None, None, None
-    except Exception as exc:
+        return Outcome(Status.SKIPPED.value)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
         cls, message, _trace = describe_error(exc)
         error = (cls, redact_text(clean_text(message)))
         if isinstance(exc, spec.retry_on) and claim.attempt <= spec.retries:
-            return Status.RETRYING.value, None, error, spec.delay_before(claim.attempt), exc
-        return Status.FAILED.value, None, error, None, exc
+            return Outcome(
+                Status.RETRYING.value, None, error, spec.delay_before(claim.attempt), exc
+            )
+        return Outcome(Status.FAILED.value, None, error, None, exc)
     try:
-        result = as_json(value, f"the result of step {spec.name!r}")
-    except UsageError as exc:
-        return Status.FAILED.value, None, ("flow_tracker.UsageError", str(exc)), None, exc
-    return Status.COMPLETED.value, result, None, None, None
+        limit = config.current().max_result_bytes
+        result = as_json(value, f"the result of step {spec.name!r}", limit)
+    except Exception as exc:  # UsageError, or anything else: the step fails, it never hangs
+        cls, message, _trace = describe_error(exc)
+        if isinstance(exc, UsageError):
+            cls = "flow_tracker.UsageError"
+        return Outcome(Status.FAILED.value, None, (cls, clean_text(message)), None, exc)
+    return Outcome(Status.COMPLETED.value, result)
 
 
 def _store_end(
-    store: Store,
-    run: uuid.UUID,
-    step: str,
-    attempt: int,
-    status: str,
-    result: Any = None,
-    error: tuple[str, str] | None = None,
-    retry_in: float | None = None,
-) -> Ended | None:
+    store: Store, run: uuid.UUID, step: str, attempt: int, outcome: Outcome
+) -> tuple[Ended | None, str, BaseException | None, float]:
     """Store the step's end, trying again while the database is away (for a while).
 
-    Returns what to send next (the children it made ready, or its own retry), or
-    None when the end could not be stored.
+    An end the database refuses for what it holds (a value PostgreSQL cannot
+    store, a constraint) is not tried again as it is: the step fails with the
+    database's error instead, once. Trying it again would fail the same way, and
+    giving it up as lost would run the step again and again.
+
+    Returns what to send next (the children it made ready, or its own retry) or
+    None when the end could not be stored; the status and exception stored, and
+    the time stored as its end (epoch seconds).
     """
     deadline = time.monotonic() + END_RETRY_SECONDS
     pause = 0.05
+    refused = False
     while True:
         now = datetime.now(timezone.utc)
-        retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
+        retry_at = None if outcome.retry_in is None else now + timedelta(seconds=outcome.retry_in)
         try:
             done = step_writes.end(
                 store,
                 run,
                 step,
                 attempt,
-                status,
+                outcome.status,
                 now=now,
-                result=result,
-                error=error,
+                result=outcome.result,
+                error=outcome.error,
                 retry_at=retry_at,
             )
             break
         except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + pause > deadline:
-                runtime.report_internal_error(exc, f"storing the end of step {step}")
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, 2.0)
-    return _next(store, run, step, status, done, retry_in)
+            if is_transient(exc):
+                if time.monotonic() + pause > deadline:
+                    runtime.report_internal_error(exc, f"storing the end of step {step}")
+                    return None, outcome.status, outcome.exc, now.timestamp()
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            runtime.report_internal_error(exc, f"storing the end of step {step}")
+            if refused:
+                return None, outcome.status, outcome.exc, now.timestamp()
+            refused = True
+            message = f"the database refused to store this step's end: {error_line(exc)}"
+            outcome = Outcome(
+                Status.FAILED.value,
+                None,
+                (describe_error(exc)[0], clean_text(message)),
+                None,
+                EndNotStored(message),
+            )
+    try:
+        ended = _next(store, run, step, outcome.status, done, outcome.retry_in)
+    except Exception as exc:  # stored: whatever follows is the reaper's to finish
+        runtime.report_internal_error(exc, f"after the end of step {step}")
+        ended = stored.NOTHING
+    return ended, outcome.status, outcome.exc, now.timestamp()
 
 
 def _next(

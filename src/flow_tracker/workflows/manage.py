@@ -13,7 +13,7 @@ from typing import Any
 
 from flow_tracker import config
 from flow_tracker.errors import NotFoundError, UsageError
-from flow_tracker.redaction import Redactor, redact_text
+from flow_tracker.redaction import Redactor, clean_text, redact_text
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.workflows.engine import _store, as_json, send
@@ -52,28 +52,49 @@ def _who(by: str | None) -> str:
         return "unknown"
 
 
-def _reason(action: str, step: str, by: str | None, reason: str | None) -> str:
-    text = f"{action} step {step} by {_who(by)}"
+def _reason(action: str, step: str | None, by: str | None, reason: str | None) -> str:
+    """The reason of a manual action as stored in the state history and shown on pages.
+
+    The reason is anyone's text, typed into the dashboard: its secrets are cut out
+    (``password=...``, a URL's password) and NUL and lone surrogates escaped, which
+    PostgreSQL would refuse, failing the action. Cut to :data:`REASON_LIMIT` last,
+    so that an escape cannot make it longer and a cut cannot leave half a secret.
+    """
+    text = f"{action} step {step}" if step is not None else action
+    text += f" by {_who(by)}"
     if reason:
-        text += f": {reason}"
-    return text[:REASON_LIMIT]
+        text += f": {redact_text(str(reason))}"
+    return clean_text(text)[:REASON_LIMIT]
 
 
-def get_workflow(run_id: uuid.UUID | str, *, store: Store | None = None) -> WorkflowStatus:
+def get_workflow(
+    run_id: uuid.UUID | str, *, store: Store | None = None, preview_over: int | None = None
+) -> WorkflowStatus:
     """The run and each of its steps, as stored now.
 
     Args:
         run_id: the run's id (its process id).
         store: the database to read (default: the configured one; the dashboard's own).
+        preview_over: read a context or result whose JSON is longer than this many
+            characters as a preview (``{"_truncated": true, "original_size": ...,
+            "preview": ...}``), as the dashboard does; None (default) reads them whole.
 
     Raises:
         NotFoundError: no run has this id.
     """
-    return _read(run_id, store, results=True)
+    return _read(run_id, store, results=True, preview_over=preview_over)
 
 
-def _read(run_id: uuid.UUID | str, store: Store | None, *, results: bool) -> WorkflowStatus:
-    found = stored.read_run(store or _store(), _run_id(run_id), results=results)
+def _read(
+    run_id: uuid.UUID | str,
+    store: Store | None,
+    *,
+    results: bool,
+    preview_over: int | None = None,
+) -> WorkflowStatus:
+    found = stored.read_run(
+        store or _store(), _run_id(run_id), results=results, preview_over=preview_over
+    )
     if found is None:
         raise NotFoundError(f"no workflow run {run_id}")
     return build_status(*found)
@@ -83,14 +104,16 @@ def _read(run_id: uuid.UUID | str, store: Store | None, *, results: bool) -> Wor
 # manual action, which rewrites the run's row: a large finished run's page, viewed
 # again and again, then reads one row instead of thousands, and keeps no new objects
 # alive for Python's collector to walk in the host's process.
-_OUTLINES: OrderedDict[tuple[int, uuid.UUID], tuple[tuple[Any, ...], WorkflowStatus]] = (
-    OrderedDict()
-)
+_OUTLINES: OrderedDict[
+    tuple[int, uuid.UUID, int | None], tuple[tuple[Any, ...], WorkflowStatus]
+] = OrderedDict()
 _OUTLINES_KEPT = 32
 _outlines_lock = threading.Lock()
 
 
-def get_workflow_outline(run_id: uuid.UUID | str, *, store: Store | None = None) -> WorkflowStatus:
+def get_workflow_outline(
+    run_id: uuid.UUID | str, *, store: Store | None = None, preview_over: int | None = None
+) -> WorkflowStatus:
     """The run as :func:`get_workflow` reads it, but every step's result left None.
 
     What a page needs to draw a large run: results are most of what a step's row
@@ -103,7 +126,7 @@ def get_workflow_outline(run_id: uuid.UUID | str, *, store: Store | None = None)
     """
     chosen = store or _store()
     ident = _run_id(run_id)
-    key = (id(chosen), ident)
+    key = (id(chosen), ident, preview_over)
     version = stored.run_version(chosen, ident)
     if version is None:
         raise NotFoundError(f"no workflow run {run_id}")
@@ -112,7 +135,7 @@ def get_workflow_outline(run_id: uuid.UUID | str, *, store: Store | None = None)
         if cached is not None and cached[0] == version:
             _OUTLINES.move_to_end(key)
             return cached[1]
-    outline = _read(ident, chosen, results=False)
+    outline = _read(ident, chosen, results=False, preview_over=preview_over)
     # Kept only under the version it was read after, and only once nothing moves it:
     # a change between the two reads leaves a version no later read will match.
     status, active = version[0], version[1]
@@ -126,11 +149,15 @@ def get_workflow_outline(run_id: uuid.UUID | str, *, store: Store | None = None)
 
 
 def with_results(
-    status: WorkflowStatus, names: Iterable[str], *, store: Store | None = None
+    status: WorkflowStatus,
+    names: Iterable[str],
+    *,
+    store: Store | None = None,
+    preview_over: int | None = None,
 ) -> WorkflowStatus:
-    """``status`` with the stored results of the steps ``names``."""
+    """``status`` with the stored results of the steps ``names`` (see :func:`get_workflow`)."""
     wanted = [n for n in dict.fromkeys(names) if n in status.steps]
-    results = stored.read_results(store or _store(), status.id, wanted)
+    results = stored.read_results(store or _store(), status.id, wanted, preview_over=preview_over)
     steps = dict(status.steps)
     for name in wanted:
         steps[name] = dataclasses.replace(steps[name], result=results.get(name))
@@ -178,6 +205,11 @@ def list_workflows(
 
 
 def _act(action: Any, store: Store | None, run_id: uuid.UUID, *args: Any) -> stored.Ended:
+    step = args[0]
+    if not isinstance(step, str) or clean_text(step) != step:
+        # No step can have this name (names are checked when declared), and
+        # PostgreSQL would refuse to even look for one with a NUL in it.
+        raise NotFoundError(f"run {run_id} has no step {step!r}")
     try:
         ended: stored.Ended = action(store or _store(), run_id, *args)
         return ended
@@ -228,7 +260,9 @@ def resolve_step(
             is not JSON.
     """
     run = _run_id(run_id)
-    value = as_json(result, f"the result given to resolve step {step!r}")
+    value = as_json(
+        result, f"the result given to resolve step {step!r}", config.current().max_result_bytes
+    )
     reason_text = _reason("resolved", step, by, reason)
     ended = _act(stored.resolve_failed_step, store, run, step, value, reason_text)
     send(ended.dispatches)
@@ -250,9 +284,9 @@ def cancel_workflow(
         UsageError: the run has completed.
     """
     run = _run_id(run_id)
-    text = f"cancelled by {_who(by)}" + (f": {reason}" if reason else "")
+    text = _reason("cancelled", None, by, reason)
     try:
-        count = stored.cancel_run(store or _store(), run, text[:REASON_LIMIT])
+        count = stored.cancel_run(store or _store(), run, text)
     except LookupError as exc:
         raise NotFoundError(str(exc)) from None
     except stored.NotAllowed as exc:
@@ -262,6 +296,7 @@ def cancel_workflow(
 
 
 # Mermaid class per step status: fill and stroke that read on light and dark pages.
+# Its keys are the step statuses (DESIGN §9); anything else is drawn as "unknown".
 _STYLES = {
     "pending": "fill:#f1f5f9,stroke:#94a3b8,color:#334155",
     "queued": "fill:#e0f2fe,stroke:#0284c7,color:#0c4a6e",
@@ -274,20 +309,52 @@ _STYLES = {
     "lost": "fill:#fce7f3,stroke:#db2777,color:#831843",
     "cancelled": "fill:#e5e7eb,stroke:#4b5563,color:#1f2937",
 }
+UNKNOWN_STATUS = "unknown"
+_UNKNOWN_STYLE = "fill:#fff7ed,stroke:#9a3412,color:#7c2d12,stroke-dasharray:4 2"
+
+
+def known_step_status(status: str) -> str:
+    """``status`` if it is a step status (DESIGN §9), else ``"unknown"``.
+
+    What a page or a diagram uses as a class name: a status is whatever the
+    row holds, and a row can be written by hand (``UPDATE ... SET status = ...``).
+    """
+    return status if status in _STYLES else UNKNOWN_STATUS
+
+
+# Each character Mermaid reads as syntax even inside a quoted label, as an entity:
+# a quote ends the label; "#" starts Mermaid's own entity codes; "%%{...}%%" is a
+# directive wherever it appears (it would restyle the whole diagram); a backtick
+# right after the opening quote makes a Markdown string, which a label never is.
+_MERMAID_ESCAPES = {
+    "&": "&amp;",
+    "#": "&num;",
+    '"': "&quot;",
+    "<": "&lt;",
+    ">": "&gt;",
+    "%": "&percnt;",
+    "`": "&grave;",
+}
 
 
 def _mermaid_label(text: str) -> str:
-    # Mermaid labels in quotes: a quote or a bracket would end them; # starts an entity.
-    escaped = text.replace("&", "&amp;").replace("#", "&num;").replace('"', "&quot;")
-    return escaped.replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """``text`` safe inside a quoted Mermaid label: on one line, no syntax of its own."""
+    escaped = "".join(_MERMAID_ESCAPES.get(ch, ch) for ch in text)
+    # Line and paragraph breaks and other control characters would end the statement.
+    return "".join(" " if ch.isspace() or ord(ch) < 32 or ord(ch) == 127 else ch for ch in escaped)
 
 
 def diagram_text(status: WorkflowStatus) -> str:
-    """Mermaid flowchart text of a run, steps coloured by status."""
+    """Mermaid flowchart text of a run, steps coloured by status.
+
+    Labels are escaped (:func:`_mermaid_label`) and class names are known step
+    statuses (:func:`known_step_status`): a step's name or status cannot add a
+    directive, a style or a line of its own to the diagram.
+    """
     ids = {name: f"s{index}" for index, name in enumerate(status.steps)}
     lines = ["flowchart TD"]
     for name, step in status.steps.items():
-        label = f"{_mermaid_label(name)}<br/>{step.status}"
+        label = f"{_mermaid_label(name)}<br/>{_mermaid_label(step.status)}"
         if step.attempts > 1:
             label += f" ({step.attempts} attempts)"
         lines.append(f'    {ids[name]}["{label}"]')
@@ -295,11 +362,11 @@ def diagram_text(status: WorkflowStatus) -> str:
         for parent in step.depends_on:
             if parent in ids:
                 lines.append(f"    {ids[parent]} --> {ids[name]}")
-    used = sorted({step.status for step in status.steps.values()})
+    used = sorted({known_step_status(step.status) for step in status.steps.values()})
     for state in used:
-        lines.append(f"    classDef {state} {_STYLES.get(state, _STYLES['pending'])}")
+        lines.append(f"    classDef {state} {_STYLES.get(state, _UNKNOWN_STYLE)}")
     for name, step in status.steps.items():
-        lines.append(f"    class {ids[name]} {step.status}")
+        lines.append(f"    class {ids[name]} {known_step_status(step.status)}")
     return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,22 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
+def step_duration_ms(started_at: datetime | None, finished_at: datetime | None) -> float | None:
+    """A step's duration, in ms: the one definition of it.
+
+    The time its last attempt ran: from the moment a worker took it (the claim
+    that made it running) to the moment its end was stored, both stamped by the
+    worker in the transactions that store them. Earlier attempts, the wait in the
+    queue and the wait for a retry are not in it; None until the step has ended.
+    The run page, ``flow-tracker workflows show`` and the critical path use it;
+    the analytics' percentiles read the step's process row, whose end statement
+    stores this same duration.
+    """
+    if started_at is None or finished_at is None:
+        return None
+    return (finished_at - started_at).total_seconds() * 1000.0
+
+
 @dataclass(frozen=True, slots=True)
 class StepStatus:
     """One step of a run, as stored."""
@@ -57,10 +73,8 @@ class StepStatus:
 
     @property
     def duration_ms(self) -> float | None:
-        """From the last start to the end, once it ended."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds() * 1000.0
+        """How long its last attempt ran, once it ended (see :func:`step_duration_ms`)."""
+        return step_duration_ms(self.started_at, self.finished_at)
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-ready values."""

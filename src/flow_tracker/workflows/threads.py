@@ -6,10 +6,15 @@ pool thread. The pool's threads are joined as the interpreter exits, so a
 script that starts a run and returns still sees it through; a retry still
 waiting then is sent again by the reaper of a later process (see
 :func:`flow_tracker.workflows.engine.recover`).
+
+A step the pool cannot take because the database is away is tried again with
+backoff (up to :data:`CLAIM_RETRY_SECONDS`), so that a process that runs
+the pool and no reaper still finishes its runs after an outage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
 import threading
@@ -17,10 +22,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flow_tracker import runtime
+from flow_tracker.errors import DatabaseUnavailableError
 from flow_tracker.store.workflows import Dispatch
 
 SYSTEM = "threads"
 WORKERS = int(os.environ.get("FLOW_TRACKER_WORKFLOW_THREADS", "8"))
+# How long the pool keeps trying to take a step while the database is away, and
+# the pauses between tries (doubling from the first to the last).
+CLAIM_RETRY_SECONDS = 900.0
+CLAIM_PAUSES = (0.25, 15.0)
 
 
 class _Pool:
@@ -35,6 +45,8 @@ class _Pool:
         self._count = 0
         self._timer: threading.Thread | None = None
         self.outstanding = 0  # steps submitted or waiting to retry, not yet ended
+        # Steps the database was away for: (first failed try, last pause), by (run, step).
+        self._claims: dict[tuple[object, str], tuple[float, float]] = {}
         self.idle = threading.Condition()
 
     def submit(self, dispatch: Dispatch) -> None:
@@ -66,12 +78,36 @@ class _Pool:
             current: Dispatch | None = dispatch
             while current is not None:
                 try:
-                    _run(current)
+                    if not _run(current):
+                        self._claim_later(current)
                 finally:
                     self._done()
                 current = deferred.pop() if deferred else None
         finally:
             _in_step.deferred = None
+
+    def _claim_later(self, dispatch: Dispatch) -> None:
+        """Try again to take a step the database was away for, after a pause that grows."""
+        key = (dispatch.run_id, dispatch.step)
+        now = time.monotonic()
+        with self._wake:
+            first, pause = self._claims.get(key, (now, CLAIM_PAUSES[0] / 2))
+            pause = min(pause * 2, CLAIM_PAUSES[1])
+            if now - first > CLAIM_RETRY_SECONDS:
+                self._claims.pop(key, None)
+                runtime.report_internal_error(
+                    DatabaseUnavailableError(f"no database for {CLAIM_RETRY_SECONDS:.0f} s"),
+                    f"taking step {dispatch.step}: left to the reaper",
+                )
+                return
+            self._claims[key] = (first, pause)
+        self.submit(dataclasses.replace(dispatch, delay=pause))
+
+    def claimed(self, dispatch: Dispatch) -> None:
+        """Forget the outage record of a step taken (or found gone) at last."""
+        if self._claims:
+            with self._wake:
+                self._claims.pop((dispatch.run_id, dispatch.step), None)
 
     def _done(self) -> None:
         with self.idle:
@@ -102,13 +138,21 @@ class _Pool:
                 return
 
 
-def _run(dispatch: Dispatch) -> None:
+def _run(dispatch: Dispatch) -> bool:
+    """Run one step; False when the database was away and the step must be tried again."""
     from flow_tracker.workflows.engine import execute_step
 
     try:
         execute_step(SYSTEM, *dispatch.args())
-    except Exception as exc:  # the database away at the claim: the reaper sends it again
+    except DatabaseUnavailableError as exc:
+        runtime.report_internal_error(exc, f"taking step {dispatch.step}: trying again")
+        return False
+    except Exception as exc:
         runtime.report_internal_error(exc, f"running step {dispatch.step} in a thread")
+    pool = _pool
+    if pool is not None:
+        pool.claimed(dispatch)
+    return True
 
 
 _pool: _Pool | None = None
