@@ -16,6 +16,7 @@ from typing import NoReturn
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 import flow_tracker
 from flow_tracker import heartbeat, runtime, tracker
@@ -23,6 +24,7 @@ from flow_tracker.store import schema
 from flow_tracker.store.engine import Store
 from flow_tracker.web import statistics_keeper
 from flow_tracker.workflows import threads
+from tests.support.proxy import TcpProxy
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -76,6 +78,19 @@ def _truncate(url: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
     store.dispose()
+
+
+@pytest.fixture
+def proxied_pg(pg_server_url: str) -> Iterator[tuple[str, TcpProxy]]:
+    """The test database reached through a proxy the test can stop and start."""
+    url = make_url(pg_server_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy.start()
+    store = Store(pg_server_url)
+    store.ensure_schema()
+    store.dispose()
+    yield url.set(port=proxy.port).render_as_string(hide_password=False), proxy
+    proxy.stop()
 
 
 @pytest.fixture

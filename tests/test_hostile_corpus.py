@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +27,7 @@ from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import flows, log_entries, processes
 from flow_tracker.web import create_app
 from tests.support.hostile import TEXTS, data_values
+from tests.workflows.helpers import Calls
 
 pytestmark = pytest.mark.hostile
 
@@ -158,18 +157,6 @@ def test_progress_past_the_largest_float_stays_json(tracked: str, dashboard: Tes
 
 
 # -- workflows: names, context, results, reasons --------------------------------------------
-
-
-class Calls:
-    """How often each step ran (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def hit(self, name: str) -> None:
-        with self._lock:
-            self.counts[name] += 1
 
 
 def _declare(name: str, step: str, calls: Calls, result: Any = "ok", fail: bool = False) -> Any:

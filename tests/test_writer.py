@@ -8,12 +8,11 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 import flow_tracker
 from flow_tracker import Status, runtime
@@ -33,19 +32,6 @@ def wait_for(predicate: Callable[[], bool], seconds: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.1)
-
-
-@pytest.fixture
-def proxied_pg(pg_server_url: str) -> Iterator[tuple[str, TcpProxy]]:
-    """The test database reached through a proxy the test can stop and start."""
-    url = make_url(pg_server_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    proxy.start()
-    store = Store(pg_server_url)
-    store.ensure_schema()
-    store.dispose()
-    yield url.set(port=proxy.port).render_as_string(hide_password=False), proxy
-    proxy.stop()
 
 
 @pytest.mark.postgres

@@ -11,13 +11,10 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text, update
-from sqlalchemy.engine import make_url
 
 import flow_tracker
 from flow_tracker import UsageError
@@ -25,21 +22,9 @@ from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
 from flow_tracker.workflows import engine, manage
 from tests.support.proxy import TcpProxy
+from tests.workflows.helpers import Calls
 
 WAIT = 60.0  # generous: a busy machine; these runs end in a second when idle
-
-
-class Calls:
-    """How often each step ran (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def hit(self, name: str) -> int:
-        with self._lock:
-            self.counts[name] += 1
-            return self.counts[name]
 
 
 def one_step(name: str, body: Any, calls: Calls, **options: Any) -> Any:
@@ -330,19 +315,6 @@ def _run_count(url: str) -> int:
 
 
 # -- the pool takes its steps again after an outage -------------------------------------------
-
-
-@pytest.fixture
-def proxied_pg(pg_server_url: str) -> Iterator[tuple[str, TcpProxy]]:
-    """The test database reached through a proxy the test can stop and start."""
-    url = make_url(pg_server_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    proxy.start()
-    store = Store(pg_server_url)
-    store.ensure_schema()
-    store.dispose()
-    yield url.set(port=proxy.port).render_as_string(hide_password=False), proxy
-    proxy.stop()
 
 
 @pytest.mark.postgres

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,22 +14,9 @@ import flow_tracker
 from flow_tracker import NotFoundError, UsageError
 from flow_tracker.store.schema import processes, transitions
 from flow_tracker.workflows import engine, manage
-from tests.workflows.helpers import process
+from tests.workflows.helpers import Calls, process
 
 WAIT = 30.0  # generous: a busy machine; the runs end in milliseconds when idle
-
-
-class Calls:
-    """How often each step ran (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def hit(self, name: str) -> int:
-        with self._lock:
-            self.counts[name] += 1
-            return self.counts[name]
 
 
 def order_workflow(name: str, calls: Calls, *, charge_fails: int = 0, retries: int = 0) -> Any:
