@@ -1,7 +1,7 @@
 """Run benchmarks by name; none named runs them all.
 
 ``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages]
-[compare] [scale] [alternatives]``
+[compare] [scale] [alternatives] [starting]``
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from benchmarks import (
     job_cost,
     queues,
     scale,
+    starting,
     workflow_pages,
     workflows,
 )
@@ -34,6 +35,7 @@ def main() -> int:
         "compare",
         "scale",
         "alternatives",
+        "starting",
     ]
     status = 0
     for name in names:
@@ -55,10 +57,12 @@ def main() -> int:
             status |= scale.main(args)
         elif name == "alternatives":
             status |= alternatives.main(args)
+        elif name == "starting":
+            status |= starting.main(args)
         else:
             print(
                 f"unknown benchmark {name!r}; known: core, queues, jobcost, dashboard, "
-                "workflows, workflow_pages, compare, scale, alternatives",
+                "workflows, workflow_pages, compare, scale, alternatives, starting",
                 file=sys.stderr,
             )
             return 2

@@ -61,9 +61,10 @@ def test_reap_marks_the_silent_job_lost_and_requeue_says_why_it_cannot(
     assert "lost: 1" in reaped.output and f"lost {process_id}" in reaped.output
     again = runner.invoke(main, ["requeue", str(process_id), "--database-url", database_url])
     assert again.exit_code == 1
-    assert f"{process_id}  not_a_job" in again.output and "0 of 1 enqueued" in again.output
+    assert f"{process_id}  refused because not enqueued through a job queue" in again.output
+    assert "0 of 1 sent" in again.output
     none_lost = runner.invoke(main, ["requeue", "--lost", "--database-url", database_url])
-    assert none_lost.exit_code == 0 and "0 of 0 enqueued" in none_lost.output  # not a job
+    assert none_lost.exit_code == 0 and "0 of 0 sent" in none_lost.output  # not a job
 
 
 def test_requeue_needs_ids_or_one_selection(runner: CliRunner, sqlite_url: str) -> None:
@@ -92,7 +93,7 @@ def test_locks_lists_what_is_held(runner: CliRunner, database_url: str) -> None:
     )
 
 
-def test_requeue_of_a_queue_not_installed_names_the_import_option(
+def test_requeue_of_a_queue_not_installed_says_it_waits_and_names_the_import_option(
     runner: CliRunner, sqlite_url: str
 ) -> None:
     from flow_tracker.integrations.jobs import record_enqueued, record_publish_failed
@@ -105,5 +106,6 @@ def test_requeue_of_a_queue_not_installed_names_the_import_option(
     flow_tracker.reset()
     result = runner.invoke(main, ["requeue", str(process_id), "--database-url", sqlite_url])
     assert result.exit_code == 1
-    assert "integration_not_installed" in result.output
-    assert "hint: pass --import MODULE" in result.output
+    assert f"{process_id}  waiting for a worker of huey" in result.output
+    assert "0 of 1 sent" in result.output
+    assert "pass --import MODULE" in result.output

@@ -444,6 +444,16 @@ def test_workflow_repair_example_retries_and_cancels(tracked: str, capsys: Any) 
     assert "charge TimeoutError: the gateway timed out" in out and "flowchart TD" in out
 
 
+def test_start_workflow_example_keeps_version_key_skip_and_tags(tracked: str, capsys: Any) -> None:
+    ns = run("Versions, and starting runs from outside the code #1")
+    status = ns["run"].wait(30)
+    assert status.steps["send_email"].status == "resolved"
+    assert status.steps["charge"].result == {"paid": 42}
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["True sent", "True False", "2"]
+    assert "payments/process_order 2 ['charge', 'send_email']" in out
+
+
 @pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
 @pytest.mark.slow  # a real worker process
 def test_celery_workflow_example_runs_in_a_real_worker(

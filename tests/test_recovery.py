@@ -215,10 +215,11 @@ def test_requeue_refuses_what_it_cannot_or_must_not_enqueue_and_says_why(tracked
         ("not_a_job", False),
         ("not_a_job", False),
         ("poison_pill", False),
-        ("integration_not_installed", False),
+        ("waiting", False),
         ("not_found", False),
     ]
     assert "max_lost=3" in results[3].reason
+    assert results[4].message == "waiting for a worker of beanstalk"
     with pytest.raises(flow_tracker.UsageError):
         flow_tracker.requeue(["not an id"])
 

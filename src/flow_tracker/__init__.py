@@ -32,6 +32,7 @@ from flow_tracker.errors import (
     LockConflictError,
     NotFoundError,
     Skipped,
+    StepTimeout,
     UsageError,
 )
 from flow_tracker.locks import Lease, exclusive
@@ -57,6 +58,7 @@ from flow_tracker.records import (
     Transition,
 )
 from flow_tracker.recovery import Health, ReapResult, RequeueResult, health, reap, requeue
+from flow_tracker.retry_after import RetryAfter, retry_after
 from flow_tracker.runtime import flush
 from flow_tracker.status import BatchStatus, JobStatus, Status
 from flow_tracker.store.engine import Store
@@ -65,13 +67,17 @@ from flow_tracker.tracker import Flow, Tracker
 from flow_tracker.workflows import (
     StepStatus,
     Workflow,
+    WorkflowDefinition,
     WorkflowRun,
     WorkflowStatus,
     cancel_workflow,
     get_workflow,
+    list_workflow_definitions,
     list_workflows,
     resolve_step,
+    retry_failed_steps,
     retry_step,
+    start_workflow,
     workflow,
     workflow_diagram,
 )
@@ -140,16 +146,19 @@ __all__ = [
     "Progress",
     "ReapResult",
     "RequeueResult",
+    "RetryAfter",
     "Settings",
     "Skipped",
     "Status",
     "StepStatus",
+    "StepTimeout",
     "Subscriber",
     "Subscription",
     "Tracker",
     "Transition",
     "UsageError",
     "Workflow",
+    "WorkflowDefinition",
     "WorkflowRun",
     "WorkflowStatus",
     "__version__",
@@ -170,6 +179,7 @@ __all__ = [
     "get_workflow",
     "health",
     "list_processes",
+    "list_workflow_definitions",
     "list_workflows",
     "log",
     "on",
@@ -178,8 +188,11 @@ __all__ = [
     "requeue",
     "reset",
     "resolve_step",
+    "retry_after",
+    "retry_failed_steps",
     "retry_step",
     "start",
+    "start_workflow",
     "subscribe",
     "track",
     "workflow",

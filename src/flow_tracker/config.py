@@ -225,6 +225,11 @@ def current() -> Settings:
     return settings
 
 
+def in_force() -> Settings | None:
+    """The settings in force if something read or configured them; None before (or after reset)."""
+    return _current
+
+
 def replace(settings: Settings | None) -> None:
     """Install ``settings`` as the settings in force (used by :func:`configure`)."""
     global _current

@@ -49,6 +49,36 @@ class Skipped(FlowTrackerError):
     """
 
 
+class StepTimeout(FlowTrackerError, TimeoutError):
+    """A workflow step ran past its ``timeout=``: that attempt failed.
+
+    It ends the attempt like any failure, so the step retries per its policy:
+    it is an ``Exception`` (the default ``retry_on``) and a ``TimeoutError``
+    (``retry_on=(TimeoutError,)`` retries it too). Each queue's own time-limit
+    error (Celery's soft time limit, RQ's job timeout, Dramatiq's time limit) is
+    stored as this one, so a timed-out step reads the same on every queue.
+
+    Args:
+        seconds: the step's timeout; None when a queue's own limit stopped it.
+    """
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"timed out after {seconds:g} s"
+            if seconds is not None
+            else "timed out (the queue's own time limit)"
+        )
+
+    def __reduce__(self) -> tuple[type[StepTimeout], tuple[float | None]]:
+        # Built from its seconds, not its message (a queue may pickle it).
+        return (type(self), (self.seconds,))
+
+
+# Named as users import it, in every record that stores its class.
+StepTimeout.__module__ = "flow_tracker"
+
+
 class SearchTooBroadError(UsageError):
     """A search of the process list ran past its time budget (the dashboard's ``query_timeout``).
 

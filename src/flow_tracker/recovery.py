@@ -18,17 +18,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from flow_tracker import config, runtime
+from flow_tracker.delivery import backoff, waiting_for, who
 from flow_tracker.errors import UsageError
 from flow_tracker.ids import process_id_for
 from flow_tracker.integrations.registry import probes, requeuer_for
 from flow_tracker.status import Status
 from flow_tracker.store import jobs as stored_jobs
-from flow_tracker.store.engine import Store
+from flow_tracker.store import outbox
+from flow_tracker.store.engine import Store, error_line
 from flow_tracker.subscribers import BUS
 
 LAST_REAP_KEY = "reaper_last_run"
@@ -58,16 +60,31 @@ class RequeueResult:
 
     process_id: uuid.UUID
     outcome: str
-    """``requeued``, ``already_requeued``, ``poison_pill``, ``not_found``,
-    ``not_finished``, ``not_a_job``, ``integration_not_installed`` or ``publish_failed``."""
+    """``requeued`` (sent), ``waiting`` (stored in the outbox for a worker of its queue:
+    no integration here, or the broker refused it; the job stays lost until sent),
+    ``already_requeued``, ``poison_pill``, ``not_found``, ``not_finished`` or ``not_a_job``."""
     new_process_id: uuid.UUID | None = None
     job_id: str | None = None
     reason: str = ""
 
     @property
     def ok(self) -> bool:
-        """True when the job is (now or already) enqueued again."""
+        """True when the job is (now or already) enqueued again: its message was sent."""
         return self.outcome in ("requeued", "already_requeued")
+
+    @property
+    def message(self) -> str:
+        """For people: ``sent``, ``waiting for a worker of <queue>`` or ``refused because ...``."""
+        if self.outcome == "requeued":
+            return f"sent (as process {self.new_process_id})"
+        if self.outcome == "already_requeued":
+            return f"sent before (as process {self.new_process_id})"
+        if self.outcome == "waiting":
+            return self.reason
+        because = self.reason or self.outcome.replace("_", " ")
+        if self.outcome == "not_found":
+            because = "no such process"
+        return f"refused because {because}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,10 @@ class Health:
     oldest_queued_age_s: float | None
     last_reap: datetime | None
     checked_at: datetime
+    pending_deliveries: dict[str, int] = field(default_factory=dict)
+    """Outbox requests not sent yet (steps, requeues), per queue system: each waits for a
+    live worker of that queue (a lost job whose requeue waits is counted in ``lost`` too)."""
+    oldest_pending_delivery_age_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-ready values."""
@@ -106,6 +127,8 @@ class ForgottenJob:
     host: str | None
     since: datetime | None
     """Its last heartbeat (silent), when it was marked lost, or when it was queued (stale)."""
+    delivery: str | None = None
+    """``waiting for a worker of <queue>`` when a requeue of it waits in the outbox."""
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-ready values."""
@@ -258,9 +281,11 @@ def requeue_job_id(process_id: uuid.UUID) -> str:
 def requeue(ids: Iterable[uuid.UUID | str], *, store: Store | None = None) -> list[RequeueResult]:
     """Enqueue lost or failed jobs again through their own integration.
 
-    The integration must be installed in this interpreter (for the CLI:
-    ``flow-tracker requeue --import myapp.celery_app``), since it owns the
-    connection to the broker.
+    Where the integration is installed in this interpreter (for the CLI:
+    ``flow-tracker requeue --import myapp.celery_app``) the job is published
+    at once; elsewhere, or when its broker refuses it, the request waits in the
+    outbox for a live worker of that queue (outcome ``waiting``) and the job
+    stays lost until it is sent.
 
     Args:
         ids: process ids (or their text).
@@ -281,10 +306,35 @@ def requeue(ids: Iterable[uuid.UUID | str], *, store: Store | None = None) -> li
 
 
 def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
-    # The integrations import this module's callers: imported here, once needed.
-    from flow_tracker.integrations.jobs import record_publish_failed
-
     row = stored_jobs.read_process(store, process_id)
+    refused = _refusal(row, process_id)
+    if refused is not None or row is None:
+        return refused or RequeueResult(process_id, "not_found")
+    send = requeuer_for(row.job_system)
+    job_id = requeue_job_id(process_id)
+    new_id = process_id_for(row.job_system, job_id)
+    if stored_jobs.read_process(store, new_id) is not None and process_id not in outbox.pending_for(
+        store, [process_id]
+    ):
+        # Its copy exists and no request waits: it was sent (a failed publish deletes
+        # the copy in the transaction that stores its request), here or by a worker.
+        return RequeueResult(process_id, "already_requeued", new_id, job_id)
+    if send is None:
+        # No integration here: the request waits in the outbox for a worker of that
+        # queue; the job stays lost (health counts it) until one has sent it.
+        outbox.add_now(
+            store,
+            kind=outbox.REQUEUE,
+            job_system=row.job_system,
+            target_id=process_id,
+            payload={"job_id": job_id},
+        )
+        return _waiting(process_id, row.job_system, job_id)
+    return _publish_requeue(store, row, send, job_id, None)
+
+
+def _refusal(row: Any, process_id: uuid.UUID) -> RequeueResult | None:
+    """Why ``row`` is not enqueued again, or None when it may be."""
     if row is None:
         return RequeueResult(process_id, "not_found")
     if row.status not in REQUEUEABLE:
@@ -300,28 +350,68 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
             "poison_pill",
             reason=f"lost {row.lost_count} times (max_lost={limit}); not enqueued again",
         )
-    send = requeuer_for(row.job_system)
-    if send is None:
-        return RequeueResult(
-            process_id,
-            "integration_not_installed",
-            reason=f"install flow_tracker.integrations.{row.job_system} in this process first",
-        )
-    job_id = requeue_job_id(process_id)
+    return None
+
+
+def _waiting(
+    process_id: uuid.UUID, job_system: str, job_id: str, error: str | None = None
+) -> RequeueResult:
+    reason = waiting_for(job_system)
+    if error:
+        reason += f" (publishing here failed: {error})"
+    return RequeueResult(process_id, "waiting", None, job_id, reason)
+
+
+def _publish_requeue(
+    store: Store, row: Any, send: Any, job_id: str, request: outbox.Claimed | None
+) -> RequeueResult:
+    """Claim the copy, publish it, and record the outcome; undo the claim if nothing was sent.
+
+    The copy's row is stored before its message goes out (a worker that starts
+    it finds it), but a copy whose publish failed is deleted again, so that the
+    lost job never reads "requeued" while nothing was sent: the request waits in
+    the outbox instead, with the broker's error, and is tried again with backoff.
+    """
+    process_id = uuid.UUID(str(row.id))
     new_id = process_id_for(row.job_system, job_id)
     claimed = stored_jobs.claim_requeue(store, row, new_id, job_id)
     if claimed == "came_back":
+        if request is not None:
+            outbox.mark_dropped(store, request.id, "the job started again before it was sent")
         return RequeueResult(
             process_id, "not_finished", reason="it started again (its broker redelivered it)"
         )
     if claimed == "taken":
-        return RequeueResult(process_id, "already_requeued", new_id, job_id)
+        if request is None:
+            return RequeueResult(process_id, "already_requeued", new_id, job_id)
+        # A copy exists: sent by another request, or claimed by this one before a
+        # crash cut its publish short (then it is sent now).
+        if outbox.target_sent(store, outbox.REQUEUE, process_id):
+            outbox.mark_dropped(store, request.id, "enqueued again by another request")
+            return RequeueResult(process_id, "already_requeued", new_id, job_id)
     try:
         send(row.job_payload, job_id)
     except Exception as exc:
-        record_publish_failed(row.job_system, job_id, exc)
-        runtime.flush()
-        return RequeueResult(process_id, "publish_failed", new_id, job_id, f"{exc}")
+        error = error_line(exc)
+        runtime.report_internal_error(exc, f"requeueing {row.job_system} job {row.job_id}")
+        attempts = 1 if request is None else request.attempts
+        with store.begin_write() as conn:
+            stored_jobs.unclaim_requeue(conn, process_id, new_id)
+            if request is None:
+                outbox.add(
+                    conn,
+                    kind=outbox.REQUEUE,
+                    job_system=row.job_system,
+                    target_id=process_id,
+                    payload={"job_id": job_id},
+                    error=error,
+                    due_in=backoff(attempts),
+                )
+            else:
+                outbox.mark_failed_in(conn, request.id, error, backoff(attempts))
+        return _waiting(process_id, row.job_system, job_id, error)
+    if request is not None:
+        outbox.mark_sent(store, request.id, who())
     BUS.publish_event(
         {
             "event": "process.requeued",
@@ -336,6 +426,25 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
         }
     )
     return RequeueResult(process_id, "requeued", new_id, job_id)
+
+
+def deliver_requeue(store: Store, request: outbox.Claimed) -> bool:
+    """Publish a requeue the outbox holds (a worker's delivery thread); True once sent.
+
+    Raises:
+        RuntimeError: this process cannot enqueue that system's jobs after all.
+    """
+    row = stored_jobs.read_process(store, request.target_id)
+    refused = _refusal(row, request.target_id)
+    if refused is not None or row is None:
+        why = "no such process" if refused is None else refused.reason or refused.outcome
+        outbox.mark_dropped(store, request.id, why)
+        return False
+    send = requeuer_for(row.job_system)
+    if send is None:
+        raise RuntimeError(f"this process no longer requeues {row.job_system} jobs")
+    job_id = str(request.payload.get("job_id") or requeue_job_id(request.target_id))
+    return _publish_requeue(store, row, send, job_id, request).outcome == "requeued"
 
 
 def requeue_candidates(
@@ -362,6 +471,7 @@ def health(*, store: Store | None = None) -> Health:
         reap_key=LAST_REAP_KEY,
     )
     now, oldest = counts.now, counts.oldest_queued
+    pending = outbox.pending_counts(_store(store))
     return Health(
         healthy=not (counts.silent or counts.lost_not_requeued or counts.stale_queued),
         running=counts.running,
@@ -371,6 +481,8 @@ def health(*, store: Store | None = None) -> Health:
         oldest_queued_age_s=None if oldest is None else max(0.0, (now - oldest).total_seconds()),
         last_reap=counts.last_reap,
         checked_at=now,
+        pending_deliveries={p.job_system: p.count for p in pending},
+        oldest_pending_delivery_age_s=max((p.oldest_age_s for p in pending), default=None),
     )
 
 
@@ -389,6 +501,7 @@ def forgotten_jobs(*, limit: int = 20, store: Store | None = None) -> ForgottenJ
         limit=limit,
     )
     since_column = {"silent": "heartbeat_at", "lost": "finished_at", "stale_queued": "created_at"}
+    waiting = outbox.pending_for(_store(store), [uuid.UUID(str(row.id)) for row in found["lost"]])
 
     def jobs(kind: str) -> list[ForgottenJob]:
         return [
@@ -400,6 +513,11 @@ def forgotten_jobs(*, limit: int = 20, store: Store | None = None) -> ForgottenJ
                 queue=row.queue,
                 host=row.host,
                 since=getattr(row, since_column[kind]),
+                delivery=(
+                    waiting_for(waiting[pid].job_system)
+                    if (pid := uuid.UUID(str(row.id))) in waiting
+                    else None
+                ),
             )
             for row in found[kind]
         ]

@@ -46,6 +46,9 @@ _PROCESS_KEYS = (
 )
 
 
+_RUN_KEYS = "run_id, workflow, queue, status, time"
+
+
 @dataclass(frozen=True)
 class EventSpec:
     """One entry of the catalog: what the event means and what its payload holds."""
@@ -123,6 +126,41 @@ CATALOG: dict[str, EventSpec] = {
             "a log entry was written",
             "process_id, name, flow_id, flow_name, level, message, data, time",
         ),
+        EventSpec(
+            "workflow.started",
+            "a workflow run was stored and its first steps handed to its queue "
+            "(in the starting interpreter)",
+            _RUN_KEYS + ", steps (how many)",
+        ),
+        EventSpec(
+            "workflow.completed",
+            "a run ended with every step done (in the interpreter that stored its last end)",
+            _RUN_KEYS + ", duration_ms",
+        ),
+        EventSpec(
+            "workflow.failed",
+            "a run ended with a step failed for good, once per failure of the run (in the "
+            "interpreter that stored its last end, or the reaper's)",
+            _RUN_KEYS + ", duration_ms, failed_step (the root cause: the step that failed "
+            "first), error {class, message} (that step's)",
+        ),
+        EventSpec(
+            "workflow.cancelled",
+            "a run was cancelled (in the cancelling interpreter)",
+            _RUN_KEYS + ", duration_ms, by, reason, cancelled_steps",
+        ),
+        EventSpec(
+            "step.retrying",
+            "a step will run again: its attempt failed and its policy retries it (by: None), "
+            "or it was retried by hand",
+            "run_id, workflow, step, time, attempt (the attempt that ended; None by hand), "
+            "delay_s, error {class, message} (None by hand), by, reason",
+        ),
+        EventSpec(
+            "step.resolved",
+            "a failed step was marked done by hand (in the resolving interpreter)",
+            "run_id, workflow, step, time, by, reason",
+        ),
     )
 }
 
@@ -185,6 +223,24 @@ class Subscriber:
 
     def on_log_written(self, event: Event) -> None:
         """A log entry was written."""
+
+    def on_workflow_started(self, event: Event) -> None:
+        """A workflow run started."""
+
+    def on_workflow_completed(self, event: Event) -> None:
+        """A workflow run ended with every step done."""
+
+    def on_workflow_failed(self, event: Event) -> None:
+        """A workflow run ended with a step failed (``failed_step``: the root cause)."""
+
+    def on_workflow_cancelled(self, event: Event) -> None:
+        """A workflow run was cancelled."""
+
+    def on_step_retrying(self, event: Event) -> None:
+        """A workflow step will run again."""
+
+    def on_step_resolved(self, event: Event) -> None:
+        """A failed workflow step was resolved by hand."""
 
 
 class Subscription:

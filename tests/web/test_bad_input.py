@@ -81,9 +81,12 @@ PAGES: dict[str, list[str]] = {
     ],
     "/processes/{process}": ["level"],
     "/processes/{process}/compare": ["with"],
-    "/workflows": ["name", "status", "before"],
+    "/workflows": ["name", "status", "before", "tag"],
     "/workflows/analytics": ["window", "name"],
-    "/workflows/{run}": ["expand", "done"],
+    "/workflows/definitions": [],
+    "/workflows/definitions/start": ["namespace", "name", "version"],
+    "/workflows/{run}": ["expand", "done", "waiting"],
+    "/workflows/{run}/run-again": [],
     "/cleanup": ["days", "status", "deleted"],
     "/health": ["reaped", "requeued", "refused", "reason"],
     "/api/health": [],
@@ -104,7 +107,8 @@ PAGES: dict[str, list[str]] = {
     "/api/processes/{process}/compare": ["with"],
     "/api/status/{process}": [],
     "/api/stats": ["window"],
-    "/api/workflows": ["limit", "name", "status", "before"],
+    "/api/workflows": ["limit", "name", "status", "before", "tag"],
+    "/api/workflow-definitions": [],
     "/api/workflows/{run}": [],
     "/api/workflows/{run}/diagram": [],
     "/api/openapi.json": [],
@@ -117,6 +121,7 @@ PATH_PARAMETERS = {
     "/api/processes/{process}": "{process}",
     "/api/status/{process}": "{process}",
     "/workflows/{run}": "{run}",
+    "/workflows/{run}/run-again": "{run}",
     "/api/workflows/{run}": "{run}",
     "/api/workflows/{run}/diagram": "{run}",
 }
@@ -125,9 +130,21 @@ ACTIONS: dict[str, list[str]] = {
     "/workflows/{run}/retry": ["step", "reason"],
     "/workflows/{run}/resolve": ["step", "reason", "result"],
     "/workflows/{run}/cancel": ["reason"],
+    "/workflows/{run}/retry-failed": ["reason"],
     "/cleanup": ["days", "status", "confirm"],
     "/health/reap": ["anything"],
     "/health/requeue": ["process_id", "all"],
+    "/workflows/definitions/start": [
+        "namespace",
+        "name",
+        "version",
+        "context",
+        "tags",
+        "idempotency_key",
+        "skip",
+        "reason",
+        "again",
+    ],
 }
 # Fields given a valid value while another one is hostile, so the hostile one is used.
 VALID_FORM = {"step": "b", "confirm": "yes", "days": "36500"}
@@ -328,7 +345,7 @@ def test_a_value_the_database_refuses_is_a_400_not_an_outage(
 
 def test_a_requeue_notice_without_its_refused_count_is_shown(target: Target) -> None:
     response = target.client.get("/health?requeued=2")
-    assert response.status_code == 200 and "Enqueued 2 jobs again" in response.text
+    assert response.status_code == 200 and "2 sent." in response.text
 
 
 HOSTILE_HEADERS = {

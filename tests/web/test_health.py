@@ -104,7 +104,7 @@ def test_requeueing_a_process_that_is_no_job_says_why(board: TestClient, sample:
         headers={"origin": ORIGIN},
     )
     assert response.status_code == 200
-    assert "Enqueued 0 jobs again; 1 not: not_a_job" in response.text
+    assert "0 sent; 1 refused: not_a_job" in response.text
 
 
 def test_read_only_shows_no_buttons_and_refuses_the_actions(sample: Sample) -> None:
@@ -147,7 +147,7 @@ def test_the_requeue_button_enqueues_a_lost_rq_job_again(board: TestClient, trac
             data={"csrf_token": _token(board), "all": "lost"},
             headers={"origin": ORIGIN},
         )
-        assert "Enqueued 1 job again" in response.text
+        assert "1 sent." in response.text
         assert queue.job_ids == [requeue_job_id(status.process_id)]
         again = flow_tracker.get_status(queue.job_ids[0])
         assert again is not None and again.is_queued

@@ -80,7 +80,33 @@ def declare(queue: str, queue_name: str) -> dict[str, flow_tracker.Workflow]:
         hit(context, "after")
         return slow
 
-    return {"orders": orders, "fan_in": fan_in, "killable": killable}
+    throttled = flow_tracker.workflow(f"{queue}_throttled", queue=queue, queue_name=queue_name)
+
+    @throttled.step(retries=1, backoff=300.0, jitter=0.0)
+    def call_api(context: dict[str, Any]) -> str:
+        # The policy's backoff (300 s) is past the tests' deadline: only the asked
+        # delay, through the queue's own delayed delivery, lets the run end in time.
+        if hit(context, "call_api") == 1:
+            raise flow_tracker.RetryAfter(1.0)
+        return "ok"
+
+    timed = flow_tracker.workflow(f"{queue}_timed", queue=queue, queue_name=queue_name)
+
+    @timed.step(timeout=1, retries=1, backoff=0.2, jitter=0.0)
+    def hang(context: dict[str, Any]) -> str:
+        hit(context, "hang")
+        # Short sleeps: Dramatiq stops a thread between bytecodes, not inside one sleep.
+        for _ in range(600):
+            time.sleep(0.1)
+        return "never"
+
+    return {
+        "orders": orders,
+        "fan_in": fan_in,
+        "killable": killable,
+        "throttled": throttled,
+        "timed": timed,
+    }
 
 
 def counts(key: str) -> dict[str, int]:

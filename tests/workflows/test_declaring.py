@@ -125,7 +125,11 @@ def test_a_run_needs_steps_and_a_json_context(sqlite_url: str) -> None:
         wf.run(context=[1, 2])  # type: ignore[arg-type]
 
 
-def test_a_run_on_a_queue_whose_integration_is_not_installed_is_refused(sqlite_url: str) -> None:
+def test_a_run_on_a_queue_whose_integration_is_not_installed_waits_for_a_worker_of_it(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flow_tracker import runtime
+    from flow_tracker.store import outbox
     from flow_tracker.workflows import engine
 
     flow_tracker.configure(database_url=sqlite_url)
@@ -133,8 +137,11 @@ def test_a_run_on_a_queue_whose_integration_is_not_installed_is_refused(sqlite_u
     wf.step(name="a")(lambda context: 1)
     saved = engine._SENDERS.pop("dramatiq", None)
     try:
-        with pytest.raises(UsageError, match=r"integrations\.dramatiq\.install"):
-            wf.run()
+        run = wf.run()
     finally:
         if saved is not None:
             engine._SENDERS["dramatiq"] = saved
+    assert flow_tracker.get_workflow(run.id).steps["a"].status == "queued"
+    [waiting] = outbox.pending_counts(runtime.store())
+    assert (waiting.job_system, waiting.count) == ("dramatiq", 1)
+    assert "integrations.dramatiq.install" in caplog.text

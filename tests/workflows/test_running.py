@@ -378,18 +378,22 @@ def test_a_worker_that_does_not_know_the_workflow_fails_the_step_and_says_why(
     assert flow_tracker.get_workflow(run.id).steps["a"].attempts == 1
 
 
-def test_a_step_of_a_queue_not_installed_here_stays_queued_for_the_reaper(
-    tracked: str, caplog: pytest.LogCaptureFixture
+def test_a_step_of_a_queue_not_installed_here_waits_in_the_outbox_and_says_so(
+    tracked: str,
 ) -> None:
+    from flow_tracker import runtime
+    from flow_tracker.store import outbox
     from flow_tracker.store.workflows import Dispatch
 
     saved = engine._SENDERS.pop("rq", None)
     try:
-        engine.send([Dispatch("rq", "w", uuid.uuid4(), "s", "job", "default")])
+        said = engine.send([Dispatch("rq", "w", uuid.uuid4(), "s", "job", "default")])
     finally:
         if saved is not None:
             engine._SENDERS["rq"] = saved
-    assert "the rq integration is not installed" in caplog.text
+    assert (said.ok, str(said)) == (False, "waiting for a worker of rq")
+    [waiting] = outbox.pending_counts(runtime.store())
+    assert (waiting.job_system, waiting.count) == ("rq", 1)
 
 
 def test_workflows_say_clearly_when_tracking_is_off_or_the_database_is_away(

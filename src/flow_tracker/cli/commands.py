@@ -516,6 +516,14 @@ def _serve(
     help="Another host name the dashboard answers to (besides loopback and --host); "
     "'*.example.com' matches subdomains; repeatable.",
 )
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first (the module of your app that calls the queue's install()), "
+    "so the dashboard's retries, resolves and requeues are sent from here; repeatable.",
+)
 @friendly_errors
 def serve(
     database_url: str | None,
@@ -524,8 +532,12 @@ def serve(
     read_only: bool,
     basic_auth: str | None,
     allowed_hosts: tuple[str, ...],
+    modules: tuple[str, ...],
 ) -> None:
     """Serve the web dashboard (overview, processes, detail, cleanup, JSON API)."""
+    # Without an integration here, the dashboard's actions wait for a worker of the
+    # queue; with it (imported here), they are published at once.
+    _import_modules(modules)
     credentials = None
     if basic_auth is not None:
         user, sep, password = basic_auth.partition(":")
@@ -654,15 +666,14 @@ def requeue(
             advance(done, len(ids))
     failed = 0
     for result in results:
-        detail = f" -> {result.new_process_id}" if result.new_process_id else ""
-        reason = f" ({result.reason})" if result.reason else ""
-        click.echo(f"{result.process_id}  {result.outcome}{detail}{reason}")
+        click.echo(f"{result.process_id}  {result.message}")
         failed += not result.ok
-    click.echo(f"{len(results) - failed} of {len(results)} enqueued")
-    if any(r.outcome == "integration_not_installed" for r in results):
+    click.echo(f"{len(results) - failed} of {len(results)} sent")
+    if any(r.outcome == "waiting" for r in results):
         click.echo(
-            "hint: pass --import MODULE, the module of your app that calls the queue's "
-            "install() (e.g. --import myapp.celery_app)",
+            "hint: a live worker of that queue sends what waits within a second or so "
+            "(the job stays lost until then); pass --import MODULE, the module of your app "
+            "that calls the queue's install() (e.g. --import myapp.celery_app), to send from here",
             err=True,
         )
     if failed:
@@ -692,6 +703,16 @@ def health(database_url: str | None, as_json: bool) -> None:
         click.echo(f"  stale queued:  {report.stale_queued}")
         click.echo(f"  oldest queued: {'-' if oldest is None else f'{oldest:.0f} s'}")
         click.echo(f"  last reap:     {last}")
+        pending = report.pending_deliveries
+        if pending:
+            per_queue = ", ".join(f"{system} {count}" for system, count in sorted(pending.items()))
+            age = report.oldest_pending_delivery_age_s or 0.0
+            click.echo(
+                f"  unsent:        {sum(pending.values())} waiting for a worker ({per_queue}); "
+                f"oldest {age:.0f} s"
+            )
+        else:
+            click.echo("  unsent:        0 (nothing waits for a worker)")
         for title, jobs, total in (
             ("without heartbeat", named.silent, report.silent),
             ("lost, not requeued", named.lost, report.lost),

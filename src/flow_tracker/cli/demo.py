@@ -26,6 +26,7 @@ from flow_tracker import events as ev
 from flow_tracker import runtime
 from flow_tracker.cli import render
 from flow_tracker.cli.demo_history import record_history
+from flow_tracker.cli.demo_starting import record_started_runs
 from flow_tracker.cli.demo_workflows import record_workflows
 from flow_tracker.status import Status
 from flow_tracker.store import queries, rollups
@@ -272,6 +273,7 @@ def run_demo(
         "Ran the process_order workflow 3 times: completed, failed at charge (confirm "
         "waits on it), and resolved by hand."
     )
+    record_started_runs(echo)
     past = record_history(runtime.store(), days=HISTORY_DAYS)
     # Stored after the reaper rolled up the hours they finished in, as a restore
     # would be: the charts count them only once their days are rolled up again.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -21,6 +22,7 @@ from flow_tracker.cli.commands import (
     main,
 )
 from flow_tracker.cli.render import duration
+from flow_tracker.delivery import Delivery
 from flow_tracker.errors import UsageError
 from flow_tracker.workflows import manage
 
@@ -60,6 +62,9 @@ def workflows() -> None:
 )
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--cursor", default=None, help="The next page: the cursor the previous one printed.")
+@click.option(
+    "--tag", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag; repeatable."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @friendly_errors
 def list_runs(
@@ -68,11 +73,17 @@ def list_runs(
     status: str | None,
     limit: int,
     cursor: str | None,
+    tag: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Runs newest first, with steps done of total and the failed step (see --cursor)."""
+    from flow_tracker.workflows.starting import parse_tag_filter
+
+    tags = dict(parse_tag_filter(value, "=") for value in tag) or None
     _use(database_url)
-    runs = manage.list_workflows(name=name, status=status, limit=limit, before=_before(cursor))
+    runs = manage.list_workflows(
+        name=name, status=status, limit=limit, before=_before(cursor), tags=tags
+    )
     last = runs[-1] if len(runs) == limit else None
     # The same cursor as the API's next_cursor (GET /api/workflows?before=...).
     next_cursor = f"{last['created_at']}|{last['id']}" if last else None
@@ -122,7 +133,7 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
 def show(database_url: str | None, run_id: str, as_json: bool) -> None:
     """A run and each step: status, attempts, why it waits, result or error."""
     _use(database_url)
-    data = manage.shown(manage.get_workflow(run_id))
+    data = manage.shown(manage.get_workflow(run_id))  # each step says if it waits for a worker
     if as_json:
         echo_json(data)
         return
@@ -141,6 +152,8 @@ def show(database_url: str | None, run_id: str, as_json: bool) -> None:
 
 
 def _why(step: dict[str, Any]) -> str:
+    if step.get("delivery"):  # queued here but not sent: no worker of its queue took it yet
+        return f"  {step['delivery']} (for {step['delivery_waiting_s']:.0f} s)"
     if step["status"] == "resolved":
         # A resolved step keeps the error of its failed attempt; what goes on is the
         # result it was given.
@@ -191,8 +204,41 @@ def retry(
     _use(database_url)
     _known_step(run_id, step)
     _import_modules(modules)
-    manage.retry_step(run_id, step, reason=reason)
-    click.echo(f"step {step} of run {run_id} queued again")
+    delivery = manage.retry_step(run_id, step, reason=reason)
+    click.echo(f"step {step} of run {run_id} retried: {delivery}")
+    _exit_unless_sent(delivery)
+
+
+@workflows.command("retry-failed")
+@database_option
+@click.argument("run_id")
+@click.option("--reason", default=None, help="Why (kept in the run's history).")
+@_import_option
+@friendly_errors
+def retry_failed(
+    database_url: str | None, run_id: str, reason: str | None, modules: tuple[str, ...]
+) -> None:
+    """Run every failed step of RUN_ID again, then whatever waits on them."""
+    _use(database_url)
+    _import_modules(modules)
+    retried = manage.retry_failed_steps(run_id, reason=reason)
+    click.echo(
+        f"{len(retried.steps)} failed step(s) of run {run_id} retried "
+        f"({', '.join(retried.steps)}): {retried.delivery}"
+    )
+    _exit_unless_sent(retried.delivery)
+
+
+def _exit_unless_sent(delivery: Delivery) -> None:
+    """Exit 1 when a message waits in the outbox: nothing was sent from here."""
+    if delivery.ok:
+        return
+    click.echo(
+        "hint: a live worker of that queue sends it within a second or so; pass --import MODULE "
+        "(the module of your app that calls the queue's install()) to send it from here",
+        err=True,
+    )
+    sys.exit(1)
 
 
 @workflows.command()
@@ -219,8 +265,9 @@ def resolve(
     _use(database_url)
     _known_step(run_id, step)
     _import_modules(modules)
-    manage.resolve_step(run_id, step, result=result, reason=reason)
-    click.echo(f"step {step} of run {run_id} resolved")
+    delivery = manage.resolve_step(run_id, step, result=result, reason=reason)
+    click.echo(f"step {step} of run {run_id} resolved: what waits on it {delivery}")
+    _exit_unless_sent(delivery)
 
 
 @workflows.command()

@@ -35,6 +35,11 @@ def requeuer_for(job_system: str) -> Requeuer | None:
     return _requeuers.get(job_system)
 
 
+def requeue_systems() -> set[str]:
+    """The job systems whose jobs this interpreter can enqueue again."""
+    return set(_requeuers)
+
+
 def register_probe(job_system: str, pending: Probe) -> None:
     """Let the reaper ask ``pending([(job_id, queue, payload), ...])`` what is not dropped."""
     with _lock:

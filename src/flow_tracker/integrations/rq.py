@@ -165,6 +165,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
         _wrap_enqueue_many()
         _wrap_perform()
         _wrap_fork_work_horse()
+        _wrap_work()
     warm_up()
 
 
@@ -351,6 +352,36 @@ def _wrap_fork_work_horse() -> None:
                 runtime.report_internal_error(exc, "serving a work-horse's records")
 
     Worker.fork_work_horse = fork_work_horse  # type: ignore[method-assign]
+
+
+def _wrap_work() -> None:
+    # A worker installed without connection= (``rq worker -c settings``) has no
+    # job running while its delivery thread publishes the outbox's steps and
+    # requeues, so neither a current job nor an enqueue here lends a connection:
+    # the worker's own connection to Redis, known once it starts working, is the
+    # one to publish with. One given to install() is kept.
+    from rq.worker import BaseWorker
+
+    original = BaseWorker.work
+
+    @functools.wraps(original)
+    def work(self: BaseWorker, *args: Any, **kwargs: Any) -> bool:
+        try:
+            _adopt_connection(self.connection)
+        except Exception as exc:
+            runtime.report_internal_error(exc, "reading an RQ worker's connection")
+        return original(self, *args, **kwargs)
+
+    BaseWorker.work = work  # type: ignore[method-assign]
+
+
+def _adopt_connection(connection: Redis) -> None:
+    """Publish steps and requeues with ``connection`` when install() was given none."""
+    global _connection
+    with _lock:
+        if _connection is None:
+            _connection = connection
+        install_rq(_connection)  # the step sender bound at install may hold no connection
 
 
 def _store_before_exit() -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -309,6 +309,34 @@ def claim_requeue(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> str
         record_transitions(conn, [row.id], REQUEUED, now, f"as process {new_id}")
         record_transitions(conn, [new_id], Status.QUEUED.value, now, f"requeued from {row.id}")
         return "claimed"
+
+
+def unclaim_requeue(conn: Connection, old_id: uuid.UUID, new_id: uuid.UUID) -> bool:
+    """Undo :func:`claim_requeue` whose message was not sent: the old job is lost again.
+
+    The copy is deleted only while still queued (no worker started it: nothing
+    was sent), with its history and the old row's "requeued as" line, so the
+    old job reads as lost and not enqueued again (health counts it, a requeue
+    finds it). Returns False when a worker started the copy after all.
+    """
+    gone = conn.execute(
+        delete(processes)
+        .where(and_(processes.c.id == new_id, processes.c.status == Status.QUEUED.value))
+        .returning(processes.c.id)
+    ).first()
+    if gone is None:
+        return False
+    conn.execute(delete(transitions).where(transitions.c.process_id == new_id))
+    conn.execute(
+        delete(transitions).where(
+            and_(
+                transitions.c.process_id == old_id,
+                transitions.c.status == REQUEUED,
+                transitions.c.reason == f"as process {new_id}",
+            )
+        )
+    )
+    return True
 
 
 def requeue_candidates(store: Store, status: Status, limit: int) -> list[uuid.UUID]:

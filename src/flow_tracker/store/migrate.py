@@ -7,6 +7,7 @@ serialised: an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest revision in migrations/versions (a test checks they agree). Knowing
 # it without Alembic makes the first-use check one small query: it runs in every
 # forked work-horse of an RQ worker, where loading the scripts cost ~100 ms a job.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0010"
 # Any constant works; it only has to be the same for every flow-tracker process.
 _PG_ADVISORY_LOCK_KEY = 0x666C6F77  # "flow"
 
@@ -64,10 +65,17 @@ def downgrade(engine: Engine, revision: str) -> None:
     _migrate(engine, "downgrade", revision)
 
 
+# Alembic runs a migration through module-level proxies (``alembic.op``,
+# ``alembic.context``): two threads of one process migrating at once (a background
+# thread's first use and the main thread's, even of two databases) would tear them down
+# under each other. The database's own lock below serialises processes; this, threads.
+_MIGRATING = threading.Lock()
+
+
 def _migrate(engine: Engine, direction: str, revision: str) -> None:
     from alembic import command
 
-    with engine.connect() as conn:
+    with _MIGRATING, engine.connect() as conn:
         conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
         with conn.begin():
             if engine.dialect.name == "postgresql":

@@ -253,9 +253,56 @@ workflow_runs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
+    # What it was started as and with (DESIGN §12): its definition's namespace and
+    # version, its tags (also one row each in workflow_run_tags, for the filter) and
+    # the idempotency key that makes a repeated start return this run.
+    Column("namespace", String(120), nullable=False, server_default="default"),
+    Column("version", String(64), nullable=False, server_default="1"),
+    Column("idempotency_key", String(255)),
+    Column("tags", json_type()),
     Index("ix_flow_tracker_workflow_runs_created", "created_at", "id"),
     Index("ix_flow_tracker_workflow_runs_name_created", "name", "created_at"),
     Index("ix_flow_tracker_workflow_runs_status_created", "status", "created_at"),
+    # The database decides a repeated start: the second insert of a key fails.
+    Index(
+        "ux_flow_tracker_workflow_runs_idempotency",
+        "namespace",
+        "name",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
+)
+
+# Workflow definitions (DESIGN §12): every (namespace, name, version) any process declared,
+# with its DAG snapshot, so that pages, the API and the CLI list and start workflows
+# without importing user code. Written once per version by each declaring process.
+workflow_definitions = Table(
+    "flow_tracker_workflow_definitions",
+    metadata,
+    Column("namespace", String(120), primary_key=True),
+    Column("name", String(120), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("description", Text),
+    Column("dag", json_type(), nullable=False),
+    Column("queue", String(32), nullable=False),
+    Column("queue_name", String(255), nullable=False),
+    Column("module", String(255)),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+)
+
+# A run's tags, one row each: the list filtered by a tag walks (key, value, created_at)
+# in index order and stops at a page, however many runs carry the tag.
+workflow_run_tags = Table(
+    "flow_tracker_workflow_run_tags",
+    metadata,
+    Column("run_id", Uuid, primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_flow_tracker_workflow_run_tags_lookup", "key", "value", "created_at", "run_id"),
 )
 
 workflow_steps = Table(
@@ -280,4 +327,36 @@ workflow_steps = Table(
     Column("finished_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_flow_tracker_workflow_steps_process", "process_id"),
+)
+
+# Delivery (DESIGN §12): requests to publish, written in the transaction of the state
+# change they announce where the queue's integration is not installed (or its broker
+# refused them); a live worker of that queue publishes each and marks it sent, with
+# who did and when. ``kind`` is "step" (a workflow step to send) or "requeue" (a lost
+# or failed job to enqueue again); ``target_id`` is the step's or the old job's process.
+outbox = Table(
+    "flow_tracker_outbox",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("job_system", String(32), nullable=False),
+    # A step's workflow: the in-process pool delivers only steps of workflows it declares.
+    Column("workflow", String(255)),
+    Column("target_id", Uuid, nullable=False),
+    Column("payload", json_type(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_try_at", UTCDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("sent_by", String(255)),
+    Index(
+        "ix_flow_tracker_outbox_pending",
+        "job_system",
+        "next_try_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index("ix_flow_tracker_outbox_target", "target_id"),
 )

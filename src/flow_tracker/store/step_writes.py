@@ -47,6 +47,9 @@ class Taken:
     workflow: str
     queue_name: str
     module: str | None
+    namespace: str = "default"
+    """The run's namespace and version: the declaration whose functions run the step."""
+    version: str = "1"
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ WITH taken AS (
     WHERE s.run_id = %(run)s AND s.name = %(step)s AND s.status IN ('queued', 'retrying')
       AND r.id = s.run_id AND r.status = 'running'
     RETURNING s.attempts, s.parents, s.queue_name, s.process_id,
-              r.context, r.name AS workflow, r.module
+              r.context, r.name AS workflow, r.module, r.namespace, r.version
 ), started AS (
     UPDATE flow_tracker_processes p
     SET status = 'running', started_at = %(now)s, heartbeat_at = %(now)s, updated_at = %(now)s,
@@ -95,6 +98,7 @@ WITH taken AS (
     FROM taken WHERE p.id = taken.process_id
 )
 SELECT taken.attempts, taken.queue_name, taken.context, taken.workflow, taken.module,
+       taken.namespace, taken.version,
        (SELECT jsonb_object_agg(ps.name, ps.result)
         FROM jsonb_array_elements_text(taken.parents) AS parent(name)
         JOIN flow_tracker_workflow_steps ps
@@ -196,7 +200,8 @@ def _sqlite_claim(conn: Any, p: dict[str, Any]) -> Any:
     conn.execute("BEGIN IMMEDIATE")
     try:
         run = conn.execute(
-            "SELECT status, context, name, module FROM flow_tracker_workflow_runs WHERE id = ?",
+            "SELECT status, context, name, module, namespace, version"
+            " FROM flow_tracker_workflow_runs WHERE id = ?",
             (_hex(p["run"]),),
         ).fetchone()
         if run is None or run[0] != Status.RUNNING.value:
@@ -231,7 +236,7 @@ def _sqlite_claim(conn: Any, p: dict[str, Any]) -> Any:
         conn.execute("ROLLBACK")
         raise
     parents = {name: _loads(value) for name, value in results.items()}
-    return (taken[0], taken[2], _loads(run[1]), run[2], run[3], parents)
+    return (taken[0], taken[2], _loads(run[1]), run[2], run[3], run[4], run[5], parents)
 
 
 def _sqlite_end(conn: Any, p: dict[str, Any]) -> Any:
@@ -365,8 +370,17 @@ def claim(
         )
     if row is None:
         return None
-    attempts, queue_name, context, workflow, module, parents = row
-    return Taken(int(attempts), context, dict(parents or {}), workflow, queue_name, module)
+    attempts, queue_name, context, workflow, module, namespace, version, parents = row
+    return Taken(
+        int(attempts),
+        context,
+        dict(parents or {}),
+        workflow,
+        queue_name,
+        module,
+        namespace,
+        version,
+    )
 
 
 def end(

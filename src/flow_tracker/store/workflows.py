@@ -22,11 +22,12 @@ so the dashboard shows it queued; the worker's tracker then updates that row.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -34,12 +35,14 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, case, func, insert, literal_column, select, update
 from sqlalchemy.engine import Connection
 
+from flow_tracker.ids import process_id_for
 from flow_tracker.status import Status
+from flow_tracker.store import outbox
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.dialect import guarded_json
 from flow_tracker.store.engine import Store
 from flow_tracker.store.jobs import LOST_ERROR_CLASS, record_transitions
-from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
+from flow_tracker.store.schema import processes, workflow_run_tags, workflow_runs, workflow_steps
 from flow_tracker.store.types import as_utc
 
 CATEGORY = "workflows"
@@ -78,6 +81,35 @@ class Dispatch:
         """The broker's id for this message: the job id for the first one."""
         return self.job_id if self.first else f"{self.job_id}-{uuid.uuid4().hex[:12]}"
 
+    def process_id(self) -> uuid.UUID:
+        """The step's process id (the target of its outbox request)."""
+        return process_id_for(self.system, self.job_id)
+
+    def to_payload(self) -> dict[str, Any]:
+        """As an outbox request stores it; its delay is the request's due time instead."""
+        return {
+            "workflow": self.workflow,
+            "run_id": str(self.run_id),
+            "step": self.step,
+            "job_id": self.job_id,
+            "queue_name": self.queue_name,
+            "first": self.first,
+        }
+
+    @classmethod
+    def from_payload(cls, system: str, payload: Mapping[str, Any]) -> Dispatch:
+        """The dispatch an outbox request stored (:meth:`to_payload`), due now."""
+        return cls(
+            system,
+            str(payload["workflow"]),
+            uuid.UUID(str(payload["run_id"])),
+            str(payload["step"]),
+            str(payload["job_id"]),
+            str(payload["queue_name"]),
+            0.0,
+            bool(payload.get("first", False)),
+        )
+
 
 @dataclass(frozen=True)
 class Ended:
@@ -86,9 +118,40 @@ class Ended:
     dispatches: list[Dispatch]
     run_status: str | None
     """The run's status when it ended in this transaction; None while it goes on."""
+    held: bool = False
+    """The dispatches were stored in the outbox with the change, for a worker to send."""
 
 
 NOTHING = Ended([], None)
+
+Hold = Callable[[str, str], bool]
+"""Given a run's queue system and workflow: True when this process cannot send its steps,
+which then go to the outbox in the transaction of the change (see :mod:`flow_tracker.delivery`)."""
+
+
+def hold_in(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
+    """Store ``dispatches`` as outbox requests in ``conn``'s transaction, due after their delay."""
+    for d in dispatches:
+        outbox.add(
+            conn,
+            kind=outbox.STEP,
+            job_system=d.system,
+            workflow=d.workflow,
+            target_id=d.process_id(),
+            payload=d.to_payload(),
+            due_in=d.delay,
+        )
+
+
+def _held(conn: Connection, ended: Ended, hold: Hold | None) -> Ended:
+    """``ended``, its dispatches stored in the outbox if ``hold`` says this process cannot send."""
+    if hold is None or not ended.dispatches:
+        return ended
+    first = ended.dispatches[0]
+    if not hold(first.system, first.workflow):
+        return ended
+    hold_in(conn, ended.dispatches)
+    return dataclasses.replace(ended, held=True)
 
 
 def _now() -> datetime:
@@ -109,78 +172,6 @@ def _error_fields(error: tuple[str, str] | None) -> dict[str, Any]:
 
 
 # -- starting a run ------------------------------------------------------------------
-
-
-def create_run(
-    store: Store,
-    *,
-    run_id: uuid.UUID,
-    name: str,
-    queue: str,
-    module: str | None,
-    dag: Mapping[str, Any],
-    context: Any,
-    steps: Sequence[Mapping[str, Any]],
-) -> list[Dispatch]:
-    """Store a run, its process, every step, and the roots as queued; return the roots.
-
-    ``steps``: per step ``name``, ``parents``, ``children``, ``job_id``,
-    ``process_id`` and ``queue_name``.
-    """
-    now = _now()
-    roots = [s for s in steps if not s["parents"]]
-    with store.begin_write() as conn:
-        conn.execute(
-            insert(workflow_runs).values(
-                id=run_id,
-                name=name,
-                queue=queue,
-                module=module,
-                status=RUN_RUNNING,
-                dag=dict(dag),
-                context=context,
-                active=len(roots),
-                failed=0,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        conn.execute(
-            insert(processes).values(
-                id=run_id,
-                name=name,
-                category=CATEGORY,
-                status=RUN_RUNNING,
-                created_at=now,
-                started_at=now,
-                updated_at=now,
-                job_system=queue,
-                metadata={"workflow": name, "steps": len(steps)},
-            )
-        )
-        conn.execute(
-            insert(workflow_steps),
-            [
-                {
-                    "run_id": run_id,
-                    "name": s["name"],
-                    "status": Status.QUEUED.value if not s["parents"] else PENDING,
-                    "waiting": len(s["parents"]),
-                    "parents": list(s["parents"]),
-                    "children": list(s["children"]),
-                    "attempts": 0,
-                    "process_id": s["process_id"],
-                    "job_id": s["job_id"],
-                    "queue_name": s["queue_name"],
-                    "queued_at": now if not s["parents"] else None,
-                    "updated_at": now,
-                }
-                for s in steps
-            ],
-        )
-        _insert_step_processes(conn, run_id, name, queue, roots, now)
-        record_transitions(conn, [run_id], RUN_RUNNING, now, f"started: {len(steps)} steps")
-    return [_dispatch(queue, name, run_id, s) for s in roots]
 
 
 def _dispatch(system: str, workflow: str, run_id: uuid.UUID, step: Mapping[str, Any]) -> Dispatch:
@@ -424,8 +415,13 @@ def _failed_step(conn: Connection, run_id: uuid.UUID, step: str, verb: str) -> t
     return run, row
 
 
-def retry_failed_step(store: Store, run_id: uuid.UUID, step: str, reason: str) -> Ended:
-    """Queue a failed step again (its attempts go on counting); reopen a failed run."""
+def retry_failed_step(
+    store: Store, run_id: uuid.UUID, step: str, reason: str, hold: Hold | None = None
+) -> Ended:
+    """Queue a failed step again (its attempts go on counting); reopen a failed run.
+
+    ``hold``: whether its message waits in the outbox (stored with the change).
+    """
     now = _now()
     with store.begin_write() as conn:
         run, row = _failed_step(conn, run_id, step, "retried")
@@ -453,15 +449,22 @@ def retry_failed_step(store: Store, run_id: uuid.UUID, step: str, reason: str) -
             .values(active=workflow_runs.c.active + 1, failed=workflow_runs.c.failed - 1)
         )
         record_transitions(conn, [run_id, row.process_id], "retried", now, reason)
-    return Ended(
-        [Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)], None
-    )
+        again = Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)
+        return _held(conn, Ended([again], None), hold)
 
 
 def resolve_failed_step(
-    store: Store, run_id: uuid.UUID, step: str, result: Any, reason: str
+    store: Store,
+    run_id: uuid.UUID,
+    step: str,
+    result: Any,
+    reason: str,
+    hold: Hold | None = None,
 ) -> Ended:
-    """Mark a failed step resolved with ``result``; what waits on it goes on."""
+    """Mark a failed step resolved with ``result``; what waits on it goes on.
+
+    ``hold``: whether the messages of the children it releases wait in the outbox.
+    """
     now = _now()
     with store.begin_write() as conn:
         run, row = _failed_step(conn, run_id, step, "resolved")
@@ -473,13 +476,20 @@ def resolve_failed_step(
         _reopen_run(conn, run_id, run, now, f"step {step} resolved by hand")
         reopened = _lock_run(conn, run_id)
         record_transitions(conn, [run_id, row.process_id], RESOLVED, now, reason)
-        return _after_step(
+        ended = _after_step(
             conn, run_id, reopened, now, list(row.children or ()), active=0, failed=-1
         )
+        return _held(conn, ended, hold)
+
+
+ALREADY_CANCELLED = -1
 
 
 def cancel_run(store: Store, run_id: uuid.UUID, reason: str) -> int:
-    """Cancel a running run: no step that has not started starts. Returns the steps cancelled."""
+    """Cancel a running run: no step that has not started starts. Returns the steps cancelled.
+
+    :data:`ALREADY_CANCELLED` when the run was cancelled before: nothing changed.
+    """
     now = _now()
     waiting = (PENDING, Status.QUEUED.value, Status.RETRYING.value)
     with store.begin_write() as conn:
@@ -487,7 +497,7 @@ def cancel_run(store: Store, run_id: uuid.UUID, reason: str) -> int:
         if run is None:
             raise LookupError(f"no workflow run {run_id}")
         if run.status == Status.CANCELLED.value:
-            return 0
+            return ALREADY_CANCELLED
         if run.status == Status.COMPLETED.value:
             raise NotAllowed(f"workflow run {run_id} has completed; there is nothing to cancel")
         rows = conn.execute(
@@ -590,9 +600,18 @@ def overdue_retries(store: Store, older_than: float, limit: int = 500) -> list[D
 
 
 def requeue_lost_step(
-    store: Store, run_id: uuid.UUID, step: str, process_id: uuid.UUID, max_lost: int, reason: str
+    store: Store,
+    run_id: uuid.UUID,
+    step: str,
+    process_id: uuid.UUID,
+    max_lost: int,
+    reason: str,
+    hold: Hold | None = None,
 ) -> Ended:
-    """Queue a step whose worker died again, on the same process row; fail it past ``max_lost``."""
+    """Queue a step whose worker died again, on the same process row; fail it past ``max_lost``.
+
+    ``hold``: whether its message waits in the outbox (stored with the change).
+    """
     now = _now()
     with store.begin_write() as conn:
         run = _lock_run(conn, run_id)
@@ -647,9 +666,8 @@ def requeue_lost_step(
             .values(status=Status.QUEUED.value, queued_at=now, updated_at=now, finished_at=None)
         )
         record_transitions(conn, [process_id], "requeued", now, reason)
-    return Ended(
-        [Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)], None
-    )
+        again = Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)
+        return _held(conn, Ended([again], None), hold)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -900,6 +918,8 @@ class RunRow:
     finished_at: datetime | None
     steps_done: int
     steps_total: int
+    version: str = "1"
+    tags: dict[str, str] | None = None
 
 
 def slowest_recent_run(store: Store, name: str, recent: int) -> uuid.UUID | None:
@@ -924,12 +944,22 @@ def list_runs(
     status: str | None = None,
     limit: int = 50,
     before: tuple[datetime, uuid.UUID] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> list[RunRow]:
     """Runs newest first, with their step counts; keyset paging on (created_at, id).
 
     The page's runs first (by the time index), then the steps of those runs only:
-    a list view never groups the whole steps table.
+    a list view never groups the whole steps table. ``tags``: only runs with
+    every one of them; the first is walked in the tag index's (created_at) order,
+    so a page of a tag that thousands of runs carry reads a page of index entries.
     """
+    created, ident = workflow_runs.c.created_at, workflow_runs.c.id
+    source: Any = workflow_runs
+    wanted = sorted((tags or {}).items())
+    if wanted:
+        first = workflow_run_tags.alias("tag0")
+        source = first.join(workflow_runs, workflow_runs.c.id == first.c.run_id)
+        created, ident = first.c.created_at, first.c.run_id
     query = (
         select(
             workflow_runs.c.id,
@@ -939,20 +969,36 @@ def list_runs(
             workflow_runs.c.failed_step,
             workflow_runs.c.created_at,
             workflow_runs.c.finished_at,
+            workflow_runs.c.version,
+            workflow_runs.c.tags,
         )
-        .order_by(workflow_runs.c.created_at.desc(), workflow_runs.c.id.desc())
+        .select_from(source)
+        .order_by(created.desc(), ident.desc())
         .limit(limit)
     )
+    for index, (key, value) in enumerate(wanted):
+        if index == 0:
+            query = query.where(and_(first.c.key == key, first.c.value == value))
+            continue
+        other = workflow_run_tags.alias(f"tag{index}")
+        query = query.where(
+            select(other.c.run_id)
+            .where(
+                and_(
+                    other.c.run_id == workflow_runs.c.id,
+                    other.c.key == key,
+                    other.c.value == value,
+                )
+            )
+            .exists()
+        )
     if name:
         query = query.where(workflow_runs.c.name == name)
     if status:
         query = query.where(workflow_runs.c.status == status)
     if before is not None:
         moment, last = before
-        query = query.where(
-            (workflow_runs.c.created_at < moment)
-            | and_(workflow_runs.c.created_at == moment, workflow_runs.c.id < last)
-        )
+        query = query.where((created < moment) | and_(created == moment, ident < last))
     done = func.sum(case((workflow_steps.c.status.in_(DONE), 1), else_=0))
     with store.engine.connect() as conn:
         runs = conn.execute(query).all()
@@ -974,6 +1020,8 @@ def list_runs(
             r.created_at,
             r.finished_at,
             *counts.get(r.id, (0, 0)),
+            r.version,
+            r.tags if isinstance(r.tags, dict) else None,
         )
         for r in runs
     ]
@@ -988,3 +1036,53 @@ def stalled_runs(store: Store, limit: int = 500) -> list[uuid.UUID]:
             .limit(limit)
         ).all()
     return [uuid.UUID(str(r.id)) for r in rows]
+
+
+class EndedRun(NamedTuple):
+    """What a ``workflow.*`` event tells of a run that ended (see ``workflows/announce.py``)."""
+
+    name: str
+    queue: str
+    status: str
+    failed_step: str | None
+    error_class: str | None
+    error_message: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+def ended_run(store: Store, run_id: uuid.UUID) -> EndedRun | None:
+    """A run's name, status, ends and root-cause step with its error (None: no such run)."""
+    r = workflow_runs.c
+    cause = workflow_steps.alias("cause")
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(
+                r.name,
+                r.queue,
+                r.status,
+                r.failed_step,
+                cause.c.error_class,
+                cause.c.error_message,
+                r.created_at,
+                r.finished_at,
+            )
+            .select_from(
+                workflow_runs.outerjoin(
+                    cause, and_(cause.c.run_id == r.id, cause.c.name == r.failed_step)
+                )
+            )
+            .where(r.id == run_id)
+        ).first()
+    if row is None:
+        return None
+    return EndedRun(
+        row.name,
+        row.queue,
+        row.status,
+        row.failed_step,
+        row.error_class,
+        row.error_message,
+        None if row.created_at is None else as_utc(row.created_at),
+        None if row.finished_at is None else as_utc(row.finished_at),
+    )

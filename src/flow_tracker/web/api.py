@@ -22,6 +22,7 @@ from flow_tracker.web import statistics
 from flow_tracker.web.context import SHOWN_VALUE_LIMIT, dashboard_of
 from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.params import ParamError, ProcessFilters, clean, run_cursor
+from flow_tracker.web.tag_filters import tag_filters
 from flow_tracker.workflows import manage as workflows
 
 MAX_API_LOGS = 10_000
@@ -96,7 +97,7 @@ def openapi(request: Request) -> Response:
 
 
 def list_workflows(request: Request) -> Response:
-    """``GET /api/workflows``: workflow runs newest first, ``name``/``status`` filters, paged."""
+    """``GET /api/workflows``: runs newest first, paged; ``name``, ``status``, ``tag=k:v``."""
     board = dashboard_of(request)
     params = request.query_params
     try:
@@ -110,6 +111,7 @@ def list_workflows(request: Request) -> Response:
             status=params.get("status") or None,
             limit=limit,
             before=run_cursor(params.get("before")),
+            tags=tag_filters(params.getlist("tag")),
             store=board.store,
         )
     except UsageError as exc:
@@ -136,7 +138,7 @@ def get_workflow(request: Request) -> Response:
     run = _run(request)
     if run is None:
         return problem(404, "no workflow run with this id")
-    return json_response(workflows.shown(run))
+    return json_response(workflows.shown(run, store=dashboard_of(request).store))
 
 
 def workflow_diagram(request: Request) -> Response:

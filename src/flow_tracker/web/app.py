@@ -15,7 +15,18 @@ from starlette.staticfiles import StaticFiles
 from flow_tracker import config
 from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, UsageError
 from flow_tracker.store.engine import Store, TimeBudgetSpentError
-from flow_tracker.web import api, compare_views, errors, health_views, views, workflow_views
+from flow_tracker.web import (
+    api,
+    compare_views,
+    definition_views,
+    errors,
+    health_views,
+    probes,
+    start_api,
+    views,
+    workflow_api,
+    workflow_views,
+)
 from flow_tracker.web.budget import TimeBudgetMiddleware
 from flow_tracker.web.context import HERE, Dashboard, SearchesBusyError, make_templates
 from flow_tracker.web.params import ParamError
@@ -34,6 +45,7 @@ def create_app(
     keep_statistics: bool = True,
     allowed_hosts: Sequence[str] | None = None,
     query_timeout: float = 5.0,
+    public_probes: bool = True,
 ) -> Starlette:
     """The dashboard as an ASGI app, to mount under any prefix or serve on its own.
 
@@ -56,6 +68,10 @@ def create_app(
             together; past it, a search answers 400 (narrow it), anything else
             503 with ``Retry-After``. Deleting (cleanup) is the exception: only
             each of its statements is bounded, its length is what was asked for.
+        public_probes: answer ``/health/live`` and ``/health/ready`` without
+            ``auth``, ``basic_auth`` or the ``allowed_hosts`` check (they carry no
+            data; orchestrators' probes send no credentials). False: they are
+            checked like every other route.
 
     Returns:
         A Starlette application.
@@ -84,7 +100,30 @@ def create_app(
             workflow_views.workflow_analytics,
             name="workflow_analytics",
         ),
+        Route(
+            "/workflows/definitions",
+            definition_views.definitions_page,
+            name="workflow_definitions",
+        ),
+        Route(
+            "/workflows/definitions/start",
+            definition_views.start_form,
+            methods=["GET"],
+            name="workflow_start_form",
+        ),
+        Route(
+            "/workflows/definitions/start",
+            definition_views.start_submit,
+            methods=["POST"],
+            name="workflow_start",
+        ),
         Route("/workflows/{run_id}", workflow_views.workflow_detail, name="workflow"),
+        Route(
+            "/workflows/{run_id}/run-again",
+            definition_views.run_again_form,
+            methods=["GET"],
+            name="workflow_run_again",
+        ),
         Route(
             "/workflows/{run_id}/{action}",
             workflow_views.workflow_action,
@@ -96,6 +135,8 @@ def create_app(
         Route("/health", health_views.health_page, name="health"),
         Route("/health/reap", health_views.reap_now, methods=["POST"], name="health_reap"),
         Route("/health/requeue", health_views.requeue_now, methods=["POST"], name="health_requeue"),
+        Route("/health/live", probes.live, name="health_live"),
+        Route("/health/ready", probes.ready, name="health_ready"),
         Route("/api/health", health_views.health_json, name="api_health"),
         Route("/metrics", health_views.metrics, name="metrics"),
         Route("/api/processes", api.list_processes, name="api_processes"),
@@ -110,6 +151,19 @@ def create_app(
         Route("/api/workflows", api.list_workflows, name="api_workflows"),
         Route("/api/workflows/{run_id}", api.get_workflow, name="api_workflow"),
         Route("/api/workflows/{run_id}/diagram", api.workflow_diagram, name="api_workflow_diagram"),
+        Route(
+            "/api/workflows/{run_id}/retry-failed",
+            workflow_api.retry_failed,
+            methods=["POST"],
+            name="api_workflow_retry_failed",
+        ),
+        Route(
+            "/api/workflows/{namespace}/{name}/runs",
+            start_api.start_run,
+            methods=["POST"],
+            name="api_workflow_start",
+        ),
+        Route("/api/workflow-definitions", start_api.definitions, name="api_workflow_definitions"),
         Route("/api/openapi.json", api.openapi, name="api_openapi"),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
@@ -128,7 +182,11 @@ def create_app(
         lifespan=lifespan,
         middleware=[
             Middleware(
-                SecurityMiddleware, auth=auth, basic_auth=basic_auth, allowed_hosts=allowed_hosts
+                SecurityMiddleware,
+                auth=auth,
+                basic_auth=basic_auth,
+                allowed_hosts=allowed_hosts,
+                public_probes=public_probes,
             ),
             Middleware(TimeBudgetMiddleware, seconds=query_timeout),
         ],

@@ -10,6 +10,7 @@ same-origin check, refused in read-only mode, like cleanup.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from typing import Any
 from urllib.parse import urlencode
 
@@ -56,6 +57,7 @@ def health_page(request: Request) -> Response:
         locks=held_locks(board.store),
         notice=notice,
         reasons=[r[:REASON_SHOWN] for r in request.query_params.getlist("reason")[:10]],
+        waiting=[w[:REASON_SHOWN] for w in request.query_params.getlist("waiting")[:10]],
         now=now(),
         live=True,
     )
@@ -82,8 +84,8 @@ def metrics(request: Request) -> Response:
 
 
 def _back(request: Request, **values: Any) -> Response:
-    reasons = values.pop("reason", [])
-    query = urlencode({**values, **({"reason": reasons} if reasons else {})}, doseq=True)
+    # Empty lists (no reason, nothing waiting) leave no key behind.
+    query = urlencode({key: v for key, v in values.items() if v != []}, doseq=True)
     return RedirectResponse(request.url_for("health").path + "?" + query, status_code=303)
 
 
@@ -116,10 +118,14 @@ async def requeue_now(request: Request) -> Response:
     if not ids:
         return refuse(request, 400, "nothing to requeue")
     results = await run_in_threadpool(lambda: recovery.requeue(ids, store=store))
-    refused_ones = [r for r in results if not r.ok]
+    # Each result says what it did: sent, waiting in the outbox for a worker of its
+    # queue (the job stays lost until then), or refused — never "enqueued" unsent.
+    waiting = Counter(r.message for r in results if r.outcome == "waiting")
+    refused_ones = [r for r in results if not r.ok and r.outcome != "waiting"]
     return _back(
         request,
-        requeued=len(results) - len(refused_ones),
+        requeued=sum(r.ok for r in results),
+        waiting=[f"{count} {message}" for message, count in sorted(waiting.items())],
         refused=len(refused_ones),
         reason=sorted(
             {f"{r.outcome}: {r.reason}" if r.reason else r.outcome for r in refused_ones}

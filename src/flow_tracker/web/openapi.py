@@ -134,6 +134,73 @@ _RUN_ID = {
 }
 
 
+_RETRIED: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "run_id": {"type": "string", "format": "uuid"},
+        "retried": {"type": "array", "items": {"type": "string"}},
+        "delivery": {"enum": ["sent", "nothing to send", "waiting"]},
+        "waiting_for": {"type": "array", "items": {"type": "string"}},
+        "message": {"type": "string"},
+    },
+    "required": ["run_id", "retried", "delivery", "waiting_for", "message"],
+}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_START_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "context": {"type": ["object", "null"]},
+        "version": {"type": ["string", "null"], "description": "Default: the newest recorded."},
+        "idempotency_key": {"type": ["string", "null"], "maxLength": 255},
+        "skip": {"type": ["array", "null"], "items": {"type": "string"}},
+        "tags": {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "string", "maxLength": 255},
+            "maxProperties": 20,
+        },
+        "reason": {"type": ["string", "null"]},
+    },
+}
+_STARTED: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "namespace": {"type": "string"},
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "created": {"type": "boolean"},
+        "delivery": {"enum": ["sent", "waiting", "nothing to send", "existing run"]},
+        "waiting_for": {"type": "array", "items": {"type": "string"}},
+        "message": {"type": "string"},
+        "url": {"type": "string"},
+        "run": {"type": "object"},
+    },
+    "required": ["id", "namespace", "name", "version", "created", "delivery", "run"],
+}
+_DEFINITION: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "namespace": {"type": "string"},
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "description": {"type": ["string", "null"]},
+        "queue": {"type": "string"},
+        "queue_name": {"type": "string"},
+        "module": {"type": ["string", "null"]},
+        "steps": {"type": "array", "items": {"type": "object"}},
+        "first_seen": {"type": "string", "format": "date-time"},
+        "last_seen": {"type": "string", "format": "date-time"},
+    },
+    "required": ["namespace", "name", "version", "queue", "steps", "first_seen", "last_seen"],
+}
+
+
 def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -307,6 +374,12 @@ def document(server_url: str = "/") -> dict[str, Any]:
                         ),
                         _query("limit", "Runs per page.", {"type": "integer", "default": 50}),
                         _query("before", "next_cursor of the previous page.", {"type": "string"}),
+                        _query(
+                            "tag",
+                            "Only runs with this tag, as key:value (repeat: every one).",
+                            {"type": "string"},
+                            True,
+                        ),
                     ],
                     "responses": {
                         "200": _ok(
@@ -352,6 +425,71 @@ def document(server_url: str = "/") -> dict[str, Any]:
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
                         "404": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/workflows/{run_id}/retry-failed": {
+                "post": {
+                    "operationId": "retryFailedSteps",
+                    "summary": "Retry every failed step of a run (JSON body; refused read-only).",
+                    "parameters": [_RUN_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"reason": {"type": ["string", "null"]}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok(_RETRIED, "The steps retried and what became of them."),
+                        "400": _ERROR_RESPONSE,
+                        "403": _ERROR_RESPONSE,
+                        "404": _ERROR_RESPONSE,
+                        "409": _ERROR_RESPONSE,
+                        "413": _ERROR_RESPONSE,
+                        "415": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/workflows/{namespace}/{name}/runs": {
+                "post": {
+                    "operationId": "startWorkflow",
+                    "summary": "Start a run of a recorded workflow (JSON body; refused read-only).",
+                    "parameters": [_path("namespace"), _path("name")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _START_REQUEST}},
+                    },
+                    "responses": {
+                        "201": _ok(_STARTED, "The new run and what became of its first steps."),
+                        "200": _ok(_STARTED, "The run this idempotency key started before."),
+                        "400": _ERROR_RESPONSE,
+                        "403": _ERROR_RESPONSE,
+                        "404": _ERROR_RESPONSE,
+                        "413": _ERROR_RESPONSE,
+                        "415": _ERROR_RESPONSE,
+                    },
+                }
+            },
+            "/api/workflow-definitions": {
+                "get": {
+                    "operationId": "listWorkflowDefinitions",
+                    "summary": "Every recorded workflow version: its steps, queue and module.",
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "items": {"type": "array", "items": _DEFINITION},
+                                },
+                                "required": ["items"],
+                            },
+                            "Definitions by namespace and name, newest version first.",
+                        ),
                     },
                 }
             },

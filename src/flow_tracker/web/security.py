@@ -71,10 +71,12 @@ class SecurityMiddleware:
         auth: AuthHook | None = None,
         basic_auth: tuple[str, str] | None = None,
         allowed_hosts: Sequence[str] | None = None,
+        public_probes: bool = True,
     ) -> None:
         self.app = app
         self.auth = auth
         self.basic_auth = basic_auth
+        self.public_probes = public_probes
         self.allowed_hosts = None if allowed_hosts is None else _host_patterns(allowed_hosts)
         self._auth_failed_logged = False
 
@@ -130,6 +132,10 @@ class SecurityMiddleware:
             raise
 
     async def _deny(self, request: Request) -> Response | None:
+        if self.public_probes and _is_probe(request):
+            # Live and ready carry no data; an orchestrator's probe sends neither
+            # credentials nor the dashboard's host name (see web/probes.py).
+            return None
         if self.allowed_hosts is not None and not _host_allowed(
             request.headers.get("host", ""), self.allowed_hosts
         ):
@@ -155,6 +161,14 @@ class SecurityMiddleware:
             if not allowed:
                 return PlainTextResponse("forbidden", status_code=403)
         return None
+
+
+def _is_probe(request: Request) -> bool:
+    """Whether ``request`` is a GET of ``/health/live`` or ``/health/ready`` of this app."""
+    from flow_tracker.web.probes import PROBE_PATHS
+
+    path = request.url.path[len(request.scope.get("root_path", "")) :]
+    return request.method in ("GET", "HEAD") and path in PROBE_PATHS
 
 
 def _host_patterns(hosts: Sequence[str]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import json
 import math
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -20,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.ids import parse_id
+from flow_tracker.store.starting import started_as
 from flow_tracker.store.workflows import DONE
 from flow_tracker.web import dag, statistics, workflow_statistics
 from flow_tracker.web.context import (
@@ -31,6 +33,7 @@ from flow_tracker.web.context import (
     render,
 )
 from flow_tracker.web.params import ParamError, clean, run_cursor
+from flow_tracker.web.tag_filters import tag_filters
 from flow_tracker.workflows import manage
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus, explain
 
@@ -48,6 +51,7 @@ def workflow_list(request: Request) -> Response:
     params = request.query_params
     name = clean(params["name"])[:255] if params.get("name") else None
     status = params.get("status") or None
+    tag = clean(params.get("tag", "")).strip()[:330]
     error = None
     runs: list[dict[str, Any]] = []
     try:
@@ -58,6 +62,7 @@ def workflow_list(request: Request) -> Response:
             status=status,
             limit=PAGE,
             before=run_cursor(params.get("before")),
+            tags=tag_filters([tag]),
             store=board.store,
         )
     except (ParamError, FlowTrackerError) as exc:
@@ -72,6 +77,7 @@ def workflow_list(request: Request) -> Response:
         runs=runs,
         name=name or "",
         status=status or "",
+        tag=tag,
         statuses=RUN_STATUSES,
         error=error,
         next_cursor=f"{last['created_at']}|{last['id']}" if last else None,
@@ -139,7 +145,7 @@ def workflow_detail(request: Request) -> Response:
     run = manage.with_results(
         run, names, store=dashboard_of(request).store, preview_over=SHOWN_VALUE_LIMIT
     )
-    shown = manage.shown(run, names)
+    shown = manage.shown(run, names, store=dashboard_of(request).store)
     expand = _expanded(request)
 
     # One route look-up, not one per step (~45 µs each, 14 ms on a 2,000-step page).
@@ -173,6 +179,7 @@ def workflow_detail(request: Request) -> Response:
         # A large run's Mermaid text is a download, not part of every page view.
         mermaid=manage.diagram_text(run) if len(run.steps) <= MERMAID_INLINE else None,
         failed_steps=[n for n, s in run.steps.items() if s.status == "failed"][:LISTED],
+        started_as=started_as(dashboard_of(request).store, run.id),
         nav="workflows",
         now=now(),
         live=not run.finished,
@@ -209,6 +216,11 @@ def _who(request: Request) -> str:
     return "dashboard"
 
 
+def who_acts(request: Request) -> str:
+    """Who an action of this request is kept as, in the run's history (the API's too)."""
+    return _who(request)
+
+
 def _no_constant(name: str) -> Any:
     # Python's json reads NaN and Infinity, which are no JSON and no stored result.
     raise ValueError(f"{name} is not a JSON value")
@@ -238,9 +250,10 @@ async def workflow_action(request: Request) -> Response:
     step = _field(form, "step")
     board = dashboard_of(request)
     who = _who(request)
+    delivery = None
     try:
         if action == "retry":
-            await run_in_threadpool(
+            delivery = await run_in_threadpool(
                 lambda: manage.retry_step(run_id, step, by=who, reason=reason, store=board.store)
             )
         elif action == "resolve":
@@ -255,11 +268,16 @@ async def workflow_action(request: Request) -> Response:
             except RecursionError:
                 # "[[[[..." past Python's recursion limit: the parser gives up, not the page.
                 return refuse(request, 400, "the result is nested too deeply")
-            await run_in_threadpool(
+            delivery = await run_in_threadpool(
                 lambda: manage.resolve_step(
                     run_id, step, result=result, by=who, reason=reason, store=board.store
                 )
             )
+        elif action == "retry-failed":
+            retried = await run_in_threadpool(
+                lambda: manage.retry_failed_steps(run_id, by=who, reason=reason, store=board.store)
+            )
+            delivery = retried.delivery
         elif action == "cancel":
             await run_in_threadpool(
                 lambda: manage.cancel_workflow(run_id, by=who, reason=reason, store=board.store)
@@ -271,4 +289,7 @@ async def workflow_action(request: Request) -> Response:
     except FlowTrackerError as exc:
         return refuse(request, 409, str(exc))
     target = request.url_for("workflow", run_id=run_id).path + f"?done={action}"
+    if delivery is not None and delivery.waiting:
+        # Said on the page: nothing was sent, a worker of that queue will send it.
+        target += "&waiting=" + quote(",".join(delivery.waiting))
     return RedirectResponse(target, status_code=303)

@@ -7,34 +7,44 @@ step's end and its children's readiness are decided in one transaction, and a
 run survives any worker.
 
 * :mod:`.definition` - declaring workflows and steps (checked as they are declared);
-* :mod:`.engine` - starting runs, running a step in a worker, recovery;
+* :mod:`.definitions` - definitions recorded by every declaring process, listed;
+* :mod:`.starting` - starting a run from a declaration or a stored definition;
+* :mod:`.engine` - sending steps, running a step in a worker, recovery;
 * :mod:`.threads` - the in-process pool;
 * :mod:`.status` and :mod:`.manage` - reading runs and acting on them by hand;
 * :mod:`flow_tracker.store.workflows` - every statement they use.
 """
 
 from flow_tracker.workflows.definition import StepSpec, Workflow, workflow
+from flow_tracker.workflows.definitions import WorkflowDefinition, list_workflow_definitions
 from flow_tracker.workflows.manage import (
     cancel_workflow,
     get_workflow,
     list_workflows,
     resolve_step,
+    retry_failed_steps,
     retry_step,
     workflow_diagram,
 )
+from flow_tracker.workflows.starting import StartedRun, start_workflow
 from flow_tracker.workflows.status import StepStatus, WorkflowRun, WorkflowStatus
 
 __all__ = [
+    "StartedRun",
     "StepSpec",
     "StepStatus",
     "Workflow",
+    "WorkflowDefinition",
     "WorkflowRun",
     "WorkflowStatus",
     "cancel_workflow",
     "get_workflow",
+    "list_workflow_definitions",
     "list_workflows",
     "resolve_step",
+    "retry_failed_steps",
     "retry_step",
+    "start_workflow",
     "workflow",
     "workflow_diagram",
 ]

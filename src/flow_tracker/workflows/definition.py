@@ -41,6 +41,14 @@ QUEUE_NAME_LIMIT = 255
 CONTEXT_PARAMETER = "context"
 
 _WORKFLOWS: dict[str, Workflow] = {}
+# Every version declared here, by (namespace, name, version): a worker runs a step with
+# the functions of the version its run was started with (see find_version).
+_VERSIONS: dict[tuple[str, str, str], Workflow] = {}
+DEFAULT_NAMESPACE = "default"
+DEFAULT_VERSION = "1"
+# A namespace or version is part of "namespace/name" and of URLs: no "/" in either.
+NAMESPACE_LIMIT = 120
+VERSION_LIMIT = 64
 # Queues the declared steps use, per queue system, and how an installed integration
 # declares one (a Dramatiq worker consumes only the queues declared on its broker).
 _QUEUES_USED: dict[str, set[str]] = {}
@@ -63,6 +71,8 @@ class StepSpec:
     jitter: float
     retry_on: tuple[type[BaseException], ...]
     queue_name: str
+    timeout: float | None = None
+    """Seconds an attempt may run before it fails with StepTimeout; None: no limit."""
     children: list[str] = field(default_factory=list, compare=False)
 
     def delay_before(self, retry: int, rng: random.Random | None = None) -> float:
@@ -87,6 +97,7 @@ class StepSpec:
             "jitter": self.jitter,
             "retry_on": [_class_name(cls) for cls in self.retry_on],
             "queue_name": self.queue_name,
+            "timeout": self.timeout,
         }
 
 
@@ -138,8 +149,19 @@ class Workflow:
         queue: str = "threads",
         queue_name: str | None = None,
         module: str | None = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        version: str = DEFAULT_VERSION,
+        description: str | None = None,
     ) -> None:
         checked_name(name, "a workflow name")
+        _no_slash(checked_name(namespace, f"workflow {name!r}: namespace", NAMESPACE_LIMIT))
+        _no_slash(checked_name(version, f"workflow {name!r}: version", VERSION_LIMIT))
+        if description is not None and not isinstance(description, str):
+            raise UsageError(f"workflow {name!r}: description is text, not {description!r}")
+        self.namespace = namespace
+        self.version = version
+        self.description = description
         if queue not in QUEUES:
             raise UsageError(
                 f"workflow {name!r}: queue must be one of {', '.join(QUEUES)}, not {queue!r}"
@@ -154,7 +176,10 @@ class Workflow:
         self.steps: dict[str, StepSpec] = {}
 
     def __repr__(self) -> str:
-        return f"<Workflow {self.name!r} on {self.queue}: {len(self.steps)} steps>"
+        return (
+            f"<Workflow {self.namespace}/{self.name!r} version {self.version!r} on {self.queue}: "
+            f"{len(self.steps)} steps>"
+        )
 
     @overload
     def step(
@@ -170,6 +195,7 @@ class Workflow:
         jitter: float = 0.1,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         queue_name: str | None = None,
+        timeout: float | None = None,
     ) -> F: ...
 
     @overload
@@ -186,6 +212,7 @@ class Workflow:
         jitter: float = 0.1,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         queue_name: str | None = None,
+        timeout: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def step(
@@ -201,6 +228,7 @@ class Workflow:
         jitter: float = 0.1,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         queue_name: str | None = None,
+        timeout: float | None = None,
     ) -> F | Callable[[F], F]:
         """Declare a step: ``@wf.step(...)`` above a function, or ``wf.step(name=...)(fn)``.
 
@@ -221,6 +249,14 @@ class Workflow:
             jitter: the delay is spread by ± this fraction of it.
             retry_on: the exceptions worth a retry; any other fails the step at once.
             queue_name: the queue of the queue system this step goes to.
+            timeout: seconds an attempt may run (a positive number; None, the
+                default: no limit). Past it the attempt fails with
+                :class:`~flow_tracker.StepTimeout` and the step retries per its
+                policy (``retry_on``'s default, ``Exception``, includes it), enforced
+                by the queue's own time limit (Celery ``soft_time_limit``, RQ
+                ``job_timeout``, Dramatiq ``time_limit``) or, on ``threads``, by the
+                pool, which cannot stop a thread: it stores the timeout at the
+                deadline and ignores what the function returns later.
 
         Raises:
             UsageError: a duplicate or unknown name, a cycle, a parent of another
@@ -241,6 +277,7 @@ class Workflow:
                 jitter=jitter,
                 retry_on=retry_on,
                 queue_name=queue_name,
+                timeout=timeout,
             )
             return func
 
@@ -259,6 +296,7 @@ class Workflow:
         jitter: float,
         retry_on: type[BaseException] | tuple[type[BaseException], ...],
         queue_name: str | None,
+        timeout: float | None = None,
     ) -> None:
         if not callable(func):
             raise UsageError(f"workflow {self.name!r}: a step is a function, not {func!r}")
@@ -284,6 +322,7 @@ class Workflow:
             jitter=_number("jitter", jitter, minimum=0.0, step=step),
             retry_on=_exception_classes(retry_on, step),
             queue_name=self._queue_name(queue_name, step),
+            timeout=_timeout(timeout, step),
         )
         if spec.jitter > 1.0:
             raise UsageError(f"step {step!r}: jitter is a fraction between 0 and 1, not {jitter!r}")
@@ -335,20 +374,66 @@ class Workflow:
             "steps": [spec.snapshot() for spec in self.steps.values()],
         }
 
-    def run(self, context: Mapping[str, Any] | None = None) -> WorkflowRun:
+    def run(
+        self,
+        context: Mapping[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        skip: Iterable[str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        initiator: str | None = None,
+        source: str | None = None,
+        reason: str | None = None,
+    ) -> WorkflowRun:
         """Start a run: stored before any step is enqueued; returns at once.
+
+        The keywords are :func:`flow_tracker.start_workflow`'s.
 
         Args:
             context: the run's input, a JSON object passed to every step.
+            version: another version of this workflow to start (default: this one).
+            idempotency_key: a repeated key returns the run it started.
+            skip: steps that count as resolved with result None.
+            tags: a few ``str -> str`` labels to find the run by.
+            initiator: who asked (kept in the run's history).
+            source: the system that asked (kept in the run's history).
+            reason: why (kept in the run's history).
 
         Raises:
-            UsageError: no steps, or a context that is not a JSON object.
+            UsageError: no steps, a context that is not a JSON object, an unknown
+                version or step to skip, bad tags.
             DatabaseUnavailableError: the run could not be stored.
         """
-        from flow_tracker.workflows.engine import start_run
+        from flow_tracker.workflows.starting import start_declared
 
-        started: WorkflowRun = start_run(self, context)
-        return started
+        return start_declared(
+            self,
+            context,
+            version=version,
+            idempotency_key=idempotency_key,
+            skip=skip,
+            tags=tags,
+            initiator=initiator,
+            source=source,
+            reason=reason,
+        )
+
+
+def _timeout(value: object, step: str) -> float | None:
+    """The step's timeout in seconds: None (no limit) or a positive, finite number."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")  # NaN fails both comparisons
+    ):
+        raise UsageError(
+            f"step {step!r}: timeout is a positive, finite number of seconds or None "
+            f"(no limit), not {value!r}"
+        )
+    return float(value)
 
 
 def _as_list(depends_on: Iterable[str | Callable[..., Any]], step: str) -> list[Any]:
@@ -421,24 +506,70 @@ def _check_signature(func: Callable[..., Any], step: str, parents: tuple[str, ..
         )
 
 
-def workflow(name: str, queue: str = "threads", *, queue_name: str | None = None) -> Workflow:
+def workflow(
+    name: str,
+    queue: str = "threads",
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    version: str = DEFAULT_VERSION,
+    description: str | None = None,
+    queue_name: str | None = None,
+) -> Workflow:
     """Declare a workflow: a named DAG of steps that runs on ``queue``.
 
     Args:
         name: how runs are named and how workers find the workflow.
         queue: ``"threads"`` (an in-process pool, the default), ``"celery"``,
             ``"rq"`` or ``"dramatiq"``; the integration must be installed.
+        namespace: a group of workflows (``"payments"``); started as
+            ``"payments/process_order"``. No ``/`` in it.
+        version: this declaration's version; several versions of one workflow
+            may be declared side by side, and each run keeps the one it was
+            started with. No ``/`` in it.
+        description: a line for the definitions page and list.
         queue_name: the queue steps go to (default: the system's default queue).
 
-    Declaring a workflow again under the same name replaces the earlier one in
-    this interpreter (a module reloaded).
+    Declaring the same (namespace, name, version) again replaces the earlier one
+    in this interpreter (a module reloaded). Nothing is stored at declaration:
+    the definition is recorded on first use (a start, a worker's step, a queue's
+    install; see :mod:`flow_tracker.workflows.definitions`).
 
     Raises:
-        UsageError: a bad name or an unknown queue.
+        UsageError: a bad name, namespace or version, or an unknown queue.
     """
-    declared = Workflow(name, queue, queue_name, _declaring_module())
-    _WORKFLOWS[name] = declared
+    declared = Workflow(
+        name,
+        queue,
+        queue_name,
+        _declaring_module(),
+        namespace=namespace,
+        version=version,
+        description=description,
+    )
+    _VERSIONS[(namespace, name, version)] = declared
+    newest = _WORKFLOWS.get(name)
+    if newest is None or newest.namespace != namespace or not _older(version, newest.version):
+        _WORKFLOWS[name] = declared
     return declared
+
+
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """How versions sort: dotted parts, numbers as numbers ("1.10" after "1.9").
+
+    A part that is not a number sorts after the numbers, by its text.
+    """
+    parts = version.replace("-", ".").replace("+", ".").split(".")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def _older(version: str, than: str) -> bool:
+    return version_key(version) < version_key(than)
+
+
+def _no_slash(value: str) -> str:
+    if "/" in value:
+        raise UsageError(f"a namespace or version has no '/' (it separates them): {value!r}")
+    return value
 
 
 def _declaring_module() -> str | None:
@@ -475,5 +606,23 @@ def on_queue_used(system: str, declare: Callable[[str], None]) -> None:
 
 
 def find(name: str) -> Workflow | None:
-    """The workflow declared under ``name`` in this interpreter, if any."""
+    """The workflow declared under ``name`` in this interpreter (its newest version), if any."""
     return _WORKFLOWS.get(name)
+
+
+def find_version(namespace: str, name: str, version: str | None = None) -> Workflow | None:
+    """The declaration of (namespace, name, version) here; ``version=None``: the newest one."""
+    if version is not None:
+        return _VERSIONS.get((namespace, name, version))
+    candidates = [wf for (ns, n, _v), wf in _VERSIONS.items() if ns == namespace and n == name]
+    return max(candidates, key=lambda wf: version_key(wf.version), default=None)
+
+
+def declared() -> list[Workflow]:
+    """Every workflow declared in this interpreter (the newest version of each name)."""
+    return list(_WORKFLOWS.values())
+
+
+def declared_versions() -> list[Workflow]:
+    """Every version of every workflow declared in this interpreter."""
+    return list(_VERSIONS.values())

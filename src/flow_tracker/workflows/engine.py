@@ -29,28 +29,42 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
 from flow_tracker import config, runtime
-from flow_tracker.errors import DatabaseUnavailableError, FlowTrackerError, Skipped, UsageError
-from flow_tracker.ids import new_id, process_id_for
+from flow_tracker.delivery import NOTHING_SENT, Delivery, backoff
+from flow_tracker.errors import (
+    DatabaseUnavailableError,
+    FlowTrackerError,
+    Skipped,
+    StepTimeout,
+    UsageError,
+)
 from flow_tracker.redaction import clean_text, redact_text
+from flow_tracker.retry_after import STEP_BACKOFF_MAX, RetryAfter
 from flow_tracker.status import Status
-from flow_tracker.store import step_writes
+from flow_tracker.store import outbox, step_writes
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store, error_line, is_transient
 from flow_tracker.store.workflows import CATEGORY, Dispatch, Ended
 from flow_tracker.tracker import describe_error
-from flow_tracker.workflows.definition import StepSpec, Workflow, find
+from flow_tracker.workflows import announce, timeouts
+from flow_tracker.workflows.definition import (
+    StepSpec,
+    Workflow,
+    declared_versions,
+    find,
+    find_version,
+)
+from flow_tracker.workflows.definitions import ensure_recorded, record_declared_soon
 from flow_tracker.workflows.status import notify_ended
 
 _log = logging.getLogger("flow_tracker.workflows")
 STEP_JOB_NAMESPACE = uuid.UUID("5f0e3b8a-2c4d-5e6f-9a1b-7c8d9e0f1a2b")
 STEP_TASK_NAME = "flow_tracker.workflow_step"
+RETRY_AFTER_CLASS = "flow_tracker.RetryAfter"
 # How long a worker keeps trying to store a step's end while the database is away.
 END_RETRY_SECONDS = 30.0
 
@@ -65,8 +79,48 @@ _SENDERS: dict[str, Sender] = {}
 
 
 def register_sender(system: str, send: Sender) -> None:
-    """Make ``send`` hand this queue system's steps to its broker (the integration's install)."""
+    """Make ``send`` hand this queue system's steps to its broker (the integration's install).
+
+    This process then also delivers the outbox's requests of that system (see
+    :mod:`flow_tracker.delivery`): it is a live worker of that queue.
+    """
+    from flow_tracker import delivery
+
     _SENDERS[system] = send
+    delivery.serve()
+    # A worker's install records the definitions it declares (in the background: an
+    # install never waits for the database), so pages can start them (DESIGN §12).
+    record_declared_soon()
+
+
+def sender_here(system: str, workflow: str) -> Sender | None:
+    """How this process sends a step of ``workflow`` on ``system``; None when it cannot.
+
+    The in-process pool runs only steps of workflows declared here: anywhere else
+    (a dashboard, a CLI) the step would fail with "no step in this worker".
+    """
+    if system == "threads" and find(workflow) is None:
+        return None
+    return sender_for(system)
+
+
+def cannot_send(system: str, workflow: str) -> bool:
+    """True when this process cannot send ``workflow``'s steps: they go to the outbox."""
+    return sender_here(system, workflow) is None
+
+
+def sending_systems() -> set[str]:
+    """The queue systems (not the in-process pool) whose steps this process sends."""
+    return {system for system in _SENDERS if system != "threads"}
+
+
+def served_threads_workflows() -> set[str]:
+    """The ``threads`` workflows whose steps this process's pool runs (declared here)."""
+    from flow_tracker.workflows.definition import declared
+
+    if "threads" not in _SENDERS:
+        return set()
+    return {wf.name for wf in declared() if wf.queue == "threads"}
 
 
 def sender_for(system: str) -> Sender | None:
@@ -154,60 +208,6 @@ def _unavailable(exc: BaseException, doing: str) -> DatabaseUnavailableError:
 # -- starting a run ---------------------------------------------------------------------
 
 
-def start_run(wf: Workflow, context: Mapping[str, Any] | None) -> Any:
-    """Store a run of ``wf`` and send its first steps (see :meth:`Workflow.run`)."""
-    from flow_tracker.workflows.status import WorkflowRun
-
-    if not wf.steps:
-        raise UsageError(f"workflow {wf.name!r} has no steps")
-    if context is None:
-        context = {}
-    if not isinstance(context, Mapping):
-        raise UsageError(f"a run's context is a dict, not {type(context).__name__}")
-    settings = config.current()
-    stored_context = as_json(
-        dict(context), f"the context of a {wf.name} run", settings.max_context_bytes
-    )
-    _warn_if_large(stored_context, wf.name, settings.context_warning_bytes)
-    if sender_for(wf.queue) is None:
-        raise UsageError(
-            f"workflow {wf.name!r} runs on {wf.queue}: call "
-            f"flow_tracker.integrations.{wf.queue}.install(...) in this process first"
-        )
-    store = _store()
-    run_id = new_id()
-    steps = []
-    for spec in wf.steps.values():
-        job_id = step_job_id(run_id, spec.name)
-        steps.append(
-            {
-                "name": spec.name,
-                "parents": list(spec.depends_on),
-                "children": list(spec.children),
-                "job_id": job_id,
-                "process_id": process_id_for(wf.queue, job_id),
-                "queue_name": spec.queue_name,
-            }
-        )
-    try:
-        roots = stored.create_run(
-            store,
-            run_id=run_id,
-            name=wf.name,
-            queue=wf.queue,
-            module=wf.module,
-            dag=wf.snapshot(),
-            context=stored_context,
-            steps=steps,
-        )
-    except (DBAPIError, SQLAlchemyError) as exc:
-        if not is_transient(exc):
-            raise
-        raise _unavailable(exc, f"starting a {wf.name} run") from exc
-    send(roots)
-    return WorkflowRun(run_id, wf.name)
-
-
 def _warn_if_large(context: dict[str, Any], workflow: str, threshold: int) -> None:
     """Warn about a context above ``threshold`` bytes: every step and page reads it whole."""
     size = len(json.dumps(context, ensure_ascii=False).encode("utf-8"))
@@ -221,23 +221,45 @@ def _warn_if_large(context: dict[str, Any], workflow: str, threshold: int) -> No
         )
 
 
-def send(dispatches: Iterable[Dispatch]) -> None:
-    """Hand steps to their queues; a step that cannot be sent is found again by :func:`recover`."""
+def send(dispatches: Iterable[Dispatch]) -> Delivery:
+    """Hand steps to their queues; what this process cannot send waits in the outbox.
+
+    A step whose queue has no integration here, or whose broker refused it, is
+    stored as an outbox request for a live worker of that queue (with the
+    broker's error); one that cannot even be stored is found again by
+    :func:`recover`. Returns what was sent and what waits.
+    """
+    delivery = NOTHING_SENT
     for dispatch in dispatches:
-        sender = sender_for(dispatch.system)
-        if sender is None:
-            _log.error(
-                "step %s of workflow run %s stays queued: the %s integration is not installed "
-                "in this process",
-                dispatch.step,
-                dispatch.run_id,
-                dispatch.system,
-            )
-            continue
+        sender = sender_here(dispatch.system, dispatch.workflow)
+        error: str | None = None
+        if sender is not None:
+            try:
+                sender(dispatch)
+                delivery += Delivery(sent=1)
+                continue
+            except Exception as exc:
+                error = error_line(exc)
+                runtime.report_internal_error(
+                    exc, f"sending step {dispatch.step} to {dispatch.system}"
+                )
+        delivery += Delivery(waiting=(dispatch.system,), error=error)
         try:
-            sender(dispatch)
-        except Exception as exc:
-            runtime.report_internal_error(exc, f"sending step {dispatch.step} to {dispatch.system}")
+            store = runtime.store()
+            store.ensure_schema()
+            outbox.add_now(
+                store,
+                kind=outbox.STEP,
+                job_system=dispatch.system,
+                workflow=dispatch.workflow,
+                target_id=dispatch.process_id(),
+                payload=dispatch.to_payload(),
+                error=error,
+                due_in=dispatch.delay if error is None else max(dispatch.delay, backoff(1)),
+            )
+        except Exception as exc:  # the reaper finds the step (queued, no message) and sends it
+            runtime.report_internal_error(exc, f"storing step {dispatch.step} in the outbox")
+    return delivery
 
 
 # -- running one step (in the worker) ------------------------------------------------------
@@ -265,13 +287,10 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
         raise _unavailable(exc, f"taking step {step} of workflow run {run}") from exc
     if claim is None:
         return  # a second delivery, a cancelled run: nothing to do
-    wf = _find(workflow, claim.module)
+    wf = _find(workflow, claim.module, claim.namespace, claim.version)
     spec = wf.steps.get(step) if wf is not None else None
     if spec is None:
-        message = (
-            f"workflow {workflow!r} has no step {step!r} in this worker: import the module "
-            "that declares it where the worker starts"
-        )
+        message = _not_here(workflow, step, claim.namespace, claim.version)
         _store_end(
             store,
             run,
@@ -283,17 +302,46 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
     _run_step(system, store, run, spec, claim, job_id, workflow, claimed_at)
 
 
-def _find(workflow: str, module: str | None) -> Workflow | None:
-    """The workflow by name, importing the module that declared it if it is not known here."""
-    found = find(workflow)
+def _find(workflow: str, module: str | None, namespace: str, version: str) -> Workflow | None:
+    """The declaration a run was started with, importing its module if it is not known here.
+
+    A worker resolves a step by the run's (namespace, name, version), exactly: the
+    functions of another version never run a step of this one. A deploy that
+    changes a workflow's steps declares a new version beside the old one, until
+    the old one's runs have ended.
+    """
+    found = find_version(namespace, workflow, version)
     if found is None and module and module != "__main__":
         try:
             importlib.import_module(module)
         except Exception as exc:
             _log.error("cannot import %s, which declares workflow %s: %s", module, workflow, exc)
             return None
-        found = find(workflow)
+        found = find_version(namespace, workflow, version)
+    if found is None:
+        record_declared_soon()
+    else:
+        ensure_recorded(found)
     return found
+
+
+def _not_here(workflow: str, step: str, namespace: str, version: str) -> str:
+    """Why a worker cannot run a step: the workflow, or the run's version of it, is not here."""
+    others = sorted(
+        wf.version
+        for wf in declared_versions()
+        if wf.name == workflow and wf.namespace == namespace and wf.version != version
+    )
+    if others:
+        return (
+            f"workflow {namespace}/{workflow} version {version!r} is not declared in this worker "
+            f"(it declares {', '.join(repr(v) for v in others)}): keep the version a run was "
+            "started with declared beside the new one until its runs have ended"
+        )
+    return (
+        f"workflow {workflow!r} has no step {step!r} in this worker: import the module "
+        "that declares it where the worker starts"
+    )
 
 
 def _run_step(
@@ -321,14 +369,26 @@ def _run_step(
         durable=False,
         started_at=claimed_at.timestamp(),
     )
+    deadline = timeouts.pool_deadline(system, store, run, spec, claim.attempt)
     try:
         outcome = _call(spec, claim)
     except (KeyboardInterrupt, SystemExit) as stop:
         # The worker is stopping under the step: it is not the step's failure. Its
         # tracker stops heartbeating, so the reaper finds it lost and sends it again
         # (as many times as max_lost allows), as if the worker had been killed.
-        finish_job(tracker, Status.LOST, stop, wait=False)
+        late = deadline.settle() if deadline is not None else None
+        if late is not None:
+            finish_job(tracker, late.status, late.error, wait=False, finished_at=late.ended_at)
+        else:
+            finish_job(tracker, Status.LOST, stop, wait=False)
         raise
+    late = deadline.settle() if deadline is not None else None
+    if late is not None:
+        # The pool ended this attempt at its deadline (timed out): what the function
+        # returned since is not stored (the database would refuse it), and its
+        # tracker ends as the stored end says, never "completed".
+        finish_job(tracker, late.status, late.error, wait=False, finished_at=late.ended_at)
+        return
     ended, status, exc, ended_at = _store_end(store, run, spec.name, claim.attempt, outcome)
     if ended is None:
         # The end could not be stored: the step is recovered as a lost one once the
@@ -366,6 +426,7 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
     An ``async def`` step runs to its end on an event loop of its own (a worker's
     thread runs none).
     """
+    bound = STEP_BACKOFF_MAX.set(spec.backoff_max)  # retry_after() reads the step's bound
     try:
         value = spec.fn(claim.context, **{p: claim.parents.get(p) for p in spec.depends_on})
         if inspect.iscoroutine(value):
@@ -374,7 +435,10 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
         return Outcome(Status.SKIPPED.value)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:
+    except RetryAfter as asked:
+        return _asked_retry(spec, claim, asked)
+    except BaseException as raised:
+        exc = timeouts.as_step_timeout(raised, spec)  # a queue's time limit: StepTimeout
         cls, message, _trace = describe_error(exc)
         error = (cls, redact_text(clean_text(message)))
         if isinstance(exc, spec.retry_on) and claim.attempt <= spec.retries:
@@ -382,6 +446,8 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
                 Status.RETRYING.value, None, error, spec.delay_before(claim.attempt), exc
             )
         return Outcome(Status.FAILED.value, None, error, None, exc)
+    finally:
+        STEP_BACKOFF_MAX.reset(bound)
     try:
         limit = config.current().max_result_bytes
         result = as_json(value, f"the result of step {spec.name!r}", limit)
@@ -391,6 +457,37 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
             cls = "flow_tracker.UsageError"
         return Outcome(Status.FAILED.value, None, (cls, clean_text(message)), None, exc)
     return Outcome(Status.COMPLETED.value, result)
+
+
+def timed_out(spec: StepSpec, attempt: int) -> Outcome:
+    """The end of an attempt that ran past the step's timeout: a failure like any other.
+
+    It retries per the step's policy: :class:`StepTimeout` is an ``Exception``
+    and a ``TimeoutError``, so the default ``retry_on`` counts it.
+    """
+    exc = StepTimeout(spec.timeout)
+    error = (timeouts.STEP_TIMEOUT_CLASS, str(exc))
+    if isinstance(exc, spec.retry_on) and attempt <= spec.retries:
+        return Outcome(Status.RETRYING.value, None, error, spec.delay_before(attempt), exc)
+    return Outcome(Status.FAILED.value, None, error, None, exc)
+
+
+def _asked_retry(spec: StepSpec, claim: step_writes.Taken, asked: RetryAfter) -> Outcome:
+    """The end of an attempt that raised :class:`RetryAfter`: a retry of the step's policy.
+
+    It needs retries left but not ``retry_on`` (the step asked for it by name);
+    its delay is bounded by ``backoff_max``, without jitter (a server said when).
+    """
+    reason = redact_text(clean_text(asked.reason))
+    if claim.attempt > spec.retries:
+        message = f"{reason}, but no retries are left (retries={spec.retries})"
+        return Outcome(Status.FAILED.value, None, (RETRY_AFTER_CLASS, message), None, asked)
+    delay = (
+        spec.delay_before(claim.attempt)
+        if asked.seconds is None
+        else min(asked.seconds, spec.backoff_max)
+    )
+    return Outcome(Status.RETRYING.value, None, (RETRY_AFTER_CLASS, reason), delay, asked)
 
 
 def _store_end(
@@ -451,6 +548,15 @@ def _store_end(
     except Exception as exc:  # stored: whatever follows is the reaper's to finish
         runtime.report_internal_error(exc, f"after the end of step {step}")
         ended = stored.NOTHING
+    if outcome.status == Status.RETRYING.value and ended.dispatches:
+        announce.step_retrying(
+            run,
+            done.workflow,
+            step,
+            attempt=attempt,
+            delay=outcome.retry_in,
+            error=outcome.error,
+        )
     return ended, outcome.status, outcome.exc, now.timestamp()
 
 
@@ -486,6 +592,8 @@ def _next(
         except Exception as exc:  # the reaper ends it (a run with no active step left)
             runtime.report_internal_error(exc, f"ending workflow run {run}")
     if ended is not None:
+        # Announced first: whoever wakes from run.wait() finds the event handed over.
+        announce.run_ended(store, run, ended)
         notify_ended(run)
     ready = [Dispatch(done.queue, done.workflow, run, *r) for r in done.ready]
     return Ended(ready, ended)
@@ -512,11 +620,14 @@ def recover(store: Store, lost_after: float) -> list[Dispatch]:
             uuid.UUID(str(row.process_id)),
             settings.max_lost,
             "its worker was lost; the workflow enqueued the step again",
+            cannot_send,
         )
-        send(ended.dispatches)
+        announce.run_ended(store, uuid.UUID(str(row.run_id)), ended.run_status)
+        if not ended.held:
+            send(ended.dispatches)
         sent += ended.dispatches
     overdue = stored.overdue_retries(store, lost_after)
     send(overdue)
     for run_id in stored.stalled_runs(store):
-        stored.finish_run(store, run_id)
+        announce.run_ended(store, run_id, stored.finish_run(store, run_id))
     return sent + overdue

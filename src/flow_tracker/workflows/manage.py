@@ -7,16 +7,19 @@ import getpass
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from flow_tracker import config
+from flow_tracker import config, delivery
+from flow_tracker.delivery import Delivery
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.redaction import Redactor, clean_text, redact_text
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
-from flow_tracker.workflows.engine import _store, as_json, send
+from flow_tracker.workflows import announce
+from flow_tracker.workflows.engine import _store, as_json, cannot_send, send
+from flow_tracker.workflows.starting import check_tags
 from flow_tracker.workflows.status import WorkflowStatus, build_status, notify_ended
 
 __all__ = [
@@ -26,12 +29,15 @@ __all__ = [
     "get_workflow",
     "list_workflows",
     "resolve_step",
+    "retry_failed_steps",
     "retry_step",
     "shown",
     "workflow_diagram",
 ]
 
 REASON_LIMIT = 500
+# The statuses of a step whose message may wait in the outbox (see shown()).
+UNSENT_STATUSES = frozenset({"queued", "retrying"})
 
 
 def _run_id(run_id: uuid.UUID | str) -> uuid.UUID:
@@ -170,11 +176,13 @@ def list_workflows(
     status: str | None = None,
     limit: int = 50,
     before: tuple[datetime, uuid.UUID] | None = None,
+    tags: Mapping[str, str] | None = None,
     store: Store | None = None,
 ) -> list[dict[str, Any]]:
     """Runs newest first (name, status, steps done of total, failed step), as JSON-ready dicts.
 
     ``before``: the ``(created_at, id)`` of the last run of the previous page.
+    ``tags``: only runs carrying every one of these tags.
     """
     if status is not None and status not in ("running", "completed", "failed", "cancelled"):
         raise UsageError(
@@ -183,7 +191,12 @@ def list_workflows(
     if not 1 <= int(limit) <= 1000:
         raise UsageError("limit is between 1 and 1000")
     rows = stored.list_runs(
-        store or _store(), name=name, status=status, limit=int(limit), before=before
+        store or _store(),
+        name=name,
+        status=status,
+        limit=int(limit),
+        before=before,
+        tags=check_tags(tags),
     )
     return [
         {
@@ -192,6 +205,8 @@ def list_workflows(
             "queue": row.queue,
             "status": row.status,
             "failed_step": row.failed_step,
+            "version": row.version,
+            "tags": row.tags or {},
             "steps_done": int(row.steps_done or 0),
             "steps_total": int(row.steps_total or 0),
             "created_at": row.created_at.isoformat(),
@@ -226,19 +241,90 @@ def retry_step(
     by: str | None = None,
     reason: str | None = None,
     store: Store | None = None,
-) -> None:
+) -> Delivery:
     """Run a failed step again, then whatever waits on it; a failed run goes on running.
 
     Steps that completed are not run again. The action is kept in the run's and
     the step's state history (who, and why).
+
+    Returns what became of the step's message: ``sent``, or (where this process
+    cannot send it: no integration of its queue here, a ``threads`` workflow not
+    declared here, a broker that refused it) ``waiting for a worker of <queue>``,
+    stored in the outbox with the change (see :mod:`flow_tracker.delivery`).
 
     Raises:
         NotFoundError: no such run or step.
         UsageError: the step is not failed, or the run was cancelled.
     """
     run = _run_id(run_id)
-    ended = _act(stored.retry_failed_step, store, run, step, _reason("retried", step, by, reason))
-    send(ended.dispatches)
+    text = _reason("retried", step, by, reason)
+    ended = _act(stored.retry_failed_step, store, run, step, text, cannot_send)
+    workflow = ended.dispatches[0].workflow if ended.dispatches else None
+    announce.step_retrying(
+        run, workflow, step, attempt=None, delay=None, error=None, by=_who(by), reason=reason
+    )
+    return _delivered(ended)
+
+
+def _delivered(ended: stored.Ended) -> Delivery:
+    """Send what a manual action set in motion, unless it waits in the outbox already."""
+    if ended.held:
+        systems = tuple(dict.fromkeys(d.system for d in ended.dispatches))
+        return Delivery(waiting=systems)
+    return send(ended.dispatches)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetriedSteps:
+    """What :func:`retry_failed_steps` did: the steps retried and their messages' fate."""
+
+    steps: tuple[str, ...]
+    """The failed steps queued again, in the run's order."""
+    delivery: Delivery
+    """Their messages together: all sent, or some waiting for a worker (see ``retry_step``)."""
+
+
+def retry_failed_steps(
+    run_id: uuid.UUID | str,
+    *,
+    by: str | None = None,
+    reason: str | None = None,
+    store: Store | None = None,
+) -> RetriedSteps:
+    """Retry every failed step of a run at once, as :func:`retry_step` retries one.
+
+    Each step is retried on its own (its attempts go on counting; each retry is
+    kept in the run's history with who and why); a step that someone else retried
+    or resolved meanwhile is left to them.
+
+    Raises:
+        NotFoundError: no such run.
+        UsageError: the run was cancelled, or has no failed step.
+    """
+    run = _run_id(run_id)
+    chosen = store or _store()
+    status = get_workflow_outline(run, store=chosen)
+    if status.status == "cancelled":
+        raise UsageError(f"workflow run {run} was cancelled; nothing in it starts again")
+    failed = [name for name, step in status.steps.items() if step.status == "failed"]
+    if not failed:
+        raise UsageError(f"workflow run {run} has no failed step to retry")
+    retried: list[str] = []
+    deliveries: list[Delivery] = []
+    for name in failed:
+        try:
+            deliveries.append(retry_step(run, name, by=by, reason=reason, store=chosen))
+        except UsageError:  # no longer failed: retried or resolved by someone else since
+            continue
+        retried.append(name)
+    if not retried:
+        raise UsageError(f"workflow run {run} has no failed step to retry")
+    delivery = Delivery(
+        sent=sum(d.sent for d in deliveries),
+        waiting=tuple(dict.fromkeys(q for d in deliveries for q in d.waiting)),
+        error=next((d.error for d in deliveries if d.error), None),
+    )
+    return RetriedSteps(tuple(retried), delivery)
 
 
 def resolve_step(
@@ -249,10 +335,12 @@ def resolve_step(
     reason: str | None = None,
     by: str | None = None,
     store: Store | None = None,
-) -> None:
+) -> Delivery:
     """Mark a failed step done by hand with ``result``, so that what waits on it goes on.
 
     ``result`` reaches the step's children as if the step had returned it.
+    Returns what became of the messages of the children it released (see
+    :func:`retry_step`): ``sent``, ``nothing to send`` or ``waiting for a worker of <queue>``.
 
     Raises:
         NotFoundError: no such run or step.
@@ -264,8 +352,10 @@ def resolve_step(
         result, f"the result given to resolve step {step!r}", config.current().max_result_bytes
     )
     reason_text = _reason("resolved", step, by, reason)
-    ended = _act(stored.resolve_failed_step, store, run, step, value, reason_text)
-    send(ended.dispatches)
+    ended = _act(stored.resolve_failed_step, store, run, step, value, reason_text, cannot_send)
+    announce.step_resolved(store or _store(), run, step, by=_who(by), reason=reason)
+    announce.run_ended(store or _store(), run, ended.run_status)
+    return _delivered(ended)
 
 
 def cancel_workflow(
@@ -285,12 +375,17 @@ def cancel_workflow(
     """
     run = _run_id(run_id)
     text = _reason("cancelled", None, by, reason)
+    chosen = store or _store()
     try:
-        count = stored.cancel_run(store or _store(), run, text)
+        count = stored.cancel_run(chosen, run, text)
     except LookupError as exc:
         raise NotFoundError(str(exc)) from None
     except stored.NotAllowed as exc:
         raise UsageError(str(exc)) from None
+    if count == stored.ALREADY_CANCELLED:
+        notify_ended(run)
+        return 0
+    announce.run_ended(chosen, run, "cancelled", by=_who(by), reason=reason, cancelled_steps=count)
     notify_ended(run)
     return count
 
@@ -379,14 +474,20 @@ def workflow_diagram(run_id: uuid.UUID | str, *, store: Store | None = None) -> 
     return diagram_text(get_workflow(run_id, store=store))
 
 
-def shown(status: WorkflowStatus, steps: Iterable[str] | None = None) -> dict[str, Any]:
+def shown(
+    status: WorkflowStatus, steps: Iterable[str] | None = None, *, store: Store | None = None
+) -> dict[str, Any]:
     """The run as JSON for people (API, CLI): context and results redacted like metadata.
 
-    :func:`get_workflow` returns them intact: they are the steps' inputs.
+    :func:`get_workflow` returns them intact: they are the steps' inputs. Each
+    step says whether its message waits in the outbox: ``delivery`` is
+    ``waiting for a worker of <queue>`` (else None) and ``delivery_waiting_s``
+    how long it has waited — one query for the whole run, none when no step is queued.
 
     Args:
         status: the run.
         steps: only these steps (a page listing part of a large run); default all.
+        store: the tracking database to read the outbox from (default: the configured one).
     """
     redactor = Redactor(config.current().redact_keys)
     data = status.to_dict(steps)
@@ -395,4 +496,16 @@ def shown(status: WorkflowStatus, steps: Iterable[str] | None = None) -> dict[st
         step["result"] = redactor.scrub(step["result"])
         if step["error"]:
             step["error"] = redact_text(step["error"])
+        step["delivery"] = step["delivery_waiting_s"] = None
+    # A step held for a worker reads "queued" (or "retrying", due later) until sent.
+    unsent = [s for s in data["steps"] if s["process_id"] and s["status"] in UNSENT_STATUSES]
+    if unsent:
+        found = delivery.waiting(
+            [uuid.UUID(s["process_id"]) for s in unsent], store=store or _store()
+        )
+        for step in unsent:
+            held = found.get(uuid.UUID(step["process_id"]))
+            if held is not None:
+                step["delivery"] = held.message
+                step["delivery_waiting_s"] = round(held.age_s(), 1)
     return data

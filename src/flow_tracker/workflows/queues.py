@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from flow_tracker.store.workflows import Dispatch
+from flow_tracker.workflows import timeouts
 from flow_tracker.workflows.definition import on_queue_used
 from flow_tracker.workflows.engine import STEP_TASK_NAME, execute_step, register_sender
 
@@ -61,6 +62,7 @@ def _send_celery(app: Any, dispatch: Dispatch) -> None:
         queue=dispatch.queue_name,
         task_id=dispatch.message_id(),
         countdown=dispatch.delay if dispatch.delay > 0 else None,
+        **timeouts.celery_options(dispatch),  # the step's timeout: Celery's time limits
     )
 
 
@@ -89,6 +91,7 @@ def _send_rq(connection: Any, dispatch: Dispatch) -> None:
         )
     queue = Queue(dispatch.queue_name, connection=conn)
     options: dict[str, Any] = {"job_id": dispatch.message_id(), "result_ttl": 0}
+    options.update(timeouts.rq_options(dispatch))  # the step's timeout: RQ's job_timeout
     if dispatch.delay > 0:
         queue.enqueue_in(timedelta(seconds=dispatch.delay), rq_step, *dispatch.args(), **options)
     else:
@@ -124,7 +127,7 @@ def _send_dramatiq(broker: Any, dispatch: Dispatch) -> None:
         actor_name=STEP_TASK_NAME,
         args=tuple(dispatch.args()),
         kwargs={},
-        options={},
+        options=timeouts.dramatiq_options(dispatch),  # the step's timeout: its time_limit
         message_id=dispatch.message_id(),
         message_timestamp=int(time.time() * 1000),
     )

@@ -152,7 +152,7 @@ def explain(run: WorkflowStatus, step: StepStatus) -> str:
             (s.get("retries", 0) for s in run.dag.get("steps", []) if s.get("name") == step.name), 0
         )
         when = f" at {step.next_attempt_at:%H:%M:%S}" if step.next_attempt_at else ""
-        return f"retry {step.attempts} of {retries}{when}"
+        return f"{_timed_out(step)}retry {step.attempts} of {retries}{when}"
     if step.status == Status.QUEUED.value:
         return "queued: waiting for a worker"
     if step.status == Status.RUNNING.value:
@@ -164,8 +164,14 @@ def explain(run: WorkflowStatus, step: StepStatus) -> str:
     if step.status == "resolved":
         return "resolved by hand"
     if step.status == Status.FAILED.value:
-        return "the root cause" if run.failed_step == step.name else "failed"
+        why = "the root cause" if run.failed_step == step.name else "failed"
+        return f"{_timed_out(step)}{why}"
     return ""
+
+
+def _timed_out(step: StepStatus) -> str:
+    """A hint for a step whose last attempt ran past its timeout (StepTimeout)."""
+    return "timed out; " if (step.error or "").startswith("flow_tracker.StepTimeout:") else ""
 
 
 def build_status(
