@@ -293,7 +293,7 @@ def test_workflow_pages_draw_act_and_are_photographed(database_url: str, browser
             page.fill("form[action$='/retry'] input[name=reason]", "gateway back")
             page.click("form[action$='/retry'] button")
             page.wait_for_load_state()
-            assert "The step was queued again." in page.content()
+            assert "The step was sent again." in page.content()  # declared here: sent at once
             assert (
                 flow_tracker.WorkflowRun(failed.id, "browser_orders").wait(30).status == "completed"
             )

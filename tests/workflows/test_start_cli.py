@@ -6,17 +6,28 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 import flow_tracker
 from flow_tracker.cli import main
-from flow_tracker.workflows import definitions
+from flow_tracker.workflows import definitions, engine
 
 WAIT = 30.0
 
 
 def _cli(url: str, *args: str) -> Any:
     return CliRunner().invoke(main, ["workflows", *args, "--database-url", url])
+
+
+@pytest.fixture(autouse=True)
+def _no_celery_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Play the CLI of a host without Celery's integration, in this process.
+
+    Earlier tests of the run may have installed it in this interpreter; its
+    sender would then publish at once, and nothing would wait for a worker.
+    """
+    monkeypatch.delitem(engine._SENDERS, "celery", raising=False)
 
 
 def _recorded(name: str, queue: str = "celery") -> Any:
