@@ -360,3 +360,54 @@ outbox = Table(
     ),
     Index("ix_flow_tracker_outbox_target", "target_id"),
 )
+
+# Who did what (DESIGN §10): one row per action from the dashboard, the API, the CLI
+# or the library — allowed, refused or failed — never a payload value. ``at`` is the
+# database's time. Refusals of one actor, action and minute are one row whose
+# ``times`` counts them, so a script hammering a forbidden route writes little.
+audit_log = Table(
+    "flow_tracker_audit",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("via", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255)),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", json_type()),
+    Column("client", String(255)),
+    Column("request_id", String(64)),
+    Column("times", Integer, nullable=False, server_default=text("1")),
+    Index("ix_flow_tracker_audit_at", "at"),
+    Index("ix_flow_tracker_audit_actor", "actor", "at"),
+    Index("ix_flow_tracker_audit_action", "action", "at"),
+)
+
+# API tokens (DESIGN §10): sent as ``ft_<id>_<secret>``; only the SHA-256 of the
+# secret is kept. A name is unique among tokens not revoked, so a revoked name
+# may be used again and its old token stays refused.
+api_tokens = Table(
+    "flow_tracker_api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(120), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(255)),
+    Column("expires_at", UTCDateTime),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+    Column("revoked_by", String(255)),
+    Index(
+        "ux_flow_tracker_api_tokens_name",
+        "name",
+        unique=True,
+        postgresql_where=text("revoked_at IS NULL"),
+        sqlite_where=text("revoked_at IS NULL"),
+    ),
+)

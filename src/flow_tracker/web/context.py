@@ -23,6 +23,7 @@ from flow_tracker import __version__
 from flow_tracker.store import rollups
 from flow_tracker.store.engine import Store
 from flow_tracker.web import formatting
+from flow_tracker.web.access import principal_of
 from flow_tracker.web.security import CSRF_FIELD, check_post
 from flow_tracker.web.statistics_keeper import RollupState, StatisticsKeeper
 
@@ -120,10 +121,13 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     def path(name: str, **params: Any) -> str:
         return request.url_for(name, **params).path
 
+    principal = principal_of(request)
     context.update(
         request=request,
         title=board.title,
         read_only=board.read_only,
+        principal=principal,
+        can=principal.can,
         csrf_token=request.scope.get("state", {}).get("csrf_token", ""),
         path=path,
         refresh_seconds=board.refresh_seconds,
