@@ -585,6 +585,80 @@ def test_flask_mount(tracked: str) -> None:
     assert b"flow-tracker" in response.data
 
 
+# -- who may do what: the host app's users as roles ----------------------------------
+
+REAP_FORM = 'action="/jobs/health/reap"'
+
+
+def test_django_mounts_give_users_the_role_their_groups_grant(
+    tracked: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+    from django.test import Client
+    from starlette.testclient import TestClient
+
+    from tests.support.django_site import PASSWORD, SETTINGS, django_ready
+
+    django_ready(tmp_path_factory.mktemp("django"))  # the test project (tests/support)
+    # The examples' setdefault must not leave "mysite.settings" behind for later tests.
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", SETTINGS)
+    from django.contrib.auth.models import User
+
+    User.objects.filter(username="ana").delete()
+    User.objects.create_user("ana", "ana@example.com", PASSWORD)
+    browser = Client()
+    assert browser.login(username="ana", password=PASSWORD)
+    ana = {"cookie": f"sessionid={browser.cookies['sessionid'].value}"}
+    asgi = run("In a Django project #1")["application"]
+    wsgi = run("In a Django project #2")["application"]
+    sites: dict[str, httpx.Client] = {
+        "asgi": TestClient(asgi, follow_redirects=False),
+        "wsgi": httpx.Client(transport=httpx.WSGITransport(app=wsgi), base_url="http://testserver"),
+    }
+    for name, site in sites.items():
+        anonymous = site.get("/jobs/health")
+        assert anonymous.status_code == 302, name
+        assert anonymous.headers["location"] == "/accounts/login/?next=/jobs/health"
+        assert site.get("/jobs/health", headers=ana).status_code == 403, name  # no permission
+    run("In a Django project #3")
+    for name, site in sites.items():
+        page = site.get("/jobs/health", headers=ana)
+        assert page.status_code == 200 and REAP_FORM in page.text, name  # an operator now
+        assert site.get("/hello/", headers=ana).text == "hello from django, ana", name
+    asgi.dashboard.state.dashboard.store.dispose()
+    wsgi.dashboard.app.dashboard.state.dashboard.store.dispose()
+
+
+def test_fastapi_users_get_the_role_their_scopes_grant(tracked: str) -> None:
+    from starlette.testclient import TestClient
+
+    ns = run("In a FastAPI or Starlette app #1", password_ok=lambda _, password: password == "pw")
+    browsers = {email: TestClient(ns["app"]) for email in ("ana", "bo", "cy")}
+    assert browsers["ana"].get("/jobs/health").status_code == 403  # not logged in
+    for name, browser in browsers.items():
+        login = {"email": f"{name}@example.com", "password": "pw"}
+        assert browser.post("/login", json={**login, "password": "no"}).status_code == 401
+        assert browser.post("/login", json=login).status_code == 200
+    assert REAP_FORM in browsers["ana"].get("/jobs/health").text  # operator
+    viewer = browsers["bo"].get("/jobs/health")
+    assert viewer.status_code == 200 and REAP_FORM not in viewer.text
+    assert browsers["cy"].get("/jobs/health").status_code == 403  # no role
+
+
+def test_flask_users_get_the_role_the_app_gives_them(tracked: str) -> None:
+    ns = run("In a Flask app #1", password_ok=lambda _, password: password == "pw")
+    browsers = {name: ns["app"].test_client() for name in ("ana", "bo", "cy")}
+    assert browsers["ana"].get("/jobs/health").status_code == 403  # not logged in
+    browsers["ana"].set_cookie("session", "forged.value.here")
+    assert browsers["ana"].get("/jobs/health").status_code == 403
+    for name, browser in browsers.items():
+        assert browser.post("/login", data={"user": name, "password": "pw"}).status_code == 200
+    assert REAP_FORM in browsers["ana"].get("/jobs/health").text  # operator
+    viewer = browsers["bo"].get("/jobs/health")
+    assert viewer.status_code == 200 and REAP_FORM not in viewer.text
+    assert browsers["cy"].get("/jobs/health").status_code == 403  # no role
+
+
 @pytest.mark.postgres
 def test_a_dashboard_reads_a_replica(pg_server_url: str) -> None:
     from starlette.testclient import TestClient

@@ -125,6 +125,8 @@ def known_tokens() -> list[tuple[str, str]]:
     tokens += [(fake(p, 24, "12-ab3"), p) for p in ("xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-")]
     tokens += [(fake(p, 24), p) for p in ("sk_live_", "rk_live_", "sk_test_")]
     tokens += [(fake(p, 16, "Q7ZX4W"), p) for p in ("AKIA", "ASIA")]
+    # flow-tracker's own API tokens: ft_<12 lower-case letters or digits>_<secret>.
+    tokens.append(("ft_k3v9x2m7q1zd_" + "Xy-9_bQ4" * 5 + "zZ9", "ft_"))
     tokens.append((jwt(), ""))
     return tokens
 
@@ -151,6 +153,9 @@ def test_near_misses_of_known_token_prefixes_are_kept() -> None:
         fake("mask_live_", 24),  # "sk_live_" inside a word
         fake("xghp_", 36),
         "eyJhbGciOiJIUzI1NiJ9 alone",
+        "ft_short",
+        "left_k3v9x2m7q1zd_" + "Xy-9_bQ4" * 5,  # "ft_" inside a word
+        "ft_K3V9X2M7Q1ZD_" + "Xy-9_bQ4" * 5,  # an id is lower case
     ]
     for text in near:
         assert redact_text(text) == text

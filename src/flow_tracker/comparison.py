@@ -38,7 +38,7 @@ from typing import Any
 from flow_tracker import config, runtime
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.ids import parse_id
-from flow_tracker.records import ErrorInfo, ProcessRecord
+from flow_tracker.records import ErrorInfo, ProcessRecord, queue_wait_ms
 from flow_tracker.redaction import REDACTED, Redactor
 from flow_tracker.status import Status
 from flow_tracker.store import comparison as stored
@@ -898,15 +898,13 @@ def _as_id(value: uuid.UUID | str, what: str) -> uuid.UUID:
 
 
 def _queue_wait(store: Store, run: ProcessRecord) -> float | None:
-    """How long the job waited in its queue before its first attempt started (ms)."""
+    """How long the job waited in its queue before its first attempt started (ms).
+
+    The run was read without its history: its first start is asked for alone.
+    """
     if run.queued_at is None:
         return None
-    first = stored.first_start(store, run.id)
-    if first is None and run.attempt <= 1:
-        first = run.started_at
-    if first is None:
-        return None
-    return max(0.0, (first - run.queued_at).total_seconds() * 1000.0)
+    return queue_wait_ms(run, stored.first_start(store, run.id))
 
 
 def _notes(run: ProcessRecord, baseline: ProcessRecord, chosen: bool) -> list[str]:

@@ -30,6 +30,8 @@ class Settings:
         database_url: SQLAlchemy URL of the tracking database.
         enabled: False turns every call into a cheap no-op; the user's code still runs.
         retention_days: default age for :func:`flow_tracker.cleanup`.
+        audit_retention_days: audit rows older than this are deleted by the reaper
+            (hourly at most); a clean-up of processes never deletes them.
         default_category: category of processes that do not name one.
         log_to_stdlib: mirror tracker logs to ``logging.getLogger("flow_tracker")``.
         heartbeat_interval: seconds between heartbeats of running processes.
@@ -70,6 +72,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     enabled: bool = True
     retention_days: int = 365
+    audit_retention_days: int = 365
     default_category: str = "jobs"
     log_to_stdlib: bool = True
     heartbeat_interval: float = 10.0
@@ -143,6 +146,7 @@ def _validate(s: Settings) -> None:
         )
     positive = {
         "retention_days": s.retention_days,
+        "audit_retention_days": s.audit_retention_days,
         "heartbeat_interval": s.heartbeat_interval,
         "lost_after": s.lost_after,
         "stale_after": s.stale_after,

@@ -50,6 +50,8 @@ class Delivery:
     """The queue systems whose messages wait in the outbox for a worker."""
     error: str | None = None
     """Why a publish tried here failed (the message waits in the outbox)."""
+    waiting_count: int = 0
+    """How many messages wait in the outbox (0 where a caller did not count them)."""
 
     @property
     def ok(self) -> bool:
@@ -76,7 +78,12 @@ class Delivery:
 
     def __add__(self, other: Delivery) -> Delivery:
         waiting = tuple(dict.fromkeys(self.waiting + other.waiting))
-        return Delivery(self.sent + other.sent, waiting, self.error or other.error)
+        return Delivery(
+            self.sent + other.sent,
+            waiting,
+            self.error or other.error,
+            self.waiting_count + other.waiting_count,
+        )
 
 
 NOTHING_SENT = Delivery()

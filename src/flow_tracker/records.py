@@ -169,14 +169,8 @@ class ProcessRecord:
         - queued_at`` would also count the earlier attempts' runs. The first start is
         in the state history (filled by ``get_process``).
         """
-        if self.queued_at is None:
-            return None
         first = next((t.at for t in self.history if t.status == Status.RUNNING.value), None)
-        if first is None and self.attempt <= 1:
-            first = self.started_at
-        if first is None:
-            return None
-        return max(0.0, (first - self.queued_at).total_seconds() * 1000.0)
+        return queue_wait_ms(self, first)
 
     def all_flows(self) -> Iterator[FlowRecord]:
         """Yield every flow of the process, depth first, in order."""
@@ -241,3 +235,20 @@ class Page:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def queue_wait_ms(process: ProcessRecord, first_start: datetime | None) -> float | None:
+    """How long ``process`` waited in its queue before its first attempt started, in ms.
+
+    ``first_start`` is when its first attempt started (from its state history);
+    without one, a first attempt's ``started_at`` is that time. None when the
+    process was never queued, or the start of its first attempt is unknown.
+    """
+    if process.queued_at is None:
+        return None
+    first = first_start
+    if first is None and process.attempt <= 1:
+        first = process.started_at
+    if first is None:
+        return None
+    return max(0.0, (first - process.queued_at).total_seconds() * 1000.0)

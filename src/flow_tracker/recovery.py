@@ -23,17 +23,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flow_tracker import config, runtime
-from flow_tracker.delivery import backoff, waiting_for, who
+from flow_tracker.delivery import NOTHING_SENT, Delivery, backoff, waiting_for, who
 from flow_tracker.errors import UsageError
 from flow_tracker.ids import process_id_for
 from flow_tracker.integrations.registry import probes, requeuer_for
 from flow_tracker.status import Status
+from flow_tracker.store import audit, outbox
 from flow_tracker.store import jobs as stored_jobs
-from flow_tracker.store import outbox
 from flow_tracker.store.engine import Store, error_line
 from flow_tracker.subscribers import BUS
 
 LAST_REAP_KEY = "reaper_last_run"
+REQUEUE_ACTION = "jobs:requeue"  # the permission a requeue needs, as the audit log names it
 LOST_ERROR_CLASS = stored_jobs.LOST_ERROR_CLASS
 LOST_WINDOW = timedelta(hours=24)
 REQUEUE_NAMESPACE = uuid.UUID("0b5d3c62-55a1-5f5e-8d0c-3f4a1e6c2b77")
@@ -51,7 +52,16 @@ class ReapResult:
     checked_at: datetime
     """The database's time of the check."""
     workflow_steps: int = 0
-    """Steps of workflow runs sent again (their worker was lost, or their retry's message)."""
+    """Steps of workflow runs queued again (their worker was lost, or their retry's message)."""
+    workflow_steps_waiting: int = 0
+    """Of those, the steps this process could not send: they wait in the outbox."""
+    waiting_for: tuple[str, ...] = ()
+    """The queue systems whose workers those waiting steps wait for."""
+
+    @property
+    def workflow_steps_sent(self) -> int:
+        """Steps of workflow runs whose message this call published."""
+        return self.workflow_steps - self.workflow_steps_waiting
 
 
 @dataclass(frozen=True)
@@ -196,27 +206,62 @@ def reap(*, lost_after: float | None = None, store: Store | None = None) -> Reap
     Returns:
         The processes this call marked lost, and how many queued jobs are stale.
 
+    A reap is kept in the audit log (``jobs:reap``, with its counts) when someone
+    asked for it (the dashboard, the CLI) or when it changed something: the
+    scheduled reaper (a cron job, ``flow-tracker reap --every``, the library in
+    a worker) that found nothing writes no row every few seconds.
+
     Raises:
         UsageError: ``lost_after`` is not above three heartbeat intervals: live jobs
             would be marked lost, and a requeue would run them twice.
     """
+    chosen = _store(store)
+    with audit.failures_recorded(
+        chosen, action="jobs:reap", target=None, detail={"lost_after": lost_after}
+    ):
+        result = _reap(chosen, lost_after)
+    if result.lost or result.workflow_steps or not audit.is_scheduled():
+        # A reap spans several transactions (and brokers): its row comes after them.
+        audit.record(
+            chosen,
+            action="jobs:reap",
+            target=None,
+            outcome=audit.ALLOWED,
+            detail={
+                "lost": len(result.lost),
+                "workflow_steps": result.workflow_steps,
+                "stale_queued": result.stale_queued,
+                "lost_after": config.current().lost_after if lost_after is None else lost_after,
+            },
+        )
+    return result
+
+
+def _reap(chosen: Store, lost_after: float | None) -> ReapResult:
     settings = config.current()
     after = settings.lost_after if lost_after is None else float(lost_after)
     if not after > 0:
         raise UsageError(f"lost_after must be a positive number of seconds, not {lost_after!r}")
     config.check_lost_after(after, settings.heartbeat_interval, UsageError)
-    chosen = _store(store)
     reason = _NO_HEARTBEAT.format(after)
     now, marked = stored_jobs.mark_silent_lost(chosen, after, reason)
     _publish_lost(marked, now, reason)
     lost = [uuid.UUID(str(row.id)) for row in marked]
     # Asking brokers may take a while: never inside the transaction above.
     lost += _reap_vanished(chosen, now, now - timedelta(seconds=after))
-    steps = _recover_workflow_steps(chosen, after)
+    steps, delivery = _recover_workflow_steps(chosen, after)
     stale = stored_jobs.finish_reap(chosen, now, settings.stale_after, LAST_REAP_KEY)
     chosen.keep_partitions()  # hourly at most; the reaper loop is one of their keepers
     _keep_rollups(chosen, now)
-    return ReapResult(lost=lost, stale_queued=stale, checked_at=now, workflow_steps=steps)
+    audit.keep_retention(chosen)  # hourly at most: the audit log's own retention
+    return ReapResult(
+        lost=lost,
+        stale_queued=stale,
+        checked_at=now,
+        workflow_steps=steps,
+        workflow_steps_waiting=min(steps, delivery.waiting_count),
+        waiting_for=delivery.waiting,
+    )
 
 
 def _keep_rollups(store: Store, now: datetime) -> None:
@@ -233,15 +278,19 @@ def _keep_rollups(store: Store, now: datetime) -> None:
         runtime.report_internal_error(exc, "rolling up the dashboard's statistics")
 
 
-def _recover_workflow_steps(store: Store, lost_after: float) -> int:
-    """A lost step of a workflow run is the workflow's to send again: its run waits on it."""
-    from flow_tracker.workflows.engine import recover
+def _recover_workflow_steps(store: Store, lost_after: float) -> tuple[int, Delivery]:
+    """A lost step of a workflow run is the workflow's to send again: its run waits on it.
+
+    Returns how many steps were queued again, and what became of their messages.
+    """
+    from flow_tracker.workflows.engine import recover_steps
 
     try:
-        return len(recover(store, lost_after))
+        dispatches, delivery = recover_steps(store, lost_after)
     except Exception as exc:  # the steps are found again on the next reap
         runtime.report_internal_error(exc, "sending lost workflow steps again")
-        return 0
+        return 0, NOTHING_SENT
+    return len(dispatches), delivery
 
 
 VANISHED_BATCH = 1000
@@ -291,18 +340,47 @@ def requeue(ids: Iterable[uuid.UUID | str], *, store: Store | None = None) -> li
         ids: process ids (or their text).
         store: the database (default: the configured one).
 
+    Each process has its row in the audit log (``jobs:requeue``: its id, the job
+    id, what became of it; never the job's arguments): stored with the outbox
+    request when it waits for a worker, after the publish when sent from here,
+    as failed when nothing was done (and why).
+
     Returns:
         One result per id, in order; never raises for a single bad id.
     """
     chosen = _store(store)
     results = []
     for raw in ids:
-        try:
-            process_id = raw if isinstance(raw, uuid.UUID) else uuid.UUID(str(raw))
-        except ValueError:
-            raise UsageError(f"{raw!r} is not a process id") from None
-        results.append(_requeue_one(chosen, process_id))
+        with audit.failures_recorded(chosen, action=REQUEUE_ACTION, target=str(raw)):
+            try:
+                process_id = raw if isinstance(raw, uuid.UUID) else uuid.UUID(str(raw))
+            except ValueError:
+                raise UsageError(f"{raw!r} is not a process id") from None
+            result = _requeue_one(chosen, process_id)
+        if result.outcome != "waiting":  # a waiting request's row was stored with it
+            audit.record(
+                chosen,
+                action=REQUEUE_ACTION,
+                target=str(process_id),
+                outcome=audit.ALLOWED if result.outcome == "requeued" else audit.FAILED,
+                detail=_requeue_detail(result),
+            )
+        results.append(result)
     return results
+
+
+def _requeue_detail(result: RequeueResult, job_system: str | None = None) -> dict[str, Any]:
+    """A requeue's audit detail: ids and what became of it, never the job's arguments."""
+    detail: dict[str, Any] = {"result": result.outcome}
+    if job_system:
+        detail["job_system"] = job_system
+    if result.job_id:
+        detail["job_id"] = result.job_id
+    if result.new_process_id:
+        detail["new_process_id"] = str(result.new_process_id)
+    if result.reason:
+        detail["reason"] = result.reason
+    return detail
 
 
 def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
@@ -322,14 +400,23 @@ def _requeue_one(store: Store, process_id: uuid.UUID) -> RequeueResult:
     if send is None:
         # No integration here: the request waits in the outbox for a worker of that
         # queue; the job stays lost (health counts it) until one has sent it.
-        outbox.add_now(
-            store,
-            kind=outbox.REQUEUE,
-            job_system=row.job_system,
-            target_id=process_id,
-            payload={"job_id": job_id},
-        )
-        return _waiting(process_id, row.job_system, job_id)
+        waiting = _waiting(process_id, row.job_system, job_id)
+        with store.begin_write() as conn:
+            outbox.add(
+                conn,
+                kind=outbox.REQUEUE,
+                job_system=row.job_system,
+                target_id=process_id,
+                payload={"job_id": job_id},
+            )
+            audit.write(
+                conn,
+                action=REQUEUE_ACTION,
+                target=str(process_id),
+                outcome=audit.ALLOWED,
+                detail=_requeue_detail(waiting, row.job_system),
+            )
+        return waiting
     return _publish_requeue(store, row, send, job_id, None)
 
 
@@ -395,6 +482,7 @@ def _publish_requeue(
         error = error_line(exc)
         runtime.report_internal_error(exc, f"requeueing {row.job_system} job {row.job_id}")
         attempts = 1 if request is None else request.attempts
+        waiting = _waiting(process_id, row.job_system, job_id, error)
         with store.begin_write() as conn:
             stored_jobs.unclaim_requeue(conn, process_id, new_id)
             if request is None:
@@ -407,9 +495,17 @@ def _publish_requeue(
                     error=error,
                     due_in=backoff(attempts),
                 )
+                # Asked here (not a worker delivering the outbox): the request is the action.
+                audit.write(
+                    conn,
+                    action=REQUEUE_ACTION,
+                    target=str(process_id),
+                    outcome=audit.ALLOWED,
+                    detail=_requeue_detail(waiting, row.job_system),
+                )
             else:
                 outbox.mark_failed_in(conn, request.id, error, backoff(attempts))
-        return _waiting(process_id, row.job_system, job_id, error)
+        return waiting
     if request is not None:
         outbox.mark_sent(store, request.id, who())
     BUS.publish_event(

@@ -110,14 +110,16 @@ _PAIR = re.compile(
     rf"(\\\"[^\"]*(?:\\\"|\Z)|\"(?:[^\"\\]|\\.)*(?:\"|\Z)|'[^']*(?:'|\Z)|[^\s&,;\"')\]}}]+)"
 )
 # Tokens that say what they are by their prefix, under any key or none: GitHub,
-# Slack, Stripe, AWS access key ids, and JSON Web Tokens (two base64url JSON
-# objects and a signature; "eyJ" is '{"'). The prefix is kept, a JWT cut whole.
+# Slack, Stripe, AWS access key ids, flow-tracker's own API tokens, and JSON Web
+# Tokens (two base64url JSON objects and a signature; "eyJ" is '{"'). The prefix
+# is kept, a JWT cut whole.
 _KNOWN_TOKEN = re.compile(
     r"(?a)(?<![\w-])(?:"
     r"(gh[pousr]_|github_pat_)\w{20,}"
     r"|(xox[abprs]-)[\w-]{10,}"
     r"|([rs]k_(?:live|test)_)[A-Za-z0-9]{10,}"
     r"|(A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9])"
+    r"|(ft_)[a-z0-9]{12}_[\w-]{20,}"
     r"|eyJ[\w-]+\.eyJ[\w-]+\.[\w-]*"
     r")"
 )
@@ -166,7 +168,7 @@ def _may_hold_pair(value: str) -> bool:
 
 def _may_hold_known_token(value: str) -> bool:
     # Each prefix holds one of these ("ghp_", "github_pat_", "sk_live_", "xoxb-",
-    # "AKIA", "eyJ"); most messages hold none, and these tests cost far less
+    # "AKIA", "ft_", "eyJ"); most messages hold none, and these tests cost far less
     # than the pattern.
     return (
         "gh" in value
@@ -174,6 +176,7 @@ def _may_hold_known_token(value: str) -> bool:
         or "k_" in value
         or "xox" in value
         or "IA" in value
+        or "ft_" in value
         or "eyJ" in value
     )
 

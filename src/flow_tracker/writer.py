@@ -351,8 +351,12 @@ class Writer:
 
     def close(self, timeout: float) -> None:
         """Store what is buffered (waiting up to ``timeout``) and stop the thread."""
-        thread = self._thread
-        self._closing = True
+        # Under the start lock: a record written by another thread may be starting
+        # the writer right now, and a thread that is set but not started yet
+        # cannot be joined. After this, none starts.
+        with self._start_lock:
+            thread = self._thread
+            self._closing = True
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout if self.healthy else min(timeout, 1.0))

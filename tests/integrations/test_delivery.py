@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import insert, select
 
 import flow_tracker
@@ -52,9 +51,9 @@ def without_integrations(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def tracking(pg_server_url: str, without_integrations: None) -> Iterator[str]:
-    """An empty PostgreSQL tracking database and a clean Redis database, configured here."""
+    """An empty PostgreSQL tracking database and this run's emptied queues, configured here."""
     require_service("127.0.0.1", 6379, "Redis")
-    redis.Redis.from_url(steps.REDIS_URL).flushdb()
+    steps.clear_queues()  # not the whole database: another run may be using it
     _truncate(pg_server_url)
     flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
     yield pg_server_url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,16 +40,20 @@ def require_service(host: str, port: int, name: str) -> None:
 def worker_process(
     args: Sequence[str], env: dict[str, str], log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a worker command until the block ends, then stop it.
+    """Run a worker command until the block ends, then stop it and every process it made.
 
     ``args`` starting with ``-m`` run with this interpreter; otherwise ``args[0]`` is
-    a console script of this environment (``rq``, ``dramatiq``).
+    a console script of this environment (``rq``, ``dramatiq``). The worker runs in
+    a session of its own (the test may kill its group) and is sent SIGTERM if this
+    process dies first (see ``tests.support.die_with_parent``): a killed test run
+    leaves no worker behind.
     """
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     command = [sys.executable, *args] if args[0] == "-m" else [bin_path(args[0]), *args[1:]]
+    guard = [sys.executable, "-m", "tests.support.die_with_parent", str(os.getpid())]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            command,
+            [*guard, *command],
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -65,6 +70,10 @@ def worker_process(
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+                # A child that outlived its parent (a pool process, a work-horse) is
+                # still in the group: it must not take the next test's jobs.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
 
 def bin_path(script: str) -> str:

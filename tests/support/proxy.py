@@ -2,6 +2,8 @@
 
 Stopping it closes the listening socket and every open connection, which is what
 the tracker sees when the database server restarts or the network drops.
+:meth:`TcpProxy.lose_reply` loses one reply: the server got the request and did
+it (committed), the client sees its connection cut with no answer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._marker: bytes | None = None
+        self._stop_after_loss = False
+        self.replies_lost = 0
+        self.reply_lost = threading.Event()
 
     def start(self) -> None:
         listener = socket.socket()
@@ -31,6 +37,20 @@ class TcpProxy:
         listener.listen(64)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def lose_reply(self, marker: bytes, *, then_stop: bool = False) -> None:
+        """Lose the server's reply to the next request whose bytes contain ``marker``.
+
+        The request reaches the server, which does it (a single statement commits
+        before its reply is sent); once the reply comes back, it is dropped and the
+        connection cut, as a network that fails at that moment does. With
+        ``then_stop`` the proxy stops too (the database away until :meth:`start`).
+        :attr:`reply_lost` is set once it happened; :attr:`replies_lost` counts.
+        """
+        with self._lock:
+            self._marker = marker
+            self._stop_after_loss = then_stop
+            self.reply_lost.clear()
 
     def stop(self) -> None:
         with self._lock:
@@ -55,18 +75,61 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                # Stopped while this connection was being made: it must not outlive
+                # the stop (the database is away for every connection).
+                stopped = self._listener is not listener
+                if not stopped:
+                    self._sockets += [client, upstream]
+            if stopped:
+                client.close()
+                upstream.close()
+                return
+            link = _Link(client, upstream)
+            threading.Thread(target=self._requests, args=(link,), daemon=True).start()
+            threading.Thread(target=self._replies, args=(link,), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _requests(self, link: _Link) -> None:
         try:
-            while chunk := src.recv(65536):
-                dst.sendall(chunk)
+            while chunk := link.client.recv(65536):
+                if self._marker is not None and self._marker in chunk:
+                    with self._lock:
+                        if self._marker is not None:
+                            self._marker = None
+                            link.doomed = True
+                link.upstream.sendall(chunk)
         except OSError:
             pass
         finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            link.cut()
+
+    def _replies(self, link: _Link) -> None:
+        try:
+            while chunk := link.upstream.recv(65536):
+                if link.doomed:
+                    link.cut()
+                    with self._lock:
+                        self.replies_lost += 1
+                        then_stop = self._stop_after_loss
+                    if then_stop:
+                        self.stop()
+                    self.reply_lost.set()
+                    return
+                link.client.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            link.cut()
+
+
+class _Link:
+    """One client connection and its connection to the server."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.doomed = False  # the server's next reply is lost
+
+    def cut(self) -> None:
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

@@ -12,22 +12,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from starlette.testclient import TestClient
 
 import flow_tracker
 from flow_tracker import runtime
 from flow_tracker.cli import commands
 from flow_tracker.integrations import registry
+from flow_tracker.integrations.jobs import start_job
+from flow_tracker.store import step_writes
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.schema import processes
 from flow_tracker.web import create_app
-from flow_tracker.workflows import definition
+from flow_tracker.workflows import definition, engine
 from tests.web.conftest import ORIGIN
 
 DEADLINE_S = 60.0
@@ -119,6 +122,70 @@ def test_the_retry_button_on_a_threads_run_waits_for_a_process_that_declares_it(
     assert status.status == "completed"
     [step] = board.get(f"/api/workflows/{run.id}").json()["steps"]
     assert step["delivery"] is None
+
+
+def _age_heartbeats() -> None:
+    with runtime.store().engine.begin() as conn:
+        conn.execute(
+            update(processes)
+            .where(processes.c.status == "running", processes.c.heartbeat_at.is_not(None))
+            .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1))
+        )
+
+
+def test_reap_now_holds_a_lost_threads_step_for_the_process_that_declares_it(
+    board: TestClient,
+) -> None:
+    RAN_IN.clear()
+    FAILING["charge"] = False
+    real = engine.sender_for("threads")
+    assert real is not None
+    taken: list[Any] = []
+
+    def dying_worker(dispatch: Any) -> None:
+        # Takes the step, starts it, then "dies": no end, no more heartbeats.
+        if taken:
+            real(dispatch)
+            return
+        store = runtime.store()
+        assert step_writes.claim(store, dispatch.run_id, "charge", {}, datetime.now(timezone.utc))
+        start_job(job_system="threads", job_id=dispatch.job_id, name="x", queue=None, attempt=1)
+        flow_tracker.heartbeat.HEARTBEAT.clear()
+        taken.append(dispatch)
+
+    engine.register_sender("threads", dying_worker)
+    try:
+        run = billing.run(context={"cart": 1})
+        _wait_for("the step to be taken by the dying worker", lambda: bool(taken))
+    finally:
+        engine.register_sender("threads", real)
+
+    notices: list[str] = []
+    undeclared = Undeclared()
+    try:
+
+        def reaped_the_step() -> bool:
+            # A heartbeat already under way as the worker "died" may stamp the row
+            # again after it was aged: age it again until the reaper finds it.
+            _age_heartbeats()
+            done = _post(board, "/health/reap")
+            assert done.status_code == 303, done.text
+            notices.append(board.get(done.headers["location"]).text)
+            return "workflow step" in notices[-1]
+
+        _wait_for("Reap now to find the step lost", reaped_the_step)
+    finally:
+        undeclared.back()
+
+    # The web server, which does not declare the workflow, neither ran the step
+    # nor said it was sent: it waits for a process that declares it ...
+    assert "1 workflow step waiting for a worker of threads" in notices[-1]
+    assert "sent again" not in notices[-1]
+    assert RAN_IN == []
+    # ... which this test's process is again: its delivery thread runs it, once.
+    _wait_for("the declaring process to run the step", lambda: len(RAN_IN) == 1)
+    assert run.wait(DEADLINE_S).status == "completed"
+    assert len(RAN_IN) == 1
 
 
 def _lost_job(job_system: str) -> uuid.UUID:

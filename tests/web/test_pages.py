@@ -168,6 +168,7 @@ def test_openapi_document_describes_every_api_route(client: TestClient, sample: 
         "/api/stats": "/api/stats",
         "/api/health": "/api/health",
         "/api/workflow-definitions": "/api/workflow-definitions",
+        "/api/audit": "/api/audit",
     }
     # Actions are POSTs (tests/web/test_retry_failed.py and test_start_api.py check them
     # against the document).

@@ -330,3 +330,29 @@ def test_the_run_list_and_api_refuse_a_malformed_tag_filter(board: TestClient) -
         assert page.status_code == 400 and "Cannot filter" in page.text
     hostile = board.get("/api/workflows", params={"tag": "k:' OR 1=1 --"})
     assert hostile.status_code == 200 and hostile.json()["items"] == []
+
+
+def test_the_run_list_page_combines_several_tag_filters_and_keeps_them_in_its_links(
+    board: TestClient,
+) -> None:
+    wf = declare("page_two_tags")
+    both = wf.run(tags={"customer": "c-1", "region": "eu"})
+    one = wf.run(tags={"customer": "c-1", "region": "us"})
+    both.wait(WAIT)
+    one.wait(WAIT)
+    page = board.get("/workflows", params=[("tag", "customer:c-1"), ("tag", "region:eu")])
+    assert page.status_code == 200, page.text
+    shown = set(re.findall(r'href="/workflows/([0-9a-f-]{36})"', page.text))
+    assert shown == {str(both.id)}
+    # Both filters stay in the form, and a tag's link adds itself to them.
+    assert page.text.count('name="tag" value="customer:c-1"') == 1
+    assert page.text.count('name="tag" value="region:eu"') == 1
+    assert "?tag=customer%3Ac-1&amp;tag=region%3Aeu&amp;tag=" in page.text
+    api = board.get("/api/workflows", params=[("tag", "customer:c-1"), ("tag", "region:us")])
+    assert [r["id"] for r in api.json()["items"]] == [str(one.id)]
+    detail = board.get(f"/api/workflows/{both.id}").json()
+    assert (detail["namespace"], detail["version"], detail["tags"]) == (
+        "shop",
+        "2",
+        {"customer": "c-1", "region": "eu"},
+    )

@@ -9,7 +9,7 @@ from celery import Celery
 from flow_tracker.integrations import celery as ft_celery
 from tests.workflows import steps
 
-QUEUE = "ft-wf-celery"
+QUEUE = steps.queue_name("celery")
 app = Celery("ft_wf", broker=os.environ.get("FT_TEST_WF_BROKER", "redis://127.0.0.1:6379/12"))
 app.conf.update(
     task_acks_late=True,

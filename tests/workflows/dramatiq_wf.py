@@ -10,7 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from flow_tracker.integrations import dramatiq as ft_dramatiq
 from tests.workflows import steps
 
-QUEUE = "ft-wf-dramatiq"
+QUEUE = steps.queue_name("dramatiq")
 broker = RedisBroker(  # type: ignore[no-untyped-call]
     url=steps.REDIS_URL,
     heartbeat_timeout=int(os.environ.get("FT_TEST_DRAMATIQ_HEARTBEAT_TIMEOUT_MS", "60000")),

@@ -2,12 +2,19 @@
 
 A run's context carries ``key``; step ``s`` of that run adds one to
 ``ft-wf:{key}:s`` each time it runs, so a test reads how often every step ran.
+
+The queues are named for the test run (:data:`RUN`, which the workers inherit
+from the test process's environment): a worker left running by an earlier or a
+concurrent run, on its own tracking database, never takes this run's steps
+(it would find no such run there and drop them), and clearing this run's queues
+never empties another's.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -17,6 +24,23 @@ import flow_tracker
 REDIS_URL = os.environ.get("FT_TEST_WF_REDIS", "redis://127.0.0.1:6379/12")
 _redis = redis.Redis.from_url(REDIS_URL)
 LEAVES = 20
+# Set once by the test process; its workers read it from the environment they inherit.
+RUN = os.environ.setdefault("FT_TEST_WF_RUN", f"{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def queue_name(system: str) -> str:
+    """The queue this test run's ``system`` workers consume (``ft-wf-<system>-<run>``)."""
+    return f"ft-wf-{system}-{RUN}"
+
+
+def clear_queues() -> int:
+    """Delete what this run's queues hold in Redis (messages, delayed ones, acks).
+
+    Only this run's: other runs' queues and counters in the same database stay.
+    Returns how many keys were deleted.
+    """
+    keys = list(_redis.scan_iter(f"*ft-wf-*-{RUN}*"))
+    return int(_redis.delete(*keys)) if keys else 0
 
 
 def hit(context: dict[str, Any], step: str) -> int:
@@ -107,6 +131,17 @@ def declare(queue: str, queue_name: str) -> dict[str, flow_tracker.Workflow]:
         "throttled": throttled,
         "timed": timed,
     }
+
+
+def queue_contents() -> dict[str, int]:
+    """How many items each of this run's queue keys holds in Redis (messages, delayed, acks)."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    size = {"list": client.llen, "hash": client.hlen, "zset": client.zcard, "set": client.scard}
+    sizes = {}
+    for name in client.scan_iter(f"*ft-wf-*-{RUN}*"):
+        kind = client.type(name)
+        sizes[name] = int(size[kind](name)) if kind in size else -1
+    return sizes
 
 
 def counts(key: str) -> dict[str, int]:

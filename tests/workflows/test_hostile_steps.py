@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -18,11 +19,13 @@ from sqlalchemy import func, select, text, update
 
 import flow_tracker
 from flow_tracker import UsageError
+from flow_tracker.store import step_writes
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
+from flow_tracker.store.workflows import Dispatch
 from flow_tracker.workflows import engine, manage
 from tests.support.proxy import TcpProxy
-from tests.workflows.helpers import Calls
+from tests.workflows.helpers import Calls, waited_for
 
 WAIT = 60.0  # generous: a busy machine; these runs end in a second when idle
 
@@ -348,9 +351,175 @@ def test_steps_due_during_an_outage_run_once_it_ends_with_no_reaper(
     proxy.stop()
     time.sleep(3.0)  # the retries fall due and fail to take their steps
     proxy.start()
-    status = run.wait(WAIT)
+    status = waited_for(run, WAIT)
     assert status.status == "completed", {n: s.status for n, s in status.steps.items()}
     assert all(calls.counts[f"leaf_{i}"] == 2 for i in range(10)), calls.counts
+
+
+# -- a write the database did, whose reply the network lost ---------------------------------
+#
+# The proxy passes the request and drops the server's reply: the worker sees its
+# connection cut, tries again, and finds the step already changed - by its own
+# write. It must go on as the lost reply would have told it, with no reaper.
+
+
+def _proxied(proxied_pg: tuple[str, TcpProxy]) -> TcpProxy:
+    url, proxy = proxied_pg
+    flow_tracker.configure(database_url=url, log_to_stdlib=False)
+    return proxy
+
+
+def _outage_after_loss(proxy: TcpProxy) -> None:
+    """Once the reply is lost, keep the database away a moment, then bring it back."""
+    assert proxy.reply_lost.wait(WAIT), "no request carried the marker: nothing was lost"
+    time.sleep(1.0)
+    proxy.start()
+
+
+def test_after_a_lost_reply_a_worker_goes_on_only_with_the_write_that_was_its_own(
+    tracked: str,
+) -> None:
+    """What the worker reads back after a lost reply: its own claim or end, never another's."""
+    wf = flow_tracker.workflow("lost_reply_reads")
+    wf.step(name="a")(lambda context: 1)
+    wf.step(name="b", depends_on=["a"])(lambda context, a: a)
+    sent: list[Dispatch] = []
+    real = engine.sender_for("threads")
+    assert real is not None
+    engine.register_sender("threads", sent.append)  # steps wait here: the test plays the worker
+    try:
+        run = wf.run(context={"order": 7}).id
+    finally:
+        engine.register_sender("threads", real)
+    assert [d.step for d in sent] == ["a"]
+    store = Store(tracked)
+    me = {"host": "worker-1", "pid": 101, "job_system": "threads"}
+    other = {**me, "pid": 102}
+    try:
+        t1 = datetime.now(timezone.utc)
+        t2 = t1 + timedelta(milliseconds=1)
+        assert step_writes.claim(store, run, "a", me, t1) is not None
+        assert step_writes.claim(store, run, "a", me, t2) is None  # not there to take
+        # Taken by another try, another worker: not this one's to run.
+        assert step_writes.claim_found(store, run, "a", me, [t2]) is None
+        assert step_writes.claim_found(store, run, "a", other, [t1, t2]) is None
+        found = step_writes.claim_found(store, run, "a", me, [t2, t1])
+        assert found is not None
+        taken, at = found
+        assert (taken.attempt, taken.context, taken.parents, at) == (1, {"order": 7}, {}, t1)
+
+        e1, e2 = t1 + timedelta(seconds=1), t1 + timedelta(seconds=2)
+        ended = step_writes.end(store, run, "a", 1, "completed", now=e1, result=1)
+        assert ended.stored and [r[0] for r in ended.ready] == ["b"]
+        assert not step_writes.end(store, run, "a", 1, "completed", now=e2, result=1).stored
+        # Another try's moment, another outcome, another attempt: not this worker's end.
+        assert not step_writes.end_found(store, run, "a", 1, [(e2, "completed")]).stored
+        assert not step_writes.end_found(store, run, "a", 1, [(e1, "failed")]).stored
+        assert not step_writes.end_found(store, run, "a", 2, [(e1, "completed")]).stored
+        again = step_writes.end_found(store, run, "a", 1, [(e2, "completed"), (e1, "completed")])
+        assert again.stored and again.stored_at == e1
+        assert (again.ready, again.run_status) == (ended.ready, "running")
+        # Once a child is taken, it is no longer this worker's to send.
+        assert step_writes.claim(store, run, "b", other, e2) is not None
+        assert step_writes.end_found(store, run, "a", 1, [(e1, "completed")]).ready == []
+        child = step_writes.claim_found(store, run, "b", other, [e2])
+        assert child is not None and child[0].parents == {"a": 1}  # as the claim read them
+    finally:
+        store.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("outage", [False, True], ids=["reply_lost", "reply_lost_then_away"])
+def test_a_retry_whose_end_was_stored_but_its_reply_lost_is_still_sent(
+    proxied_pg: tuple[str, TcpProxy], outage: bool
+) -> None:
+    proxy = _proxied(proxied_pg)
+    calls = Calls()
+    marker = f"first attempt, its end's reply lost ({outage})"
+    wf = flow_tracker.workflow("lost_end_reply_retry")
+
+    @wf.step(retries=2, backoff=0.1, jitter=0)
+    def flaky(context: Any) -> str:
+        if calls.hit("flaky") == 1:
+            # Armed here: the next request carrying the marker is this attempt's end.
+            proxy.lose_reply(marker.encode(), then_stop=outage)
+            raise TimeoutError(marker)
+        return "second attempt"
+
+    run = wf.run()
+    if outage:
+        _outage_after_loss(proxy)
+    status = waited_for(run, WAIT)
+    assert proxy.replies_lost == 1
+    assert status.status == "completed"
+    assert calls.counts == {"flaky": 2}
+    assert status.steps["flaky"].attempts == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("outage", [False, True], ids=["reply_lost", "reply_lost_then_away"])
+def test_the_children_an_end_made_ready_run_though_its_reply_was_lost(
+    proxied_pg: tuple[str, TcpProxy], outage: bool
+) -> None:
+    proxy = _proxied(proxied_pg)
+    calls = Calls()
+    marker = f"a result whose end's reply is lost ({outage})"
+    wf = flow_tracker.workflow("lost_end_reply_children")
+
+    @wf.step()
+    def first(context: Any) -> str:
+        calls.hit("first")
+        proxy.lose_reply(marker.encode(), then_stop=outage)
+        return marker
+
+    for name in ("left", "right"):
+
+        @wf.step(name=name, depends_on=["first"])
+        def child(context: Any, first: str, _name: str = name) -> str:
+            calls.hit(_name)
+            return first
+
+    run = wf.run()
+    if outage:
+        _outage_after_loss(proxy)
+    status = waited_for(run, WAIT)
+    assert proxy.replies_lost == 1
+    assert status.status == "completed"
+    assert calls.counts == {"first": 1, "left": 1, "right": 1}
+    assert status.steps["left"].result == marker
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("outage", [False, True], ids=["reply_lost", "reply_lost_then_away"])
+def test_a_step_taken_by_a_claim_whose_reply_was_lost_runs_once(
+    proxied_pg: tuple[str, TcpProxy], outage: bool
+) -> None:
+    proxy = _proxied(proxied_pg)
+    calls = Calls()
+    # The step's name is in its claim's request, and in none sent between the
+    # parent's body (which arms the proxy) and that claim.
+    taken = f"taken_by_a_lost_claim_{int(outage)}"
+    wf = flow_tracker.workflow("lost_claim_reply")
+
+    @wf.step()
+    def parent(context: Any) -> int:
+        calls.hit("parent")
+        proxy.lose_reply(taken.encode(), then_stop=outage)
+        return 1
+
+    @wf.step(name=taken, depends_on=["parent"])
+    def child(context: Any, parent: int) -> int:
+        calls.hit(taken)
+        return parent + 1
+
+    run = wf.run()
+    if outage:
+        _outage_after_loss(proxy)
+    status = waited_for(run, WAIT)
+    assert proxy.replies_lost == 1
+    assert status.status == "completed"
+    assert calls.counts == {"parent": 1, taken: 1}
+    assert status.steps[taken].attempts == 1 and status.steps[taken].result == 2
 
 
 def test_long_reasons_and_names_do_not_break_the_engine(tracked: str) -> None:

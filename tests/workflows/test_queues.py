@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 import flow_tracker
 from tests.integrations.workers import require_service, worker_process
@@ -61,7 +61,7 @@ RIGS = {
             "-c",
             "2",
             "-Q",
-            "ft-wf-celery",
+            steps.queue_name("celery"),
             "-l",
             "warning",
             "--without-gossip",
@@ -86,24 +86,37 @@ RIGS = {
             "rq.worker.SimpleWorker",
             "--logging_level",
             "WARNING",
-            "ft-wf-rq",
+            steps.queue_name("rq"),
         ],
     ),
     "dramatiq": Rig(
         "dramatiq",
         "tests.workflows.dramatiq_wf",
-        ["dramatiq", "tests.workflows.dramatiq_wf", "-p", "2", "-t", "2", "-Q", "ft-wf-dramatiq"],
+        [
+            "dramatiq",
+            "tests.workflows.dramatiq_wf",
+            "-p",
+            "2",
+            "-t",
+            "2",
+            "-Q",
+            steps.queue_name("dramatiq"),
+        ],
     ),
 }
 
 
 @pytest.fixture(params=sorted(RIGS))
 def rig(request: pytest.FixtureRequest, pg_server_url: str) -> Iterator[Rig]:
-    """One queue system on a clean Redis database and an empty PostgreSQL tracking database."""
+    """One queue system on this run's emptied queues and an empty PostgreSQL tracking database.
+
+    Only this run's queues are emptied: a flush of the whole Redis database would
+    take the messages of another run using it at the same time.
+    """
     require_service("127.0.0.1", 6379, "Redis")
     from tests.conftest import _truncate
 
-    redis.Redis.from_url(steps.REDIS_URL).flushdb()
+    steps.clear_queues()
     _truncate(pg_server_url)
     flow_tracker.configure(
         database_url=pg_server_url,
@@ -116,21 +129,53 @@ def rig(request: pytest.FixtureRequest, pg_server_url: str) -> Iterator[Rig]:
 
 
 def _env(url: str) -> dict[str, str]:
-    return {**WORKER_ENV, "FLOW_TRACKER_DATABASE_URL": url, "FT_TEST_WF_REDIS": steps.REDIS_URL}
+    return {
+        **WORKER_ENV,
+        "FLOW_TRACKER_DATABASE_URL": url,
+        "FT_TEST_WF_REDIS": steps.REDIS_URL,
+        "FT_TEST_WF_RUN": steps.RUN,  # the queues it consumes are this run's
+    }
 
 
-def _wait_all(runs: list[Any], log: Path) -> list[flow_tracker.WorkflowStatus]:
+def _wait_all(
+    runs: list[Any], log: Path, worker: subprocess.Popen[bytes] | None = None
+) -> list[flow_tracker.WorkflowStatus]:
+    """Every run's status once all have ended, within one deadline for all of them.
+
+    Past it, the error says what was still waited for: each unfinished run's
+    steps by state (with their attempts), what this run's queues hold in Redis
+    (a step queued in the database with no message anywhere was lost or taken
+    by a foreign worker; messages still waiting mean slow workers), whether the
+    worker is alive, and the end of its log.
+    """
     deadline = time.monotonic() + RUNS_DONE_S
     done = []
     for run in runs:
         try:
             done.append(run.wait(max(1.0, deadline - time.monotonic())))
         except TimeoutError:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            status = flow_tracker.get_workflow(run.id)
-            steps_now = {name: s.status for name, s in status.steps.items()}
-            raise AssertionError(f"run {run.id} not finished: {steps_now}\n{tail}") from None
+            raise AssertionError(_still_waited_for(runs, log, worker)) from None
     return done
+
+
+def _still_waited_for(runs: list[Any], log: Path, worker: subprocess.Popen[bytes] | None) -> str:
+    lines = [f"waited {RUNS_DONE_S:g} s for {len(runs)} runs; still running:"]
+    for run in runs:
+        status = flow_tracker.get_workflow(run.id)
+        if status.finished:
+            continue
+        by_state: dict[str, list[str]] = {}
+        for step in status.steps.values():
+            by_state.setdefault(step.status, []).append(f"{step.name} ({step.attempts})")
+        states = "; ".join(f"{state}: {', '.join(names)}" for state, names in by_state.items())
+        lines.append(f"  run {run.id} ({status.name}) - steps by state (attempts): {states}")
+    lines.append(f"this run's queues in Redis: {steps.queue_contents() or 'empty'}")
+    if worker is not None:
+        code = worker.poll()
+        lines.append("worker: alive" if code is None else f"worker: exited with {code}")
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+    lines.append(f"worker log, last lines:\n{tail}")
+    return "\n".join(lines)
 
 
 def test_runs_complete_with_every_step_run_once(
@@ -139,7 +184,7 @@ def test_runs_complete_with_every_step_run_once(
     wfs = rig.workflows()
     log = tmp_path / "worker.log"
     keys: dict[uuid.UUID, tuple[str, str, int]] = {}
-    with worker_process(rig.worker, _env(pg_server_url), log):
+    with worker_process(rig.worker, _env(pg_server_url), log) as worker:
         runs = []
         for i in range(12):
             key, fails = f"o{i}-{uuid.uuid4().hex[:6]}", 1 if i % 3 == 0 else 0
@@ -151,7 +196,7 @@ def test_runs_complete_with_every_step_run_once(
             run = wfs["fan_in"].run(context={"key": key})
             keys[run.id] = ("fan_in", key, 0)
             runs.append(run)
-        done = _wait_all(runs, log)
+        done = _wait_all(runs, log, worker)
     for status in done:
         kind, key, fails = keys[status.id]
         assert status.status == "completed", (
@@ -169,7 +214,7 @@ def test_runs_complete_with_every_step_run_once(
     flow_tracker.flush()
     step = process(done[0].steps["charge"].process_id)
     assert step.job_system == rig.system and step.parent_process_id == done[0].id
-    assert step.status == "completed" and step.queue == f"ft-wf-{rig.system}"
+    assert step.status == "completed" and step.queue == steps.queue_name(rig.system)
 
 
 def test_a_failure_blocks_only_its_dependents_and_retry_step_resumes_the_run(
@@ -179,16 +224,16 @@ def test_a_failure_blocks_only_its_dependents_and_retry_step_resumes_the_run(
     log = tmp_path / "worker.log"
     key = f"fail-{uuid.uuid4().hex[:6]}"
     steps.set_fails(key, 99)
-    with worker_process(rig.worker, _env(pg_server_url), log):
+    with worker_process(rig.worker, _env(pg_server_url), log) as worker:
         run = wfs["orders"].run(context={"key": key})
-        (status,) = _wait_all([run], log)
+        (status,) = _wait_all([run], log, worker)
         assert status.status == "failed" and status.failed_step == "charge"
         assert status.steps["charge"].attempts == 3  # the first and two retries
         assert status.steps["reserve_stock"].status == "completed"
         assert status.steps["confirm"].blocked_by == "charge"
         steps.set_fails(key, 0)
         flow_tracker.retry_step(run.id, "charge", by="ops", reason="gateway fixed")
-        (status,) = _wait_all([run], log)
+        (status,) = _wait_all([run], log, worker)
     assert status.status == "completed"
     assert steps.counts(key) == {"validate": 1, "charge": 4, "reserve_stock": 1, "confirm": 1}
 
@@ -215,8 +260,8 @@ def test_a_step_whose_worker_is_killed_is_reaped_and_run_again(
     history = process(flow_tracker.get_workflow(run.id).steps["slow"].process_id)
     assert "lost" in [t.status for t in history.history]
     second = tmp_path / "second.log"
-    with worker_process(rig.worker, _env(pg_server_url), second):
-        (status,) = _wait_all([run], second)
+    with worker_process(rig.worker, _env(pg_server_url), second) as worker:
+        (status,) = _wait_all([run], second, worker)
     assert status.status == "completed"
     assert steps.counts(key) == {"slow": 2, "after": 1}
     assert status.steps["slow"].attempts == 2

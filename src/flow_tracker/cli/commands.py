@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import json
@@ -17,11 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import flow_tracker
 from flow_tracker import config, runtime
+from flow_tracker.actors import acting_as, cli_actor
 from flow_tracker.cli import render
 from flow_tracker.cli.terminal import confirm_or_refuse, progress_bar
+from flow_tracker.delivery import waiting_for
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.status import Status
-from flow_tracker.store import migrate, queries
+from flow_tracker.store import audit, migrate, queries
 from flow_tracker.store.engine import Store, display_url, error_line, parse_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -125,8 +128,12 @@ def _missing_sqlite_file(database_url: str) -> Path | None:
 
 @click.group()
 @click.version_option(flow_tracker.__version__, prog_name="flow-tracker")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """flow-tracker: see what your background jobs and service processes actually did."""
+    # Every command acts as its OS user on this host (``cli:<user>@<host>`` in the
+    # audit log), until the command has run: the group's callback returns before it.
+    ctx.with_resource(acting_as(cli_actor()))
 
 
 @main.command()
@@ -410,6 +417,8 @@ def cleanup(
     count = queries.count_for_cleanup(store, age, statuses or None)
     what = f"process{'es' if count != 1 else ''} older than {age:g} days"
     if dry_run or count == 0:
+        if not dry_run:  # nothing to confirm, but the clean-up runs (and is audited) all the same
+            count = queries.cleanup(store, age, statuses or None)
         verb = "would delete" if dry_run else "deleted"
         click.echo(f"{verb} {count:,} {what}")
         return
@@ -459,7 +468,7 @@ def _serve(
     port: int,
     *,
     read_only: bool,
-    basic_auth: tuple[str, str] | None,
+    basic_auth: list[tuple[str, str, str]] | None,
     allowed_hosts: tuple[str, ...] = (),
 ) -> None:
     try:
@@ -499,14 +508,20 @@ def _serve(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
-    "--read-only", is_flag=True, help="Hide and refuse every action (cleanup, reap, requeue)."
+    "--read-only",
+    is_flag=True,
+    help="Hide and refuse every action (cleanup, reap, requeue, workflow starts, retries, "
+    "resolves, cancels), whatever the user's role.",
 )
 @click.option(
     "--basic-auth",
     envvar="FLOW_TRACKER_BASIC_AUTH",
     default=None,
-    metavar="USER:PASSWORD",
-    help="Require HTTP basic auth [env FLOW_TRACKER_BASIC_AUTH].",
+    metavar="USER:PASSWORD[:ROLE],...",
+    help="Require HTTP basic auth: users separated by commas, each with a role "
+    "(viewer, reader, operator, admin; admin when left out), e.g. "
+    "'ops:pw1:operator,ana:pw2:viewer'. A password may hold ':'; the last field is "
+    "the role only when it names one [env FLOW_TRACKER_BASIC_AUTH].",
 )
 @click.option(
     "--allowed-host",
@@ -540,10 +555,17 @@ def serve(
     _import_modules(modules)
     credentials = None
     if basic_auth is not None:
-        user, sep, password = basic_auth.partition(":")
-        if not sep or not user or not password:
-            raise click.BadParameter("expected USER:PASSWORD", param_hint="--basic-auth")
-        credentials = (user, password)
+        try:
+            from flow_tracker.web.security import basic_users, parse_basic_auth
+        except ImportError as exc:
+            raise click.ClickException(
+                f"{exc}. The dashboard needs: pip install 'flow-tracker[web]'"
+            ) from None
+        try:
+            credentials = parse_basic_auth(basic_auth)
+            basic_users(credentials)  # a user named twice, a ':' in a name
+        except ValueError as exc:  # UsageError; the message never repeats a password
+            raise click.BadParameter(str(exc), param_hint="--basic-auth") from None
     _serve(
         database_url,
         host,
@@ -614,9 +636,19 @@ def reap(
             raise click.BadParameter(str(exc), param_hint="--lost-after") from None
     _import_modules(modules)
     while True:
-        result = flow_tracker.reap(lost_after=lost_after)
+        # A reap on a schedule that finds nothing is not worth an audit row each time.
+        with audit.scheduled() if every is not None else contextlib.nullcontext():
+            result = flow_tracker.reap(lost_after=lost_after)
         stamp = result.checked_at.strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{stamp}  lost: {len(result.lost)}  stale queued: {result.stale_queued}")
+        line = f"{stamp}  lost: {len(result.lost)}  stale queued: {result.stale_queued}"
+        if result.workflow_steps:
+            line += f"  workflow steps sent again: {result.workflow_steps_sent}"
+        if result.workflow_steps_waiting:
+            line += (
+                f"  {result.workflow_steps_waiting} "
+                f"{waiting_for(*result.waiting_for)} (not sent from here)"
+            )
+        click.echo(line)
         for process_id in result.lost:
             click.echo(f"  lost {process_id}")
         if every is None:

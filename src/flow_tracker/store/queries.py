@@ -32,6 +32,7 @@ from flow_tracker.records import (
     Transition,
 )
 from flow_tracker.status import UNFINISHED_STATUSES, Status
+from flow_tracker.store import audit
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.engine import Store, is_transient
 from flow_tracker.store.schema import (
@@ -697,7 +698,48 @@ def cleanup(
     that no lock is held for long on a busy database. Queued, running and retrying processes
     are kept unless ``statuses`` names them. On PostgreSQL's partitioned tables (and
     no ``statuses``), log entries and flows are kept by time instead: see below.
+
+    The clean-up is kept in the audit log (``history:delete``, with how many
+    processes went) once it has ended — it spans many transactions — or as
+    failed, with how many went before it failed. The audit log itself is not
+    cleaned up here: it has its own retention (``audit_retention_days``).
     """
+    done = [0]
+
+    def counted(deleted: int) -> None:
+        done[0] = deleted
+        if progress is not None:
+            progress(deleted)
+
+    asked: dict[str, Any] = {"days": days}
+    if statuses:
+        asked["statuses"] = list(statuses)
+    try:
+        deleted = _delete_old(store, days, statuses, batch_size, counted)
+    except Exception as exc:
+        detail = {**asked, "deleted": done[0], **audit.error_detail(exc)}
+        audit.record(
+            store, action="history:delete", target=None, outcome=audit.FAILED, detail=detail
+        )
+        raise
+    audit.record(
+        store,
+        action="history:delete",
+        target=None,
+        outcome=audit.ALLOWED,
+        detail={**asked, "deleted": deleted},
+    )
+    return deleted
+
+
+def _delete_old(
+    store: Store,
+    days: float,
+    statuses: Sequence[str] | None,
+    batch_size: int,
+    progress: Callable[[int], None],
+) -> int:
+    """:func:`cleanup`'s deletes (its audit row left to it)."""
     if days < 0:
         raise UsageError("days must be zero or more")
     for s in statuses or ():
@@ -736,8 +778,7 @@ def cleanup(
                 conn.execute(workflow_runs.delete().where(workflow_runs.c.id.in_(ids)))
                 conn.execute(processes.delete().where(processes.c.id.in_(ids)))
                 deleted += len(ids)
-            if progress is not None:
-                progress(deleted)
+            progress(deleted)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flow_tracker.status import Status
 from flow_tracker.store import workflows as runs
+from flow_tracker.store.audit import Hook
 from flow_tracker.store.engine import Store
 from flow_tracker.store.jobs import record_transitions
 from flow_tracker.store.schema import (
@@ -81,10 +82,12 @@ def existing(store: Store, namespace: str, name: str, key: str) -> uuid.UUID | N
     return None if found is None else uuid.UUID(str(found))
 
 
-def create(store: Store, new: NewRun, *, hold: bool) -> Created:
+def create(store: Store, new: NewRun, *, hold: bool, audit: Hook | None = None) -> Created:
     """Store the run (or find the one its idempotency key started); see the module's docstring.
 
     ``hold``: store the first steps' messages in the outbox, for a worker to send.
+    ``audit``: writes the start's audit row with the new run (not called for a run
+    its idempotency key had started: nothing is stored then).
     """
     key = new.idempotency_key
     if key is not None:
@@ -92,7 +95,7 @@ def create(store: Store, new: NewRun, *, hold: bool) -> Created:
         if found is not None:
             return Created(found, False, [], False)
     try:
-        return _insert(store, new, hold)
+        return _insert(store, new, hold, audit)
     except IntegrityError:
         # Another start of the same key committed first: its run is the one.
         found = None if key is None else existing(store, new.namespace, new.name, key)
@@ -101,7 +104,7 @@ def create(store: Store, new: NewRun, *, hold: bool) -> Created:
         return Created(found, False, [], False)
 
 
-def _insert(store: Store, new: NewRun, hold: bool) -> Created:
+def _insert(store: Store, new: NewRun, hold: bool, audit: Hook | None) -> Created:
     now = datetime.now(timezone.utc)
     skipped = new.skip
     # A skipped step counts as resolved (result None): its children wait for the others.
@@ -162,6 +165,8 @@ def _insert(store: Store, new: NewRun, hold: bool) -> Created:
             ended = runs._end_run(conn, new.run_id, runs._lock_run(conn, new.run_id), now)
         elif hold:
             runs.hold_in(conn, dispatches)
+        if audit is not None:
+            audit(conn, {"created": True})
     return Created(new.run_id, True, dispatches, hold and bool(dispatches), ended)
 
 

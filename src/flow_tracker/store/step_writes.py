@@ -20,19 +20,31 @@ What they do is :mod:`flow_tracker.store.workflows`'s contract:
   is locked first (``FOR UPDATE``), so ends of steps of one run are serialised
   and exactly one of them sees the count of active steps reach zero: that one
   ends the run (:func:`flow_tracker.store.workflows.finish_run`).
+
+A write whose reply was lost (the connection cut after the server committed
+it) is tried again and finds nothing to change: the step is no longer queued,
+or no longer running that attempt. :func:`claim_found` and :func:`end_found`
+then read whether the write that changed it was this worker's own, by the
+moment it stored, so that the worker goes on as the lost reply would have told
+it: it runs the step it took, sends the retry or the children its end made
+ready. Without them, such a step stays running or waiting to retry with nothing
+sent, for the reaper alone to find.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import and_, select
+
 from flow_tracker.status import Status
 from flow_tracker.store.engine import Store
+from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
 from flow_tracker.store.types import as_utc
 from flow_tracker.store.workflows import error_columns
 
@@ -67,6 +79,8 @@ class StepEnd:
     """The children queued now: (step, job id, queue name)."""
     job_id: str | None = None
     queue_name: str | None = None
+    stored_at: datetime | None = None
+    """Set by :func:`end_found`: the moment the end was stored with (an earlier try's)."""
 
 
 NOT_STORED = StepEnd(False, None, None, None, 0, 0, [])
@@ -432,4 +446,157 @@ def end(
         [(r[0], r[1], r[2]) for r in ready or ()],
         job_id,
         queue_name,
+    )
+
+
+# -- after a lost reply: was the write that changed the step this worker's own? -------------
+
+
+def claim_found(
+    store: Store,
+    run_id: uuid.UUID,
+    step: str,
+    worker: Mapping[str, Any],
+    tried: Sequence[datetime],
+) -> tuple[Taken, datetime] | None:
+    """The claim one of this worker's tries stored though its reply was lost, and its moment.
+
+    Called when a claim finds the step not there to take. A claim of ours is
+    known by what it stored: the step running since one of the moments ``tried``
+    (to the microsecond), its process on this worker's host and pid. None when
+    the step was taken by another delivery, or is not running.
+    """
+    if not tried:
+        return None
+    moments = {as_utc(moment) for moment in tried}
+    steps, runs = workflow_steps.c, workflow_runs.c
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(
+                steps.status,
+                steps.attempts,
+                steps.started_at,
+                steps.parents,
+                steps.queue_name,
+                runs.context,
+                runs.name,
+                runs.module,
+                runs.namespace,
+                runs.version,
+                processes.c.host,
+                processes.c.pid,
+                processes.c.job_system,
+            )
+            .join(workflow_runs, runs.id == steps.run_id)
+            .join(processes, processes.c.id == steps.process_id)
+            .where(and_(steps.run_id == run_id, steps.name == step))
+        ).first()
+        if (
+            row is None
+            or row.status != Status.RUNNING.value
+            or row.started_at is None
+            or row.started_at not in moments
+            or (row.host, row.pid, row.job_system)
+            != (worker.get("host"), worker.get("pid"), worker.get("job_system"))
+        ):
+            return None
+        parents = list(row.parents or ())
+        results = dict(
+            conn.execute(
+                select(steps.name, steps.result).where(
+                    and_(steps.run_id == run_id, steps.name.in_(parents))
+                )
+            ).all()
+        )
+    taken = Taken(
+        int(row.attempts),
+        row.context,
+        results,
+        row.name,
+        row.queue_name,
+        row.module,
+        row.namespace,
+        row.version,
+    )
+    return taken, row.started_at
+
+
+def end_found(
+    store: Store,
+    run_id: uuid.UUID,
+    step: str,
+    attempt: int,
+    tried: Sequence[tuple[datetime, str]],
+) -> StepEnd:
+    """What an end one of this worker's tries stored would have replied, though its reply was lost.
+
+    Called when an end finds the step no longer running this attempt. An end of
+    ours is known by what it stored: this attempt, with the status and the
+    moment (to the microsecond) of one of the ``(now, status)`` pairs ``tried``.
+    The children it made ready are those it queued at that moment and still
+    queued (nobody else sends them); the run's counts are read as they are now.
+    NOT_STORED when the attempt was ended by someone else (the pool's deadline)
+    or the step has moved on since.
+    """
+    if not tried:
+        return NOT_STORED
+    steps, runs = workflow_steps.c, workflow_runs.c
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(
+                steps.status,
+                steps.attempts,
+                steps.updated_at,
+                steps.children,
+                steps.job_id,
+                steps.queue_name,
+                runs.status.label("run_status"),
+                runs.name.label("workflow"),
+                runs.queue,
+                runs.active,
+                runs.failed,
+            )
+            .join(workflow_runs, runs.id == steps.run_id)
+            .where(and_(steps.run_id == run_id, steps.name == step))
+        ).first()
+        if row is None or int(row.attempts) != attempt:
+            return NOT_STORED
+        moment = next(
+            (
+                as_utc(now)
+                for now, status in tried
+                if status == row.status and as_utc(now) == row.updated_at
+            ),
+            None,
+        )
+        if moment is None:
+            return NOT_STORED
+        children = list(row.children or ())
+        ready: list[tuple[str, str, str]] = []
+        if children and row.status in (Status.COMPLETED.value, Status.SKIPPED.value):
+            ready = [
+                (r.name, r.job_id, r.queue_name)
+                for r in conn.execute(
+                    select(steps.name, steps.job_id, steps.queue_name).where(
+                        and_(
+                            steps.run_id == run_id,
+                            steps.name.in_(children),
+                            steps.status == Status.QUEUED.value,
+                            steps.waiting == 0,
+                            steps.queued_at == moment,
+                        )
+                    )
+                ).all()
+            ]
+    return StepEnd(
+        True,
+        row.run_status,
+        row.workflow,
+        row.queue,
+        int(row.active),
+        int(row.failed),
+        ready,
+        row.job_id,
+        row.queue_name,
+        moment,
     )

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection
 from flow_tracker.ids import process_id_for
 from flow_tracker.status import Status
 from flow_tracker.store import outbox
+from flow_tracker.store.audit import Hook
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.dialect import guarded_json
 from flow_tracker.store.engine import Store
@@ -416,11 +417,18 @@ def _failed_step(conn: Connection, run_id: uuid.UUID, step: str, verb: str) -> t
 
 
 def retry_failed_step(
-    store: Store, run_id: uuid.UUID, step: str, reason: str, hold: Hold | None = None
+    store: Store,
+    run_id: uuid.UUID,
+    step: str,
+    reason: str,
+    hold: Hold | None = None,
+    *,
+    audit: Hook | None = None,
 ) -> Ended:
     """Queue a failed step again (its attempts go on counting); reopen a failed run.
 
     ``hold``: whether its message waits in the outbox (stored with the change).
+    ``audit``: writes the action's audit row, committed with the change.
     """
     now = _now()
     with store.begin_write() as conn:
@@ -450,7 +458,10 @@ def retry_failed_step(
         )
         record_transitions(conn, [run_id, row.process_id], "retried", now, reason)
         again = Dispatch(run.queue, run.name, run_id, step, row.job_id, row.queue_name, 0.0, False)
-        return _held(conn, Ended([again], None), hold)
+        ended = _held(conn, Ended([again], None), hold)
+        if audit is not None:
+            audit(conn, {"attempts_before": int(row.attempts or 0)})
+        return ended
 
 
 def resolve_failed_step(
@@ -460,10 +471,13 @@ def resolve_failed_step(
     result: Any,
     reason: str,
     hold: Hold | None = None,
+    *,
+    audit: Hook | None = None,
 ) -> Ended:
     """Mark a failed step resolved with ``result``; what waits on it goes on.
 
     ``hold``: whether the messages of the children it releases wait in the outbox.
+    ``audit``: writes the action's audit row, committed with the change.
     """
     now = _now()
     with store.begin_write() as conn:
@@ -479,16 +493,20 @@ def resolve_failed_step(
         ended = _after_step(
             conn, run_id, reopened, now, list(row.children or ()), active=0, failed=-1
         )
-        return _held(conn, ended, hold)
+        ended = _held(conn, ended, hold)
+        if audit is not None:
+            audit(conn, {"released": sorted({d.step for d in ended.dispatches})})
+        return ended
 
 
 ALREADY_CANCELLED = -1
 
 
-def cancel_run(store: Store, run_id: uuid.UUID, reason: str) -> int:
+def cancel_run(store: Store, run_id: uuid.UUID, reason: str, *, audit: Hook | None = None) -> int:
     """Cancel a running run: no step that has not started starts. Returns the steps cancelled.
 
     :data:`ALREADY_CANCELLED` when the run was cancelled before: nothing changed.
+    ``audit``: writes the action's audit row, committed with the change.
     """
     now = _now()
     waiting = (PENDING, Status.QUEUED.value, Status.RETRYING.value)
@@ -497,6 +515,8 @@ def cancel_run(store: Store, run_id: uuid.UUID, reason: str) -> int:
         if run is None:
             raise LookupError(f"no workflow run {run_id}")
         if run.status == Status.CANCELLED.value:
+            if audit is not None:
+                audit(conn, {"cancelled_steps": 0, "already_cancelled": True})
             return ALREADY_CANCELLED
         if run.status == Status.COMPLETED.value:
             raise NotAllowed(f"workflow run {run_id} has completed; there is nothing to cancel")
@@ -533,6 +553,8 @@ def cancel_run(store: Store, run_id: uuid.UUID, reason: str) -> int:
         )
         _end_run_process(conn, run_id, run, Status.CANCELLED.value, now, None)
         record_transitions(conn, [run_id], Status.CANCELLED.value, now, reason)
+        if audit is not None:
+            audit(conn, {"cancelled_steps": len(rows)})
     return len(rows)
 
 

@@ -18,6 +18,8 @@ for _module in ("starlette", "jinja2"):
             f"the flow-tracker dashboard needs {_module}: pip install 'flow-tracker[web]'"
         )
 
+from flow_tracker.permissions import ROLES, Principal  # noqa: E402
 from flow_tracker.web.app import create_app  # noqa: E402
+from flow_tracker.web.host_auth import from_scopes  # noqa: E402
 
-__all__ = ["create_app"]
+__all__ = ["ROLES", "Principal", "create_app", "from_scopes"]

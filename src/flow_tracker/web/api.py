@@ -17,8 +17,8 @@ from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.ids import parse_id
 from flow_tracker.status import JobStatus
 from flow_tracker.store import queries
+from flow_tracker.web import hiding, statistics
 from flow_tracker.web import openapi as openapi_doc
-from flow_tracker.web import statistics
 from flow_tracker.web.context import SHOWN_VALUE_LIMIT, dashboard_of
 from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.params import ParamError, ProcessFilters, clean, run_cursor
@@ -30,17 +30,23 @@ MAX_API_FLOWS = 10_000
 
 
 def list_processes(request: Request) -> Response:
-    """``GET /api/processes``: a page of processes, newest first, with ``next_cursor``."""
+    """``GET /api/processes``: a page of processes, newest first, with ``next_cursor``.
+
+    A search (``q``) or a metadata filter (``meta``) is 403 for a principal
+    without ``payloads:read`` (:func:`flow_tracker.web.hiding.refused_filters`).
+    """
     board = dashboard_of(request)
+    refused = hiding.refused_filters(request)
+    if refused is not None:
+        return problem(403, refused)
     filters = ProcessFilters.from_query(request.query_params, datetime.now(timezone.utc))
     with board.search_slot() if filters.search else contextlib.nullcontext():
         page = queries.list_processes(board.store, **filters.list_kwargs())
-    return json_response(
-        {
-            "items": [p.to_dict(include_tree=False) for p in page.items],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    items = [
+        hiding.mark(request, p.to_dict(include_tree=False))
+        for p in hiding.processes(request, page.items)
+    ]
+    return json_response(hiding.mark(request, {"items": items, "next_cursor": page.next_cursor}))
 
 
 def get_process(request: Request) -> Response:
@@ -55,7 +61,7 @@ def get_process(request: Request) -> Response:
     if pid is None or record is None:
         return problem(404, "no process with this id")
     n_flows, n_logs = queries.count_children(board.store, pid, record.created_at)
-    data = record.to_dict()
+    data = hiding.mark(request, hiding.process_for(request, record).to_dict())
     data["counts"] = {"flows": n_flows, "logs": n_logs}
     data["truncated"] = n_flows > MAX_API_FLOWS or n_logs > MAX_API_LOGS
     return json_response(data)
@@ -68,7 +74,8 @@ def get_status(request: Request) -> Response:
     row = queries.find_process_row(board.store, ident)
     if row is None:
         return problem(404, "no process or job with this id")
-    return json_response(JobStatus(queries.process_from_row(row)).to_dict())
+    record = hiding.process_for(request, queries.process_from_row(row))
+    return json_response(hiding.mark(request, JobStatus(record).to_dict()))
 
 
 def stats(request: Request) -> Response:
@@ -84,7 +91,7 @@ def stats(request: Request) -> Response:
         lost_after=board.lost_after,
         rollup_state=board.rollup_state(),
     )
-    return json_response(summary.to_dict())
+    return json_response(hiding.mark(request, hiding.overview(request, summary).to_dict()))
 
 
 def openapi(request: Request) -> Response:
@@ -138,7 +145,8 @@ def get_workflow(request: Request) -> Response:
     run = _run(request)
     if run is None:
         return problem(404, "no workflow run with this id")
-    return json_response(workflows.shown(run, store=dashboard_of(request).store))
+    shown = workflows.shown(run, store=dashboard_of(request).store)
+    return json_response(hiding.workflow_dict(request, shown))
 
 
 def workflow_diagram(request: Request) -> Response:

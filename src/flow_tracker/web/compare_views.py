@@ -4,7 +4,8 @@
 two flow trees side by side with the differences marked, under a one-line
 summary; ``/api/processes/{id}/compare`` answers the same comparison as JSON.
 What differs is decided by :mod:`flow_tracker.comparison`; every payload value
-shown comes out of its ``to_dict`` (through :func:`~flow_tracker.comparison.payload_display`).
+shown comes out of its ``to_dict`` (through :func:`~flow_tracker.comparison.payload_display`,
+or hidden from a principal without ``payloads:read``: :mod:`flow_tracker.web.hiding`).
 
 An unknown id is a 404, an id that is no UUID in ``?with=`` or a run given as
 its own baseline a 400; a run with no earlier good one is a page that says so.
@@ -27,6 +28,7 @@ from flow_tracker.records import ProcessRecord
 from flow_tracker.status import Status
 from flow_tracker.store import comparison as stored
 from flow_tracker.store.engine import Store
+from flow_tracker.web import hiding
 from flow_tracker.web.context import dashboard_of, now, render
 from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.params import ParamError, clean
@@ -85,13 +87,13 @@ def compare_page(request: Request) -> Response:
         raise HTTPException(404, str(exc)) from None
     if found is None:
         raise HTTPException(404, "no process with this id")
-    display = comparison.payload_display()
+    display = hiding.display_for(request)
     shown = rows_shown(found)
     return render(
         request,
         "compare.html",
         cmp=found,
-        c=found.to_dict(display),
+        c=hiding.comparison(request, found),
         rows=[flow.to_dict(display) for flow in shown],
         left_out=len(found.flows) - len(shown),
         chosen=str(found.baseline.id) if found.baseline and found.baseline_chosen else "",
@@ -110,7 +112,7 @@ def compare_json(request: Request) -> Response:
         return problem(404, str(exc))
     if found is None:
         return problem(404, "no process with this id")
-    return json_response(found.to_dict(all_flows=all_flows))
+    return json_response(hiding.comparison(request, found, all_flows=all_flows))
 
 
 def offer(store: Store, process: ProcessRecord, moment: datetime | None = None) -> bool:

@@ -109,6 +109,20 @@ def make_templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+def path_for(request: Request, name: str, **params: Any) -> str:
+    """The path of this dashboard's route ``name``, under the prefix it is mounted at.
+
+    Every link and redirect is built here. Not ``request.url_for``: Starlette
+    resolves that from the outermost router, so a host app's own route named
+    ``health`` or ``processes`` (or a second dashboard mounted beside this one)
+    would take this dashboard's links. ``request.app`` is the innermost
+    Starlette app serving the request, this dashboard; ``root_path`` is every
+    prefix it is mounted under.
+    """
+    relative = request.app.router.url_path_for(name, **params)
+    return str(request.scope.get("root_path", "")) + str(relative)
+
+
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     """Render ``template`` with what every page needs.
 
@@ -119,7 +133,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     board = dashboard_of(request)
 
     def path(name: str, **params: Any) -> str:
-        return request.url_for(name, **params).path
+        return path_for(request, name, **params)
 
     principal = principal_of(request)
     context.update(

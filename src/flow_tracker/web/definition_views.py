@@ -3,7 +3,8 @@
 The definitions page lists every recorded workflow version (no user code
 imported); "Start run" opens a form with a JSON context, tags, an idempotency
 key and steps to skip; "Run again" opens the same form filled with a finished
-run's version, context and tags. Submitting it is a POST with the CSRF token,
+run's version, context and tags (the context only for a principal with
+``payloads:read``). Submitting it is a POST with the CSRF token,
 refused (and hidden) on a read-only dashboard; a form that cannot start a run
 comes back with the reason and the values typed, and nothing is stored.
 """
@@ -25,10 +26,12 @@ from flow_tracker.ids import parse_id
 from flow_tracker.redaction import Redactor
 from flow_tracker.store import definitions as stored_definitions
 from flow_tracker.store import starting as stored_starting
+from flow_tracker.web import hiding
 from flow_tracker.web.context import (
     SHOWN_VALUE_LIMIT,
     dashboard_of,
     now,
+    path_for,
     read_capped,
     read_only_refusal,
     refuse,
@@ -154,6 +157,13 @@ def run_again_form(request: Request) -> Response:
     form = _form_for(request, found)
     form.again = str(run_id)
     form.tags = "\n".join(f"{k}={v}" for k, v in sorted((row.tags or {}).items()))
+    if hiding.hides(request):
+        # The form may still start a run: with the context its user types.
+        form.note = (
+            f"The run's context is hidden from you (it needs the {hiding.PERMISSION} "
+            "permission): type the context to start with."
+        )
+        return _render_form(request, form)
     context = run.context
     if isinstance(context, dict) and context.get("_truncated"):
         form.note = "The run's context is too large to show here: type the context to start with."
@@ -247,7 +257,7 @@ async def start_submit(request: Request) -> Response:
         )
     except FlowTrackerError as exc:
         return _render_form(request, form, str(exc))
-    target = request.url_for("workflow", run_id=run.id).path
+    target = path_for(request, "workflow", run_id=run.id)
     target += "?done=start" if run.created else "?done=existing"
     if run.delivery.waiting:
         target += "&waiting=" + quote(",".join(run.delivery.waiting))

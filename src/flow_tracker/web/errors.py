@@ -51,7 +51,8 @@ def problem(status_code: int, message: str) -> Response:
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path[len(request.scope.get("root_path", "")) :].startswith("/api/")
+    path = request.url.path[len(request.scope.get("root_path", "")) :]
+    return path.startswith("/api/") or path == "/graphql"  # GraphQL clients read JSON too
 
 
 def error(request: Request, status_code: int, heading: str, message: str) -> Response:

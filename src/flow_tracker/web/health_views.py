@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from flow_tracker import recovery
+from flow_tracker.delivery import waiting_for
 from flow_tracker.locks import held_locks
 from flow_tracker.status import Status
 from flow_tracker.store import jobs as stored_jobs
 from flow_tracker.store import queries
-from flow_tracker.web.context import checked_form, dashboard_of, now, refuse, render
+from flow_tracker.web.context import checked_form, dashboard_of, now, path_for, refuse, render
 from flow_tracker.web.params import clamp_int
 
 LOST_SHOWN = 50
@@ -42,9 +43,13 @@ def health_page(request: Request) -> Response:
     report = recovery.health(store=board.store)
     notice = {
         key: clamp_int(request.query_params.get(key), 0, 0, 10**9)
-        for key in ("reaped", "requeued", "refused")
+        for key in ("reaped", "steps_sent", "steps_waiting", "requeued", "refused")
         if key in request.query_params
     }
+    if "reaped" in notice:
+        # The reap action's redirect names all three; a link written by hand may not.
+        notice.setdefault("steps_sent", 0)
+        notice.setdefault("steps_waiting", 0)
     if "requeued" in notice:
         # The requeue action's redirect names both; a link written by hand may not.
         notice.setdefault("refused", 0)
@@ -86,7 +91,7 @@ def metrics(request: Request) -> Response:
 def _back(request: Request, **values: Any) -> Response:
     # Empty lists (no reason, nothing waiting) leave no key behind.
     query = urlencode({key: v for key, v in values.items() if v != []}, doseq=True)
-    return RedirectResponse(request.url_for("health").path + "?" + query, status_code=303)
+    return RedirectResponse(path_for(request, "health") + "?" + query, status_code=303)
 
 
 async def reap_now(request: Request) -> Response:
@@ -96,7 +101,15 @@ async def reap_now(request: Request) -> Response:
         return refused
     store = dashboard_of(request).store
     result = await run_in_threadpool(lambda: recovery.reap(store=store))
-    return _back(request, reaped=len(result.lost))
+    # Steps queued again are "sent" only when published here; the others wait in
+    # the outbox for a worker of their queue, and the notice says so.
+    return _back(
+        request,
+        reaped=len(result.lost),
+        steps_sent=result.workflow_steps_sent,
+        steps_waiting=result.workflow_steps_waiting,
+        waiting=[waiting_for(*result.waiting_for)] if result.workflow_steps_waiting else [],
+    )
 
 
 async def requeue_now(request: Request) -> Response:

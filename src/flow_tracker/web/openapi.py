@@ -53,10 +53,16 @@ LIST_PARAMETERS = [
     ),
     _query("category", "Only these categories.", {"type": "string"}, True),
     _query("name", "Exact process name.", {"type": "string"}),
-    _query("q", "Text in the process name or any of its log messages.", {"type": "string"}),
+    _query(
+        "q",
+        "Text in the process name or any of its log messages "
+        "(403 without the payloads:read permission).",
+        {"type": "string"},
+    ),
     _query(
         "meta",
-        "Metadata filter key=value (numbers, true/false/null and quoted strings as JSON).",
+        "Metadata filter key=value (numbers, true/false/null and quoted strings as JSON; "
+        "403 without the payloads:read permission).",
         {"type": "string"},
         True,
     ),
@@ -71,6 +77,21 @@ LIST_PARAMETERS = [
     ),
     _query("cursor", "next_cursor of the previous page.", {"type": "string"}),
 ]
+
+HIDING = (
+    "Payload values are hidden from a principal without the payloads:read permission "
+    "(the viewer role, or a custom set): metadata values (their keys stay), job_args, "
+    "log entries' data, error messages and tracebacks (the error's type stays), a "
+    "workflow's context, its steps' results, step errors' messages, and the values of a "
+    'comparison each read "[hidden]"; a field that holds nothing stays null. Such an '
+    'answer says "hidden": true at its top and on each item of a list. Searching (q) '
+    "and metadata filters (meta) answer 403 for that principal: a match would confirm "
+    "a hidden value."
+)
+_HIDDEN_FLAG: dict[str, Any] = {
+    "const": True,
+    "description": 'Present (true) when payload values read "[hidden]"; see the API description.',
+}
 
 _ERROR = {
     "type": "object",
@@ -99,6 +120,8 @@ _PROCESS = {
         "job_id": {"type": ["string", "null"]},
         "queue": {"type": ["string", "null"]},
         "attempt": {"type": "integer"},
+        "job_args": {},
+        "hidden": _HIDDEN_FLAG,
     },
     "required": ["id", "name", "category", "status", "created_at"],
 }
@@ -121,6 +144,7 @@ _COMPARISON = {
         "first_log_difference": {"type": ["object", "null"]},
         "logs_compared": {"type": "integer"},
         "steps": {"type": ["array", "null"], "items": {"type": "object"}},
+        "hidden": _HIDDEN_FLAG,
     },
     "required": ["summary", "found", "run", "baseline", "flows", "metadata", "steps"],
 }
@@ -180,6 +204,7 @@ _STARTED: dict[str, Any] = {
         "message": {"type": "string"},
         "url": {"type": "string"},
         "run": {"type": "object"},
+        "hidden": _HIDDEN_FLAG,
     },
     "required": ["id", "namespace", "name", "version", "created", "delivery", "run"],
 }
@@ -201,19 +226,39 @@ _DEFINITION: dict[str, Any] = {
 }
 
 
+_AUDIT_ENTRY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "at": {"type": "string", "format": "date-time"},
+        "actor": {"type": "string"},
+        "role": {"type": "string"},
+        "via": {"type": "string"},
+        "action": {"type": "string"},
+        "target": {"type": ["string", "null"]},
+        "outcome": {"enum": ["allowed", "refused", "failed"]},
+        "detail": {"type": ["object", "null"]},
+        "client": {"type": ["string", "null"]},
+        "request_id": {"type": ["string", "null"]},
+        "times": {"type": "integer"},
+    },
+    "required": ["id", "at", "actor", "role", "via", "action", "outcome", "times"],
+}
+
+
 def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def document(server_url: str = "/") -> dict[str, Any]:
     """The OpenAPI document, with the mount prefix as its server URL."""
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "flow-tracker API",
             "version": __version__,
             "description": "Read what background jobs and processes did: "
-            "processes, their flows and logs, job statuses and statistics.",
+            "processes, their flows and logs, job statuses and statistics. " + HIDING,
         },
         "servers": [{"url": server_url}],
         "paths": {
@@ -232,12 +277,14 @@ def document(server_url: str = "/") -> dict[str, Any]:
                                         "items": {"$ref": "#/components/schemas/Process"},
                                     },
                                     "next_cursor": {"type": ["string", "null"]},
+                                    "hidden": _HIDDEN_FLAG,
                                 },
                                 "required": ["items", "next_cursor"],
                             },
                             "A page of processes.",
                         ),
                         "400": _ERROR_RESPONSE,
+                        "403": _ERROR_RESPONSE,
                     },
                 }
             },
@@ -322,6 +369,9 @@ def document(server_url: str = "/") -> dict[str, Any]:
                                     "progress": {"type": "number"},
                                     "current": {"type": "number"},
                                     "total": {"type": "number"},
+                                    "metadata": {"type": "object"},
+                                    "error": {"type": ["object", "null"]},
+                                    "hidden": _HIDDEN_FLAG,
                                 },
                                 "required": ["process_id", "status", "progress"],
                             },
@@ -352,6 +402,8 @@ def document(server_url: str = "/") -> dict[str, Any]:
                                     "throughput": {"type": "object"},
                                     "slowest_processes": {"type": "array"},
                                     "slowest_flows": {"type": "array"},
+                                    "recent_failures": {"type": "array"},
+                                    "hidden": _HIDDEN_FLAG,
                                 },
                                 "required": ["finished", "throughput"],
                             },
@@ -406,9 +458,19 @@ def document(server_url: str = "/") -> dict[str, Any]:
                         "200": _ok(
                             {
                                 "type": "object",
-                                "required": ["id", "name", "status", "failed_step", "steps"],
+                                "required": [
+                                    "id",
+                                    "name",
+                                    "namespace",
+                                    "version",
+                                    "tags",
+                                    "status",
+                                    "failed_step",
+                                    "steps",
+                                ],
                             },
-                            "The run, context and results redacted.",
+                            "The run, the definition's namespace and version it was started"
+                            " with, its tags; context and results redacted.",
                         ),
                         "404": _ERROR_RESPONSE,
                     },
@@ -493,6 +555,57 @@ def document(server_url: str = "/") -> dict[str, Any]:
                     },
                 }
             },
+            "/api/audit": {
+                "get": {
+                    "operationId": "listAudit",
+                    "summary": "The audit log, newest first: who did what, allowed, refused or "
+                    "failed (needs audit:read; never a payload value).",
+                    "parameters": [
+                        _query("actor", "Only this actor's rows (exact name).", {"type": "string"}),
+                        _query(
+                            "action", "Only this action, e.g. jobs:requeue.", {"type": "string"}
+                        ),
+                        _query(
+                            "outcome",
+                            "Only this outcome.",
+                            {"enum": ["allowed", "refused", "failed"]},
+                        ),
+                        _query("target", "Only rows about this target.", {"type": "string"}),
+                        _query("range", "Within the last …", {"enum": list(RANGES)}),
+                        _query(
+                            "since",
+                            "At or after (ISO 8601).",
+                            {"type": "string", "format": "date-time"},
+                        ),
+                        _query(
+                            "until",
+                            "Before (ISO 8601).",
+                            {"type": "string", "format": "date-time"},
+                        ),
+                        _query(
+                            "limit",
+                            "Page size (clamped to 1..200).",
+                            {"type": "integer", "default": 50},
+                        ),
+                        _query("cursor", "next_cursor of the previous page.", {"type": "string"}),
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "items": {"type": "array", "items": _AUDIT_ENTRY},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                                "required": ["items", "next_cursor"],
+                            },
+                            "A page of audit rows.",
+                        ),
+                        "400": _ERROR_RESPONSE,
+                        "403": _ERROR_RESPONSE,
+                    },
+                }
+            },
             "/api/health": {
                 "get": {
                     "operationId": "getHealth",
@@ -506,3 +619,49 @@ def document(server_url: str = "/") -> dict[str, Any]:
         },
         "components": {"schemas": {"Process": _PROCESS, "Error": _ERROR}},
     }
+    return _secured(doc)
+
+
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API token (`flow-tracker tokens create`): `ft_<id>_<secret>`. "
+        "Accepted on /api/* and /metrics only; never admin.",
+    },
+    "basicAuth": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "The dashboard's basic-auth users (`create_app(basic_auth=...)`, "
+        "`flow-tracker serve --basic-auth`), each with a role.",
+    },
+}
+_REFUSALS = {
+    "401": {
+        "description": "Not authenticated, or a bad, expired or revoked token "
+        "(`WWW-Authenticate` says which scheme to use).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+    "403": {
+        "description": "Authenticated, without the permission this operation needs "
+        "(or a read-only dashboard).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+}
+
+
+def _secured(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with its security schemes and every operation's 401 and 403.
+
+    A dashboard mounted in a host app may instead be guarded by the host's own
+    login (an ``auth`` hook); the empty requirement says a dashboard without
+    authentication answers without credentials.
+    """
+    doc["components"]["securitySchemes"] = SECURITY_SCHEMES
+    doc["security"] = [{"bearerAuth": []}, {"basicAuth": []}, {}]
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, response in _REFUSALS.items():
+                responses.setdefault(status, response)
+    return doc

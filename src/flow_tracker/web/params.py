@@ -220,6 +220,23 @@ class ProcessFilters:
         }
 
 
+PAYLOAD_FILTERS = ("q", "meta")
+"""The process list's parameters that match payloads: the search and the metadata filters."""
+
+
+def payload_filters(params: QueryParams) -> list[str]:
+    """The parameters of :data:`PAYLOAD_FILTERS` that ``params`` uses (not left blank).
+
+    Without the ``payloads:read`` permission these are refused (see
+    :mod:`flow_tracker.web.hiding`): a match would confirm a hidden value.
+    """
+    return [
+        name
+        for name in PAYLOAD_FILTERS
+        if any(clean(value).strip() for value in params.getlist(name))
+    ]
+
+
 def run_cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
     """A workflow list's page cursor (``<created_at ISO>|<run id>``), or None for page one.
 

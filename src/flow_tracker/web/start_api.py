@@ -25,7 +25,8 @@ from flow_tracker import config
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.redaction import Redactor
 from flow_tracker.store.engine import Store
-from flow_tracker.web.context import SHOWN_VALUE_LIMIT, dashboard_of, read_capped
+from flow_tracker.web import hiding
+from flow_tracker.web.context import SHOWN_VALUE_LIMIT, dashboard_of, path_for, read_capped
 from flow_tracker.web.errors import json_response, problem
 from flow_tracker.web.workflow_api import _cross_site
 from flow_tracker.web.workflow_views import who_acts
@@ -140,9 +141,15 @@ def _outline(run: StartedRun, context: Any, store: Store) -> dict[str, Any]:
 
 
 def started(request: Request, run: StartedRun, shown: dict[str, Any]) -> dict[str, Any]:
-    """What a start answers: the run, whether it is new, and what became of its first steps."""
+    """What a start answers: the run, whether it is new, and what became of its first steps.
+
+    The run's context is hidden from a principal without ``payloads:read``: a
+    repeated idempotency key answers with the run it started before, whose
+    context someone else sent.
+    """
     delivery = run.delivery
-    return {
+    shown = {**shown, "context": hiding.context_for(request, shown.get("context"))}
+    answer = {
         "id": str(run.id),
         "namespace": run.namespace,
         "name": run.name,
@@ -151,9 +158,10 @@ def started(request: Request, run: StartedRun, shown: dict[str, Any]) -> dict[st
         "delivery": delivery.status if run.created else "existing run",
         "waiting_for": list(delivery.waiting),
         "message": delivery.message if run.created else "this idempotency key started it before",
-        "url": request.url_for("workflow", run_id=run.id).path,
+        "url": path_for(request, "workflow", run_id=run.id),
         "run": shown,
     }
+    return hiding.mark(request, answer)
 
 
 def definitions(request: Request) -> Response:

@@ -9,6 +9,7 @@ unreachable database a 503 (:mod:`flow_tracker.web.errors`); nothing is a stack 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -25,14 +26,15 @@ from flow_tracker.levels import LEVELS
 from flow_tracker.records import ProcessRecord
 from flow_tracker.status import Status
 from flow_tracker.store import queries
-from flow_tracker.store.engine import Store, time_budget
+from flow_tracker.store.engine import time_budget
 from flow_tracker.store.workflows import CATEGORY as WORKFLOW_CATEGORY
-from flow_tracker.web import charts, compare_views, statistics
+from flow_tracker.web import charts, compare_views, hiding, statistics
 from flow_tracker.web.context import (
     SHOWN_VALUE_LIMIT,
     checked_form,
     dashboard_of,
     now,
+    path_for,
     read_only_refusal,
     refuse,
     render,
@@ -67,7 +69,7 @@ def overview(request: Request) -> Response:
     return render(
         request,
         "overview.html",
-        ov=summary,
+        ov=hiding.overview(request, summary),
         chart=charts.throughput(summary.bars, summary.bar_seconds),
         windows=list(statistics.WINDOWS),
         window=window,
@@ -86,10 +88,14 @@ def process_list(request: Request) -> Response:
     board = dashboard_of(request)
     moment = now()
     error = None
+    refused = hiding.refused_filters(request)
     try:
+        if refused is not None:
+            raise ParamError(refused)
         filters = ProcessFilters.from_query(request.query_params, moment)
         with board.search_slot() if filters.search else contextlib.nullcontext():
             page = queries.list_processes(board.store, **filters.list_kwargs())
+        page = dataclasses.replace(page, items=hiding.processes(request, page.items))
     except (ParamError, FlowTrackerError, ValueError) as exc:
         error = str(exc)
         filters = ProcessFilters()
@@ -101,7 +107,7 @@ def process_list(request: Request) -> Response:
     return render(
         request,
         "processes.html",
-        status_code=400 if error else 200,
+        status_code=403 if refused else 400 if error else 200,
         filters=filters,
         page=page,
         error=error,
@@ -113,13 +119,14 @@ def process_list(request: Request) -> Response:
     )
 
 
-def _workflow_of(store: Store, process: ProcessRecord) -> dict[str, Any] | None:
-    """A workflow run's steps, as shown on its process page (context and results redacted)."""
+def _workflow_of(request: Request, process: ProcessRecord) -> dict[str, Any] | None:
+    """A workflow run's steps as its process page shows them (values redacted, or hidden)."""
     if process.category != WORKFLOW_CATEGORY or process.parent_process_id is not None:
         return None
+    store = dashboard_of(request).store
     try:
         run = workflows.get_workflow(process.id, store=store, preview_over=SHOWN_VALUE_LIMIT)
-        return workflows.shown(run)
+        return hiding.workflow_dict(request, workflows.shown(run))
     except NotFoundError:
         return None
 
@@ -143,10 +150,10 @@ def process_detail(request: Request) -> Response:
     return render(
         request,
         "process.html",
-        p=process,
-        workflow=_workflow_of(board.store, process),
+        p=hiding.process_for(request, process),
+        workflow=_workflow_of(request, process),
         timeline=charts.waterfall(process, moment),
-        children=queries.child_processes(board.store, pid),
+        children=hiding.processes(request, queries.child_processes(board.store, pid)),
         level=level,
         visible_levels=[n for n in LEVEL_NAMES if LEVEL_RANKS[n] >= LEVEL_RANKS[level]],
         level_names=LEVEL_NAMES,
@@ -214,5 +221,5 @@ async def cleanup_run(request: Request) -> Response:
     with time_budget(None):
         deleted = await run_in_threadpool(queries.cleanup, board.store, days, statuses or None)
     query = f"days={days}&deleted={deleted}" + "".join(f"&status={s}" for s in statuses)
-    target = request.url_for("cleanup").path + "?" + query
+    target = path_for(request, "cleanup") + "?" + query
     return RedirectResponse(target, status_code=303)

@@ -1,18 +1,18 @@
 """The workflow pages: the list of runs, a run drawn as a DAG, and retry, resolve and cancel.
 
-Actions are POST forms with the CSRF token, refused (and hidden) on a read-only
-dashboard, and kept in the run's state history with who did them: the Basic
-auth user when the dashboard has one, else ``dashboard``.
+Actions are POST forms with the CSRF token, each refused (and hidden) without
+its permission (``workflows:retry``, ``workflows:resolve``, ``workflows:cancel``),
+and kept in the run's state history with who did them: the authenticated
+principal's name (``dashboard`` on a dashboard without auth).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -23,12 +23,14 @@ from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.ids import parse_id
 from flow_tracker.store.starting import started_as
 from flow_tracker.store.workflows import DONE
-from flow_tracker.web import dag, statistics, workflow_statistics
+from flow_tracker.web import dag, hiding, statistics, workflow_statistics
+from flow_tracker.web.access import principal_of
 from flow_tracker.web.context import (
     SHOWN_VALUE_LIMIT,
     checked_form,
     dashboard_of,
     now,
+    path_for,
     refuse,
     render,
 )
@@ -51,7 +53,8 @@ def workflow_list(request: Request) -> Response:
     params = request.query_params
     name = clean(params["name"])[:255] if params.get("name") else None
     status = params.get("status") or None
-    tag = clean(params.get("tag", "")).strip()[:330]
+    # Several tag filters combine (AND): each is one ``tag=key:value`` parameter.
+    tags = [t for t in (clean(v).strip()[:330] for v in params.getlist("tag")) if t]
     error = None
     runs: list[dict[str, Any]] = []
     try:
@@ -62,7 +65,7 @@ def workflow_list(request: Request) -> Response:
             status=status,
             limit=PAGE,
             before=run_cursor(params.get("before")),
-            tags=tag_filters([tag]),
+            tags=tag_filters(tags),
             store=board.store,
         )
     except (ParamError, FlowTrackerError) as exc:
@@ -77,7 +80,8 @@ def workflow_list(request: Request) -> Response:
         runs=runs,
         name=name or "",
         status=status or "",
-        tag=tag,
+        tags=tags,
+        filters=_filter_query(name, status, tags),
         statuses=RUN_STATUSES,
         error=error,
         next_cursor=f"{last['created_at']}|{last['id']}" if last else None,
@@ -85,6 +89,12 @@ def workflow_list(request: Request) -> Response:
         now=now(),
         live=True,
     )
+
+
+def _filter_query(name: str | None, status: str | None, tags: list[str]) -> str:
+    """The run list's filters as a query string, for its pager and its tag links."""
+    pairs = [("name", name or ""), ("status", status or "")] + [("tag", t) for t in tags]
+    return urlencode([(k, v) for k, v in pairs if v])
 
 
 def workflow_analytics(request: Request) -> Response:
@@ -146,10 +156,13 @@ def workflow_detail(request: Request) -> Response:
         run, names, store=dashboard_of(request).store, preview_over=SHOWN_VALUE_LIMIT
     )
     shown = manage.shown(run, names, store=dashboard_of(request).store)
+    # Context, results and errors hidden from a principal without payloads:read.
+    shown = hiding.workflow_dict(request, shown)
+    run = hiding.workflow(request, run)
     expand = _expanded(request)
 
     # One route look-up, not one per step (~45 µs each, 14 ms on a 2,000-step page).
-    process_path = request.url_for("process", process_id=_SOME_ID).path
+    process_path = path_for(request, "process", process_id=_SOME_ID)
 
     def link(step: StepStatus) -> str | None:
         if step.process_id is None:
@@ -159,7 +172,7 @@ def workflow_detail(request: Request) -> Response:
     def expand_link(group: int) -> str:
         wanted = sorted(expand | {group})
         query = "&".join(f"expand={g}" for g in wanted)
-        return request.url_for("workflow", run_id=run.id).path + "?" + query
+        return path_for(request, "workflow", run_id=run.id) + "?" + query
 
     drawing = dag.draw(run, link, expand_link, expand)
     listed = []
@@ -204,21 +217,15 @@ def _listed(run: WorkflowStatus) -> tuple[list[str], int]:
     return keep, len(run.steps) - len(keep)
 
 
-def _who(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("basic "):
-        try:
-            user = base64.b64decode(header[6:], validate=True).decode().partition(":")[0]
-        except ValueError:
-            user = ""
-        if user:
-            return f"{user} (dashboard)"
-    return "dashboard"
-
-
 def who_acts(request: Request) -> str:
-    """Who an action of this request is kept as, in the run's history (the API's too)."""
-    return _who(request)
+    """Who an action of this request is kept as, in the run's history (the API's too).
+
+    The name of the principal the security middleware authenticated (the basic
+    user, the hook's principal, the token's name; ``dashboard`` on a dashboard
+    without auth), never a header of the request: anyone who can post could
+    write any name there.
+    """
+    return principal_of(request).name
 
 
 def _no_constant(name: str) -> Any:
@@ -249,7 +256,7 @@ async def workflow_action(request: Request) -> Response:
     reason = _field(form, "reason")[:REASON_LIMIT] or None
     step = _field(form, "step")
     board = dashboard_of(request)
-    who = _who(request)
+    who = who_acts(request)
     delivery = None
     try:
         if action == "retry":
@@ -288,7 +295,7 @@ async def workflow_action(request: Request) -> Response:
         return refuse(request, 404, str(exc))
     except FlowTrackerError as exc:
         return refuse(request, 409, str(exc))
-    target = request.url_for("workflow", run_id=run_id).path + f"?done={action}"
+    target = path_for(request, "workflow", run_id=run_id) + f"?done={action}"
     if delivery is not None and delivery.waiting:
         # Said on the page: nothing was sent, a worker of that queue will send it.
         target += "&waiting=" + quote(",".join(delivery.waiting))

@@ -14,7 +14,12 @@ The order is what makes a crash at any point recoverable:
   their process rows stay queued and their broker holds no message, so the
   reaper finds them (as any vanished job) and :func:`recover` sends them again;
 * a message delivered twice: the second delivery finds the step running or
-  done and stands down.
+  done and stands down;
+* the reply to a claim or an end lost (the connection cut after the server
+  committed it): the try again finds the step changed, reads back that the
+  change was its own (:func:`~flow_tracker.store.step_writes.claim_found`,
+  :func:`~flow_tracker.store.step_writes.end_found`) and goes on as the reply
+  would have told it, instead of standing down.
 """
 
 from __future__ import annotations
@@ -243,7 +248,7 @@ def send(dispatches: Iterable[Dispatch]) -> Delivery:
                 runtime.report_internal_error(
                     exc, f"sending step {dispatch.step} to {dispatch.system}"
                 )
-        delivery += Delivery(waiting=(dispatch.system,), error=error)
+        delivery += Delivery(waiting=(dispatch.system,), error=error, waiting_count=1)
         try:
             store = runtime.store()
             store.ensure_schema()
@@ -265,11 +270,24 @@ def send(dispatches: Iterable[Dispatch]) -> Delivery:
 # -- running one step (in the worker) ------------------------------------------------------
 
 
-def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str) -> None:
+def execute_step(
+    system: str,
+    workflow: str,
+    run_id: str,
+    step: str,
+    job_id: str,
+    *,
+    claims_tried: list[datetime] | None = None,
+) -> None:
     """Run one step of a run, as the queue's step task: take it, run it, store its end.
 
     Returns None whatever the step did: its outcome is in the database, and the
     queue's own retries must never run a step the workflow retries itself.
+
+    ``claims_tried``: the moments of this worker's earlier tries to take the
+    step, which failed with the database away; this try's is added to it. A try
+    whose reply was lost may have taken the step: it is this worker's to run
+    (see :func:`flow_tracker.store.step_writes.claim_found`).
 
     Raises:
         DatabaseUnavailableError: the step could not be taken (the queue may
@@ -279,8 +297,17 @@ def execute_step(system: str, workflow: str, run_id: str, step: str, job_id: str
     store = _store()
     worker = {"host": socket.gethostname(), "pid": os.getpid(), "job_system": system}
     claimed_at = datetime.now(timezone.utc)
+    tried = claims_tried if claims_tried is not None else []
+    tried.append(claimed_at)
     try:
         claim = step_writes.claim(store, run, step, worker, claimed_at)
+        if claim is None:
+            # Not there to take: another delivery took it, or one of our own tries
+            # did and its reply was lost (the write path tries a cut connection's
+            # write once more at once; the pool tries again after an outage).
+            found = step_writes.claim_found(store, run, step, worker, tried)
+            if found is not None:
+                claim, claimed_at = found
     except Exception as exc:  # the driver's own errors: the hot path bypasses SQLAlchemy
         if not is_transient(exc):
             raise
@@ -507,9 +534,11 @@ def _store_end(
     deadline = time.monotonic() + END_RETRY_SECONDS
     pause = 0.05
     refused = False
+    tried: list[tuple[datetime, str]] = []
     while True:
         now = datetime.now(timezone.utc)
         retry_at = None if outcome.retry_in is None else now + timedelta(seconds=outcome.retry_in)
+        tried.append((now, outcome.status))
         try:
             done = step_writes.end(
                 store,
@@ -522,6 +551,12 @@ def _store_end(
                 error=outcome.error,
                 retry_at=retry_at,
             )
+            if not done.stored:
+                # The attempt was ended by someone else (the pool's deadline), or by
+                # one of our own tries whose reply was lost: then its retry or the
+                # children it made ready are ours to send, as its reply would have said.
+                done = step_writes.end_found(store, run, step, attempt, tried)
+                now = done.stored_at or now
             break
         except Exception as exc:
             if is_transient(exc):
@@ -610,8 +645,19 @@ def recover(store: Store, lost_after: float) -> list[Dispatch]:
     retry ``lost_after`` seconds past its time lost its delayed message: it is
     sent again (a duplicate finds it taken and stands down).
     """
+    return recover_steps(store, lost_after)[0]
+
+
+def recover_steps(store: Store, lost_after: float) -> tuple[list[Dispatch], Delivery]:
+    """:func:`recover`, and what became of the steps' messages: sent, or waiting.
+
+    A step this process cannot send (its queue's integration is not here, or its
+    ``threads`` workflow is declared elsewhere) waits in the outbox for a worker
+    that can: the reaper's report says so rather than "sent".
+    """
     settings = config.current()
     sent: list[Dispatch] = []
+    delivery = NOTHING_SENT
     for row in stored.lost_steps(store):
         ended = stored.requeue_lost_step(
             store,
@@ -623,11 +669,14 @@ def recover(store: Store, lost_after: float) -> list[Dispatch]:
             cannot_send,
         )
         announce.run_ended(store, uuid.UUID(str(row.run_id)), ended.run_status)
-        if not ended.held:
-            send(ended.dispatches)
+        if ended.held:
+            for dispatch in ended.dispatches:
+                delivery += Delivery(waiting=(dispatch.system,), waiting_count=1)
+        else:
+            delivery += send(ended.dispatches)
         sent += ended.dispatches
     overdue = stored.overdue_retries(store, lost_after)
-    send(overdue)
+    delivery += send(overdue)
     for run_id in stored.stalled_runs(store):
         announce.run_ended(store, run_id, stored.finish_run(store, run_id))
-    return sent + overdue
+    return sent + overdue, delivery

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import threading
 import uuid
 from collections import OrderedDict
@@ -12,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from flow_tracker import config, delivery
+from flow_tracker.actors import current_actor
 from flow_tracker.delivery import Delivery
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.redaction import Redactor, clean_text, redact_text
+from flow_tracker.store import audit
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.workflows import announce
@@ -50,12 +51,26 @@ def _run_id(run_id: uuid.UUID | str) -> uuid.UUID:
 
 
 def _who(by: str | None) -> str:
+    """Who a manual action is kept as in the run's history: ``by``, else the acting actor.
+
+    The actor is whoever the dashboard let in (the principal's name, never a
+    header anyone could send), the CLI's OS user, or the library's.
+    """
     if by:
         return str(by)[:100]
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment (a container without one)
-        return "unknown"
+    return current_actor().name[:100]
+
+
+def _audit_detail(step: str | None, by: str | None, reason: str | None) -> dict[str, Any]:
+    """A manual action's parameters for its audit row: never a result or a context."""
+    detail: dict[str, Any] = {}
+    if step is not None:
+        detail["step"] = step
+    if by:
+        detail["by"] = str(by)
+    if reason:
+        detail["reason"] = str(reason)
+    return detail
 
 
 def _reason(action: str, step: str | None, by: str | None, reason: str | None) -> str:
@@ -219,14 +234,16 @@ def list_workflows(
     ]
 
 
-def _act(action: Any, store: Store | None, run_id: uuid.UUID, *args: Any) -> stored.Ended:
+def _act(
+    action: Any, store: Store, run_id: uuid.UUID, *args: Any, hook: audit.Hook
+) -> stored.Ended:
     step = args[0]
     if not isinstance(step, str) or clean_text(step) != step:
         # No step can have this name (names are checked when declared), and
         # PostgreSQL would refuse to even look for one with a NUL in it.
         raise NotFoundError(f"run {run_id} has no step {step!r}")
     try:
-        ended: stored.Ended = action(store or _store(), run_id, *args)
+        ended: stored.Ended = action(store, run_id, *args, audit=hook)
         return ended
     except LookupError as exc:
         raise NotFoundError(str(exc)) from None
@@ -252,13 +269,33 @@ def retry_step(
     declared here, a broker that refused it) ``waiting for a worker of <queue>``,
     stored in the outbox with the change (see :mod:`flow_tracker.delivery`).
 
+    The action is kept in the audit log (``workflows:retry``), committed with the
+    change; one that fails is kept as failed.
+
     Raises:
         NotFoundError: no such run or step.
         UsageError: the step is not failed, or the run was cancelled.
     """
+    chosen = store or _store()
+    with audit.failures_recorded(
+        chosen,
+        action="workflows:retry",
+        target=str(run_id),
+        detail=_audit_detail(step, by, reason),
+    ):
+        return _retry_one(run_id, step, by, reason, chosen)
+
+
+def _retry_one(
+    run_id: uuid.UUID | str, step: str, by: str | None, reason: str | None, store: Store
+) -> Delivery:
+    """:func:`retry_step` but for its failed row (left to the caller): the audited change."""
     run = _run_id(run_id)
+    hook = audit.on_change(
+        action="workflows:retry", target=str(run), detail=_audit_detail(step, by, reason)
+    )
     text = _reason("retried", step, by, reason)
-    ended = _act(stored.retry_failed_step, store, run, step, text, cannot_send)
+    ended = _act(stored.retry_failed_step, store, run, step, text, cannot_send, hook=hook)
     workflow = ended.dispatches[0].workflow if ended.dispatches else None
     announce.step_retrying(
         run, workflow, step, attempt=None, delay=None, error=None, by=_who(by), reason=reason
@@ -297,12 +334,27 @@ def retry_failed_steps(
     kept in the run's history with who and why); a step that someone else retried
     or resolved meanwhile is left to them.
 
+    Each retried step has its own row in the audit log, as :func:`retry_step`
+    writes it; when none could be retried, one failed row says why.
+
     Raises:
         NotFoundError: no such run.
         UsageError: the run was cancelled, or has no failed step.
     """
-    run = _run_id(run_id)
     chosen = store or _store()
+    with audit.failures_recorded(
+        chosen,
+        action="workflows:retry",
+        target=str(run_id),
+        detail={**_audit_detail(None, by, reason), "all_failed": True},
+    ):
+        return _retry_failed(run_id, by, reason, chosen)
+
+
+def _retry_failed(
+    run_id: uuid.UUID | str, by: str | None, reason: str | None, chosen: Store
+) -> RetriedSteps:
+    run = _run_id(run_id)
     status = get_workflow_outline(run, store=chosen)
     if status.status == "cancelled":
         raise UsageError(f"workflow run {run} was cancelled; nothing in it starts again")
@@ -313,7 +365,7 @@ def retry_failed_steps(
     deliveries: list[Delivery] = []
     for name in failed:
         try:
-            deliveries.append(retry_step(run, name, by=by, reason=reason, store=chosen))
+            deliveries.append(_retry_one(run, name, by, reason, chosen))
         except UsageError:  # no longer failed: retried or resolved by someone else since
             continue
         retried.append(name)
@@ -342,19 +394,39 @@ def resolve_step(
     Returns what became of the messages of the children it released (see
     :func:`retry_step`): ``sent``, ``nothing to send`` or ``waiting for a worker of <queue>``.
 
+    The audit log keeps the step and the reason (``workflows:resolve``), never the
+    result, committed with the change; an action that fails is kept as failed.
+
     Raises:
         NotFoundError: no such run or step.
         UsageError: the step is not failed, the run was cancelled, or ``result``
             is not JSON.
     """
-    run = _run_id(run_id)
-    value = as_json(
-        result, f"the result given to resolve step {step!r}", config.current().max_result_bytes
-    )
-    reason_text = _reason("resolved", step, by, reason)
-    ended = _act(stored.resolve_failed_step, store, run, step, value, reason_text, cannot_send)
-    announce.step_resolved(store or _store(), run, step, by=_who(by), reason=reason)
-    announce.run_ended(store or _store(), run, ended.run_status)
+    chosen = store or _store()
+    detail = _audit_detail(step, by, reason)
+    with audit.failures_recorded(
+        chosen, action="workflows:resolve", target=str(run_id), detail=detail
+    ):
+        run = _run_id(run_id)
+        value = as_json(
+            result,
+            f"the result given to resolve step {step!r}",
+            config.current().max_result_bytes,
+        )
+        reason_text = _reason("resolved", step, by, reason)
+        hook = audit.on_change(action="workflows:resolve", target=str(run), detail=detail)
+        ended = _act(
+            stored.resolve_failed_step,
+            chosen,
+            run,
+            step,
+            value,
+            reason_text,
+            cannot_send,
+            hook=hook,
+        )
+    announce.step_resolved(chosen, run, step, by=_who(by), reason=reason)
+    announce.run_ended(chosen, run, ended.run_status)
     return _delivered(ended)
 
 
@@ -368,20 +440,27 @@ def cancel_workflow(
     """Cancel a run: no step that has not started starts; steps running now finish.
 
     Returns how many steps were cancelled. Cancelling a cancelled run changes nothing.
+    The audit log keeps it (``workflows:cancel``, with the steps cancelled),
+    committed with the change; an action that fails is kept as failed.
 
     Raises:
         NotFoundError: no such run.
         UsageError: the run has completed.
     """
-    run = _run_id(run_id)
-    text = _reason("cancelled", None, by, reason)
     chosen = store or _store()
-    try:
-        count = stored.cancel_run(chosen, run, text)
-    except LookupError as exc:
-        raise NotFoundError(str(exc)) from None
-    except stored.NotAllowed as exc:
-        raise UsageError(str(exc)) from None
+    detail = _audit_detail(None, by, reason)
+    with audit.failures_recorded(
+        chosen, action="workflows:cancel", target=str(run_id), detail=detail
+    ):
+        run = _run_id(run_id)
+        text = _reason("cancelled", None, by, reason)
+        hook = audit.on_change(action="workflows:cancel", target=str(run), detail=detail)
+        try:
+            count = stored.cancel_run(chosen, run, text, audit=hook)
+        except LookupError as exc:
+            raise NotFoundError(str(exc)) from None
+        except stored.NotAllowed as exc:
+            raise UsageError(str(exc)) from None
     if count == stored.ALREADY_CANCELLED:
         notify_ended(run)
         return 0

@@ -15,6 +15,7 @@ history, who started it, from where and why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import unicodedata
@@ -26,10 +27,12 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from flow_tracker import config
+from flow_tracker.actors import current_actor
 from flow_tracker.delivery import NOTHING_SENT, Delivery
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.ids import new_id, process_id_for
 from flow_tracker.redaction import clean_text, redact_text
+from flow_tracker.store import audit
 from flow_tracker.store import starting as stored
 from flow_tracker.store.engine import Store, is_transient
 from flow_tracker.workflows import announce
@@ -189,6 +192,10 @@ def start_workflow(
 ) -> StartedRun:
     """Start a run of a declared or recorded workflow; returns at once.
 
+    Every start is kept in the audit log (``workflows:start``: the workflow, its
+    version, key, tags, skipped steps and reason; never the context), committed
+    with the new run; a start that fails is kept as failed.
+
     Args:
         workflow: ``"namespace/name"``, or a bare name in the ``default`` namespace.
         context: the run's input, a JSON object passed to every step.
@@ -199,7 +206,8 @@ def start_workflow(
         skip: steps that count as resolved with result None.
         tags: up to 20 ``str -> str`` labels to find the run by (keys of letters,
             digits, ``_ . -``; values of up to 255 characters).
-        initiator: who asked (default: this OS user); kept in the run's history.
+        initiator: who asked (default: the acting principal's name, the OS user in a
+            script or the CLI); kept in the run's history.
         source: the system that asked (``admin-api``); kept in the run's history.
         reason: why; kept in the run's history (secrets in it are cut out).
         store: the database (default: the configured one; the dashboard's own).
@@ -214,29 +222,110 @@ def start_workflow(
             workflow does not have, bad tags or key.
         DatabaseUnavailableError: the run could not be stored.
     """
-    from flow_tracker.workflows.engine import _store
-
-    chosen = store or _store()
-    chosen.ensure_schema()  # a dashboard's store, on a database nothing was recorded in yet
-    here, found = resolve(workflow, version, chosen)
-    if here is not None:
-        ensure_recorded(here, chosen)
-        plan = _from_declared(here)
-    elif found is not None:
-        plan = _from_stored(found)
-    else:  # resolve returns one of the two, or raises
-        raise NotFoundError(f"no workflow {workflow}")
-    return _start(
-        plan,
+    return _start_named(
+        workflow,
         context,
-        store=chosen,
+        version=version,
         idempotency_key=idempotency_key,
         skip=skip,
         tags=tags,
         initiator=initiator,
         source=source,
         reason=reason,
+        store=store,
+        audited=True,
     )
+
+
+def _asked(
+    workflow: str,
+    version: str | None,
+    idempotency_key: str | None,
+    skip: Iterable[str] | None,
+    tags: Mapping[str, str] | None,
+    initiator: str | None,
+    source: str | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    """A start's parameters as its audit row keeps them: never its context.
+
+    Tags are labels to find the run by (shown with it to every role), not its data.
+    """
+    asked: dict[str, Any] = {"workflow": workflow}
+    for key, value in (
+        ("version", version),
+        ("idempotency", idempotency_key),
+        ("skip", None if skip is None else [skip] if isinstance(skip, str) else skip),
+        ("tags", tags),
+        ("initiator", initiator),
+        ("source", source),
+        ("reason", reason),
+    ):
+        if value is not None:
+            asked[key] = value
+    return asked
+
+
+def _acting_for_someone() -> bool:
+    """True when a person asked (the dashboard, the API, the CLI), not the app's own code.
+
+    ``Workflow.run`` in the app's code is its ordinary traffic — thousands of
+    runs an hour — and is audited only when someone acts through it.
+    """
+    return current_actor().via != "library"
+
+
+def _failures_audited(
+    store: Store, asked: dict[str, Any], audited: bool
+) -> contextlib.AbstractContextManager[None]:
+    """Record a failed start's row when ``audited`` (see :func:`audit.failures_recorded`)."""
+    if not audited:
+        return contextlib.nullcontext()
+    return audit.failures_recorded(
+        store, action="workflows:start", target=asked["workflow"], detail=asked
+    )
+
+
+def _start_named(
+    workflow: str,
+    context: Mapping[str, Any] | None,
+    *,
+    version: str | None,
+    idempotency_key: str | None,
+    skip: Iterable[str] | None,
+    tags: Mapping[str, str] | None,
+    initiator: str | None,
+    source: str | None,
+    reason: str | None,
+    store: Store | None,
+    audited: bool,
+) -> StartedRun:
+    from flow_tracker.workflows.engine import _store
+
+    chosen = store or _store()
+    asked = _asked(str(workflow), version, idempotency_key, skip, tags, initiator, source, reason)
+    with _failures_audited(chosen, asked, audited):
+        chosen.ensure_schema()  # a dashboard's store, on a database nothing was recorded in yet
+        here, found = resolve(workflow, version, chosen)
+        if here is not None:
+            ensure_recorded(here, chosen)
+            plan = _from_declared(here)
+        elif found is not None:
+            plan = _from_stored(found)
+        else:  # resolve returns one of the two, or raises
+            raise NotFoundError(f"no workflow {workflow}")
+        return _start(
+            plan,
+            context,
+            store=chosen,
+            idempotency_key=idempotency_key,
+            skip=skip,
+            tags=tags,
+            initiator=initiator,
+            source=source,
+            reason=reason,
+            audited=audited,
+        )
 
 
 def start_declared(
@@ -251,9 +340,14 @@ def start_declared(
     source: str | None = None,
     reason: str | None = None,
 ) -> StartedRun:
-    """What :meth:`Workflow.run` does: start this declaration (or another ``version`` of it)."""
+    """What :meth:`Workflow.run` does: start this declaration (or another ``version`` of it).
+
+    Audited as :func:`start_workflow` is only when someone acts through it (see
+    :func:`_acting_for_someone`): the app's own runs are its traffic, not actions.
+    """
+    audited = _acting_for_someone()
     if version is not None and version != wf.version:
-        return start_workflow(
+        return _start_named(
             f"{wf.namespace}/{wf.name}",
             context,
             version=version,
@@ -263,24 +357,31 @@ def start_declared(
             initiator=initiator,
             source=source,
             reason=reason,
+            store=None,
+            audited=audited,
         )
     from flow_tracker.workflows.engine import _store
 
     if not wf.steps:
         raise UsageError(f"workflow {wf.name!r} has no steps")
     store = _store()
-    ensure_recorded(wf, store)
-    return _start(
-        _from_declared(wf),
-        context,
-        store=store,
-        idempotency_key=idempotency_key,
-        skip=skip,
-        tags=tags,
-        initiator=initiator,
-        source=source,
-        reason=reason,
+    asked = _asked(
+        f"{wf.namespace}/{wf.name}", version, idempotency_key, skip, tags, initiator, source, reason
     )
+    with _failures_audited(store, asked, audited):
+        ensure_recorded(wf, store)
+        return _start(
+            _from_declared(wf),
+            context,
+            store=store,
+            idempotency_key=idempotency_key,
+            skip=skip,
+            tags=tags,
+            initiator=initiator,
+            source=source,
+            reason=reason,
+            audited=audited,
+        )
 
 
 def _start(
@@ -294,6 +395,7 @@ def _start(
     initiator: str | None,
     source: str | None,
     reason: str | None,
+    audited: bool = False,
 ) -> StartedRun:
     from flow_tracker.workflows.engine import (
         _unavailable,
@@ -354,12 +456,36 @@ def _start(
         idempotency_key=key,
         history=history_line(plan, len(steps), skipped, initiator, source, reason),
     )
+    done = _asked(
+        f"{plan.namespace}/{plan.name}",
+        plan.version,
+        key,
+        sorted(skipped) or None,
+        checked_tags,
+        initiator,
+        source,
+        reason,
+    )
+    hook = (
+        audit.on_change(action="workflows:start", target=str(run_id), detail=done)
+        if audited
+        else None
+    )
     try:
-        created = stored.create(store, new, hold=hold)
+        created = stored.create(store, new, hold=hold, audit=hook)
     except (DBAPIError, SQLAlchemyError) as exc:
         if not is_transient(exc):
             raise
         raise _unavailable(exc, f"starting a {plan.name} run") from exc
+    if audited and not created.created:
+        # Nothing was stored: the key had started this run. Still an action someone took.
+        audit.record(
+            store,
+            action="workflows:start",
+            target=str(created.run_id),
+            outcome=audit.ALLOWED,
+            detail={**done, "created": False},
+        )
     delivery = NOTHING_SENT
     if created.created:
         announce.run_started(run_id, plan.name, plan.queue, len(steps))

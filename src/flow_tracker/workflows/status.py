@@ -110,6 +110,11 @@ class WorkflowStatus:
     """The root cause of a failed run: the step that failed first."""
     created_at: datetime
     finished_at: datetime | None
+    namespace: str = "default"
+    version: str = "1"
+    """The namespace and version of the definition the run was started with."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """The labels it was started with (``tags=`` of :func:`flow_tracker.start_workflow`)."""
     dag: dict[str, Any] = field(repr=False, default_factory=dict)
     """The DAG the run was started with. Shared by every read of the run in this
     process (it never changes), as are the steps' ``depends_on`` lists: read them only."""
@@ -128,6 +133,9 @@ class WorkflowStatus:
         return {
             "id": str(self.id),
             "name": self.name,
+            "namespace": self.namespace,
+            "version": self.version,
+            "tags": dict(self.tags),
             "queue": self.queue,
             "status": self.status,
             "failed_step": self.failed_step,
@@ -222,6 +230,9 @@ def build_status(
         failed_step=run.failed_step,
         created_at=run.created_at,
         finished_at=run.finished_at,
+        namespace=getattr(run, "namespace", None) or "default",
+        version=getattr(run, "version", None) or "1",
+        tags=dict(getattr(run, "tags", None) or {}),
         dag=shape.dag,
     )
 

@@ -9,7 +9,10 @@ waiting then is sent again by the reaper of a later process (see
 
 A step the pool cannot take because the database is away is tried again with
 backoff (up to :data:`CLAIM_RETRY_SECONDS`), so that a process that runs
-the pool and no reaper still finishes its runs after an outage.
+the pool and no reaper still finishes its runs after an outage. A try that did
+take the step, though the outage cut its reply, is known by the moment it
+stored (the pool keeps every try's): the next try runs the step it finds taken
+by it instead of standing down.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from flow_tracker import runtime
 from flow_tracker.errors import DatabaseUnavailableError
@@ -31,6 +35,18 @@ WORKERS = int(os.environ.get("FLOW_TRACKER_WORKFLOW_THREADS", "8"))
 # the pauses between tries (doubling from the first to the last).
 CLAIM_RETRY_SECONDS = 900.0
 CLAIM_PAUSES = (0.25, 15.0)
+
+
+@dataclasses.dataclass
+class _Outage:
+    """A step the pool could not take with the database away, tried again after pauses."""
+
+    first: float
+    """When the first try failed (time.monotonic)."""
+    pause: float
+    """The last pause before a try; doubled each time."""
+    tried: list[datetime] = dataclasses.field(default_factory=list)
+    """The moment each try stored as its claim (see engine.execute_step)."""
 
 
 class _Pool:
@@ -45,8 +61,10 @@ class _Pool:
         self._count = 0
         self._timer: threading.Thread | None = None
         self.outstanding = 0  # steps submitted or waiting to retry, not yet ended
-        # Steps the database was away for: (first failed try, last pause), by (run, step).
-        self._claims: dict[tuple[object, str], tuple[float, float]] = {}
+        # Steps the database was away for, by (run, step): when the first try failed,
+        # the last pause, and the moments every try stored (one may have taken the
+        # step though its reply was lost: see engine.execute_step).
+        self._claims: dict[tuple[object, str], _Outage] = {}
         self.idle = threading.Condition()
 
     def submit(self, dispatch: Dispatch) -> None:
@@ -78,29 +96,38 @@ class _Pool:
             current: Dispatch | None = dispatch
             while current is not None:
                 try:
-                    if not _run(current):
-                        self._claim_later(current)
+                    tried = self._tried(current)
+                    if not _run(current, tried):
+                        self._claim_later(current, tried)
                 finally:
                     self._done()
                 current = deferred.pop() if deferred else None
         finally:
             _in_step.deferred = None
 
-    def _claim_later(self, dispatch: Dispatch) -> None:
+    def _tried(self, dispatch: Dispatch) -> list[datetime]:
+        """The moments of the earlier tries to take this step (none, but in an outage)."""
+        if not self._claims:
+            return []
+        with self._wake:
+            outage = self._claims.get((dispatch.run_id, dispatch.step))
+        return outage.tried if outage is not None else []
+
+    def _claim_later(self, dispatch: Dispatch, tried: list[datetime]) -> None:
         """Try again to take a step the database was away for, after a pause that grows."""
         key = (dispatch.run_id, dispatch.step)
         now = time.monotonic()
         with self._wake:
-            first, pause = self._claims.get(key, (now, CLAIM_PAUSES[0] / 2))
-            pause = min(pause * 2, CLAIM_PAUSES[1])
-            if now - first > CLAIM_RETRY_SECONDS:
+            outage = self._claims.setdefault(key, _Outage(now, CLAIM_PAUSES[0] / 2, tried))
+            outage.pause = min(outage.pause * 2, CLAIM_PAUSES[1])
+            if now - outage.first > CLAIM_RETRY_SECONDS:
                 self._claims.pop(key, None)
                 runtime.report_internal_error(
                     DatabaseUnavailableError(f"no database for {CLAIM_RETRY_SECONDS:.0f} s"),
                     f"taking step {dispatch.step}: left to the reaper",
                 )
                 return
-            self._claims[key] = (first, pause)
+            pause = outage.pause
         self.submit(dataclasses.replace(dispatch, delay=pause))
 
     def claimed(self, dispatch: Dispatch) -> None:
@@ -138,12 +165,15 @@ class _Pool:
                 return
 
 
-def _run(dispatch: Dispatch) -> bool:
-    """Run one step; False when the database was away and the step must be tried again."""
+def _run(dispatch: Dispatch, tried: list[datetime]) -> bool:
+    """Run one step; False when the database was away and the step must be tried again.
+
+    ``tried``: the moments of the earlier tries to take it; this one's is added.
+    """
     from flow_tracker.workflows.engine import execute_step
 
     try:
-        execute_step(SYSTEM, *dispatch.args())
+        execute_step(SYSTEM, *dispatch.args(), claims_tried=tried)
     except DatabaseUnavailableError as exc:
         runtime.report_internal_error(exc, f"taking step {dispatch.step}: trying again")
         return False
@@ -189,6 +219,27 @@ def wait_idle(timeout: float | None = None) -> bool:
         return True
     with pool.idle:
         return pool.idle.wait_for(lambda: pool.outstanding <= 0, timeout)
+
+
+def describe() -> str:
+    """What this interpreter's pool still has to do, in words (for a run that does not end).
+
+    The steps outstanding, those waiting on the timer (in how many seconds) and
+    those the database was away for (how many tries to take each so far).
+    """
+    pool = _pool
+    if pool is None:
+        return "the pool has not started"
+    now = time.monotonic()
+    with pool._wake:
+        due = [f"{d.step} in {at - now:.1f} s" for at, _n, d in sorted(pool._due)]
+        away = [f"{step} ({len(o.tried)} tries)" for (_run, step), o in pool._claims.items()]
+        timer = pool._timer is not None and pool._timer.is_alive()
+    return (
+        f"{pool.outstanding} steps outstanding; waiting on the timer"
+        f" ({'running' if timer else 'not running'}): {', '.join(due) or 'none'};"
+        f" the database away for: {', '.join(away) or 'none'}"
+    )
 
 
 def install() -> None:
