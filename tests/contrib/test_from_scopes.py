@@ -145,6 +145,17 @@ def test_a_visitor_who_is_not_logged_in_is_forbidden_or_sent_to_log_in(
     assert keeps_query.get("/jobs/").headers["location"] == "/auth?provider=sso&next=/jobs/"
 
 
+def test_the_login_link_never_points_at_another_site(sample: Sample) -> None:
+    # Served at the root, a path of two slashes would make next=//evil.example/x:
+    # a host login page that follows next blindly would leave the site.
+    app = create_app(sample.url, auth=from_scopes(login_url="/login"))
+    app.add_middleware(AuthenticationMiddleware, backend=HeaderUsers())
+    client = TestClient(app, base_url=ORIGIN, follow_redirects=False)
+    response = client.get(ORIGIN + "//evil.example/x")
+    assert response.status_code == 302
+    assert response.headers["location"] == "/login?next=/evil.example/x"
+
+
 def test_a_user_without_a_display_name_is_named_by_identity(
     host: TestClient, sample: Sample
 ) -> None:

@@ -715,6 +715,12 @@ def test_a_bad_basic_auth_is_refused_at_create_app(bad: Any) -> None:
         create_app("sqlite://", basic_auth=bad)
 
 
+def test_a_bad_basic_auth_entry_is_refused_without_showing_its_password() -> None:
+    with pytest.raises(UsageError, match="user 2 of the list") as caught:
+        create_app("sqlite://", basic_auth=[("ro", "pw"), ("ops", "hunter2", "operator", "x")])
+    assert "hunter2" not in str(caught.value)
+
+
 def test_the_command_lines_basic_auth_reads_roles_and_passwords_with_colons_and_commas() -> None:
     assert parse_basic_auth("u1:p1,u2:p2:operator") == [
         ("u1", "p1", "admin"),

@@ -104,7 +104,9 @@ def from_scopes(*, login_url: str | None = None) -> ScopesHook:
 
 def _to_login(request: Request, login_url: str) -> Response:
     """A 302 to ``login_url`` with ``next=`` the path (prefix included) and query asked for."""
-    path = quote(request.scope["path"], safe="/:@&+$,-_.!~*'()")
+    # One leading slash: "//evil.example/x" as ``next`` would send a login page
+    # that follows it blindly to another site.
+    path = quote("/" + request.scope["path"].lstrip("/"), safe="/:@&+$,-_.!~*'()")
     query = request.scope.get("query_string", b"").decode("latin-1")
     wanted = f"{path}?{query}" if query else path
     separator = "&" if "?" in login_url else "?"

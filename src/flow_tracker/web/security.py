@@ -145,7 +145,8 @@ def basic_users(basic_auth: object) -> tuple[_BasicUser, ...]:
             or len(entry) not in (2, 3)
             or not all(isinstance(part, str) for part in entry)
         ):
-            raise UsageError(f"{shape}; {str(entry)[:80]!r} is neither")
+            # Named by its place, never shown: it may hold a password.
+            raise UsageError(f"{shape}; user {len(users) + 1} of the list is neither")
         user, password = entry[0], entry[1]
         role = entry[2] if len(entry) == 3 else "admin"
         if not user or not password:
