@@ -100,9 +100,9 @@ def test_a_threads_retry_from_a_process_without_the_workflow_waits_then_runs_onc
         tracked,
         f"print(flow_tracker.retry_step({str(failed_run)!r}, 'charge', by='operator'))",
     )
-    # The other process neither ran the step nor claimed to have sent it.
+    # The other process did not claim to have sent it. (Whether this process's
+    # pool has already run it by now depends on its poll: counted below, once.)
     assert said == "waiting for a worker of threads"
-    assert RUNS["charge"] == 1
     # This process declares the workflow and runs the pool: it delivers to itself.
     status = flow_tracker.get_workflow(failed_run)
     _wait_for("the retried run to complete", lambda: flow_tracker.get_workflow(failed_run).finished)

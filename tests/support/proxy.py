@@ -89,13 +89,17 @@ class TcpProxy:
             threading.Thread(target=self._replies, args=(link,), daemon=True).start()
 
     def _requests(self, link: _Link) -> None:
+        tail = b""  # the end of the previous chunk: a marker may straddle two
         try:
             while chunk := link.client.recv(65536):
-                if self._marker is not None and self._marker in chunk:
+                marker = self._marker
+                if marker is not None and marker in tail + chunk:
                     with self._lock:
                         if self._marker is not None:
                             self._marker = None
                             link.doomed = True
+                if marker is not None:
+                    tail = chunk[-(len(marker) - 1) :] if len(marker) > 1 else b""
                 link.upstream.sendall(chunk)
         except OSError:
             pass
@@ -106,10 +110,12 @@ class TcpProxy:
         try:
             while chunk := link.upstream.recv(65536):
                 if link.doomed:
-                    link.cut()
+                    # Counted before the cut: the client reconnects the moment it
+                    # sees it, and a test may read the count as soon as it has.
                     with self._lock:
                         self.replies_lost += 1
                         then_stop = self._stop_after_loss
+                    link.cut()
                     if then_stop:
                         self.stop()
                     self.reply_lost.set()
