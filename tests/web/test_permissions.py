@@ -716,8 +716,9 @@ def test_a_bad_basic_auth_is_refused_at_create_app(bad: Any) -> None:
 
 
 def test_a_bad_basic_auth_entry_is_refused_without_showing_its_password() -> None:
+    four_fields: Any = ("ops", "hunter2", "operator", "x")
     with pytest.raises(UsageError, match="user 2 of the list") as caught:
-        create_app("sqlite://", basic_auth=[("ro", "pw"), ("ops", "hunter2", "operator", "x")])
+        create_app("sqlite://", basic_auth=[("ro", "pw"), four_fields])
     assert "hunter2" not in str(caught.value)
 
 
