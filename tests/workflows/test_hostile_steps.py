@@ -376,6 +376,17 @@ def _outage_after_loss(proxy: TcpProxy) -> None:
     proxy.start()
 
 
+def _assert_one_reply_lost(proxy: TcpProxy) -> None:
+    """Exactly one reply was lost - waited for, not read at once.
+
+    The run may complete before the proxy's thread has counted the reply it
+    dropped: the write committed on the server, and a due-retry poll or a child's
+    sender can go on from the database while that thread waits for the CPU.
+    """
+    assert proxy.reply_lost.wait(WAIT), "no request carried the marker: nothing was lost"
+    assert proxy.replies_lost == 1
+
+
 def test_after_a_lost_reply_a_worker_goes_on_only_with_the_write_that_was_its_own(
     tracked: str,
 ) -> None:
@@ -450,7 +461,7 @@ def test_a_retry_whose_end_was_stored_but_its_reply_lost_is_still_sent(
     if outage:
         _outage_after_loss(proxy)
     status = waited_for(run, WAIT)
-    assert proxy.replies_lost == 1
+    _assert_one_reply_lost(proxy)
     assert status.status == "completed"
     assert calls.counts == {"flaky": 2}
     assert status.steps["flaky"].attempts == 2
@@ -483,7 +494,7 @@ def test_the_children_an_end_made_ready_run_though_its_reply_was_lost(
     if outage:
         _outage_after_loss(proxy)
     status = waited_for(run, WAIT)
-    assert proxy.replies_lost == 1
+    _assert_one_reply_lost(proxy)
     assert status.status == "completed"
     assert calls.counts == {"first": 1, "left": 1, "right": 1}
     assert status.steps["left"].result == marker
@@ -516,7 +527,7 @@ def test_a_step_taken_by_a_claim_whose_reply_was_lost_runs_once(
     if outage:
         _outage_after_loss(proxy)
     status = waited_for(run, WAIT)
-    assert proxy.replies_lost == 1
+    _assert_one_reply_lost(proxy)
     assert status.status == "completed"
     assert calls.counts == {"parent": 1, taken: 1}
     assert status.steps[taken].attempts == 1 and status.steps[taken].result == 2
