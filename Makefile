@@ -3,12 +3,13 @@
 #   make test   - creates .venv, installs the dev extras, runs ruff, mypy --strict and every
 #                 test with line coverage (fails under the floor in pyproject.toml)
 #   make test-fast - the tests without worker processes, kills and the browser (minutes)
+#   make test-unit - the tests that need no database service and no worker (seconds)
 #   make test-hostile - the hostile-input lane alone: odd values through library and dashboard
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast test-hostile lint typecheck pytest bench clean
+.PHONY: demo test test-fast test-unit test-hostile lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'arq>=0.25,<0.29'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -37,6 +39,9 @@ pytest: $(VENV)/.installed-dev
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed-dev
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-hostile: $(VENV)/.installed-dev
 	$(BIN)/pytest -m hostile $(PYTEST_ARGS)

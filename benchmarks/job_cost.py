@@ -40,8 +40,7 @@ import psycopg
 import flow_tracker
 from benchmarks.apps import floor
 from benchmarks.queues import fresh_pg_database
-from flow_tracker import Status, runtime
-from flow_tracker.integrations import jobs
+from flow_tracker import Status, jobs, runtime
 
 JOBS = 1_000
 THREADS = 4

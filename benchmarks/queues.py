@@ -73,6 +73,12 @@ def _dramatiq_send(kind: str) -> None:
     getattr(dramatiq_bench, kind).send()
 
 
+def _huey_send(kind: str) -> None:
+    from benchmarks.apps import huey_bench
+
+    getattr(huey_bench, kind)()
+
+
 def _celery_send_many(count: int) -> None:
     from celery import group
 
@@ -187,6 +193,12 @@ QUEUES = [
             "ft-bench",
         ],
         _dramatiq_send,
+        1000,
+    ),
+    Queue(
+        "Huey (4 threads)",
+        [str(BIN / "huey_consumer"), "benchmarks.apps.huey_bench.huey", "-w", "4", "-q"],
+        _huey_send,
         1000,
     ),
 ]

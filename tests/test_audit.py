@@ -1,4 +1,4 @@
-"""The audit log (DESIGN §10): one row per action of the library, never a payload value.
+"""The audit log: one row per action of the library, never a payload value.
 
 On SQLite and PostgreSQL: every action (retry, resolve, cancel, start, requeue,
 reap, cleanup) writes exactly one row with who, how they got in, what and the
@@ -21,15 +21,15 @@ import pytest
 from sqlalchemy import insert, select, text, update
 
 import flow_tracker
-from flow_tracker import NotFoundError, UsageError, runtime
+from flow_tracker import NotFoundError, UsageError, job_systems, runtime
 from flow_tracker.actors import Actor, acting_as, cli_actor, library_actor
 from flow_tracker.heartbeat import HEARTBEAT
-from flow_tracker.integrations import registry
 from flow_tracker.store import audit
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import audit_log, processes, transitions
 from tests.conftest import PG_SERVER
+from tests.support.queues import only_the_pool
 from tests.workflows.helpers import Calls
 
 WAIT = 30.0
@@ -234,10 +234,9 @@ def _job_row(**values: Any) -> uuid.UUID:
 def broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
     """An in-process stand-in for the queue's publish, as an integration registers it."""
     published: list[tuple[Any, str]] = []
-    monkeypatch.setattr(
-        registry,
-        "_requeuers",
-        {"auditq": lambda payload, job_id: published.append((payload, job_id))},
+    only_the_pool(monkeypatch)
+    job_systems.update(
+        "auditq", requeue=lambda payload, job_id: published.append((payload, job_id))
     )
     return published
 
@@ -266,7 +265,7 @@ def test_a_requeue_writes_one_row_per_job_with_ids_and_never_its_arguments(
 def test_a_requeue_that_waits_for_a_worker_is_audited_with_its_outbox_request(
     tracked: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry, "_requeuers", {})
+    only_the_pool(monkeypatch)
     lost = _job_row()
     [result] = flow_tracker.requeue([lost])
     assert result.outcome == "waiting"

@@ -96,7 +96,7 @@ def test_locks_lists_what_is_held(runner: CliRunner, database_url: str) -> None:
 def test_requeue_of_a_queue_not_installed_says_it_waits_and_names_the_import_option(
     runner: CliRunner, sqlite_url: str
 ) -> None:
-    from flow_tracker.integrations.jobs import record_enqueued, record_publish_failed
+    from flow_tracker.jobs import record_enqueued, record_publish_failed
 
     flow_tracker.configure(database_url=sqlite_url, log_to_stdlib=False)
     process_id = record_enqueued(

@@ -22,7 +22,7 @@ import flow_tracker
 from flow_tracker import Status, runtime
 from flow_tracker import events as ev
 from flow_tracker.ids import process_id_for
-from flow_tracker.integrations.jobs import _REQUEUED_COPIES, finish_job, start_job
+from flow_tracker.jobs import _REQUEUED_COPIES, finish_job, start_job
 from flow_tracker.store.schema import processes
 from tests.conftest import _truncate
 

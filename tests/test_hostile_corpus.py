@@ -21,8 +21,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 import flow_tracker
-from flow_tracker import UsageError
-from flow_tracker.integrations import jobs
+from flow_tracker import UsageError, jobs
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import flows, log_entries, processes
 from flow_tracker.web import create_app

@@ -13,9 +13,8 @@ import pytest
 from sqlalchemy import select
 
 import flow_tracker
-from flow_tracker import Status, runtime
+from flow_tracker import Status, jobs, runtime
 from flow_tracker.ids import process_id_for
-from flow_tracker.integrations import jobs
 from flow_tracker.records import ProcessRecord
 from flow_tracker.store import queries
 from flow_tracker.store.engine import Store

@@ -14,7 +14,7 @@ import flow_tracker
 from flow_tracker import LockConflictError, Status, locks
 from flow_tracker.errors import DatabaseUnavailableError, UsageError
 from flow_tracker.heartbeat import HEARTBEAT
-from flow_tracker.integrations.jobs import finish_job, start_job
+from flow_tracker.jobs import finish_job, start_job
 from flow_tracker.locks import held_locks
 
 
@@ -209,7 +209,7 @@ def test_no_lock_is_granted_when_the_database_is_unreachable() -> None:
 
 
 def test_a_jobs_critical_section_option_takes_an_exclusive_or_its_arguments() -> None:
-    from flow_tracker.integrations.jobs import exclusive_option
+    from flow_tracker.jobs import exclusive_option
 
     given = flow_tracker.exclusive("charge", key="{user_id}")
     assert exclusive_option(given) is given

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 import flow_tracker
+from flow_tracker import jobs
 from flow_tracker import tracker as tracker_module
-from flow_tracker.integrations import jobs
 from flow_tracker.redaction import truncate
 from flow_tracker.store import queries
 from flow_tracker.store.engine import Store

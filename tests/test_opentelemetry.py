@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 import flow_tracker
 from flow_tracker.exporters import opentelemetry as ft_otel
-from flow_tracker.integrations.jobs import finish_job, start_job, trace_carrier
+from flow_tracker.jobs import finish_job, start_job, trace_carrier
 from flow_tracker.status import Status
 
 

@@ -21,8 +21,7 @@ import pytest
 from sqlalchemy import insert, select
 
 import flow_tracker
-from flow_tracker import delivery, runtime
-from flow_tracker.integrations import registry
+from flow_tracker import delivery, job_systems, runtime
 from flow_tracker.recovery import requeue_candidates, requeue_job_id
 from flow_tracker.status import Status
 from flow_tracker.store.clock import database_now
@@ -178,7 +177,7 @@ class Broker:
 def broker() -> Iterator[Broker]:
     queue = Broker()
     yield queue
-    registry._requeuers.pop("outboxq", None)
+    job_systems.unregister("outboxq")
 
 
 def test_a_requeue_without_the_integration_leaves_the_job_lost_until_a_worker_sends_it(
@@ -202,7 +201,7 @@ def test_a_requeue_without_the_integration_leaves_the_job_lost_until_a_worker_se
     flow_tracker.requeue([lost])
     assert len(_rows()) == 1
     # A worker of that queue appears (its install starts the delivery thread).
-    registry.register_requeuer("outboxq", broker)
+    job_systems.update("outboxq", requeue=broker)
     delivery.serve()
     _wait_for("the worker to deliver the requeue", lambda: _rows()[0].status == "sent")
     assert broker.published == [requeue_job_id(lost)]
@@ -215,7 +214,7 @@ def test_a_requeue_without_the_integration_leaves_the_job_lost_until_a_worker_se
 def test_a_requeue_whose_publish_fails_keeps_the_job_lost_and_pending_until_sent(
     tracked: str, broker: Broker
 ) -> None:
-    registry.register_requeuer("outboxq", broker)
+    job_systems.update("outboxq", requeue=broker)
     lost = _lost_job()
     broker.down = True
     [result] = flow_tracker.requeue([lost])
@@ -243,7 +242,7 @@ def test_a_requeue_whose_publish_fails_keeps_the_job_lost_and_pending_until_sent
 def test_two_deliverers_racing_on_one_request_publish_it_once(tracked: str, broker: Broker) -> None:
     lost = [_lost_job() for _ in range(20)]
     flow_tracker.requeue(lost)
-    registry.register_requeuer("outboxq", broker)
+    job_systems.update("outboxq", requeue=broker)
     stores = [Store(tracked), Store(tracked)]
     start = threading.Barrier(2)
     counts: list[int] = []

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import flow_tracker
 from flow_tracker.exporters import prometheus as ft_prometheus
-from flow_tracker.integrations.jobs import record_enqueued
+from flow_tracker.jobs import record_enqueued
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 import flow_tracker
 from flow_tracker import Status
 from flow_tracker.cli import main
-from flow_tracker.integrations.jobs import WRAPPED_MARK
+from flow_tracker.jobs import WRAPPED_MARK
 from tests.integrations.workers import (
     REPO,
     bin_path,
@@ -204,6 +204,21 @@ def test_the_logging_module(tracked: str) -> None:
         ft_logging.uninstall()
         root.setLevel(level)
     assert [e.message for e in stored("readme logging").logs] == ["stored at INFO"]
+
+
+def test_testing_your_jobs_needs_no_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a default SQLite file would appear
+    job = run(
+        "Decorators and the current process #1",
+        User=User,
+        send_welcome=lambda user: None,
+        now=lambda: "now",
+    )
+    tests = run("Testing your jobs #1", my_job=job["my_job"])
+    tests["test_my_job_sends_the_welcome_email"]()
+    assert flow_tracker.config.in_force() is None and list(tmp_path.iterdir()) == []
 
 
 # -- the job queues, with real workers --------------------------------------------------
@@ -442,6 +457,13 @@ def test_workflow_repair_example_retries_and_cancels(tracked: str, capsys: Any) 
     assert other.wait(30).status == "cancelled"
     out = capsys.readouterr().out
     assert "charge TimeoutError: the gateway timed out" in out and "flowchart TD" in out
+
+
+def test_retry_policy_example_decides_and_retries_a_step(tracked: str, capsys: Any) -> None:
+    ns = run("How a step retries: `RetryPolicy` #1")
+    assert ns["status"].status == "completed" and len(ns["tries"]) == 3
+    assert ns["payments"].steps["charge"].retry is ns["gateway"]
+    assert capsys.readouterr().out.splitlines() == ["0.05 None", "completed 3"]
 
 
 def test_start_workflow_example_keeps_version_key_skip_and_tags(tracked: str, capsys: Any) -> None:
@@ -741,3 +763,41 @@ def test_demo_hint_names_the_command_as_this_shell_finds_it(tmp_path: Path) -> N
         script, env=off_path, capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert hidden.stdout.strip() == bin_path("flow-tracker")
+
+
+@pytest.mark.slow  # a real consumer process
+def test_huey_example_runs_in_a_real_consumer(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = shop("Huey #1", "tasks")
+    shop_tasks = importlib.import_module("shop.tasks")
+    result = shop_tasks.welcome_email(42)
+    assert flow_tracker.get_status(result.id).is_queued  # type: ignore[union-attr]
+    log = tmp_path / "consumer.log"
+    env = shop_env(tasks.parents[1], tracked)
+    with worker_process(["huey_consumer", "shop.tasks.huey", "-w", "1"], env, log):
+        record = wait_until_final([result.id], log)[result.id]
+    assert record.status is Status.COMPLETED, (record.status, record.error)
+    full = flow_tracker.get_process(record.id)
+    assert full is not None and full.logs[0].message == "Sending email to user 42"
+
+
+@pytest.mark.slow  # a real worker process
+def test_arq_example_runs_in_a_real_worker(
+    tracked: str, shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    settings = shop("arq #1", "arq_worker")
+    block = example("arq #2")
+    code = block.code.replace(README_REDIS, TEST_REDIS)
+    assert code != block.code, "the example's Redis URL changed: update this test"
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    job_id = namespace["job_id"]
+    assert flow_tracker.get_status(job_id).is_queued  # type: ignore[union-attr]
+    log = tmp_path / "worker.log"
+    env = shop_env(settings.parents[1], tracked)
+    with worker_process(["arq", "shop.arq_worker.WorkerSettings"], env, log):
+        record = wait_until_final([job_id], log)[job_id]
+    assert record.status is Status.COMPLETED, (record.status, record.error)
+    full = flow_tracker.get_process(record.id)
+    assert full is not None and full.flows[0].logs[0].message == "Sending email to user 42"

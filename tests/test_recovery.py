@@ -269,7 +269,7 @@ def test_health_is_bad_while_a_job_is_silent_lost_or_stale_and_good_after(
 def test_a_late_end_of_an_earlier_attempt_never_overwrites_a_later_attempt(
     tracked: str, same_batch: bool
 ) -> None:
-    from flow_tracker.integrations.jobs import finish_job, start_job
+    from flow_tracker.jobs import finish_job, start_job
 
     if same_batch:  # nothing stored at once: every event waits in the buffer
         flow_tracker.configure(database_url=tracked, completion_timeout=0, log_to_stdlib=False)
@@ -311,7 +311,7 @@ def test_a_requeue_never_claims_a_job_its_broker_already_started_again(tracked: 
 
 def test_a_job_with_a_requeued_copy_stands_down_and_says_why(tracked: str) -> None:
     from flow_tracker.ids import process_id_for
-    from flow_tracker.integrations.jobs import job_body, start_job
+    from flow_tracker.jobs import job_body, start_job
 
     ran: list[int] = []
 
@@ -364,7 +364,7 @@ def test_a_start_that_waits_on_a_requeue_in_progress_finds_the_copy_and_stands_d
     import psycopg
 
     from flow_tracker.ids import process_id_for
-    from flow_tracker.integrations.jobs import skip_if_requeued, start_job
+    from flow_tracker.jobs import skip_if_requeued, start_job
 
     flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
     original = _job_row(id=process_id_for("rq", "raced-job"), job_id="raced-job", status="queued")

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 import flow_tracker
 from flow_tracker import Status, relay, runtime
 from flow_tracker import events as ev
-from flow_tracker.integrations.jobs import _Capture
+from flow_tracker.sink import MemorySink
 from flow_tracker.store.bulk import Prepared
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import processes
@@ -32,13 +32,13 @@ def wait_for(predicate: Callable[[], bool], what: str, seconds: float = 30.0) ->
 
 def _job_events(name: str = "horse job") -> tuple[uuid.UUID, list[ev.Change]]:
     """A job's start, one flow with a log entry, and its end, as a work-horse records them."""
-    capture = _Capture()
+    capture = MemorySink()
     tracker = Tracker(
         name,
         category="jobs",
         metadata={"shard": 3},
         settings=flow_tracker.config.current(),
-        writer=capture,  # type: ignore[arg-type]
+        writer=capture,
         process_id=uuid.uuid4(),
     )
     tracker._begin(None, {"job_system": "rq", "job_id": uuid.uuid4().hex})

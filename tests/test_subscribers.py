@@ -13,7 +13,7 @@ from sqlalchemy import update
 import flow_tracker
 from flow_tracker import Status, runtime
 from flow_tracker.heartbeat import HEARTBEAT
-from flow_tracker.integrations.jobs import finish_job, record_enqueued, start_job
+from flow_tracker.jobs import finish_job, record_enqueued, start_job
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.schema import processes
 from flow_tracker.subscribers import BUS, CATALOG
@@ -134,10 +134,10 @@ def test_a_jobs_state_history_keeps_every_change_with_attempt_and_reason(tracked
 
 
 def test_lost_requeued_and_skipped_runs_say_so_in_their_history(tracked: str) -> None:
-    from flow_tracker.integrations.registry import register_requeuer
+    from flow_tracker import job_systems
 
     sent: list[str] = []
-    register_requeuer("history-test", lambda payload, job_id: sent.append(job_id))
+    job_systems.update("history-test", requeue=lambda payload, job_id: sent.append(job_id))
     seen = _collect("process.*")
     process_id = record_enqueued(
         job_system="history-test", job_id="j-1", name="resize", queue="q", payload={"a": 1}

@@ -65,6 +65,7 @@ from flow_tracker.store.engine import Store
 from flow_tracker.subscribers import Subscriber, Subscription, on, subscribe
 from flow_tracker.tracker import Flow, Tracker
 from flow_tracker.workflows import (
+    RetryPolicy,
     StepStatus,
     Workflow,
     WorkflowDefinition,
@@ -147,6 +148,7 @@ __all__ = [
     "ReapResult",
     "RequeueResult",
     "RetryAfter",
+    "RetryPolicy",
     "Settings",
     "Skipped",
     "Status",

@@ -1,4 +1,4 @@
-"""Every action delivers, or says it has not (DESIGN §12).
+"""Every action delivers, or says it has not.
 
 A workflow step to send or a lost job to enqueue again is published at once
 where this process has the queue's integration installed; otherwise (the
@@ -114,7 +114,7 @@ def deliver_pending(*, store: Store | None = None, limit: int = 100) -> int:
     What the delivery thread does each second; callable directly (a test, a
     cron job). Never raises for one request: its failure stays on its row.
     """
-    from flow_tracker.integrations.registry import requeue_systems
+    from flow_tracker.job_systems import requeue_systems
     from flow_tracker.workflows.engine import sending_systems, served_threads_workflows
 
     settings = config.in_force() if store is None else config.current()

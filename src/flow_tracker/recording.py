@@ -155,7 +155,7 @@ def open_tracker(
             category=category or settings.default_category,
             metadata=metadata,
             settings=settings,
-            writer=runtime.writer(),
+            writer=runtime.sink(),
             process_id=process_id,
             attempt=attempt,
         )

@@ -26,7 +26,7 @@ from flow_tracker import config, runtime
 from flow_tracker.delivery import NOTHING_SENT, Delivery, backoff, waiting_for, who
 from flow_tracker.errors import UsageError
 from flow_tracker.ids import process_id_for
-from flow_tracker.integrations.registry import probes, requeuer_for
+from flow_tracker.job_systems import probes, requeuer_for
 from flow_tracker.status import Status
 from flow_tracker.store import audit, outbox
 from flow_tracker.store import jobs as stored_jobs

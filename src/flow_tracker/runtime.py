@@ -16,6 +16,7 @@ import time
 
 from flow_tracker import config, relay
 from flow_tracker.redaction import Redactor
+from flow_tracker.sink import Sink
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store
 from flow_tracker.subscribers import BUS
@@ -26,6 +27,7 @@ internal_log = logging.getLogger("flow_tracker.internal")
 _lock = threading.RLock()
 _writer: Writer | None = None
 _store: Store | None = None
+_capture: Sink | None = None  # while flow_tracker.testing.capture() runs
 _internal_errors = 0
 _last_error_logged = 0.0
 ERROR_LOG_INTERVAL_S = 10.0
@@ -95,6 +97,23 @@ def writer() -> Writer:
                 )
             current = _writer
     return current
+
+
+def sink() -> Sink:
+    """Where a new process records: the writer, or a test's capture while one runs."""
+    capture = _capture
+    return writer() if capture is None else capture
+
+
+def capture_into(capture: Sink | None) -> Sink | None:
+    """Make new processes record into ``capture`` (None: the writer again); return the previous.
+
+    For :func:`flow_tracker.testing.capture`; the writer and store are left as they are.
+    """
+    global _capture
+    with _lock:
+        previous, _capture = _capture, capture
+    return previous
 
 
 def redactor() -> Redactor:

@@ -6,7 +6,8 @@ belong to it, two processes running at once in one interpreter never mix, and
 threads join in through :func:`bind`.
 
 Everything here runs in the user's thread, so it only builds small tuples and
-hands them to the background writer (:mod:`flow_tracker.writer`). It never
+hands them to its sink (:mod:`flow_tracker.sink`): the background writer
+(:mod:`flow_tracker.writer`), or a list in memory for a test. It never
 raises into user code except for misuse (an unknown level, a bad category),
 and it never changes the user's result or exception.
 """
@@ -26,14 +27,14 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from flow_tracker import config, heartbeat, runtime
+from flow_tracker import config, heartbeat, job_systems, runtime
 from flow_tracker import events as ev
 from flow_tracker.errors import Skipped, UsageError
 from flow_tracker.ids import new_id, new_id_int
 from flow_tracker.levels import LEVELS, resolve_level
 from flow_tracker.progress import Progress
+from flow_tracker.sink import Sink
 from flow_tracker.status import Status
-from flow_tracker.writer import Writer
 
 _now = time.time
 ATTEMPT_POSITION_SHIFT = 40
@@ -69,17 +70,9 @@ def describe_error(exc: BaseException) -> ev.ErrorTuple:
     return name, message, trace
 
 
-# Exceptions a job queue uses for control flow (Celery's Retry, Dramatiq's
-# SkipMessage, ...): registered by the integrations, never counted as failures.
-CONTROL_FLOW: dict[type[BaseException], Status] = {}
-
-
-def register_control_flow(exc_type: type[BaseException], status: Status) -> None:
-    """Make blocks left by ``exc_type`` end with ``status`` instead of ``failed``."""
-    CONTROL_FLOW[exc_type] = status
-
-
-register_control_flow(Skipped, Status.SKIPPED)
+# The core's own control flow; a queue's (Celery's Retry, Dramatiq's Retry, ...) is
+# registered with its JobSystem and asked for in outcome_of.
+CONTROL_FLOW: dict[type[BaseException], Status] = {Skipped: Status.SKIPPED}
 
 
 def outcome_of(exc: BaseException | None) -> tuple[Status, ev.ErrorTuple | None]:
@@ -89,6 +82,9 @@ def outcome_of(exc: BaseException | None) -> tuple[Status, ev.ErrorTuple | None]
     for exc_type, status in CONTROL_FLOW.items():
         if isinstance(exc, exc_type):
             return status, describe_error(exc)
+    queue_status = job_systems.control_flow_status(exc)
+    if queue_status is not None:
+        return queue_status, describe_error(exc)
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
         return Status.CANCELLED, describe_error(exc)
     if isinstance(exc, SystemExit) and exc.code in (None, 0):
@@ -391,7 +387,7 @@ class Tracker(_Node):
         category: str,
         metadata: Mapping[str, Any] | None,
         settings: config.Settings,
-        writer: Writer,
+        writer: Sink,
         process_id: uuid.UUID | None = None,
         attempt: int = 1,
     ) -> None:
@@ -472,13 +468,16 @@ class Tracker(_Node):
         if extra:
             row.update(extra)
         event = (ev.PROCESS_START, self._id_int, row)
-        if BEGIN_HOOKS and isinstance(self._writer, Writer):  # before subscribers hear of it
+        # A sink that stores nothing (a warm-up's rehearsal, a test's capture) has
+        # no row for start hooks or heartbeats to be about.
+        stored_rows = self._writer.durable
+        if BEGIN_HOOKS and stored_rows:  # before subscribers hear of it
             for hook in BEGIN_HOOKS:
                 try:
                     hook(self)
                 except Exception as exc:
                     runtime.report_internal_error(exc, "running a process start hook")
-        if durable and isinstance(self._writer, Writer):
+        if durable:
             # Buffered instead while the database is away.
             copy_of = self._id_int if copies is not None else None
             stored = self._writer.write_now((event,), copy_of)
@@ -486,7 +485,7 @@ class Tracker(_Node):
                 copies.append(stored.requeued_copy)
         else:
             self._writer.put(event)
-        if isinstance(self._writer, Writer):  # not a warm-up's capture
+        if stored_rows:
             heartbeat.add_process(self._id_int)
         self._token = CURRENT_NODE.set(self)
 
@@ -552,13 +551,10 @@ class Tracker(_Node):
             runtime.report_internal_error(exc, "completing a process")
             return
         timeout = self._settings.completion_timeout
-        writer = self._writer
-        if wait and timeout > 0 and isinstance(writer, Writer):
-            writer.write_through(event, timeout)
+        if wait and timeout > 0:
+            self._writer.write_through(event, timeout)
         else:
-            writer.put(event)
-            if wait and timeout > 0:
-                writer.flush(timeout)
+            self._writer.put(event)
 
     def _end(
         self, status: Status, error: ev.ErrorTuple | None, finished_at: float | None = None

@@ -29,11 +29,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from flow_tracker import events as ev
 from flow_tracker import relay
 from flow_tracker.group_commit import GroupCommit, Request
+from flow_tracker.sink import Stored
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store, display_url, error_line, is_transient
 from flow_tracker.subscribers import BUS
@@ -45,15 +46,8 @@ BACKOFF_MAX_S = 15.0
 LEVEL_DEBUG_RANK = 10
 
 
-class Stored(NamedTuple):
-    """What :meth:`Writer.write_now` did."""
-
-    stored: bool  # False: buffered, to be stored by the writer thread
-    requeued_copy: uuid.UUID | None  # found by ``copy_of``
-
-
 class Writer:
-    """Buffers events and stores them from a background thread.
+    """Buffers events and stores them from a background thread (the database's ``Sink``).
 
     Args:
         store: the database to write to.
@@ -63,6 +57,8 @@ class Writer:
         flush_interval: seconds to wait for more events before storing what there is.
         on_error: called with every internal error (counted and logged by the runtime).
     """
+
+    durable = True  # what it takes is stored: its processes get heartbeats
 
     def __init__(
         self,

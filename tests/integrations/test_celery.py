@@ -363,7 +363,7 @@ def test_a_bad_critical_section_fails_an_eager_task_without_running_it(tracked: 
     from celery import Celery
 
     from flow_tracker.integrations import celery as ft_celery
-    from flow_tracker.integrations.jobs import WRAPPED_MARK
+    from flow_tracker.jobs import WRAPPED_MARK
 
     app = Celery("bad_eager", broker="memory://", backend="cache+memory://")
     app.conf.task_always_eager = True
@@ -395,7 +395,7 @@ def test_install_on_a_finalized_app_raises_for_a_bad_critical_section(tracked: s
     from celery import Celery
 
     from flow_tracker.integrations import celery as ft_celery
-    from flow_tracker.integrations.jobs import WRAPPED_MARK
+    from flow_tracker.jobs import WRAPPED_MARK
 
     app = Celery("bad_finalized", broker="memory://")
 

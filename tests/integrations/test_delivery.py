@@ -1,4 +1,4 @@
-"""Every action delivers, or says it has not: real Celery, RQ and Dramatiq workers (DESIGN §12).
+"""Every action delivers, or says it has not: real Celery, RQ and Dramatiq workers.
 
 The test process plays the dashboard or the CLI: it has no queue integration
 (see ``without_integrations``) and never sends a message itself. Retries and
@@ -22,17 +22,16 @@ from sqlalchemy import insert, select
 
 import flow_tracker
 from flow_tracker import delivery, runtime
-from flow_tracker.integrations import registry
 from flow_tracker.recovery import requeue_candidates
 from flow_tracker.status import Status
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.schema import outbox as outbox_table
 from flow_tracker.store.schema import processes
-from flow_tracker.workflows import engine
 from tests.conftest import _truncate
 from tests.integrations import delivery_jobs
 from tests.integrations.workers import REPO, bin_path, require_service, worker_process
 from tests.support.proxy import TcpProxy
+from tests.support.queues import only_the_pool
 from tests.workflows import steps
 from tests.workflows.test_queues import RIGS, _env
 
@@ -45,8 +44,7 @@ DEADLINE_S = 240.0
 @pytest.fixture
 def without_integrations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Send and deliver nothing from this process, whatever other tests installed in it."""
-    monkeypatch.setattr(engine, "_SENDERS", {})
-    monkeypatch.setattr(registry, "_requeuers", {})
+    only_the_pool(monkeypatch)
 
 
 @pytest.fixture

@@ -209,7 +209,7 @@ def test_an_actor_declared_before_install_is_wrapped_by_install() -> None:
     from dramatiq.brokers.stub import StubBroker
 
     from flow_tracker.integrations import dramatiq as ft_dramatiq
-    from flow_tracker.integrations.jobs import WRAPPED_MARK
+    from flow_tracker.jobs import WRAPPED_MARK
 
     broker = StubBroker()
 

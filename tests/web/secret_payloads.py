@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 import flow_tracker
 from flow_tracker import runtime
-from flow_tracker.integrations.jobs import record_enqueued
+from flow_tracker.jobs import record_enqueued
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.schema import processes
 from flow_tracker.tracker import Tracker

@@ -1,4 +1,4 @@
-"""The dashboard's actions deliver, or say they have not (DESIGN §12), through the real app.
+"""The dashboard's actions deliver, or say they have not, through the real app.
 
 The web process here plays ``flow-tracker serve``: a ``threads`` workflow is not
 declared there (``undeclared``), so its Retry button stores the step for a
@@ -22,15 +22,15 @@ from sqlalchemy import insert, update
 from starlette.testclient import TestClient
 
 import flow_tracker
-from flow_tracker import runtime
+from flow_tracker import job_systems, runtime
 from flow_tracker.cli import commands
-from flow_tracker.integrations import registry
-from flow_tracker.integrations.jobs import start_job
+from flow_tracker.jobs import start_job
 from flow_tracker.store import step_writes
 from flow_tracker.store.clock import database_now
 from flow_tracker.store.schema import processes
 from flow_tracker.web import create_app
 from flow_tracker.workflows import definition, engine
+from tests.support.queues import only_the_pool
 from tests.web.conftest import ORIGIN
 
 DEADLINE_S = 60.0
@@ -219,7 +219,8 @@ def test_the_requeue_notice_says_what_was_sent_and_what_waits_for_a_worker(
     def publish(payload: Mapping[str, Any], job_id: str) -> None:
         published.append(job_id)
 
-    monkeypatch.setattr(registry, "_requeuers", {"sentq": publish})
+    only_the_pool(monkeypatch)
+    job_systems.update("sentq", requeue=publish)
     ids = [_lost_job("sentq"), _lost_job("sentq"), _lost_job("waitq")]
 
     done = _post(board, "/health/requeue", all="lost")
@@ -236,12 +237,12 @@ def test_the_requeue_notice_says_what_was_sent_and_what_waits_for_a_worker(
 def test_serve_import_installs_the_integration_so_the_dashboards_requeue_is_sent(
     tracked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry, "_requeuers", {})
+    only_the_pool(monkeypatch)
     module = f"delivery_app_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(
-        "from flow_tracker.integrations import registry\n"
+        "from flow_tracker import job_systems\n"
         "PUBLISHED = []\n"
-        "registry.register_requeuer('appq', lambda payload, job_id: PUBLISHED.append(job_id))\n"
+        "job_systems.update('appq', requeue=lambda payload, job_id: PUBLISHED.append(job_id))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     lost = _lost_job("appq")

@@ -202,7 +202,7 @@ def test_detail_page_and_api_show_the_state_history_escaped(
 ) -> None:
     import flow_tracker
     from flow_tracker import Status
-    from flow_tracker.integrations.jobs import finish_job, record_enqueued, start_job
+    from flow_tracker.jobs import finish_job, record_enqueued, start_job
 
     pid = record_enqueued(job_system="rq", job_id="hist-1", name="Resize", queue="media")
     first = start_job(job_system="rq", job_id="hist-1", name="Resize", queue="media", attempt=1)

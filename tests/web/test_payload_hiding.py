@@ -1,4 +1,4 @@
-"""Payload hiding (DESIGN §10): without ``payloads:read``, no payload value leaves the dashboard.
+"""Payload hiding: without ``payloads:read``, no payload value leaves the dashboard.
 
 Every surface on SQLite and PostgreSQL: a reader (or an admin, where the page is
 an action's) sees the values; a viewer and an operator without ``payloads:read``

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import flow_tracker
-from flow_tracker import UsageError
+from flow_tracker import UsageError, job_systems
 
 
 def test_a_parent_must_be_a_step_declared_before() -> None:
@@ -78,7 +78,7 @@ def test_bad_step_options_are_refused(options: dict[str, Any], message: str) -> 
 
 
 def test_an_unknown_queue_or_a_bad_name_is_refused() -> None:
-    with pytest.raises(UsageError, match="queue must be one of"):
+    with pytest.raises(UsageError, match="no queue 'sqs'"):
         flow_tracker.workflow("declaring_queue", queue="sqs")
     with pytest.raises(UsageError, match="workflow name"):
         flow_tracker.workflow("")
@@ -130,17 +130,17 @@ def test_a_run_on_a_queue_whose_integration_is_not_installed_waits_for_a_worker_
 ) -> None:
     from flow_tracker import runtime
     from flow_tracker.store import outbox
-    from flow_tracker.workflows import engine
 
     flow_tracker.configure(database_url=sqlite_url)
     wf = flow_tracker.workflow("declaring_not_installed", queue="dramatiq")
     wf.step(name="a")(lambda context: 1)
-    saved = engine._SENDERS.pop("dramatiq", None)
+    saved = job_systems.get("dramatiq")
+    job_systems.unregister("dramatiq")
     try:
         run = wf.run()
     finally:
         if saved is not None:
-            engine._SENDERS["dramatiq"] = saved
+            job_systems.register(saved)
     assert flow_tracker.get_workflow(run.id).steps["a"].status == "queued"
     [waiting] = outbox.pending_counts(runtime.store())
     assert (waiting.job_system, waiting.count) == ("dramatiq", 1)

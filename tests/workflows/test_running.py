@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 import flow_tracker
-from flow_tracker import NotFoundError, UsageError
+from flow_tracker import NotFoundError, UsageError, job_systems
 from flow_tracker.store.schema import processes, transitions
 from flow_tracker.workflows import engine, manage
 from tests.workflows.helpers import Calls, process
@@ -251,7 +251,7 @@ def test_a_step_found_lost_by_the_reaper_runs_again_on_its_own(tracked: str) -> 
 
     def dying_worker(dispatch: Any) -> None:
         if dispatch.step == "b" and not dropped:
-            from flow_tracker.integrations.jobs import start_job
+            from flow_tracker.jobs import start_job
             from flow_tracker.store import step_writes
 
             # Taken, started, then the worker "dies": said only once all of it is
@@ -385,12 +385,13 @@ def test_a_step_of_a_queue_not_installed_here_waits_in_the_outbox_and_says_so(
     from flow_tracker.store import outbox
     from flow_tracker.store.workflows import Dispatch
 
-    saved = engine._SENDERS.pop("rq", None)
+    saved = job_systems.get("rq")
+    job_systems.unregister("rq")
     try:
         said = engine.send([Dispatch("rq", "w", uuid.uuid4(), "s", "job", "default")])
     finally:
         if saved is not None:
-            engine._SENDERS["rq"] = saved
+            job_systems.register(saved)
     assert (said.ok, str(said)) == (False, "waiting for a worker of rq")
     [waiting] = outbox.pending_counts(runtime.store())
     assert (waiting.job_system, waiting.count) == ("rq", 1)

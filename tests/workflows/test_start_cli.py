@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import flow_tracker
+from flow_tracker import job_systems
 from flow_tracker.cli import main
-from flow_tracker.workflows import definitions, engine
+from flow_tracker.workflows import definitions
 
 WAIT = 30.0
 
@@ -27,7 +28,7 @@ def _no_celery_here(monkeypatch: pytest.MonkeyPatch) -> None:
     Earlier tests of the run may have installed it in this interpreter; its
     sender would then publish at once, and nothing would wait for a worker.
     """
-    monkeypatch.delitem(engine._SENDERS, "celery", raising=False)
+    monkeypatch.delitem(job_systems._systems, "celery", raising=False)
 
 
 def _recorded(name: str, queue: str = "celery") -> Any:

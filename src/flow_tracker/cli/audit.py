@@ -1,4 +1,4 @@
-"""``flow-tracker audit``: who did what, newest first (DESIGN §10).
+"""``flow-tracker audit``: who did what, newest first.
 
 Reads the audit log the dashboard shows on ``/audit``: every action of the
 dashboard, the API, the CLI and the library, allowed, refused or failed.
@@ -14,16 +14,16 @@ from typing import Any
 import click
 
 from flow_tracker import runtime
-from flow_tracker.cli.commands import (
-    _parse_since,
-    _use,
+from flow_tracker.cli.commands import main
+from flow_tracker.cli.compare import safe
+from flow_tracker.cli.options import (
     database_option,
     echo_json,
     echo_next_page,
     friendly_errors,
-    main,
+    parse_since,
+    use_database,
 )
-from flow_tracker.cli.compare import safe
 from flow_tracker.store import audit as stored_audit
 
 DETAIL_WIDTH = 100
@@ -52,7 +52,7 @@ def _line(entry: stored_audit.AuditEntry) -> str:
 
 def _moment(value: str | None, option: str) -> datetime | None:
     try:
-        return _parse_since(value)
+        return parse_since(value)
     except click.BadParameter as exc:
         raise click.BadParameter(exc.message, param_hint=option) from None
 
@@ -87,7 +87,7 @@ def audit_command(
     as_json: bool,
 ) -> None:
     """Who did what: the audit log, newest first (a page at a time: see --cursor)."""
-    _use(database_url)
+    use_database(database_url)
     page = stored_audit.list_entries(
         runtime.store(),
         actor=actor,

@@ -3,39 +3,36 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import json
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 import flow_tracker
 from flow_tracker import config, runtime
 from flow_tracker.actors import acting_as, cli_actor
 from flow_tracker.cli import render
+from flow_tracker.cli.options import (
+    database_option,
+    echo_json,
+    echo_next_page,
+    friendly_errors,
+    import_modules,
+    missing_sqlite_file,
+    parse_since,
+    terminal_style,
+    use_database,
+)
 from flow_tracker.cli.terminal import confirm_or_refuse, progress_bar
 from flow_tracker.delivery import waiting_for
-from flow_tracker.errors import FlowTrackerError, NotFoundError
+from flow_tracker.errors import NotFoundError
 from flow_tracker.status import Status
 from flow_tracker.store import audit, migrate, queries
-from flow_tracker.store.engine import Store, display_url, error_line, parse_url
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-database_option = click.option(
-    "--database-url",
-    envvar="FLOW_TRACKER_DATABASE_URL",
-    default=None,
-    help="SQLAlchemy URL of the tracking database [env FLOW_TRACKER_DATABASE_URL; "
-    "default sqlite:///flow_tracker.db].",
-)
+from flow_tracker.store.engine import Store, display_url, parse_url
 
 APP_SNIPPET = """\
 # Paste where your application starts (e.g. settings.py, app factory, celery worker init):
@@ -52,78 +49,6 @@ with flow_tracker.track("MyProcess", category="services", metadata={{"user_id": 
     with tracker.flow("validate_input") as flow:
         flow.log("Validating...")
 """
-
-
-def _style() -> render.Style:
-    return click.style if sys.stdout.isatty() else render.plain
-
-
-def echo_json(value: Any) -> None:
-    """Print ``value`` as one JSON document: every ``--json`` prints exactly one.
-
-    The convention, for every command: a list is a JSON array (``[]`` when nothing
-    matches), one thing is an object. A list with more pages says so on stderr
-    (:func:`echo_next_page`), so stdout stays one document for ``jq`` or a script.
-    """
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def echo_next_page(cursor: str | None, *, as_json: bool) -> None:
-    """Say how to ask for the next page, when there is one (stderr under ``--json``)."""
-    if cursor:
-        click.echo(f"next page: --cursor {cursor}", err=as_json)
-
-
-def friendly_errors(command: F) -> F:
-    """Turn our errors and database errors into one clear line and exit code 1."""
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except FlowTrackerError as exc:
-            raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:
-            raise click.ClickException(f"database error: {error_line(exc)}") from None
-
-    return run  # type: ignore[return-value]
-
-
-def _use(database_url: str | None) -> None:
-    """Point flow-tracker at ``database_url`` (or the environment's) for this command.
-
-    Every command that works on what was recorded (all but ``init``, ``db`` and
-    ``demo``, which create the database) refuses a SQLite file that is not there,
-    instead of creating an empty database and finding nothing in it: a probe or a
-    cron job that forgot ``FLOW_TRACKER_DATABASE_URL`` fails loudly rather than
-    reporting "healthy" on a new empty file.
-    """
-    options: dict[str, Any] = {"completion_timeout": 5.0}
-    if database_url:
-        options["database_url"] = database_url
-    missing = _missing_sqlite_file(database_url or config.DEFAULT_DATABASE_URL)
-    if missing is not None:
-        if not database_url:
-            raise click.ClickException(
-                "no tracking database configured: pass --database-url or set "
-                f"FLOW_TRACKER_DATABASE_URL (the default, {config.DEFAULT_DATABASE_URL}, "
-                f"is not in {Path.cwd()})"
-            )
-        raise click.ClickException(
-            f"no database at {missing}: nothing was recorded there (check --database-url "
-            "or FLOW_TRACKER_DATABASE_URL; `flow-tracker init` creates it)"
-        )
-    flow_tracker.configure(verify=True, **options)
-
-
-def _missing_sqlite_file(database_url: str) -> Path | None:
-    """The absolute path of ``database_url``'s SQLite file when it does not exist, else None."""
-    url = parse_url(database_url)
-    path = url.database or ""
-    a_file = path not in ("", ":memory:") and not path.startswith("file:")
-    if url.get_backend_name() == "sqlite" and a_file and not Path(path).exists():
-        return Path(path).resolve()
-    return None
 
 
 @click.group()
@@ -223,7 +148,7 @@ def _migrate_to(database_url: str | None, revision: str, move: Callable[[Any, st
 def db_current(database_url: str | None) -> None:
     """Print the database's revision and the newest one this version ships."""
     url = database_url or flow_tracker.config.settings_from_env().database_url
-    missing = _missing_sqlite_file(url)
+    missing = missing_sqlite_file(url)
     if missing is not None:
         raise click.ClickException(f"no database at {missing} (`flow-tracker db upgrade` makes it)")
     store = Store(url, auto_migrate=False)
@@ -258,11 +183,11 @@ def rollups_rebuild(database_url: str | None, since: str | None) -> None:
     """
     from flow_tracker.store import rollups as stored_rollups
 
-    _use(database_url)
+    use_database(database_url)
     store = runtime.store()
     with progress_bar("rolling up days") as advance:
         done = stored_rollups.rebuild(
-            store, queries.database_time(store), since=_parse_since(since), progress=advance
+            store, queries.database_time(store), since=parse_since(since), progress=advance
         )
     if done.start is None:
         click.echo(
@@ -275,18 +200,6 @@ def rollups_rebuild(database_url: str | None, since: str | None) -> None:
         f"rebuilt the rollups of {done.days} day{'s' if done.days != 1 else ''} "
         f"({done.start:%Y-%m-%d} to {done.until:%Y-%m-%d %H:%M} UTC)"
     )
-
-
-def _parse_since(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    units = {"m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].isdigit():
-        return datetime.now(timezone.utc) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: use 30m, 24h, 7d or an ISO date") from None
 
 
 @main.command("list")
@@ -325,7 +238,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List processes, newest first (a page at a time: see --cursor)."""
-    _use(database_url)
+    use_database(database_url)
     metadata: dict[str, Any] = {}
     for pair in meta:
         key, sep, raw = pair.partition("=")
@@ -340,7 +253,7 @@ def list_command(
         category=categories or None,
         name=name,
         search=search,
-        since=_parse_since(since),
+        since=parse_since(since),
         metadata=metadata or None,
         limit=limit,
         cursor=cursor,
@@ -348,7 +261,7 @@ def list_command(
     if as_json:
         echo_json([p.to_dict(include_tree=False) for p in page])
     else:
-        style = _style()
+        style = terminal_style()
         for p in page:
             click.echo(render.process_row(p, style))
         if not page.items:
@@ -363,7 +276,7 @@ def list_command(
 @friendly_errors
 def show(database_url: str | None, process_id: str, as_json: bool) -> None:
     """Show a process as a tree of flows with durations and logs (id or job id)."""
-    _use(database_url)
+    use_database(database_url)
     status = flow_tracker.get_status(process_id)
     record = flow_tracker.get_process(status.process_id) if status else None
     if record is None:
@@ -371,7 +284,7 @@ def show(database_url: str | None, process_id: str, as_json: bool) -> None:
     if as_json:
         echo_json(record.to_dict())
     else:
-        click.echo(render.process_tree(record, _style()))
+        click.echo(render.process_tree(record, terminal_style()))
 
 
 @main.command()
@@ -380,7 +293,7 @@ def show(database_url: str | None, process_id: str, as_json: bool) -> None:
 @friendly_errors
 def status(database_url: str | None, process_or_job_id: str) -> None:
     """Print the status of a process or job (by process id or job id) as JSON."""
-    _use(database_url)
+    use_database(database_url)
     found = flow_tracker.get_status(process_or_job_id)
     if found is None:
         raise NotFoundError(f"no process with id or job id {process_or_job_id!r}")
@@ -410,7 +323,7 @@ def cleanup(
     yes: bool,
 ) -> None:
     """Delete processes older than N days with their flows and logs (asks first)."""
-    _use(database_url)
+    use_database(database_url)
     age = days if days is not None else flow_tracker.config.current().retention_days
     runtime.flush()
     store = runtime.store()
@@ -454,7 +367,7 @@ def demo(database_url: str, keep: bool, serve: bool | None, port: int) -> None:
     """Record a realistic set of sample processes, then show them in the dashboard."""
     from flow_tracker.cli.demo import run_demo
 
-    run_demo(database_url, fresh=not keep, echo=click.echo, style=_style())
+    run_demo(database_url, fresh=not keep, echo=click.echo, style=terminal_style())
     runtime.shutdown()
     if serve is None:
         serve = sys.stdin.isatty() and sys.stdout.isatty()
@@ -481,7 +394,7 @@ def _serve(
         ) from None
     from flow_tracker.web.security import LOOPBACK_HOSTS, serving_hosts
 
-    _use(database_url)
+    use_database(database_url)
     if host not in LOOPBACK_HOSTS and basic_auth is None:
         click.echo(
             f"warning: serving on {host} with no --basic-auth: anyone who can reach this "
@@ -552,7 +465,7 @@ def serve(
     """Serve the web dashboard (overview, processes, detail, cleanup, JSON API)."""
     # Without an integration here, the dashboard's actions wait for a worker of the
     # queue; with it (imported here), they are published at once.
-    _import_modules(modules)
+    import_modules(modules)
     credentials = None
     if basic_auth is not None:
         try:
@@ -581,20 +494,6 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # -- recovery and locks -------------------------------------------------------
-
-
-def _import_modules(modules: tuple[str, ...]) -> None:
-    """Import the user's modules that install integrations (needed to requeue)."""
-    import importlib
-
-    sys.path.insert(0, ".")
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            raise click.ClickException(
-                f"cannot import {name}: {type(exc).__name__}: {exc}"
-            ) from None
 
 
 @main.command()
@@ -628,13 +527,13 @@ def reap(
     modules: tuple[str, ...],
 ) -> None:
     """Mark running processes whose heartbeat stopped as lost."""
-    _use(database_url)
+    use_database(database_url)
     if lost_after is not None:
         try:
             config.check_lost_after(lost_after, config.current().heartbeat_interval)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--lost-after") from None
-    _import_modules(modules)
+    import_modules(modules)
     while True:
         # A reap on a schedule that finds nothing is not worth an audit row each time.
         with audit.scheduled() if every is not None else contextlib.nullcontext():
@@ -680,8 +579,8 @@ def requeue(
     """Enqueue lost or failed jobs again, through their own queue, with their stored arguments."""
     if bool(process_ids) == bool(which):
         raise click.UsageError("give process ids, or one of --lost / --failed")
-    _use(database_url)
-    _import_modules(modules)
+    use_database(database_url)
+    import_modules(modules)
     ids: list[Any] = list(process_ids)
     for raw in ids:  # all checked before the first is sent
         try:
@@ -721,7 +620,7 @@ NAMED_IN_HEALTH = 20  # jobs named per kind; the counts say how many there are i
 @friendly_errors
 def health(database_url: str | None, as_json: bool) -> None:
     """Lost, silent and stale jobs; exit code 0 when healthy, 1 otherwise."""
-    _use(database_url)
+    use_database(database_url)
     report = flow_tracker.health()
     named = flow_tracker.recovery.forgotten_jobs(limit=NAMED_IN_HEALTH)
     if as_json:
@@ -780,7 +679,7 @@ def events_command(as_json: bool) -> None:
 @friendly_errors
 def locks_command(database_url: str | None, as_json: bool) -> None:
     """Locks of flow_tracker.exclusive held now."""
-    _use(database_url)
+    use_database(database_url)
     from flow_tracker.locks import held_locks
 
     held = held_locks()

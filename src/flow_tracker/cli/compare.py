@@ -9,13 +9,13 @@ from typing import Any
 import click
 
 import flow_tracker
-from flow_tracker.cli.commands import (
-    _style,
-    _use,
+from flow_tracker.cli.commands import main
+from flow_tracker.cli.options import (
     database_option,
     echo_json,
     friendly_errors,
-    main,
+    terminal_style,
+    use_database,
 )
 from flow_tracker.cli.render import Style, clock, duration
 from flow_tracker.comparison import Change, Comparison, format_ratio
@@ -98,14 +98,14 @@ def compare_command(
     The baseline is BASELINE_ID, or else the last completed run of the same name
     that started before it.
     """
-    _use(database_url)
+    use_database(database_url)
     run = _resolve(process_id, "process id")
     baseline = None if baseline_id is None else _resolve(baseline_id, "baseline process id")
     found = flow_tracker.compare(run, baseline)
     if as_json:
         echo_json(found.to_dict(all_flows=show_all))
         return
-    click.echo("\n".join(report(found, _style(), show_all=show_all)))
+    click.echo("\n".join(report(found, terminal_style(), show_all=show_all)))
 
 
 def _ms(value: float | None) -> str:

@@ -1,6 +1,6 @@
 """``flow-tracker tokens``: create, list and revoke the dashboard API's tokens.
 
-Tokens are managed here only, never over HTTP (DESIGN §10): whoever runs these
+Tokens are managed here only, never over HTTP: whoever runs these
 commands can reach the database, which is admin already. Each create and revoke
 is written to the audit log as the command's operating-system user.
 """
@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 import click
 
 from flow_tracker import runtime
-from flow_tracker.cli.commands import _use, database_option, echo_json, friendly_errors, main
+from flow_tracker.cli.commands import main
+from flow_tracker.cli.options import database_option, echo_json, friendly_errors, use_database
 from flow_tracker.store import tokens as stored_tokens
 
 _DURATION = re.compile(r"([0-9]{1,7})([mhdw])")
@@ -80,7 +81,7 @@ def create(
     it); what to do with it goes to stderr.
     """
     expires_in = None if expires is None else parse_duration(expires)
-    _use(database_url)
+    use_database(database_url)
     made = stored_tokens.create(runtime.store(), name=name, role=role, expires_in=expires_in)
     record = made.record
     if as_json:
@@ -104,7 +105,7 @@ def create(
 @friendly_errors
 def list_command(database_url: str | None, include_revoked: bool, as_json: bool) -> None:
     """The tokens, oldest first: name, role, created, expires, last used, status."""
-    _use(database_url)
+    use_database(database_url)
     found = stored_tokens.list_tokens(runtime.store(), include_revoked=include_revoked)
     if as_json:
         echo_json([record.to_dict() for record in found])
@@ -136,7 +137,7 @@ def list_command(database_url: str | None, include_revoked: bool, as_json: bool)
 @friendly_errors
 def revoke(database_url: str | None, name: str) -> None:
     """Revoke the token NAME: refused from the next request on; the name is free again."""
-    _use(database_url)
+    use_database(database_url)
     done = stored_tokens.revoke(runtime.store(), name)
     if not done:
         click.echo(

@@ -1,4 +1,4 @@
-"""``flow-tracker workflows definitions`` and ``flow-tracker workflows start`` (DESIGN §12).
+"""``flow-tracker workflows definitions`` and ``flow-tracker workflows start``.
 
 A start needs only the stored definition: the CLI imports no user code unless
 ``--import`` says so. Without the queue's integration here the run's first steps
@@ -12,12 +12,12 @@ import json
 
 import click
 
-from flow_tracker.cli.commands import (
-    _import_modules,
-    _use,
+from flow_tracker.cli.options import (
     database_option,
     echo_json,
     friendly_errors,
+    import_modules,
+    use_database,
 )
 from flow_tracker.cli.workflows import _exit_unless_sent, _import_option, workflows
 from flow_tracker.errors import UsageError
@@ -31,7 +31,7 @@ from flow_tracker.workflows.starting import parse_tag_filter, start_workflow
 @friendly_errors
 def definitions(database_url: str | None, as_json: bool) -> None:
     """Every recorded workflow version: namespace/name, version, queue, steps."""
-    _use(database_url)
+    use_database(database_url)
     found = list_workflow_definitions()
     if as_json:
         echo_json([d.to_dict() for d in found])
@@ -82,8 +82,8 @@ def start(
     except (ValueError, RecursionError):
         raise UsageError("--context must be a JSON object, such as '{\"cart_id\": 7}'") from None
     tags = tags_of(tag)
-    _use(database_url)
-    _import_modules(modules)
+    use_database(database_url)
+    import_modules(modules)
     run = start_workflow(
         name,
         context,

@@ -11,15 +11,15 @@ from typing import Any
 
 import click
 
-from flow_tracker.cli.commands import (
-    _import_modules,
-    _style,
-    _use,
+from flow_tracker.cli.commands import main
+from flow_tracker.cli.options import (
     database_option,
     echo_json,
     echo_next_page,
     friendly_errors,
-    main,
+    import_modules,
+    terminal_style,
+    use_database,
 )
 from flow_tracker.cli.render import duration
 from flow_tracker.delivery import Delivery
@@ -80,7 +80,7 @@ def list_runs(
     from flow_tracker.workflows.starting import parse_tag_filter
 
     tags = dict(parse_tag_filter(value, "=") for value in tag) or None
-    _use(database_url)
+    use_database(database_url)
     runs = manage.list_workflows(
         name=name, status=status, limit=limit, before=_before(cursor), tags=tags
     )
@@ -112,7 +112,7 @@ def _before(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
 
 
 def _print_runs(runs: list[dict[str, Any]]) -> None:
-    style = _style()
+    style = terminal_style()
     for run in runs:
         failed = f"  failed at {run['failed_step']}" if run["failed_step"] else ""
         status = style(run["status"].ljust(9), fg=_COLOURS.get(run["status"]))
@@ -132,12 +132,12 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
 @friendly_errors
 def show(database_url: str | None, run_id: str, as_json: bool) -> None:
     """A run and each step: status, attempts, why it waits, result or error."""
-    _use(database_url)
+    use_database(database_url)
     data = manage.shown(manage.get_workflow(run_id))  # each step says if it waits for a worker
     if as_json:
         echo_json(data)
         return
-    style = _style()
+    style = terminal_style()
     head = f"{data['name']}  {style(data['status'], fg=_COLOURS.get(data['status']))}  {data['id']}"
     click.echo(head)
     if data["failed_step"]:
@@ -201,9 +201,9 @@ def retry(
     database_url: str | None, run_id: str, step: str, reason: str | None, modules: tuple[str, ...]
 ) -> None:
     """Run a failed STEP again, then whatever waits on it."""
-    _use(database_url)
+    use_database(database_url)
     _known_step(run_id, step)
-    _import_modules(modules)
+    import_modules(modules)
     delivery = manage.retry_step(run_id, step, reason=reason)
     click.echo(f"step {step} of run {run_id} retried: {delivery}")
     _exit_unless_sent(delivery)
@@ -219,8 +219,8 @@ def retry_failed(
     database_url: str | None, run_id: str, reason: str | None, modules: tuple[str, ...]
 ) -> None:
     """Run every failed step of RUN_ID again, then whatever waits on them."""
-    _use(database_url)
-    _import_modules(modules)
+    use_database(database_url)
+    import_modules(modules)
     retried = manage.retry_failed_steps(run_id, reason=reason)
     click.echo(
         f"{len(retried.steps)} failed step(s) of run {run_id} retried "
@@ -262,9 +262,9 @@ def resolve(
         result = json.loads(result_json)
     except ValueError as exc:
         raise UsageError(f"--result must be JSON: {exc}") from None
-    _use(database_url)
+    use_database(database_url)
     _known_step(run_id, step)
-    _import_modules(modules)
+    import_modules(modules)
     delivery = manage.resolve_step(run_id, step, result=result, reason=reason)
     click.echo(f"step {step} of run {run_id} resolved: what waits on it {delivery}")
     _exit_unless_sent(delivery)
@@ -277,7 +277,7 @@ def resolve(
 @friendly_errors
 def cancel(database_url: str | None, run_id: str, reason: str | None) -> None:
     """Cancel a run: no step that has not started starts."""
-    _use(database_url)
+    use_database(database_url)
     if manage.get_workflow(run_id).status == "cancelled":
         click.echo(f"run {run_id} was already cancelled: nothing changed")
         return
@@ -291,5 +291,5 @@ def cancel(database_url: str | None, run_id: str, reason: str | None) -> None:
 @friendly_errors
 def diagram(database_url: str | None, run_id: str) -> None:
     """The run as Mermaid flowchart text (paste it into any Mermaid viewer)."""
-    _use(database_url)
+    use_database(database_url)
     click.echo(manage.workflow_diagram(run_id), nl=False)

@@ -34,8 +34,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from flow_tracker import subscribers
-from flow_tracker.integrations import jobs
+from flow_tracker import jobs, subscribers
 from flow_tracker.tracker import BEGIN_HOOKS, Tracker
 
 try:

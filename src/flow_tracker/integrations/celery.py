@@ -19,7 +19,7 @@ Celery's control-flow exceptions are not failures: ``Retry`` makes the process
 ``Reject`` ``cancelled``.
 
 A tracked task's ``run`` is wrapped when the app is finalized (before any
-worker builds its tracer), see :func:`flow_tracker.integrations.jobs.job_body`:
+worker builds its tracer), see :func:`flow_tracker.jobs.job_body`:
 a task declared ``@app.task(flow_tracker_exclusive=flow_tracker.exclusive(...))``
 runs inside that critical section, and a skip returns None (Celery records a
 success; the process says ``skipped`` and why). A bad option fails closed: the
@@ -39,9 +39,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flow_tracker import runtime
+from flow_tracker import job_systems, runtime
 from flow_tracker.errors import UsageError
-from flow_tracker.integrations.jobs import (
+from flow_tracker.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
     enqueued_together,
@@ -54,12 +54,12 @@ from flow_tracker.integrations.jobs import (
     trace_carrier,
     warm_up,
 )
-from flow_tracker.integrations.registry import register_probe, register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
-from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
-from flow_tracker.workflows.engine import STEP_TASK_NAME
-from flow_tracker.workflows.queues import install_celery
+from flow_tracker.store.workflows import Dispatch
+from flow_tracker.tracker import Tracker, outcome_of
+from flow_tracker.workflows import timeouts
+from flow_tracker.workflows.engine import DELIVERY_RETRIES, STEP_TASK_NAME, execute_step
 
 try:
     import celery
@@ -71,6 +71,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 JOB_SYSTEM = "celery"
+DEFAULT_QUEUE = "celery"  # Celery's own default queue, where steps go unless named
 MIN_VERSION = (5, 3)
 OPT_IN_OPTION = "flow_tracker"
 
@@ -103,8 +104,7 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
             option is bad. Tasks declared later are checked when the app is finalized
             (as a worker starts): a bad one is logged and its jobs fail without running.
     """
-    if tuple(int(p) for p in celery.__version__.split(".")[:2]) < MIN_VERSION:
-        raise ImportError(f"flow-tracker needs Celery >= {'.'.join(map(str, MIN_VERSION))}")
+    job_systems.check_version("Celery", celery.__version__, MIN_VERSION)
     global _signals_connected
     with _lock:
         _apps[:] = [(a, t) for a, t in _apps if a is not app] + [(app, track_all)]
@@ -122,14 +122,24 @@ def install(app: celery.Celery, *, track_all: bool = True) -> None:
         # weak=False as above; the receiver checks which app is finalized.
         app.on_after_finalize.connect(_prepare_tasks, weak=False)
         errors = _prepare_tasks(app) if app.finalized else []
-        from celery.exceptions import Ignore, Reject, Retry
+        from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
-        register_control_flow(Retry, Status.RETRYING)
-        register_control_flow(Ignore, Status.SKIPPED)
-        register_control_flow(Reject, Status.CANCELLED)
-        register_requeuer(JOB_SYSTEM, _requeue)
-        register_probe(JOB_SYSTEM, _pending)
-        install_celery(app)
+        _declare_step_task(app)
+        job_systems.register(
+            job_systems.JobSystem(
+                name=JOB_SYSTEM,
+                default_queue=DEFAULT_QUEUE,
+                requeue=_requeue,
+                probe=_pending,
+                control_flow={
+                    Retry: Status.RETRYING,
+                    Ignore: Status.SKIPPED,
+                    Reject: Status.CANCELLED,
+                },
+                send_step=functools.partial(_send_step, app),
+                time_limits=(SoftTimeLimitExceeded,),
+            )
+        )
     warm_up()
     if errors:  # declared before install(): the mistake is raised where install() is called
         raise errors[0]
@@ -519,3 +529,59 @@ def _task_postrun(task_id: str | None = None, state: str | None = None, **_: Any
         status = outcome_of(passing)[0]
         error = passing
     finish_job(tracker, status, error if status in (Status.FAILED, Status.RETRYING) else None)
+
+
+# -- workflow steps ------------------------------------------------------------------------
+#
+# One task runs any step (``flow_tracker.workflow_step``); it is not tracked as a job
+# of its own (the step's process is its record). A retry's backoff is Celery's
+# ``countdown``: the worker holds the message until due, and no worker waits.
+
+_step_apps: list[Any] = []
+
+
+def _declare_step_task(app: Any) -> None:
+    """Declare the step task on ``app`` (once)."""
+    if any(known is app for known in _step_apps):
+        return
+    _step_apps.append(app)
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=STEP_TASK_NAME,
+        shared=False,
+        autoretry_for=(Exception,),
+        retry_backoff=True,
+        max_retries=DELIVERY_RETRIES,
+    )
+    def workflow_step(workflow: str, run_id: str, step: str, job_id: str) -> None:
+        execute_step(JOB_SYSTEM, workflow, run_id, step, job_id)
+
+
+def _send_step(app: Any, dispatch: Dispatch) -> None:
+    app.send_task(
+        STEP_TASK_NAME,
+        args=dispatch.args(),
+        queue=dispatch.queue_name,
+        task_id=dispatch.message_id(),
+        countdown=dispatch.delay if dispatch.delay > 0 else None,
+        **time_limit_options(dispatch),
+    )
+
+
+# Celery's hard limit kills the worker's child: it comes this much after the soft
+# one, so that a step stopped in time can still store its end.
+HARD_LIMIT_MARGIN = (10.0, 0.1)  # at least 10 s, else 10 % of the timeout
+
+
+def time_limit_options(dispatch: Dispatch) -> dict[str, Any]:
+    """The step's timeout as ``send_task`` options: a soft limit, a hard one after it.
+
+    The soft limit raises inside the step (stored as StepTimeout); the hard one
+    kills the worker's child if the step swallowed that, and the reaper then
+    finds the step lost.
+    """
+    seconds = timeouts.limit_for(dispatch)
+    if seconds is None:
+        return {}
+    floor, fraction = HARD_LIMIT_MARGIN
+    return {"soft_time_limit": seconds, "time_limit": seconds + max(floor, seconds * fraction)}

@@ -18,7 +18,7 @@ publish, so it is wrapped to mark the already recorded job as failed.
 exhausted) and a skipped message ends ``skipped``.
 
 Each tracked actor's function is wrapped as it is declared (see
-:func:`flow_tracker.integrations.jobs.job_body`): an actor declared
+:func:`flow_tracker.jobs.job_body`): an actor declared
 ``@dramatiq.actor(flow_tracker_exclusive=flow_tracker.exclusive(...))`` runs
 inside that critical section, and a skip is no failure (nothing is retried).
 A bad option raises :class:`~flow_tracker.errors.UsageError` from the
@@ -29,13 +29,15 @@ Dramatiq logs what its declare hooks raise and declares the actor anyway).
 from __future__ import annotations
 
 import functools
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flow_tracker import runtime
+from flow_tracker import job_systems, runtime
 from flow_tracker.errors import UsageError
-from flow_tracker.integrations.jobs import (
+from flow_tracker.jobs import (
     EXCLUSIVE_OPTION,
     TRACE_HEADER,
     enqueued_together,
@@ -48,16 +50,17 @@ from flow_tracker.integrations.jobs import (
     trace_carrier,
     warm_up,
 )
-from flow_tracker.integrations.registry import register_requeuer
 from flow_tracker.nulls import NullTracker
 from flow_tracker.status import Status
-from flow_tracker.tracker import Tracker, outcome_of, register_control_flow
-from flow_tracker.workflows.engine import STEP_TASK_NAME
-from flow_tracker.workflows.queues import install_dramatiq
+from flow_tracker.store.workflows import Dispatch
+from flow_tracker.tracker import Tracker, outcome_of
+from flow_tracker.workflows import timeouts
+from flow_tracker.workflows.engine import DELIVERY_RETRIES, STEP_TASK_NAME, execute_step
 
 try:
     import dramatiq
     from dramatiq.middleware import Middleware, Retries
+    from dramatiq.middleware.time_limit import TimeLimitExceeded
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "flow_tracker.integrations.dramatiq needs Dramatiq: pip install 'flow-tracker[dramatiq]'"
@@ -66,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 # Options of one delivery, not of the job: a requeued message starts afresh.
 _ATTEMPT_OPTIONS = frozenset({"retries", "traceback", "redis_message_id", "eta"})
 JOB_SYSTEM = "dramatiq"
+DEFAULT_QUEUE = "default"  # Dramatiq's own default queue, where steps go unless named
 MIN_VERSION = (1, 16)
 OPT_IN_OPTION = "flow_tracker"
 DEFAULT_MAX_RETRIES = 20  # Dramatiq's own default in the Retries middleware
@@ -219,8 +223,7 @@ def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
         broker: the Dramatiq broker, in the sending and in the worker processes alike.
         track_all: False tracks only actors declared ``@dramatiq.actor(flow_tracker=True)``.
     """
-    if tuple(int(p) for p in dramatiq.__version__.split(".")[:2]) < MIN_VERSION:
-        raise ImportError(f"flow-tracker needs Dramatiq >= {'.'.join(map(str, MIN_VERSION))}")
+    job_systems.check_version("Dramatiq", dramatiq.__version__, MIN_VERSION)
     for existing in broker.middleware:
         if isinstance(existing, FlowTrackerMiddleware):
             existing.track_all = track_all
@@ -235,9 +238,19 @@ def install(broker: Any, *, track_all: bool = True) -> FlowTrackerMiddleware:
     _wrap_group_run()
     for actor in list(broker.actors.values()):  # declared before install()
         middleware.prepare_actor(actor)
-    register_control_flow(dramatiq.Retry, Status.RETRYING)
-    register_requeuer(JOB_SYSTEM, functools.partial(_requeue, broker))
-    install_dramatiq(broker)
+    _declare_step_actor(broker)
+    job_systems.register(
+        job_systems.JobSystem(
+            name=JOB_SYSTEM,
+            default_queue=DEFAULT_QUEUE,
+            requeue=functools.partial(_requeue, broker),
+            control_flow={dramatiq.Retry: Status.RETRYING},
+            send_step=functools.partial(_send_step, broker),
+            # A worker consumes the queues declared on its broker: every queue steps use.
+            declare_queue=broker.declare_queue,
+            time_limits=(TimeLimitExceeded,),
+        )
+    )
     warm_up()
     return middleware
 
@@ -321,3 +334,45 @@ def _wrap_declare_actor(broker: Any, middleware: FlowTrackerMiddleware) -> None:
         original(actor)
 
     broker.declare_actor = declare_actor
+
+
+# -- workflow steps ------------------------------------------------------------------------
+#
+# One actor runs any step (``flow_tracker.workflow_step``); it is not tracked as a job
+# of its own (the step's process is its record). A retry's backoff is the broker's
+# delay queue (``enqueue(message, delay=...)``); no worker waits meanwhile.
+
+
+def _declare_step_actor(broker: Any) -> None:
+    """Declare the step actor on ``broker`` (once)."""
+    if STEP_TASK_NAME in broker.actors:
+        return
+
+    def workflow_step(workflow: str, run_id: str, step: str, job_id: str) -> None:
+        execute_step(JOB_SYSTEM, workflow, run_id, step, job_id)
+
+    declare = dramatiq.actor(actor_name=STEP_TASK_NAME, broker=broker, max_retries=DELIVERY_RETRIES)
+    declare(workflow_step)
+
+
+def _send_step(broker: Any, dispatch: Dispatch) -> None:
+    message: Any = dramatiq.Message(
+        queue_name=dispatch.queue_name,
+        actor_name=STEP_TASK_NAME,
+        args=tuple(dispatch.args()),
+        kwargs={},
+        options=time_limit_options(dispatch),
+        message_id=dispatch.message_id(),
+        message_timestamp=int(time.time() * 1000),
+    )
+    delay = int(dispatch.delay * 1000)
+    broker.enqueue(message, delay=delay if delay > 0 else None)
+
+
+def time_limit_options(dispatch: Dispatch) -> dict[str, Any]:
+    """The step's timeout as message options: ``time_limit``, in milliseconds.
+
+    Dramatiq's TimeLimit middleware raises ``TimeLimitExceeded`` inside the step.
+    """
+    seconds = timeouts.limit_for(dispatch)
+    return {} if seconds is None else {"time_limit": max(1, math.ceil(seconds * 1000))}

@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from flow_tracker import config, relay, runtime
+from flow_tracker import config, job_systems, relay, runtime
 from flow_tracker.errors import Skipped
-from flow_tracker.integrations.jobs import (
+from flow_tracker.jobs import (
     TRACE_HEADER,
     enqueued_together,
     finish_job,
@@ -52,22 +53,27 @@ from flow_tracker.integrations.jobs import (
     trace_carrier,
     warm_up,
 )
-from flow_tracker.integrations.registry import register_probe, register_requeuer
 from flow_tracker.status import Status
+from flow_tracker.store.workflows import Dispatch
 from flow_tracker.tracker import outcome_of
-from flow_tracker.workflows.queues import RQ_STEP_FUNCTION, install_rq
+from flow_tracker.workflows import timeouts
+from flow_tracker.workflows.engine import execute_step
 
 try:
     import rq
     from redis import Redis
     from rq.job import Job
     from rq.queue import Queue
+    from rq.timeouts import JobTimeoutException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "flow_tracker.integrations.rq needs RQ: pip install 'flow-tracker[rq]'"
     ) from exc
 
 JOB_SYSTEM = "rq"
+DEFAULT_QUEUE = "default"  # RQ's own default queue, where steps go unless named
+# The job that runs a workflow step, enqueued by path so workers import it by name.
+STEP_FUNCTION = "flow_tracker.integrations.rq.workflow_step"
 MIN_VERSION = (2, 0)
 OPT_IN_ATTRIBUTE = "__flow_tracker__"
 META_OPT_IN = "flow_tracker"
@@ -147,16 +153,22 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
             with. Without it, the connection of the last queue that enqueued or
             ran a job here is used.
     """
-    if tuple(int(p) for p in rq.__version__.split(".")[:2]) < MIN_VERSION:
-        raise ImportError(f"flow-tracker needs RQ >= {'.'.join(map(str, MIN_VERSION))}")
+    job_systems.check_version("RQ", rq.__version__, MIN_VERSION)
     global _track_all, _installed, _install_pid, _connection
     with _lock:
         _track_all = track_all
         if connection is not None:
             _connection = connection
-        register_requeuer(JOB_SYSTEM, _requeue)
-        register_probe(JOB_SYSTEM, _pending)
-        install_rq(_connection)
+        job_systems.register(
+            job_systems.JobSystem(
+                name=JOB_SYSTEM,
+                default_queue=DEFAULT_QUEUE,
+                requeue=_requeue,
+                probe=_pending,
+                send_step=_send_step,
+                time_limits=(JobTimeoutException,),
+            )
+        )
         if _installed:
             return
         _installed = True
@@ -170,7 +182,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
 
 
 def _is_tracked(job: Job) -> bool:
-    if job.func_name == RQ_STEP_FUNCTION:
+    if job.func_name == STEP_FUNCTION:
         return False  # a workflow step: its own process records it
     if _track_all or job.meta.get(META_OPT_IN):
         return True
@@ -381,7 +393,6 @@ def _adopt_connection(connection: Redis) -> None:
     with _lock:
         if _connection is None:
             _connection = connection
-        install_rq(_connection)  # the step sender bound at install may hold no connection
 
 
 def _store_before_exit() -> None:
@@ -397,3 +408,44 @@ def _will_retry(job: Job) -> bool:
         return bool(job.should_retry)
     except Exception:
         return bool(job.retries_left)
+
+
+# -- workflow steps ------------------------------------------------------------------------
+#
+# A step is an RQ job of ``workflow_step``, not tracked as a job of its own (the step's
+# process is its record). A retry's backoff is ``Queue.enqueue_in``: the worker must
+# run with its scheduler (``rq worker --with-scheduler``); no worker waits meanwhile.
+
+
+def workflow_step(workflow: str, run_id: str, step: str, job_id: str) -> None:
+    """The RQ job that runs one workflow step."""
+    execute_step(JOB_SYSTEM, workflow, run_id, step, job_id)
+
+
+def _send_step(dispatch: Dispatch) -> None:
+    job = rq.get_current_job()
+    conn = _connection if _connection is not None else getattr(job, "connection", None)
+    if conn is None:
+        raise RuntimeError(
+            "RQ needs a Redis connection to send workflow steps: "
+            "flow_tracker.integrations.rq.install(connection=Redis(...))"
+        )
+    queue = Queue(dispatch.queue_name, connection=conn)
+    options: dict[str, Any] = {"job_id": dispatch.message_id(), "result_ttl": 0}
+    options.update(time_limit_options(dispatch))
+    if dispatch.delay > 0:
+        queue.enqueue_in(
+            timedelta(seconds=dispatch.delay), workflow_step, *dispatch.args(), **options
+        )
+    else:
+        queue.enqueue(workflow_step, *dispatch.args(), **options)
+
+
+def time_limit_options(dispatch: Dispatch) -> dict[str, Any]:
+    """The step's timeout as ``enqueue`` options: ``job_timeout`` in whole seconds.
+
+    RQ's alarm counts no less than a second; the work-horse raises
+    ``JobTimeoutException`` inside the step.
+    """
+    seconds = timeouts.limit_for(dispatch)
+    return {} if seconds is None else {"job_timeout": max(1, math.ceil(seconds))}

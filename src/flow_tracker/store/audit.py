@@ -1,4 +1,4 @@
-"""The audit log: who did what, how they got in, from where, and what came of it (DESIGN §10).
+"""The audit log: who did what, how they got in, from where, and what came of it.
 
 One row per action — allowed, refused or failed — in ``flow_tracker_audit``:
 

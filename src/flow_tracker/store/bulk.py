@@ -26,7 +26,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Table, Uuid, insert
@@ -118,11 +118,6 @@ class TimeText:
             self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
         micro = int((t - second) * 1_000_000)
         return f"{self._prefix}.{micro:06d}{self._suffix}"
-
-
-def to_datetime(t: float | None) -> datetime | None:
-    """A ``time.time()`` float as an aware UTC datetime."""
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc)
 
 
 class BatchWriter:
@@ -272,7 +267,7 @@ class BatchWriter:
         Returns the rows written and, for each process id in ``copies_of`` that
         has one, the id of a process requeued from it, looked for once the
         batch's writes are committed (see
-        :func:`flow_tracker.integrations.jobs.skip_if_requeued`). ``commit=False``
+        :func:`flow_tracker.jobs.skip_if_requeued`). ``commit=False``
         rolls the writes back (a warm-up).
 
         PostgreSQL gets a small batch - a job's queued, running or final row with

@@ -267,7 +267,7 @@ def claim_requeue(store: Store, row: Any, new_id: uuid.UUID, job_id: str) -> str
     longer lost or failed, since the job's broker redelivered it and a worker
     started it. The old row is touched first, which locks it until commit: a
     redelivered start waits, then finds the copy and stands down
-    (:func:`flow_tracker.integrations.jobs.skip_if_requeued`), so exactly one runs.
+    (:func:`flow_tracker.jobs.skip_if_requeued`), so exactly one runs.
     """
     with store.begin_write() as conn:
         now = database_now(conn)
@@ -368,30 +368,6 @@ def lost_not_requeued(store: Store, limit: int) -> list[Any]:
                 .limit(limit)
             ).all()
         )
-
-
-_COPY_QUERIES: dict[str, str] = {}
-
-
-def find_requeued_copy(conn: Connection, process_id: uuid.UUID) -> uuid.UUID | None:
-    """The id of a process requeued from ``process_id``, if any: one indexed read.
-
-    Plain SQL on the driver: a SQLAlchemy select costs several times more per job,
-    and this runs in the transaction of every job's durable start. The partial
-    index on ``requeued_from_id`` answers it.
-    """
-    dialect = conn.dialect.name
-    sql = _COPY_QUERIES.get(dialect)
-    if sql is None:
-        mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
-        sql = f"SELECT id FROM {processes.name} WHERE requeued_from_id = {mark} LIMIT 1"
-        _COPY_QUERIES[dialect] = sql
-    key: object = process_id if dialect == "postgresql" else process_id.hex
-    row = conn.exec_driver_sql(sql, (key,)).first()
-    if row is None:
-        return None
-    value = row[0]
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 # -- health -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The outbox: requests to publish, stored with the change they announce (DESIGN §12).
+"""The outbox: requests to publish, stored with the change they announce.
 
 A workflow step to send or a lost job to enqueue again, asked for where the
 queue's integration is not installed (the dashboard, the CLI, a script) or

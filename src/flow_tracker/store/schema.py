@@ -227,7 +227,7 @@ state = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# Workflows (flow_tracker.workflow, DESIGN §9): one row per run (its id is the run's
+# Workflows (flow_tracker.workflow): one row per run (its id is the run's
 # process id) with the DAG as it was when the run started, so that pages and the CLI
 # draw it without importing user code; one row per step of a run. A step's attempts are
 # counted on its row, and ``waiting`` counts the parents that have not ended yet: the
@@ -253,7 +253,7 @@ workflow_runs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
-    # What it was started as and with (DESIGN §12): its definition's namespace and
+    # What it was started as and with: its definition's namespace and
     # version, its tags (also one row each in workflow_run_tags, for the filter) and
     # the idempotency key that makes a repeated start return this run.
     Column("namespace", String(120), nullable=False, server_default="default"),
@@ -275,7 +275,7 @@ workflow_runs = Table(
     ),
 )
 
-# Workflow definitions (DESIGN §12): every (namespace, name, version) any process declared,
+# Workflow definitions: every (namespace, name, version) any process declared,
 # with its DAG snapshot, so that pages, the API and the CLI list and start workflows
 # without importing user code. Written once per version by each declaring process.
 workflow_definitions = Table(
@@ -329,7 +329,7 @@ workflow_steps = Table(
     Index("ix_flow_tracker_workflow_steps_process", "process_id"),
 )
 
-# Delivery (DESIGN §12): requests to publish, written in the transaction of the state
+# Delivery: requests to publish, written in the transaction of the state
 # change they announce where the queue's integration is not installed (or its broker
 # refused them); a live worker of that queue publishes each and marks it sent, with
 # who did and when. ``kind`` is "step" (a workflow step to send) or "requeue" (a lost
@@ -361,7 +361,7 @@ outbox = Table(
     Index("ix_flow_tracker_outbox_target", "target_id"),
 )
 
-# Who did what (DESIGN §10): one row per action from the dashboard, the API, the CLI
+# Who did what: one row per action from the dashboard, the API, the CLI
 # or the library — allowed, refused or failed — never a payload value. ``at`` is the
 # database's time. Refusals of one actor, action and minute are one row whose
 # ``times`` counts them, so a script hammering a forbidden route writes little.
@@ -387,7 +387,7 @@ audit_log = Table(
     Index("ix_flow_tracker_audit_action", "action", "at"),
 )
 
-# API tokens (DESIGN §10): sent as ``ft_<id>_<secret>``; only the SHA-256 of the
+# API tokens: sent as ``ft_<id>_<secret>``; only the SHA-256 of the
 # secret is kept. A name is unique among tokens not revoked, so a revoked name
 # may be used again and its old token stays refused.
 api_tokens = Table(

@@ -14,12 +14,14 @@ What they do is :mod:`flow_tracker.store.workflows`'s contract:
   run is running; make its process row running with this worker's host and pid
   and a first heartbeat; return the run's context and the parents' results;
 * **end**: store the attempt's outcome on the step (only if the step is still
-  this attempt's) and on its process row; for a completed or skipped step,
-  count one parent fewer for each child and queue (with a process row) those
-  that wait for none; count the run's active and failed steps. The run's row
-  is locked first (``FOR UPDATE``), so ends of steps of one run are serialised
-  and exactly one of them sees the count of active steps reach zero: that one
-  ends the run (:func:`flow_tracker.store.workflows.finish_run`).
+  this attempt's) and on its process row, a retry's time as the database's
+  clock plus the delay the worker asks for (the reaper reads it on that
+  clock); for a completed or skipped step, count one parent fewer for each
+  child and queue (with a process row) those that wait for none; count the
+  run's active and failed steps. The run's row is locked first
+  (``FOR UPDATE``), so ends of steps of one run are serialised and exactly one
+  of them sees the count of active steps reach zero: that one ends the run
+  (:func:`flow_tracker.store.workflows.finish_run`).
 
 A write whose reply was lost (the connection cut after the server committed
 it) is tried again and finds nothing to change: the step is no longer queued,
@@ -129,7 +131,9 @@ WITH run AS (
     SET status = %(status)s, result = %(result)s::jsonb, error_class = %(error_class)s,
         error_message = %(error_message)s, updated_at = %(now)s,
         finished_at = CASE WHEN %(retrying)s THEN s.finished_at ELSE %(now)s::timestamptz END,
-        next_attempt_at = CASE WHEN %(retrying)s THEN %(retry_at)s::timestamptz ELSE NULL END
+        next_attempt_at = CASE WHEN %(retrying)s
+                          THEN clock_timestamp() + %(retry_in)s::float8 * interval '1 second'
+                          ELSE NULL END
     FROM run
     WHERE s.run_id = run.id AND s.name = %(step)s AND s.status = 'running'
       AND s.attempts = %(attempt)s
@@ -204,6 +208,11 @@ def _text(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _sqlite_shift(seconds: float | None) -> str | None:
+    """A ``strftime`` modifier moving SQLite's 'now' by ``seconds`` (as store.clock writes it)."""
+    return None if seconds is None else f"{float(seconds):+.6f} seconds"
+
+
 def _loads(text: Any) -> Any:
     # A JSON column has NUMERIC affinity in SQLite: a number comes back as a number.
     return json.loads(text) if isinstance(text, (str, bytes)) else text
@@ -269,7 +278,8 @@ def _sqlite_end(conn: Any, p: dict[str, Any]) -> Any:
             "UPDATE flow_tracker_workflow_steps SET status = ?, result = ?, error_class = ?,"
             " error_message = ?, updated_at = ?,"
             " finished_at = CASE WHEN ? THEN finished_at ELSE ? END,"
-            " next_attempt_at = CASE WHEN ? THEN ? ELSE NULL END"
+            " next_attempt_at = CASE WHEN ? THEN strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000'"
+            " ELSE NULL END"
             " WHERE run_id = ? AND name = ? AND status = 'running' AND attempts = ?"
             " RETURNING children, process_id, started_at, job_id, queue_name",
             (
@@ -281,7 +291,7 @@ def _sqlite_end(conn: Any, p: dict[str, Any]) -> Any:
                 retrying,
                 now,
                 retrying,
-                None if p["retry_at"] is None else _text(p["retry_at"]),
+                _sqlite_shift(p["retry_in"]),
                 run_hex,
                 p["step"],
                 p["attempt"],
@@ -407,9 +417,14 @@ def end(
     now: datetime,
     result: Any = None,
     error: tuple[str, str] | None = None,
-    retry_at: datetime | None = None,
+    retry_in: float | None = None,
 ) -> StepEnd:
-    """Store one attempt's end (see the module's docstring)."""
+    """Store one attempt's end (see the module's docstring).
+
+    ``now`` is the worker's moment of the end (what :func:`end_found` knows the
+    write by); a retrying step's next attempt is at the database's clock plus
+    ``retry_in`` seconds, as the reaper reads it (:mod:`flow_tracker.store.clock`).
+    """
     retrying = status == Status.RETRYING.value
     error_class, error_message = error_columns(error)
     params = {
@@ -422,7 +437,7 @@ def end(
         "error_class": error_class,
         "error_message": error_message,
         "retrying": retrying,
-        "retry_at": retry_at,
+        "retry_in": None if retry_in is None else float(retry_in),
         "release": status in (Status.COMPLETED.value, Status.SKIPPED.value),
         "active": 0 if retrying else -1,
         "failed": 1 if status == Status.FAILED.value else 0,

@@ -6,7 +6,7 @@ no ``_``, so ``ft_<id>_<secret>`` splits one way only, whatever the secret
 holds. The id is the row's primary key (one indexed lookup per request); only
 the SHA-256 of the secret is kept, so a copy of the table lets nobody in.
 
-Tokens are never admin and never manage tokens (DESIGN §10): a stolen one can
+Tokens are never admin and never manage tokens: a stolen one can
 read, at worst operate, and is revoked by name. Expiry is decided by the
 database's clock, which every dashboard host shares. Creating and revoking a
 token each write an audit row in the same transaction; the secret is in no row.

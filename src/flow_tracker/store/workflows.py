@@ -47,7 +47,7 @@ from flow_tracker.store.schema import processes, workflow_run_tags, workflow_run
 from flow_tracker.store.types import as_utc
 
 CATEGORY = "workflows"
-# Step statuses (DESIGN §9) beyond a process's own.
+# Step statuses beyond a process's own.
 PENDING = "pending"
 RESOLVED = "resolved"
 ACTIVE = (Status.QUEUED.value, Status.RUNNING.value, Status.RETRYING.value)
@@ -165,11 +165,6 @@ def error_columns(error: tuple[str, str] | None) -> tuple[str | None, str | None
         return None, None
     cls, message = error
     return cls[:255], message[:ERROR_LIMIT]
-
-
-def _error_fields(error: tuple[str, str] | None) -> dict[str, Any]:
-    error_class, error_message = error_columns(error)
-    return {"error_class": error_class, "error_message": error_message}
 
 
 # -- starting a run ------------------------------------------------------------------

@@ -100,7 +100,7 @@ def openapi(request: Request) -> Response:
     return json_response(openapi_doc.document(server_url=base or "/"))
 
 
-# -- workflows (DESIGN §9) ---------------------------------------------------------------
+# -- workflows ---------------------------------------------------------------
 
 
 def list_workflows(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""The audit log's page (``/audit``) and its API (``/api/audit``): who did what (DESIGN §10).
+"""The audit log's page (``/audit``) and its API (``/api/audit``): who did what.
 
 Both need ``audit:read`` (checked where the routes are registered) and read
 the same filters from the URL: actor, action, outcome, target and a time range,

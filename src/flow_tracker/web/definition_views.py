@@ -1,4 +1,4 @@
-"""The definitions page, "Start run" and "Run again" (DESIGN §12).
+"""The definitions page, "Start run" and "Run again".
 
 The definitions page lists every recorded workflow version (no user code
 imported); "Start run" opens a form with a JSON context, tags, an idempotency

@@ -1,4 +1,4 @@
-"""``/graphql``: the GraphQL API beside REST (DESIGN §12), with graphql-core alone.
+"""``/graphql``: the GraphQL API beside REST, with graphql-core alone.
 
 Needs the ``graphql`` extra: ``pip install 'flow-tracker[graphql]'``; mounted by
 ``create_app(graphql=True)``. :func:`graphql_endpoint` is the route's endpoint:

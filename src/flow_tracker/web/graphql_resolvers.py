@@ -82,7 +82,7 @@ def _need(info: GraphQLResolveInfo[Asked], permission: str, target: str | None =
     raise GraphQLError(why + " (this dashboard is read-only)" if read_only else why)
 
 
-# -- payload hiding (DESIGN §10): web/hiding.py decides, as for every REST answer ---------
+# -- payload hiding: web/hiding.py decides, as for every REST answer ---------
 
 
 def _hidden(asked: Asked, data: dict[str, Any]) -> dict[str, Any]:

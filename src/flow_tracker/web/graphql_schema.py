@@ -1,4 +1,4 @@
-"""The GraphQL schema of the dashboard (DESIGN §12), in SDL, and the resolvers wired to it.
+"""The GraphQL schema of the dashboard, in SDL, and the resolvers wired to it.
 
 Field names are the REST API's keys in camelCase (``created_at`` → ``createdAt``),
 with the same values: :func:`field_value` reads a resolver's dict by the snake_case

@@ -1,4 +1,4 @@
-"""Payload hiding (DESIGN §10): what a principal without ``payloads:read`` is shown of a value.
+"""Payload hiding: what a principal without ``payloads:read`` is shown of a value.
 
 The one place that decides and applies it. A *payload* is what a job works on:
 metadata values (their keys stay), job arguments, log entries' ``data``, error

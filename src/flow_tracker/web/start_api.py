@@ -1,4 +1,4 @@
-"""Starting runs over the JSON API (DESIGN §12) and listing the definitions they start.
+"""Starting runs over the JSON API and listing the definitions they start.
 
 ``POST /api/workflows/{namespace}/{name}/runs`` takes a JSON object (``context``,
 ``version``, ``idempotency_key``, ``skip``, ``tags``, ``reason``) and answers 201

@@ -13,6 +13,8 @@ declares them, as it imports the module that declares its tasks.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import random
 import sys
@@ -21,20 +23,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from flow_tracker import job_systems
 from flow_tracker.errors import UsageError
+from flow_tracker.workflows.retry import RetryPolicy, for_step
 
 if TYPE_CHECKING:
     from flow_tracker.workflows.status import WorkflowRun
 
 F = TypeVar("F", bound=Callable[..., Any])
-QUEUES = ("threads", "celery", "rq", "dramatiq")
-# Each system's own default queue, where steps go unless queue_name says otherwise.
-DEFAULT_QUEUE_NAMES = {
-    "threads": "threads",
-    "celery": "celery",
-    "rq": "default",
-    "dramatiq": "default",
-}
+# The in-process pool: no queue module, no broker; its steps' queue is its name.
+THREADS = "threads"
 NAME_LIMIT = 120
 # A queue name is stored in a column of 255 characters, on the step and its process.
 QUEUE_NAME_LIMIT = 255
@@ -49,62 +47,71 @@ DEFAULT_VERSION = "1"
 # A namespace or version is part of "namespace/name" and of URLs: no "/" in either.
 NAMESPACE_LIMIT = 120
 VERSION_LIMIT = 64
-# Queues the declared steps use, per queue system, and how an installed integration
-# declares one (a Dramatiq worker consumes only the queues declared on its broker).
-_QUEUES_USED: dict[str, set[str]] = {}
-_QUEUE_DECLARERS: dict[str, Callable[[str], None]] = {}
 # Which workflow and step a declared function is, so depends_on may name functions.
 _STEP_OF: dict[int, tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)
 class StepSpec:
-    """One step as declared: its function, parents and retry rules."""
+    """One step as declared: its function, parents and retry policy."""
 
     name: str
     fn: Callable[..., Any]
     depends_on: tuple[str, ...]
-    retries: int
-    backoff: float
-    backoff_factor: float
-    backoff_max: float
-    jitter: float
-    retry_on: tuple[type[BaseException], ...]
+    retry: RetryPolicy
+    """How the step retries: the one place that decides (see :class:`RetryPolicy`)."""
     queue_name: str
     timeout: float | None = None
     """Seconds an attempt may run before it fails with StepTimeout; None: no limit."""
     children: list[str] = field(default_factory=list, compare=False)
 
+    # The policy's knobs, read where a step's were read before RetryPolicy.
+    @property
+    def retries(self) -> int:
+        """Retries after the first attempt (the policy's)."""
+        return self.retry.retries
+
+    @property
+    def backoff(self) -> float:
+        """Seconds before the first retry (the policy's)."""
+        return self.retry.backoff
+
+    @property
+    def backoff_factor(self) -> float:
+        """How many times longer each further retry waits (the policy's)."""
+        return self.retry.backoff_factor
+
+    @property
+    def backoff_max(self) -> float:
+        """The longest wait before a retry (the policy's)."""
+        return self.retry.backoff_max
+
+    @property
+    def jitter(self) -> float:
+        """The ± fraction a delay is spread by (the policy's)."""
+        return self.retry.jitter
+
+    @property
+    def retry_on(self) -> tuple[type[BaseException], ...]:
+        """The exceptions worth a retry (the policy's)."""
+        return self.retry.retry_on
+
     def delay_before(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry).
 
-        ``min(backoff_max, backoff * backoff_factor ** (retry - 1))``, spread by
-        ±``jitter`` (a fraction of it), never negative.
+        The policy's backoff: :meth:`RetryPolicy.delay`.
         """
-        base = min(self.backoff_max, self.backoff * self.backoff_factor ** max(0, retry - 1))
-        spread = (rng or random).uniform(-self.jitter, self.jitter) if self.jitter else 0.0
-        return max(0.0, base * (1.0 + spread))
+        return self.retry.delay(retry, rng)
 
     def snapshot(self) -> dict[str, Any]:
         """The step as stored with each run (drawn without importing user code)."""
         return {
             "name": self.name,
             "depends_on": list(self.depends_on),
-            "retries": self.retries,
-            "backoff": self.backoff,
-            "backoff_factor": self.backoff_factor,
-            "backoff_max": self.backoff_max,
-            "jitter": self.jitter,
-            "retry_on": [_class_name(cls) for cls in self.retry_on],
+            **self.retry.snapshot(),
             "queue_name": self.queue_name,
             "timeout": self.timeout,
         }
-
-
-def _class_name(cls: type[BaseException]) -> str:
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
 
 
 def checked_name(value: object, what: str, limit: int = NAME_LIMIT) -> str:
@@ -132,14 +139,6 @@ def checked_name(value: object, what: str, limit: int = NAME_LIMIT) -> str:
     return value
 
 
-def _number(option: str, value: object, *, minimum: float, step: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-        raise UsageError(f"step {step!r}: {option} must be a number >= {minimum:g}, not {value!r}")
-    if value != value or value == float("inf"):
-        raise UsageError(f"step {step!r}: {option} must be finite, not {value!r}")
-    return float(value)
-
-
 class Workflow:
     """A named DAG of steps; declare steps with :meth:`step`, start runs with :meth:`run`."""
 
@@ -162,15 +161,13 @@ class Workflow:
         self.namespace = namespace
         self.version = version
         self.description = description
-        if queue not in QUEUES:
-            raise UsageError(
-                f"workflow {name!r}: queue must be one of {', '.join(QUEUES)}, not {queue!r}"
-            )
         if queue_name is not None:
             checked_name(queue_name, f"workflow {name!r}: queue_name", QUEUE_NAME_LIMIT)
         self.name = name
         self.queue = queue
-        self.queue_name = queue_name or DEFAULT_QUEUE_NAMES[queue]
+        if queue_name:
+            _queue_module(name, queue)  # an unknown queue is refused, named or not
+        self.queue_name = queue_name or default_queue_name(name, queue)
         self.module = module
         """The module that declared the workflow (workers import it to find it)."""
         self.steps: dict[str, StepSpec] = {}
@@ -188,12 +185,13 @@ class Workflow:
         *,
         name: str | None = None,
         depends_on: Iterable[str | Callable[..., Any]] = (),
-        retries: int = 0,
-        backoff: float = 1.0,
-        backoff_factor: float = 2.0,
-        backoff_max: float = 300.0,
-        jitter: float = 0.1,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        retry: RetryPolicy | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        backoff_factor: float | None = None,
+        backoff_max: float | None = None,
+        jitter: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         queue_name: str | None = None,
         timeout: float | None = None,
     ) -> F: ...
@@ -205,12 +203,13 @@ class Workflow:
         *,
         name: str | None = None,
         depends_on: Iterable[str | Callable[..., Any]] = (),
-        retries: int = 0,
-        backoff: float = 1.0,
-        backoff_factor: float = 2.0,
-        backoff_max: float = 300.0,
-        jitter: float = 0.1,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        retry: RetryPolicy | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        backoff_factor: float | None = None,
+        backoff_max: float | None = None,
+        jitter: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         queue_name: str | None = None,
         timeout: float | None = None,
     ) -> Callable[[F], F]: ...
@@ -221,12 +220,13 @@ class Workflow:
         *,
         name: str | None = None,
         depends_on: Iterable[str | Callable[..., Any]] = (),
-        retries: int = 0,
-        backoff: float = 1.0,
-        backoff_factor: float = 2.0,
-        backoff_max: float = 300.0,
-        jitter: float = 0.1,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        retry: RetryPolicy | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        backoff_factor: float | None = None,
+        backoff_max: float | None = None,
+        jitter: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         queue_name: str | None = None,
         timeout: float | None = None,
     ) -> F | Callable[[F], F]:
@@ -242,12 +242,15 @@ class Workflow:
             name: the step's name (default: the function's name).
             depends_on: the parents, by name or by their declared function; each
                 must be a step of this workflow declared before this one.
-            retries: retries after the first attempt.
-            backoff: seconds before the first retry.
-            backoff_factor: each further retry waits this many times longer.
-            backoff_max: no retry waits longer than this.
-            jitter: the delay is spread by ± this fraction of it.
-            retry_on: the exceptions worth a retry; any other fails the step at once.
+            retry: how the step retries, as one :class:`RetryPolicy` (default:
+                no retry); or give its knobs as the keywords below, not both.
+            retries: retries after the first attempt (default 0).
+            backoff: seconds before the first retry (default 1.0).
+            backoff_factor: each further retry waits this many times longer (2.0).
+            backoff_max: no retry waits longer than this (300.0).
+            jitter: the delay is spread by ± this fraction of it (0.1).
+            retry_on: the exceptions worth a retry; any other fails the step at
+                once (default: every ``Exception``).
             queue_name: the queue of the queue system this step goes to.
             timeout: seconds an attempt may run (a positive number; None, the
                 default: no limit). Past it the attempt fails with
@@ -270,12 +273,15 @@ class Workflow:
                 func,
                 name=name,
                 depends_on=depends_on,
-                retries=retries,
-                backoff=backoff,
-                backoff_factor=backoff_factor,
-                backoff_max=backoff_max,
-                jitter=jitter,
-                retry_on=retry_on,
+                retry=retry,
+                knobs={
+                    "retries": retries,
+                    "backoff": backoff,
+                    "backoff_factor": backoff_factor,
+                    "backoff_max": backoff_max,
+                    "jitter": jitter,
+                    "retry_on": retry_on,
+                },
                 queue_name=queue_name,
                 timeout=timeout,
             )
@@ -289,12 +295,8 @@ class Workflow:
         *,
         name: str | None,
         depends_on: Iterable[str | Callable[..., Any]],
-        retries: int,
-        backoff: float,
-        backoff_factor: float,
-        backoff_max: float,
-        jitter: float,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...],
+        retry: RetryPolicy | None,
+        knobs: dict[str, Any],
         queue_name: str | None,
         timeout: float | None = None,
     ) -> None:
@@ -309,29 +311,20 @@ class Workflow:
         parents = tuple(self._parent_name(step, parent) for parent in _as_list(depends_on, step))
         if len(set(parents)) != len(parents):
             raise UsageError(f"step {step!r}: depends_on names a parent twice: {list(parents)}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise UsageError(f"step {step!r}: retries must be an integer >= 0, not {retries!r}")
         spec = StepSpec(
             name=step,
             fn=func,
             depends_on=parents,
-            retries=retries,
-            backoff=_number("backoff", backoff, minimum=0.0, step=step),
-            backoff_factor=_number("backoff_factor", backoff_factor, minimum=1.0, step=step),
-            backoff_max=_number("backoff_max", backoff_max, minimum=0.0, step=step),
-            jitter=_number("jitter", jitter, minimum=0.0, step=step),
-            retry_on=_exception_classes(retry_on, step),
+            retry=for_step(step, retry, knobs),
             queue_name=self._queue_name(queue_name, step),
             timeout=_timeout(timeout, step),
         )
-        if spec.jitter > 1.0:
-            raise UsageError(f"step {step!r}: jitter is a fraction between 0 and 1, not {jitter!r}")
         _check_signature(func, step, parents)
         for parent in parents:
             self.steps[parent].children.append(step)
         self.steps[step] = spec
         _STEP_OF[id(func)] = (self.name, step)
-        _queue_used(self.queue, spec.queue_name)
+        job_systems.queue_used(self.queue, spec.queue_name)
 
     def _parent_name(self, step: str, parent: str | Callable[..., Any]) -> str:
         if callable(parent) and not isinstance(parent, str):
@@ -405,6 +398,9 @@ class Workflow:
                 version or step to skip, bad tags.
             DatabaseUnavailableError: the run could not be stored.
         """
+        # The one import in workflows/ that goes up a layer, made when a run starts:
+        # a declaration is the bottom layer (a worker imports it to find its steps),
+        # and starting a run needs the engine above it.
         from flow_tracker.workflows.starting import start_declared
 
         return start_declared(
@@ -445,16 +441,6 @@ def _as_list(depends_on: Iterable[str | Callable[..., Any]], step: str) -> list[
         raise UsageError(
             f"step {step!r}: depends_on takes a list of steps, not {depends_on!r}"
         ) from None
-
-
-def _exception_classes(
-    retry_on: type[BaseException] | tuple[type[BaseException], ...], step: str
-) -> tuple[type[BaseException], ...]:
-    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    for cls in classes:
-        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise UsageError(f"step {step!r}: retry_on takes exception classes, not {cls!r}")
-    return classes
 
 
 def _check_signature(func: Callable[..., Any], step: str, parents: tuple[str, ...]) -> None:
@@ -588,21 +574,53 @@ def _declaring_module() -> str | None:
     return caller if isinstance(caller, str) else None
 
 
-def _queue_used(system: str, queue_name: str) -> None:
-    used = _QUEUES_USED.setdefault(system, set())
-    if queue_name in used:
-        return
-    used.add(queue_name)
-    declare = _QUEUE_DECLARERS.get(system)
-    if declare is not None:
-        declare(queue_name)
+def default_queue_name(workflow: str, queue: str) -> str:
+    """The broker queue ``queue``'s steps go to when ``workflow`` names none.
+
+    Asked of the queue's :class:`~flow_tracker.job_systems.JobSystem` when its
+    module is installed here; else of the module itself, found by name the way a
+    plugin is (``flow_tracker.integrations.<queue>`` and its ``DEFAULT_QUEUE``), so
+    that a script which declares a workflow without installing the queue sends
+    its runs where the workers listen. An unknown queue is refused here.
+    """
+    if queue == THREADS:
+        return THREADS
+    system = job_systems.get(queue) if isinstance(queue, str) else None
+    if system is not None:
+        return system.default_queue
+    module_name = _queue_module(workflow, queue)
+    where = f"workflow {workflow!r}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"{where}: queue {queue!r} needs {module_name}, which cannot be imported here"
+            f" ({exc}); install it, or pass queue_name= to name the broker queue"
+        ) from None
+    default = getattr(module, "DEFAULT_QUEUE", None)
+    if not isinstance(default, str):
+        raise UsageError(
+            f"{where}: queue {queue!r} has no default broker queue until it is installed;"
+            " pass queue_name="
+        )
+    return default
 
 
-def on_queue_used(system: str, declare: Callable[[str], None]) -> None:
-    """Call ``declare`` with every queue the steps of ``system`` use, declared or to come."""
-    _QUEUE_DECLARERS[system] = declare
-    for queue_name in sorted(_QUEUES_USED.get(system, ())):
-        declare(queue_name)
+def _queue_module(workflow: str, queue: object) -> str:
+    """The module of ``queue`` (found, not imported); a clear error when there is none."""
+    where = f"workflow {workflow!r}"
+    if queue == THREADS or (isinstance(queue, str) and job_systems.get(queue) is not None):
+        return "" if queue == THREADS else f"flow_tracker.integrations.{queue}"
+    if not isinstance(queue, str) or not queue.isidentifier():
+        raise UsageError(f"{where}: queue must be the name of a queue module, not {queue!r}")
+    module_name = f"flow_tracker.integrations.{queue}"
+    if importlib.util.find_spec(module_name) is None:
+        known = sorted({THREADS, *(s.name for s in job_systems.registered())})
+        raise UsageError(
+            f"{where}: no queue {queue!r} (no module {module_name}, none registered); "
+            f"known here: {', '.join(known)}"
+        )
+    return module_name
 
 
 def find(name: str) -> Workflow | None:

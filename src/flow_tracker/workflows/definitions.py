@@ -1,7 +1,7 @@
 """Workflow definitions: recorded by every process that declares them, listed without user code.
 
 A definition is one (namespace, name, version) with its DAG snapshot (steps and
-their options), queue and declaring module (DESIGN §12). Declaring does no I/O:
+their options), queue and declaring module. Declaring does no I/O:
 a process records the definitions it declares on first use —
 
 * a start (:func:`flow_tracker.start_workflow`, ``wf.run``) records that version;
@@ -27,6 +27,7 @@ from flow_tracker import config, runtime
 from flow_tracker.store import definitions as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.store.types import as_utc
+from flow_tracker.workflows.database import workflow_store
 from flow_tracker.workflows.definition import Workflow, declared_versions, version_key
 
 
@@ -206,9 +207,7 @@ def list_workflow_definitions(*, store: Store | None = None) -> list[WorkflowDef
     needs no user code: what the dashboard's definitions page and
     ``flow-tracker workflows definitions`` show.
     """
-    from flow_tracker.workflows.engine import _store
-
-    chosen = store or _store()
+    chosen = store or workflow_store()
     chosen.ensure_schema()
     if store is None:
         record_declared(chosen)

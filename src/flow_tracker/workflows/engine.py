@@ -25,6 +25,7 @@ The order is what makes a crash at any point recoverable:
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import json
@@ -35,18 +36,18 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from flow_tracker import config, runtime
+from flow_tracker import config, delivery, job_systems, runtime
 from flow_tracker.delivery import NOTHING_SENT, Delivery, backoff
 from flow_tracker.errors import (
-    DatabaseUnavailableError,
     FlowTrackerError,
     Skipped,
     StepTimeout,
     UsageError,
 )
+from flow_tracker.jobs import finish_job, start_job
 from flow_tracker.redaction import clean_text, redact_text
 from flow_tracker.retry_after import STEP_BACKOFF_MAX, RetryAfter
 from flow_tracker.status import Status
@@ -56,9 +57,12 @@ from flow_tracker.store.engine import Store, error_line, is_transient
 from flow_tracker.store.workflows import CATEGORY, Dispatch, Ended
 from flow_tracker.tracker import describe_error
 from flow_tracker.workflows import announce, timeouts
+from flow_tracker.workflows.database import unavailable, workflow_store
 from flow_tracker.workflows.definition import (
+    THREADS,
     StepSpec,
     Workflow,
+    declared,
     declared_versions,
     find,
     find_version,
@@ -69,6 +73,9 @@ from flow_tracker.workflows.status import notify_ended
 _log = logging.getLogger("flow_tracker.workflows")
 STEP_JOB_NAMESPACE = uuid.UUID("5f0e3b8a-2c4d-5e6f-9a1b-7c8d9e0f1a2b")
 STEP_TASK_NAME = "flow_tracker.workflow_step"
+# How often a queue delivers a step it could not take (the database away) before the
+# reaper's recovery is left to send it again; each queue module's step task uses it.
+DELIVERY_RETRIES = 10
 RETRY_AFTER_CLASS = "flow_tracker.RetryAfter"
 # How long a worker keeps trying to store a step's end while the database is away.
 END_RETRY_SECONDS = 30.0
@@ -80,22 +87,33 @@ class EndNotStored(FlowTrackerError):
     """A step's end the database did not store: refused, or away past the retry window."""
 
 
-_SENDERS: dict[str, Sender] = {}
-
-
 def register_sender(system: str, send: Sender) -> None:
-    """Make ``send`` hand this queue system's steps to its broker (the integration's install).
+    """Make ``send`` hand this queue system's steps to its broker (its :class:`JobSystem`).
 
-    This process then also delivers the outbox's requests of that system (see
-    :mod:`flow_tracker.delivery`): it is a live worker of that queue.
+    A queue module registers its sender with the rest of its record through
+    :func:`flow_tracker.job_systems.register`; this changes only the sender (the
+    in-process pool, a test standing in for a worker).
     """
-    from flow_tracker import delivery
+    job_systems.update(system, send_step=send)
 
-    _SENDERS[system] = send
+
+def _on_register(system: job_systems.JobSystem) -> None:
+    """A queue installed here: this process is a live worker of it.
+
+    It delivers the outbox's requests of that queue (see :mod:`flow_tracker.delivery`),
+    and records the workflow definitions it declares, in the background (an install
+    never waits for the database), so pages can start them.
+    """
+    if system.send_step is None and system.requeue is None:
+        return
+    if system.name == THREADS:
+        return  # the pool says so itself, when it first runs a step (threads.send)
     delivery.serve()
-    # A worker's install records the definitions it declares (in the background: an
-    # install never waits for the database), so pages can start them (DESIGN §12).
-    record_declared_soon()
+    if system.send_step is not None:
+        record_declared_soon()
+
+
+job_systems.on_register(_on_register)
 
 
 def sender_here(system: str, workflow: str) -> Sender | None:
@@ -116,50 +134,32 @@ def cannot_send(system: str, workflow: str) -> bool:
 
 def sending_systems() -> set[str]:
     """The queue systems (not the in-process pool) whose steps this process sends."""
-    return {system for system in _SENDERS if system != "threads"}
+    return {
+        system.name
+        for system in job_systems.registered()
+        if system.send_step is not None and system.name != "threads"
+    }
 
 
 def served_threads_workflows() -> set[str]:
     """The ``threads`` workflows whose steps this process's pool runs (declared here)."""
-    from flow_tracker.workflows.definition import declared
-
-    if "threads" not in _SENDERS:
+    if job_systems.step_sender("threads") is None:
         return set()
     return {wf.name for wf in declared() if wf.queue == "threads"}
 
 
 def sender_for(system: str) -> Sender | None:
-    """How steps of ``system`` are sent in this interpreter, if its integration is installed."""
-    if system == "threads" and system not in _SENDERS:
-        from flow_tracker.workflows import threads
+    """How steps of ``system`` are sent in this interpreter, if its queue is installed here.
 
-        threads.install()
-    return _SENDERS.get(system)
+    The in-process pool (``threads``) registers itself when ``flow_tracker.workflows``
+    is imported, so it is always there.
+    """
+    return job_systems.step_sender(system)
 
 
 def step_job_id(run_id: uuid.UUID, step: str) -> str:
     """The job id of a step of a run: the same on every attempt, every retry and every worker."""
     return str(uuid.uuid5(STEP_JOB_NAMESPACE, f"{run_id}/{step}"))
-
-
-def _store() -> Store:
-    """The configured store, its schema made; a clear error when it cannot be used.
-
-    Raises:
-        UsageError: tracking is disabled (workflows need the database).
-        DatabaseUnavailableError: the database cannot be reached.
-    """
-    settings = config.current()
-    if not settings.enabled:
-        raise UsageError("flow-tracker is disabled (enabled=False): workflows need its database")
-    store = runtime.store()
-    try:
-        store.ensure_schema()
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        raise _unavailable(exc, "workflows") from exc
-    return store
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
@@ -206,14 +206,10 @@ def as_json(value: Any, what: str, limit: int | None = None) -> Any:
         raise UsageError(f"{what} is nested too deeply to store as JSON") from None
 
 
-def _unavailable(exc: BaseException, doing: str) -> DatabaseUnavailableError:
-    return DatabaseUnavailableError(f"{doing}: the database is unavailable: {error_line(exc)}")
-
-
 # -- starting a run ---------------------------------------------------------------------
 
 
-def _warn_if_large(context: dict[str, Any], workflow: str, threshold: int) -> None:
+def warn_if_large(context: dict[str, Any], workflow: str, threshold: int) -> None:
     """Warn about a context above ``threshold`` bytes: every step and page reads it whole."""
     size = len(json.dumps(context, ensure_ascii=False).encode("utf-8"))
     if size > threshold:
@@ -294,7 +290,7 @@ def execute_step(
             deliver it again; otherwise the reaper sends it again).
     """
     run = uuid.UUID(run_id)
-    store = _store()
+    store = workflow_store()
     worker = {"host": socket.gethostname(), "pid": os.getpid(), "job_system": system}
     claimed_at = datetime.now(timezone.utc)
     tried = claims_tried if claims_tried is not None else []
@@ -311,7 +307,7 @@ def execute_step(
     except Exception as exc:  # the driver's own errors: the hot path bypasses SQLAlchemy
         if not is_transient(exc):
             raise
-        raise _unavailable(exc, f"taking step {step} of workflow run {run}") from exc
+        raise unavailable(exc, f"taking step {step} of workflow run {run}") from exc
     if claim is None:
         return  # a second delivery, a cancelled run: nothing to do
     wf = _find(workflow, claim.module, claim.namespace, claim.version)
@@ -381,8 +377,6 @@ def _run_step(
     workflow: str,
     claimed_at: datetime,
 ) -> None:
-    from flow_tracker.integrations.jobs import finish_job, start_job
-
     # The claim stored the step's process as running, and the end is stored with
     # the step's: the tracker need not wait for the database at either end, and
     # its rows say the same start and end (one duration for the step, everywhere).
@@ -396,7 +390,9 @@ def _run_step(
         durable=False,
         started_at=claimed_at.timestamp(),
     )
-    deadline = timeouts.pool_deadline(system, store, run, spec, claim.attempt)
+    deadline = timeouts.pool_deadline(
+        system, spec, functools.partial(_end_at_deadline, store, run, spec, claim.attempt)
+    )
     try:
         outcome = _call(spec, claim)
     except (KeyboardInterrupt, SystemExit) as stop:
@@ -453,7 +449,7 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
     An ``async def`` step runs to its end on an event loop of its own (a worker's
     thread runs none).
     """
-    bound = STEP_BACKOFF_MAX.set(spec.backoff_max)  # retry_after() reads the step's bound
+    bound = STEP_BACKOFF_MAX.set(spec.retry.backoff_max)  # retry_after() reads the bound
     try:
         value = spec.fn(claim.context, **{p: claim.parents.get(p) for p in spec.depends_on})
         if inspect.iscoroutine(value):
@@ -468,10 +464,9 @@ def _call(spec: StepSpec, claim: step_writes.Taken) -> Outcome:
         exc = timeouts.as_step_timeout(raised, spec)  # a queue's time limit: StepTimeout
         cls, message, _trace = describe_error(exc)
         error = (cls, redact_text(clean_text(message)))
-        if isinstance(exc, spec.retry_on) and claim.attempt <= spec.retries:
-            return Outcome(
-                Status.RETRYING.value, None, error, spec.delay_before(claim.attempt), exc
-            )
+        delay = spec.retry.decide(exc, claim.attempt)
+        if delay is not None:
+            return Outcome(Status.RETRYING.value, None, error, delay, exc)
         return Outcome(Status.FAILED.value, None, error, None, exc)
     finally:
         STEP_BACKOFF_MAX.reset(bound)
@@ -494,8 +489,9 @@ def timed_out(spec: StepSpec, attempt: int) -> Outcome:
     """
     exc = StepTimeout(spec.timeout)
     error = (timeouts.STEP_TIMEOUT_CLASS, str(exc))
-    if isinstance(exc, spec.retry_on) and attempt <= spec.retries:
-        return Outcome(Status.RETRYING.value, None, error, spec.delay_before(attempt), exc)
+    delay = spec.retry.decide(exc, attempt)
+    if delay is not None:
+        return Outcome(Status.RETRYING.value, None, error, delay, exc)
     return Outcome(Status.FAILED.value, None, error, None, exc)
 
 
@@ -506,15 +502,23 @@ def _asked_retry(spec: StepSpec, claim: step_writes.Taken, asked: RetryAfter) ->
     its delay is bounded by ``backoff_max``, without jitter (a server said when).
     """
     reason = redact_text(clean_text(asked.reason))
-    if claim.attempt > spec.retries:
-        message = f"{reason}, but no retries are left (retries={spec.retries})"
+    delay = spec.retry.decide(asked, claim.attempt)
+    if delay is None:
+        message = f"{reason}, but no retries are left (retries={spec.retry.retries})"
         return Outcome(Status.FAILED.value, None, (RETRY_AFTER_CLASS, message), None, asked)
-    delay = (
-        spec.delay_before(claim.attempt)
-        if asked.seconds is None
-        else min(asked.seconds, spec.backoff_max)
-    )
     return Outcome(Status.RETRYING.value, None, (RETRY_AFTER_CLASS, reason), delay, asked)
+
+
+def _end_at_deadline(
+    store: Store, run: uuid.UUID, spec: StepSpec, attempt: int
+) -> timeouts.TimedOut:
+    """The pool's deadline passed: store the attempt's end as timed out, and go on from it."""
+    outcome = timed_out(spec, attempt)
+    ended, status, exc, ended_at = _store_end(store, run, spec.name, attempt, outcome)
+    if ended is None:  # the database was away: the reaper finds the step lost
+        return timeouts.TimedOut(Status.LOST, EndNotStored("its end could not be stored"), None)
+    send(ended.dispatches)
+    return timeouts.TimedOut(Status(status), exc or StepTimeout(spec.timeout or 0.0), ended_at)
 
 
 def _store_end(
@@ -537,7 +541,6 @@ def _store_end(
     tried: list[tuple[datetime, str]] = []
     while True:
         now = datetime.now(timezone.utc)
-        retry_at = None if outcome.retry_in is None else now + timedelta(seconds=outcome.retry_in)
         tried.append((now, outcome.status))
         try:
             done = step_writes.end(
@@ -549,7 +552,7 @@ def _store_end(
                 now=now,
                 result=outcome.result,
                 error=outcome.error,
-                retry_at=retry_at,
+                retry_in=outcome.retry_in,  # the database adds it to its own clock
             )
             if not done.stored:
                 # The attempt was ended by someone else (the pool's deadline), or by

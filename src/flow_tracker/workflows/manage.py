@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from flow_tracker import config, delivery
-from flow_tracker.actors import current_actor
 from flow_tracker.delivery import Delivery
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.redaction import Redactor, clean_text, redact_text
@@ -19,9 +18,16 @@ from flow_tracker.store import audit
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.workflows import announce
-from flow_tracker.workflows.engine import _store, as_json, cannot_send, send
-from flow_tracker.workflows.starting import check_tags
-from flow_tracker.workflows.status import WorkflowStatus, build_status, notify_ended
+from flow_tracker.workflows.database import workflow_store
+from flow_tracker.workflows.engine import as_json, cannot_send, send
+from flow_tracker.workflows.starting import check_tags, who
+from flow_tracker.workflows.status import (
+    WorkflowStatus,
+    as_run_id,
+    get_workflow,
+    notify_ended,
+    read_status,
+)
 
 __all__ = [
     "WorkflowStatus",
@@ -39,26 +45,6 @@ __all__ = [
 REASON_LIMIT = 500
 # The statuses of a step whose message may wait in the outbox (see shown()).
 UNSENT_STATUSES = frozenset({"queued", "retrying"})
-
-
-def _run_id(run_id: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(run_id, uuid.UUID):
-        return run_id
-    try:
-        return uuid.UUID(str(run_id))
-    except ValueError:
-        raise UsageError(f"{run_id!r} is not a workflow run id") from None
-
-
-def _who(by: str | None) -> str:
-    """Who a manual action is kept as in the run's history: ``by``, else the acting actor.
-
-    The actor is whoever the dashboard let in (the principal's name, never a
-    header anyone could send), the CLI's OS user, or the library's.
-    """
-    if by:
-        return str(by)[:100]
-    return current_actor().name[:100]
 
 
 def _audit_detail(step: str | None, by: str | None, reason: str | None) -> dict[str, Any]:
@@ -82,43 +68,10 @@ def _reason(action: str, step: str | None, by: str | None, reason: str | None) -
     so that an escape cannot make it longer and a cut cannot leave half a secret.
     """
     text = f"{action} step {step}" if step is not None else action
-    text += f" by {_who(by)}"
+    text += f" by {who(by)}"
     if reason:
         text += f": {redact_text(str(reason))}"
     return clean_text(text)[:REASON_LIMIT]
-
-
-def get_workflow(
-    run_id: uuid.UUID | str, *, store: Store | None = None, preview_over: int | None = None
-) -> WorkflowStatus:
-    """The run and each of its steps, as stored now.
-
-    Args:
-        run_id: the run's id (its process id).
-        store: the database to read (default: the configured one; the dashboard's own).
-        preview_over: read a context or result whose JSON is longer than this many
-            characters as a preview (``{"_truncated": true, "original_size": ...,
-            "preview": ...}``), as the dashboard does; None (default) reads them whole.
-
-    Raises:
-        NotFoundError: no run has this id.
-    """
-    return _read(run_id, store, results=True, preview_over=preview_over)
-
-
-def _read(
-    run_id: uuid.UUID | str,
-    store: Store | None,
-    *,
-    results: bool,
-    preview_over: int | None = None,
-) -> WorkflowStatus:
-    found = stored.read_run(
-        store or _store(), _run_id(run_id), results=results, preview_over=preview_over
-    )
-    if found is None:
-        raise NotFoundError(f"no workflow run {run_id}")
-    return build_status(*found)
 
 
 # Outlines of finished runs with no step still active. Nothing changes those but a
@@ -145,8 +98,8 @@ def get_workflow_outline(
     Raises:
         NotFoundError: no run has this id.
     """
-    chosen = store or _store()
-    ident = _run_id(run_id)
+    chosen = store or workflow_store()
+    ident = as_run_id(run_id)
     key = (id(chosen), ident, preview_over)
     version = stored.run_version(chosen, ident)
     if version is None:
@@ -156,7 +109,7 @@ def get_workflow_outline(
         if cached is not None and cached[0] == version:
             _OUTLINES.move_to_end(key)
             return cached[1]
-    outline = _read(ident, chosen, results=False, preview_over=preview_over)
+    outline = read_status(ident, chosen, results=False, preview_over=preview_over)
     # Kept only under the version it was read after, and only once nothing moves it:
     # a change between the two reads leaves a version no later read will match.
     status, active = version[0], version[1]
@@ -178,7 +131,9 @@ def with_results(
 ) -> WorkflowStatus:
     """``status`` with the stored results of the steps ``names`` (see :func:`get_workflow`)."""
     wanted = [n for n in dict.fromkeys(names) if n in status.steps]
-    results = stored.read_results(store or _store(), status.id, wanted, preview_over=preview_over)
+    results = stored.read_results(
+        store or workflow_store(), status.id, wanted, preview_over=preview_over
+    )
     steps = dict(status.steps)
     for name in wanted:
         steps[name] = dataclasses.replace(steps[name], result=results.get(name))
@@ -206,7 +161,7 @@ def list_workflows(
     if not 1 <= int(limit) <= 1000:
         raise UsageError("limit is between 1 and 1000")
     rows = stored.list_runs(
-        store or _store(),
+        store or workflow_store(),
         name=name,
         status=status,
         limit=int(limit),
@@ -276,7 +231,7 @@ def retry_step(
         NotFoundError: no such run or step.
         UsageError: the step is not failed, or the run was cancelled.
     """
-    chosen = store or _store()
+    chosen = store or workflow_store()
     with audit.failures_recorded(
         chosen,
         action="workflows:retry",
@@ -290,7 +245,7 @@ def _retry_one(
     run_id: uuid.UUID | str, step: str, by: str | None, reason: str | None, store: Store
 ) -> Delivery:
     """:func:`retry_step` but for its failed row (left to the caller): the audited change."""
-    run = _run_id(run_id)
+    run = as_run_id(run_id)
     hook = audit.on_change(
         action="workflows:retry", target=str(run), detail=_audit_detail(step, by, reason)
     )
@@ -298,7 +253,7 @@ def _retry_one(
     ended = _act(stored.retry_failed_step, store, run, step, text, cannot_send, hook=hook)
     workflow = ended.dispatches[0].workflow if ended.dispatches else None
     announce.step_retrying(
-        run, workflow, step, attempt=None, delay=None, error=None, by=_who(by), reason=reason
+        run, workflow, step, attempt=None, delay=None, error=None, by=who(by), reason=reason
     )
     return _delivered(ended)
 
@@ -341,7 +296,7 @@ def retry_failed_steps(
         NotFoundError: no such run.
         UsageError: the run was cancelled, or has no failed step.
     """
-    chosen = store or _store()
+    chosen = store or workflow_store()
     with audit.failures_recorded(
         chosen,
         action="workflows:retry",
@@ -354,7 +309,7 @@ def retry_failed_steps(
 def _retry_failed(
     run_id: uuid.UUID | str, by: str | None, reason: str | None, chosen: Store
 ) -> RetriedSteps:
-    run = _run_id(run_id)
+    run = as_run_id(run_id)
     status = get_workflow_outline(run, store=chosen)
     if status.status == "cancelled":
         raise UsageError(f"workflow run {run} was cancelled; nothing in it starts again")
@@ -402,12 +357,12 @@ def resolve_step(
         UsageError: the step is not failed, the run was cancelled, or ``result``
             is not JSON.
     """
-    chosen = store or _store()
+    chosen = store or workflow_store()
     detail = _audit_detail(step, by, reason)
     with audit.failures_recorded(
         chosen, action="workflows:resolve", target=str(run_id), detail=detail
     ):
-        run = _run_id(run_id)
+        run = as_run_id(run_id)
         value = as_json(
             result,
             f"the result given to resolve step {step!r}",
@@ -425,7 +380,7 @@ def resolve_step(
             cannot_send,
             hook=hook,
         )
-    announce.step_resolved(chosen, run, step, by=_who(by), reason=reason)
+    announce.step_resolved(chosen, run, step, by=who(by), reason=reason)
     announce.run_ended(chosen, run, ended.run_status)
     return _delivered(ended)
 
@@ -447,12 +402,12 @@ def cancel_workflow(
         NotFoundError: no such run.
         UsageError: the run has completed.
     """
-    chosen = store or _store()
+    chosen = store or workflow_store()
     detail = _audit_detail(None, by, reason)
     with audit.failures_recorded(
         chosen, action="workflows:cancel", target=str(run_id), detail=detail
     ):
-        run = _run_id(run_id)
+        run = as_run_id(run_id)
         text = _reason("cancelled", None, by, reason)
         hook = audit.on_change(action="workflows:cancel", target=str(run), detail=detail)
         try:
@@ -464,13 +419,13 @@ def cancel_workflow(
     if count == stored.ALREADY_CANCELLED:
         notify_ended(run)
         return 0
-    announce.run_ended(chosen, run, "cancelled", by=_who(by), reason=reason, cancelled_steps=count)
+    announce.run_ended(chosen, run, "cancelled", by=who(by), reason=reason, cancelled_steps=count)
     notify_ended(run)
     return count
 
 
 # Mermaid class per step status: fill and stroke that read on light and dark pages.
-# Its keys are the step statuses (DESIGN §9); anything else is drawn as "unknown".
+# Its keys are the step statuses; anything else is drawn as "unknown".
 _STYLES = {
     "pending": "fill:#f1f5f9,stroke:#94a3b8,color:#334155",
     "queued": "fill:#e0f2fe,stroke:#0284c7,color:#0c4a6e",
@@ -488,7 +443,7 @@ _UNKNOWN_STYLE = "fill:#fff7ed,stroke:#9a3412,color:#7c2d12,stroke-dasharray:4 2
 
 
 def known_step_status(status: str) -> str:
-    """``status`` if it is a step status (DESIGN §9), else ``"unknown"``.
+    """``status`` if it is a step status, else ``"unknown"``.
 
     What a page or a diagram uses as a class name: a status is whatever the
     row holds, and a row can be written by hand (``UPDATE ... SET status = ...``).
@@ -580,7 +535,7 @@ def shown(
     unsent = [s for s in data["steps"] if s["process_id"] and s["status"] in UNSENT_STATUSES]
     if unsent:
         found = delivery.waiting(
-            [uuid.UUID(s["process_id"]) for s in unsent], store=store or _store()
+            [uuid.UUID(s["process_id"]) for s in unsent], store=store or workflow_store()
         )
         for step in unsent:
             held = found.get(uuid.UUID(step["process_id"]))

@@ -1,4 +1,4 @@
-"""Starting a run: from a declaration here, or from a stored definition (DESIGN §12).
+"""Starting a run: from a declaration here, or from a stored definition.
 
 :func:`start_workflow` names a workflow as ``"namespace/name"`` (or a bare name
 in ``default``) and a version (default: the newest declared in this process,
@@ -36,6 +36,7 @@ from flow_tracker.store import audit
 from flow_tracker.store import starting as stored
 from flow_tracker.store.engine import Store, is_transient
 from flow_tracker.workflows import announce
+from flow_tracker.workflows.database import unavailable, workflow_store
 from flow_tracker.workflows.definition import (
     DEFAULT_NAMESPACE,
     Workflow,
@@ -46,6 +47,7 @@ from flow_tracker.workflows.definitions import (
     ensure_recorded,
     stored_versions,
 )
+from flow_tracker.workflows.engine import as_json, cannot_send, send, step_job_id, warn_if_large
 from flow_tracker.workflows.status import WorkflowRun
 
 _log = logging.getLogger("flow_tracker.workflows")
@@ -300,9 +302,7 @@ def _start_named(
     store: Store | None,
     audited: bool,
 ) -> StartedRun:
-    from flow_tracker.workflows.engine import _store
-
-    chosen = store or _store()
+    chosen = store or workflow_store()
     asked = _asked(str(workflow), version, idempotency_key, skip, tags, initiator, source, reason)
     with _failures_audited(chosen, asked, audited):
         chosen.ensure_schema()  # a dashboard's store, on a database nothing was recorded in yet
@@ -360,11 +360,9 @@ def start_declared(
             store=None,
             audited=audited,
         )
-    from flow_tracker.workflows.engine import _store
-
     if not wf.steps:
         raise UsageError(f"workflow {wf.name!r} has no steps")
-    store = _store()
+    store = workflow_store()
     asked = _asked(
         f"{wf.namespace}/{wf.name}", version, idempotency_key, skip, tags, initiator, source, reason
     )
@@ -397,15 +395,6 @@ def _start(
     reason: str | None,
     audited: bool = False,
 ) -> StartedRun:
-    from flow_tracker.workflows.engine import (
-        _unavailable,
-        _warn_if_large,
-        as_json,
-        cannot_send,
-        send,
-        step_job_id,
-    )
-
     if not plan.steps:
         raise UsageError(f"workflow {plan.name!r} has no steps")
     if context is None:
@@ -419,7 +408,7 @@ def _start(
     skipped = checked_skip(skip, plan)
     checked_tags = check_tags(tags)
     key = _checked_text(idempotency_key, "an idempotency key", KEY_LIMIT)
-    _warn_if_large(stored_context, plan.name, settings.context_warning_bytes)
+    warn_if_large(stored_context, plan.name, settings.context_warning_bytes)
     # Without the queue's integration here (or, for the in-process pool, the
     # declaration), the first steps wait in the outbox, stored with the run.
     hold = cannot_send(plan.queue, plan.name)
@@ -476,7 +465,7 @@ def _start(
     except (DBAPIError, SQLAlchemyError) as exc:
         if not is_transient(exc):
             raise
-        raise _unavailable(exc, f"starting a {plan.name} run") from exc
+        raise unavailable(exc, f"starting a {plan.name} run") from exc
     if audited and not created.created:
         # Nothing was stored: the key had started this run. Still an action someone took.
         audit.record(
@@ -621,10 +610,15 @@ def parse_tag_filter(text: str, separator: str) -> tuple[str, str]:
     return check_tag(key, value)
 
 
-def _who(initiator: str | None) -> str:
-    from flow_tracker.workflows.manage import _who as default_who
+def who(by: str | None) -> str:
+    """Who an action is kept as in the run's history: ``by``, else the acting actor.
 
-    return default_who(initiator)
+    The actor is whoever the dashboard let in (the principal's name, never a
+    header anyone could send), the CLI's OS user, or the library's.
+    """
+    if by:
+        return str(by)[:100]
+    return current_actor().name[:100]
 
 
 def history_line(
@@ -639,7 +633,7 @@ def history_line(
 
     Anyone's text: secrets cut out, NUL and lone surrogates escaped, cut to fit.
     """
-    text = f"started: {steps} steps, version {plan.version}, by {_who(initiator)[:WHO_LIMIT]}"
+    text = f"started: {steps} steps, version {plan.version}, by {who(initiator)[:WHO_LIMIT]}"
     if source:
         text += f" via {str(source)[:WHO_LIMIT]}"
     if reason:

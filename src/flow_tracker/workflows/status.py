@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from flow_tracker import runtime
+from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.status import Status
-from flow_tracker.store.workflows import DONE, PENDING, DagShape
+from flow_tracker.store import workflows as stored
+from flow_tracker.store.engine import Store
+from flow_tracker.store.workflows import DONE, PENDING, DagShape, run_status
+from flow_tracker.workflows.database import workflow_store
 
 RUN_FINISHED = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
 
@@ -259,6 +264,50 @@ def _blocked_by(name: str, parents: dict[str, list[str]], statuses: dict[str, st
     return None
 
 
+def as_run_id(run_id: uuid.UUID | str) -> uuid.UUID:
+    """``run_id`` as a UUID; a clear error when it is not one."""
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    try:
+        return uuid.UUID(str(run_id))
+    except ValueError:
+        raise UsageError(f"{run_id!r} is not a workflow run id") from None
+
+
+def get_workflow(
+    run_id: uuid.UUID | str, *, store: Store | None = None, preview_over: int | None = None
+) -> WorkflowStatus:
+    """The run and each of its steps, as stored now.
+
+    Args:
+        run_id: the run's id (its process id).
+        store: the database to read (default: the configured one; the dashboard's own).
+        preview_over: read a context or result whose JSON is longer than this many
+            characters as a preview (``{"_truncated": true, "original_size": ...,
+            "preview": ...}``), as the dashboard does; None (default) reads them whole.
+
+    Raises:
+        NotFoundError: no run has this id.
+    """
+    return read_status(run_id, store, results=True, preview_over=preview_over)
+
+
+def read_status(
+    run_id: uuid.UUID | str,
+    store: Store | None,
+    *,
+    results: bool,
+    preview_over: int | None = None,
+) -> WorkflowStatus:
+    """The run as stored (``results``: with its steps' results); NotFoundError if none."""
+    found = stored.read_run(
+        store or workflow_store(), as_run_id(run_id), results=results, preview_over=preview_over
+    )
+    if found is None:
+        raise NotFoundError(f"no workflow run {run_id}")
+    return build_status(*found)
+
+
 class WorkflowRun:
     """A started run: its id, and :meth:`wait` for its end."""
 
@@ -271,8 +320,6 @@ class WorkflowRun:
 
     def status(self) -> WorkflowStatus:
         """The run as stored now."""
-        from flow_tracker.workflows.manage import get_workflow
-
         return get_workflow(self.id)
 
     def wait(self, timeout: float | None = None) -> WorkflowStatus:
@@ -284,10 +331,6 @@ class WorkflowRun:
         Raises:
             TimeoutError: still running after ``timeout`` seconds.
         """
-        from flow_tracker import runtime
-        from flow_tracker.store.workflows import run_status
-        from flow_tracker.workflows.manage import get_workflow
-
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         store = runtime.store()

@@ -25,9 +25,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from flow_tracker import runtime
+from flow_tracker import delivery, job_systems, runtime
 from flow_tracker.errors import DatabaseUnavailableError
 from flow_tracker.store.workflows import Dispatch
+from flow_tracker.workflows.definitions import record_declared_soon
+from flow_tracker.workflows.engine import execute_step
 
 SYSTEM = "threads"
 WORKERS = int(os.environ.get("FLOW_TRACKER_WORKFLOW_THREADS", "8"))
@@ -170,8 +172,6 @@ def _run(dispatch: Dispatch, tried: list[datetime]) -> bool:
 
     ``tried``: the moments of the earlier tries to take it; this one's is added.
     """
-    from flow_tracker.workflows.engine import execute_step
-
     try:
         execute_step(SYSTEM, *dispatch.args(), claims_tried=tried)
     except DatabaseUnavailableError as exc:
@@ -205,7 +205,14 @@ def send(dispatch: Dispatch) -> None:
     pool = _pool
     if pool is None:
         with _pool_lock:
+            started = _pool is None
             pool = _pool = _pool or _Pool()
+        if started:
+            # Running steps here makes this process a live worker of the pool: it
+            # delivers the outbox's requests for the workflows it declares, and
+            # records their definitions so pages can start them.
+            delivery.serve()
+            record_declared_soon()
     pool.submit(dispatch)
 
 
@@ -243,7 +250,8 @@ def describe() -> str:
 
 
 def install() -> None:
-    """Register the in-process pool as the ``threads`` queue (done on first use)."""
-    from flow_tracker.workflows.engine import register_sender
+    """Register the in-process pool as the ``threads`` queue (done as this module is imported)."""
+    job_systems.register(job_systems.JobSystem(name=SYSTEM, default_queue=SYSTEM, send_step=send))
 
-    register_sender(SYSTEM, send)
+
+install()

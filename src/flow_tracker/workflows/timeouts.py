@@ -3,13 +3,10 @@
 Past its timeout an attempt fails with :class:`~flow_tracker.StepTimeout` and
 the step retries per its policy, like any failure. Who stops it:
 
-* Celery: the task's ``soft_time_limit`` raises inside the step (stored as
-  StepTimeout); a hard ``time_limit`` a little later kills the worker's child if
-  the step swallowed that, and the reaper then finds the step lost;
-* RQ: ``job_timeout`` at enqueue (whole seconds): the work-horse raises
-  ``JobTimeoutException`` inside the step;
-* Dramatiq: the message's ``time_limit`` option (milliseconds): its TimeLimit
-  middleware raises ``TimeLimitExceeded`` inside the step;
+* a queue: its module's step sender turns :func:`limit_for` into the queue's
+  own option (Celery's soft and hard time limits, RQ's ``job_timeout``,
+  Dramatiq's ``time_limit``), and the error the queue raises inside the step
+  is named by its JobSystem's ``time_limits``;
 * ``threads``: a Python thread cannot be stopped, so at the deadline the pool
   stores the attempt's end as timed out (and sends its retry); the function's
   late return changes nothing. The database would refuse it anyway: an end is
@@ -21,13 +18,12 @@ the same on every queue.
 
 from __future__ import annotations
 
-import math
 import threading
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from flow_tracker import runtime
+from flow_tracker import job_systems, runtime
 from flow_tracker.errors import StepTimeout
 from flow_tracker.status import Status
 from flow_tracker.store import workflows as stored
@@ -35,28 +31,14 @@ from flow_tracker.store.workflows import Dispatch
 from flow_tracker.workflows.definition import StepSpec, find
 
 if TYPE_CHECKING:
-    from flow_tracker.store.engine import Store
+    pass
 
-# The queues' own time-limit errors, by name: importing a queue to compare
-# classes would make every queue a dependency of every other.
-QUEUE_TIME_LIMITS = frozenset(
-    {
-        "billiard.exceptions.SoftTimeLimitExceeded",  # celery.exceptions re-exports it
-        "rq.timeouts.JobTimeoutException",
-        "dramatiq.middleware.time_limit.TimeLimitExceeded",
-    }
-)
-# Celery's hard limit kills the worker's child: it comes this much after the soft
-# one, so that a step stopped in time can still store its end.
-HARD_LIMIT_MARGIN = (10.0, 0.1)  # at least 10 s, else 10 % of the timeout
 STEP_TIMEOUT_CLASS = "flow_tracker.StepTimeout"
 
 
 def is_queue_time_limit(exc: BaseException) -> bool:
-    """True when ``exc`` is a queue's own time-limit error (or a subclass of one)."""
-    return any(
-        f"{cls.__module__}.{cls.__qualname__}" in QUEUE_TIME_LIMITS for cls in type(exc).__mro__
-    )
+    """True when ``exc`` is a queue's own time-limit error (its JobSystem's ``time_limits``)."""
+    return any(isinstance(exc, system.time_limits) for system in job_systems.registered())
 
 
 def as_step_timeout(exc: BaseException, spec: StepSpec) -> BaseException:
@@ -68,7 +50,7 @@ def as_step_timeout(exc: BaseException, spec: StepSpec) -> BaseException:
     return timeout
 
 
-# -- sending: each queue's own limit -------------------------------------------------------
+# -- sending: each queue module turns the limit into its own option -----------------------
 
 
 def limit_for(dispatch: Dispatch) -> float | None:
@@ -92,27 +74,6 @@ def limit_for(dispatch: Dispatch) -> float | None:
     return None
 
 
-def celery_options(dispatch: Dispatch) -> dict[str, Any]:
-    """``send_task`` options: the soft time limit, and a hard one a little after it."""
-    seconds = limit_for(dispatch)
-    if seconds is None:
-        return {}
-    floor, fraction = HARD_LIMIT_MARGIN
-    return {"soft_time_limit": seconds, "time_limit": seconds + max(floor, seconds * fraction)}
-
-
-def rq_options(dispatch: Dispatch) -> dict[str, Any]:
-    """``enqueue`` options: ``job_timeout``, in whole seconds (RQ's alarm counts no less)."""
-    seconds = limit_for(dispatch)
-    return {} if seconds is None else {"job_timeout": max(1, math.ceil(seconds))}
-
-
-def dramatiq_options(dispatch: Dispatch) -> dict[str, Any]:
-    """Message options: ``time_limit``, in milliseconds."""
-    seconds = limit_for(dispatch)
-    return {} if seconds is None else {"time_limit": max(1, math.ceil(seconds * 1000))}
-
-
 # -- the in-process pool's deadline --------------------------------------------------------
 
 
@@ -128,10 +89,8 @@ class TimedOut:
 class Deadline:
     """The deadline of one attempt running on the pool; see :func:`pool_deadline`."""
 
-    def __init__(
-        self, store: Store, run: uuid.UUID, spec: StepSpec, attempt: int, seconds: float
-    ) -> None:
-        self._store, self._run, self._spec, self._attempt = store, run, spec, attempt
+    def __init__(self, spec: StepSpec, seconds: float, end: Callable[[], TimedOut]) -> None:
+        self._end = end
         self._seconds = seconds
         self._lock = threading.Lock()
         self._fired = False
@@ -157,19 +116,6 @@ class Deadline:
         finally:
             self._stored.set()
 
-    def _end(self) -> TimedOut:
-        # The engine's own path for an attempt's end: retries, children, the run's end.
-        from flow_tracker.workflows.engine import EndNotStored, _store_end, send, timed_out
-
-        outcome = timed_out(self._spec, self._attempt)
-        ended, status, exc, ended_at = _store_end(
-            self._store, self._run, self._spec.name, self._attempt, outcome
-        )
-        if ended is None:  # the database was away: the reaper finds the step lost
-            return TimedOut(Status.LOST, EndNotStored("its end could not be stored"), None)
-        send(ended.dispatches)
-        return TimedOut(Status(status), exc or StepTimeout(self._seconds), ended_at)
-
     def settle(self) -> TimedOut | None:
         """Called once the step's function has returned (or raised): who ends the attempt.
 
@@ -187,10 +133,13 @@ class Deadline:
         return self._timed_out
 
 
-def pool_deadline(
-    system: str, store: Store, run: uuid.UUID, spec: StepSpec, attempt: int
-) -> Deadline | None:
-    """The deadline of this attempt when the pool enforces it (``threads``, a timeout)."""
+def pool_deadline(system: str, spec: StepSpec, end: Callable[[], TimedOut]) -> Deadline | None:
+    """The deadline of this attempt when the pool enforces it (``threads``, a timeout).
+
+    At the deadline ``end()`` stores the attempt's end as timed out: the engine's
+    own path for an end (retries, children, the run's end), handed in so that
+    this module stays below the engine.
+    """
     if system != "threads" or spec.timeout is None:
         return None
-    return Deadline(store, run, spec, attempt, spec.timeout)
+    return Deadline(spec, spec.timeout, end)

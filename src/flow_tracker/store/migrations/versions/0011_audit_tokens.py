@@ -1,4 +1,4 @@
-"""Who may do what: the audit log and API tokens (DESIGN §10).
+"""Who may do what: the audit log and API tokens.
 
 * ``flow_tracker_audit``: one row per action, allowed, refused or failed, with
   who, how they got in, from where, what and the outcome (never a payload

@@ -1,4 +1,4 @@
-"""What every queue integration does, in one place: the contract Celery, RQ and Dramatiq share.
+"""What every queue integration does, in one place: the contract each queue module shares.
 
 * :func:`record_enqueued` - in the enqueuing process, *before* the broker gets the
   message: the job's process row is stored as ``queued`` (durably, when the
@@ -41,6 +41,7 @@ from flow_tracker.ids import process_id_for
 from flow_tracker.locks import Exclusive, exclusive
 from flow_tracker.nulls import NULL_TRACKER, NullTracker
 from flow_tracker.recording import open_tracker
+from flow_tracker.sink import MemorySink
 from flow_tracker.status import Status
 from flow_tracker.tracker import CURRENT_NODE, Tracker, describe_error
 
@@ -263,28 +264,6 @@ def start_job(
 _REQUEUED_COPIES: weakref.WeakKeyDictionary[Tracker, uuid.UUID] = weakref.WeakKeyDictionary()
 
 
-class _Capture:
-    """Stands in for the writer to capture the events a sample job produces."""
-
-    def __init__(self) -> None:
-        self.events: list[ev.Change] = []
-        self.healthy = True
-
-    def put(self, event: ev.Change) -> None:
-        self.events.append(event)
-
-    def put_flow(self, event: ev.Change) -> bool:
-        self.events.append(event)
-        return True
-
-    def put_log(self, event: ev.Change, rank: int) -> bool:
-        self.events.append(event)
-        return True
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-
 def warm_up() -> None:
     """Prepare a worker process so that the children it forks record jobs at once.
 
@@ -313,13 +292,13 @@ def warm_up() -> None:
         pass
     runtime.warm_up()
     try:
-        capture = _Capture()
+        capture = MemorySink()
         sample = Tracker(
             "flow-tracker warm-up",
             category=settings.default_category,
             metadata=None,
             settings=settings,
-            writer=capture,  # type: ignore[arg-type]
+            writer=capture,
             process_id=uuid.uuid4(),
         )
         sample._begin(None, _job_start_fields("warm-up", "warm-up", None, None))
