@@ -21,7 +21,7 @@ benchmark (:mod:`benchmarks.queues`), the settings taking turns, best of 2 runs:
   this one is flow-tracker's own work.
 
 Every run writes ``benchmarks/results/alternatives.md``; ``--readme`` also replaces
-the README's ``<!-- benchmark:alternatives -->`` section.
+docs/benchmarks.md's ``<!-- benchmark:alternatives -->`` section.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@
   to build (what the migration costs at that size).
 
 Every run writes ``benchmarks/results/compare.md``; ``--readme`` also replaces the
-README's ``<!-- benchmark:compare -->`` section.
+docs/benchmarks.md's ``<!-- benchmark:compare -->`` section.
 """
 
 from __future__ import annotations

@@ -464,7 +464,7 @@ def _publish_tables(
     quick: bool,
     argv: list[str],
 ) -> None:
-    """The README's table of this run (``--readme`` writes it there)."""
+    """The docs' table of this run (``--readme`` writes it there)."""
     lines = [
         f"Measured by `python -m benchmarks core{' --quick' if quick else ''}` on "
         f"{machine_line()}.",

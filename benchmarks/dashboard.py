@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dashboard.md").write_text("\n".join(report) + "\n")
-    print(f"\n  tables for the README written to {RESULTS / 'dashboard.md'}")
+    print(f"\n  tables for the docs written to {RESULTS / 'dashboard.md'}")
     if build:
         print(f"\n  data set built in {sum(build.values()):.0f} s: {build}")
     if missed:

@@ -13,7 +13,7 @@ Tracking writes to PostgreSQL, then the whole run again to SQLite (the targets
 are PostgreSQL's). Also measured: the cost of an enqueue in the sending process
 (the queued row is stored before the message goes out), one by one and in bulk.
 
-``--readme`` writes the tables into README.md between its
+``--readme`` writes the tables into docs/benchmarks.md between its
 ``<!-- benchmark:queues -->`` markers; every run writes them to
 ``benchmarks/results/queues.md``.
 """

@@ -1,9 +1,10 @@
-"""Benchmark tables into files and into the README, never typed by hand.
+"""Benchmark tables into files and into the docs, never typed by hand.
 
 Each benchmark writes its tables to ``benchmarks/results/NAME.md``; with
-``--readme`` it also replaces the README's section between
-``<!-- benchmark:NAME -->`` and ``<!-- /benchmark:NAME -->``, so the figures
-there always come from one run, with its date.
+``--readme`` it also replaces the section between ``<!-- benchmark:NAME -->``
+and ``<!-- /benchmark:NAME -->`` of the page that has it (``docs/benchmarks.md``
+for most, ``docs/operations.md`` for the scale run), so the figures there always
+come from one run, with its date.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+# The pages a benchmark's section may be on.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def machine_line() -> str:
@@ -26,7 +28,7 @@ def machine_line() -> str:
 
 
 def publish(name: str, lines: list[str], *, readme: bool) -> None:
-    """Write ``lines`` to the results file and, with ``readme``, into the README."""
+    """Write ``lines`` to the results file and, with ``readme``, into its docs page."""
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)
@@ -34,9 +36,11 @@ def publish(name: str, lines: list[str], *, readme: bool) -> None:
     if not readme:
         return
     start, end = f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
-    current = README.read_text()
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(current):
-        raise SystemExit(f"README.md has no {start} ... {end} section to replace")
-    README.write_text(pattern.sub(lambda _: f"{start}\n{text}{end}", current, count=1))
-    print(f"  and into README.md ({start})")
+    for page in PAGES:
+        current = page.read_text()
+        if pattern.search(current):
+            page.write_text(pattern.sub(lambda _: f"{start}\n{text}{end}", current, count=1))
+            print(f"  and into {page.relative_to(ROOT)} ({start})")
+            return
+    raise SystemExit(f"no page of the docs has a {start} ... {end} section to replace")

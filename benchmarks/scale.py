@@ -23,7 +23,7 @@
 
 Restarting PostgreSQL needs ``pg_ctlcluster`` (as on Debian) and the rights to
 use it; without them the fleet runs without the restart, and says so. Every run
-writes ``benchmarks/results/scale.md``; ``--readme`` also replaces the README's
+writes ``benchmarks/results/scale.md``; ``--readme`` also replaces docs/operations.md's
 ``<!-- benchmark:scale -->`` section.
 """
 

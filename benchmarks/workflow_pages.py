@@ -17,7 +17,7 @@
   mounted, 40 requests each after the rollups were built. Goal (served): p95 ≤ 100 ms.
 
 Every run writes ``benchmarks/results/workflow_pages.md``; ``--readme`` also
-replaces the README's ``<!-- benchmark:workflow_pages -->`` section.
+replaces docs/benchmarks.md's ``<!-- benchmark:workflow_pages -->`` section.
 """
 
 from __future__ import annotations

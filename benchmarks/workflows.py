@@ -21,7 +21,7 @@ PostgreSQL (and SQLite where said):
   grow with the size of the run.
 
 Every run writes ``benchmarks/results/workflows.md``; ``--readme`` also
-replaces the README's ``<!-- benchmark:workflows -->`` section.
+replaces docs/benchmarks.md's ``<!-- benchmark:workflows -->`` section.
 """
 
 from __future__ import annotations

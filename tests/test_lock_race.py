@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 def child(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.lock_child", *args],
+        [sys.executable, "-m", "tests.support.lock_child", *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -37,7 +37,7 @@ from tests.integrations.workers import (
     wait_until_final,
     worker_process,
 )
-from tests.readme import Block, arguments, blocks, command_lines, reference_commands
+from tests.support.readme import Block, arguments, blocks, command_lines, reference_commands
 
 EXAMPLES = {block.name: block for block in blocks("python")}
 README_REDIS = "redis://localhost:6379/0"  # the README's broker
@@ -740,12 +740,12 @@ def test_every_flow_tracker_line_runs_or_parses(tracked: str) -> None:
         if "--every" in args or args[0] == "serve":  # runs until stopped: parse only
             context = main.make_context("flow-tracker", list(args))
             command = main.get_command(context, args[0])
-            assert command is not None, f"README.md:{line}: no command {args[0]}"
+            assert command is not None, f"{line}: no command {args[0]}"
             command.make_context(args[0], args[1:], parent=context)
             continue
         result = runner.invoke(main, args)
         allowed = (0, 1) if args[0] == "health" else (0,)  # health: 1 means unhealthy
-        assert result.exit_code in allowed, f"README.md:{line}: {text}\n{result.output}"
+        assert result.exit_code in allowed, f"{line}: {text}\n{result.output}"
     release.set()
 
 

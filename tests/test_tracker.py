@@ -1,4 +1,4 @@
-"""The recording API (the README's Usage section), checked against rows on both backends."""
+"""The recording API (docs/usage.md), checked against rows on both backends."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from flow_tracker.web import create_app
 from flow_tracker.web.graphql_limits import MAX_LIMIT
 from flow_tracker.web.params import clean
 from flow_tracker.workflows import definition, definitions
-from tests.readme import blocks
+from tests.support.readme import blocks
 from tests.web.conftest import ORIGIN, Sample
 
 WAIT = 30.0

@@ -1,7 +1,7 @@
 """A process that takes flow-tracker locks, for test_lock_race.py.
 
-    python -m tests.lock_child race DATABASE_URL OUT_FILE ROUNDS KEYS
-    python -m tests.lock_child hold DATABASE_URL OUT_FILE TTL
+    python -m tests.support.lock_child race DATABASE_URL OUT_FILE ROUNDS KEYS
+    python -m tests.support.lock_child hold DATABASE_URL OUT_FILE TTL
 
 ``race``: takes random keys ROUNDS times (waiting for them) and writes each
 holding interval (key, start, end; system-wide monotonic ns) as it held it.
