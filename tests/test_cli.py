@@ -216,3 +216,25 @@ def test_serve_beyond_loopback_without_auth_warns_and_checks_the_host(
     client = TestClient(app, base_url="http://jobs.internal")
     assert client.get("/api/health").status_code in (200, 503)
     assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_serve_trusts_forwarded_addresses_only_from_the_proxy_it_is_told_of(
+    runner: CliRunner, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit log's client address: from the connection, unless --proxy names a proxy."""
+    import uvicorn
+
+    served: list[dict[str, Any]] = []
+    record_sample(sqlite_url)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(options))
+    plain = runner.invoke(main, ["serve", "--database-url", sqlite_url])
+    proxied = runner.invoke(
+        main,
+        ["serve", "--database-url", sqlite_url, "--proxy", "10.0.0.5", "--proxy", "10.0.0.6"],
+    )
+    assert plain.exit_code == proxied.exit_code == 0, plain.output + proxied.output
+    assert served[0]["proxy_headers"] is False
+    assert (served[1]["proxy_headers"], served[1]["forwarded_allow_ips"]) == (
+        True,
+        "10.0.0.5,10.0.0.6",
+    )

@@ -383,6 +383,7 @@ def _serve(
     read_only: bool,
     basic_auth: list[tuple[str, str, str]] | None,
     allowed_hosts: tuple[str, ...] = (),
+    proxy: tuple[str, ...] = (),
 ) -> None:
     try:
         import uvicorn
@@ -413,7 +414,17 @@ def _serve(
     # that hold thousands of rows (a large workflow run) trigger one every few
     # requests, and walking the whole heap each time was most of their p95.
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # The client's address is what the audit log says an action came from: taken
+    # from X-Forwarded-For only when sent by a proxy named with --proxy (uvicorn's
+    # default would trust any local process, an SSH tunnel's user included).
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        proxy_headers=bool(proxy),
+        forwarded_allow_ips=",".join(proxy) or None,
+    )
 
 
 @main.command()
@@ -445,6 +456,14 @@ def _serve(
     "'*.example.com' matches subdomains; repeatable.",
 )
 @click.option(
+    "--proxy",
+    "proxy",
+    multiple=True,
+    metavar="ADDRESS",
+    help="The address of a reverse proxy in front of the dashboard: the client's address "
+    "is then taken from its X-Forwarded-For (by default, from the connection); repeatable.",
+)
+@click.option(
     "--import",
     "modules",
     multiple=True,
@@ -460,6 +479,7 @@ def serve(
     read_only: bool,
     basic_auth: str | None,
     allowed_hosts: tuple[str, ...],
+    proxy: tuple[str, ...],
     modules: tuple[str, ...],
 ) -> None:
     """Serve the web dashboard (overview, processes, detail, cleanup, JSON API)."""
@@ -486,6 +506,7 @@ def serve(
         read_only=read_only,
         basic_auth=credentials,
         allowed_hosts=allowed_hosts,
+        proxy=proxy,
     )
 
 
