@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, cast
 
 import redis
@@ -131,6 +132,19 @@ async def confirm(context: dict[str, Any], pay: dict[str, Any]) -> str:
     hit(context, "confirm")
     await asyncio.sleep(0)
     return f"paid {pay['paid']}"
+
+
+# A step past its timeout: arq has no per-job limit at enqueue, so the worker's own
+# deadline ends each attempt (the function's late return changes nothing).
+timed = flow_tracker.workflow("arq_timed", queue="arq", queue_name=QUEUE)
+
+
+@timed.step(timeout=1, retries=1, backoff=0.2, jitter=0.0)
+def hang(context: dict[str, Any]) -> str:
+    hit(context, "hang")
+    for _ in range(100):
+        time.sleep(0.1)
+    return "never"
 
 
 def runs(key: str) -> dict[str, int]:

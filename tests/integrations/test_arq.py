@@ -342,6 +342,28 @@ def test_a_workflow_of_three_steps_runs_on_arq_with_a_retry(
         flow_tracker.reset()
 
 
+@pytest.mark.postgres
+def test_a_step_past_its_timeout_on_arq_is_ended_at_its_deadline_as_step_timeout(
+    pg_server_url: str, app: Any, tmp_path: Path
+) -> None:
+    from flow_tracker.integrations import arq as ft_arq
+    from tests.conftest import _truncate
+
+    _truncate(pg_server_url)
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
+    ft_arq.install(app.WorkerSettings)
+    try:
+        key = uuid.uuid4().hex
+        with worker_process(worker_command(), env_for(pg_server_url), tmp_path / "worker.log"):
+            status = app.timed.run(context={"key": key}).wait(180)
+        step = status.steps["hang"]
+        assert status.status == "failed" and step.attempts == 2, (step.status, step.error)
+        assert step.error == "flow_tracker.StepTimeout: timed out after 1 s"
+        assert app.runs(key) == {"hang": 2}
+    finally:
+        flow_tracker.reset()
+
+
 def test_a_job_stopped_by_its_timeout_ends_failed_with_arqs_timeout(tracked: str, app: Any) -> None:
     from arq import create_pool
     from arq.worker import Worker, func

@@ -366,3 +366,24 @@ def test_a_task_enqueued_inside_a_task_records_its_parent(tracked: str) -> None:
     flow_tracker.flush()
     record = flow_tracker.get_process(process_id_for("huey", child_id))
     assert record is not None and record.parent_process_id == process_id_for("huey", result.id)
+
+
+@pytest.mark.postgres
+def test_a_step_past_its_timeout_on_huey_is_ended_at_its_deadline_as_step_timeout(
+    pg_server_url: str, app: Any, tmp_path: Path
+) -> None:
+    """Huey stops no thread: the worker's deadline ends the attempt, and the retry follows."""
+    from tests.conftest import _truncate
+    from tests.workflows import steps
+
+    _truncate(pg_server_url)
+    flow_tracker.configure(database_url=pg_server_url, log_to_stdlib=False)
+    key = f"huey-timed-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "consumer.log"
+    with worker_process(consumer(), env_for(pg_server_url), log):
+        run = app.WORKFLOWS["timed"].run(context={"key": key})
+        status = run.wait(240)
+    step = status.steps["hang"]
+    assert status.status == "failed" and step.attempts == 2, (step.status, step.error)
+    assert step.error == "flow_tracker.StepTimeout: timed out after 1 s"
+    assert steps.counts(key) == {"hang": 2}

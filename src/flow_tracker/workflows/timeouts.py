@@ -1,4 +1,4 @@
-"""A step's ``timeout=``: each queue's own time limit, and the pool's deadline for ``threads``.
+"""A step's ``timeout=``: each queue's own time limit, else the worker's own deadline.
 
 Past its timeout an attempt fails with :class:`~flow_tracker.StepTimeout` and
 the step retries per its policy, like any failure. Who stops it:
@@ -7,8 +7,10 @@ the step retries per its policy, like any failure. Who stops it:
   own option (Celery's soft and hard time limits, RQ's ``job_timeout``,
   Dramatiq's ``time_limit``), and the error the queue raises inside the step
   is named by its JobSystem's ``time_limits``;
-* ``threads``: a Python thread cannot be stopped, so at the deadline the pool
-  stores the attempt's end as timed out (and sends its retry); the function's
+* ``threads`` and every queue without a limit of its own (whose JobSystem
+  names no ``time_limits``: arq, Huey): a Python thread cannot be stopped, so
+  at the deadline the worker stores the attempt's end as timed out (and sends
+  its retry); the function's
   late return changes nothing. The database would refuse it anyway: an end is
   stored only while the step runs that same attempt.
 
@@ -134,12 +136,15 @@ class Deadline:
 
 
 def pool_deadline(system: str, spec: StepSpec, end: Callable[[], TimedOut]) -> Deadline | None:
-    """The deadline of this attempt when the pool enforces it (``threads``, a timeout).
+    """The deadline of this attempt, where no queue limit stops the step (``threads``, arq, Huey).
 
     At the deadline ``end()`` stores the attempt's end as timed out: the engine's
     own path for an end (retries, children, the run's end), handed in so that
     this module stays below the engine.
     """
-    if system != "threads" or spec.timeout is None:
+    if spec.timeout is None:
         return None
+    record = job_systems.get(system)
+    if record is not None and record.time_limits:
+        return None  # the queue stops the step itself (its JobSystem names the error)
     return Deadline(spec, spec.timeout, end)
