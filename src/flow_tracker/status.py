@@ -47,6 +47,54 @@ FINISHED_STATUSES = frozenset(
 UNFINISHED_STATUSES = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
 
 
+class RunState(str, Enum):
+    """The states of a workflow run, as stored on its row and on its process.
+
+    The one place they are spelled; the driver SQL of
+    :mod:`flow_tracker.store.step_writes` writes the same words as literals.
+    """
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepState(str, Enum):
+    """The states of a workflow step: a process's own, plus ``pending`` and ``resolved``.
+
+    A step is ``pending`` while it waits for its parents and ``resolved`` when a
+    failed step was settled by hand. ``lost`` is never stored on a step's row: a
+    status read shows it for an active step whose process the reaper marked lost.
+    The driver SQL of :mod:`flow_tracker.store.step_writes` writes the same words
+    as literals.
+    """
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    RESOLVED = "resolved"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RUN_FINISHED_STATES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+#: Steps that hold their run open: queued, running, or waiting to retry.
+STEP_ACTIVE_STATES = frozenset({StepState.QUEUED, StepState.RUNNING, StepState.RETRYING})
+#: Steps whose children may go on: completed, skipped, or resolved by hand.
+STEP_DONE_STATES = frozenset({StepState.COMPLETED, StepState.SKIPPED, StepState.RESOLVED})
+
+
 class JobStatus:
     """The status of one tracked process or job, as last stored.
 

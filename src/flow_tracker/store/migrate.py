@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from flow_tracker.store.schema import VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+    from flow_tracker.store.engine import Store
 
 # Alembic is imported only when it is needed (an upgrade, the CLI): every
 # forked work-horse checks the schema, and importing Alembic costs ~50 ms.
@@ -53,6 +56,22 @@ def current_revision(conn: Connection) -> str | None:
 
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
+
+
+def answering_revision(store: Store) -> str | None:
+    """Ask the database to answer, then read its revision (None: never migrated).
+
+    For a readiness probe: it never migrates. Raises the driver's or the pool's
+    error when the database does not answer.
+    """
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+        try:
+            row = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+        except DBAPIError:
+            # No version table: a database flow-tracker has never migrated.
+            row = None
+    return None if row is None else str(row[0])
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -21,8 +21,7 @@ from typing import Any
 from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from flow_tracker.status import Status
-from flow_tracker.store import workflows as runs
+from flow_tracker.status import StepState
 from flow_tracker.store.audit import Hook
 from flow_tracker.store.engine import Store
 from flow_tracker.store.jobs import record_transitions
@@ -32,6 +31,8 @@ from flow_tracker.store.schema import (
     workflow_runs,
     workflow_steps,
 )
+from flow_tracker.store.workflows import runs
+from flow_tracker.store.workflows.dispatch import Dispatch, hold_in
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Created:
     run_id: uuid.UUID
     created: bool
     """False: the idempotency key had started this run before; nothing was stored."""
-    dispatches: list[runs.Dispatch]
+    dispatches: list[Dispatch]
     """The first steps to send (none for an existing run)."""
     held: bool
     """The first steps were stored in the outbox with the run."""
@@ -149,7 +150,7 @@ def _insert(store: Store, new: NewRun, hold: bool, audit: Hook | None) -> Create
             )
         )
         conn.execute(insert(workflow_steps), [_step_row(new, s, waiting, now) for s in new.steps])
-        runs._insert_step_processes(conn, new.run_id, new.name, new.queue, roots, now)
+        runs.insert_step_processes(conn, new.run_id, new.name, new.queue, roots, now)
         if new.tags:
             conn.execute(
                 insert(workflow_run_tags),
@@ -159,12 +160,12 @@ def _insert(store: Store, new: NewRun, hold: bool, audit: Hook | None) -> Create
                 ],
             )
         record_transitions(conn, [new.run_id], runs.RUN_RUNNING, now, new.history)
-        dispatches = [runs._dispatch(new.queue, new.name, new.run_id, s) for s in roots]
+        dispatches = [runs.dispatch_of(new.queue, new.name, new.run_id, s) for s in roots]
         ended = None
         if not roots:  # every step skipped: nothing to run, the run is done
-            ended = runs._end_run(conn, new.run_id, runs._lock_run(conn, new.run_id), now)
+            ended = runs.end_run(conn, new.run_id, runs.lock_run(conn, new.run_id), now)
         elif hold:
-            runs.hold_in(conn, dispatches)
+            hold_in(conn, dispatches)
         if audit is not None:
             audit(conn, {"created": True})
     return Created(new.run_id, True, dispatches, hold and bool(dispatches), ended)
@@ -190,7 +191,7 @@ def _step_row(
     if name in new.skip:
         row.update(status=runs.RESOLVED, waiting=0, finished_at=now)
     elif waiting[name] == 0:
-        row.update(status=Status.QUEUED.value, waiting=0, queued_at=now)
+        row.update(status=StepState.QUEUED.value, waiting=0, queued_at=now)
     else:
         row.update(status=runs.PENDING, waiting=waiting[name])
     return row

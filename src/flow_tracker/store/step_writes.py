@@ -48,7 +48,7 @@ from flow_tracker.status import Status
 from flow_tracker.store.engine import Store
 from flow_tracker.store.schema import processes, workflow_runs, workflow_steps
 from flow_tracker.store.types import as_utc
-from flow_tracker.store.workflows import error_columns
+from flow_tracker.store.workflows.runs import error_columns
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from flow_tracker.status import StepState
 from flow_tracker.workflows.manage import known_step_status
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus
+
+# Steps drawn apart, and whose edges are drawn blocked.
+_BROKEN = (StepState.FAILED.value, StepState.LOST.value)
 
 COLLAPSE_OVER = 20
 NODE_W = 168
@@ -48,12 +52,20 @@ class Node:
     @property
     def status(self) -> str:
         """The node's status: the step's, or the worst of the group's."""
-        order = ("failed", "lost", "running", "retrying", "queued", "pending", "cancelled")
+        order = (
+            StepState.FAILED,
+            StepState.LOST,
+            StepState.RUNNING,
+            StepState.RETRYING,
+            StepState.QUEUED,
+            StepState.PENDING,
+            StepState.CANCELLED,
+        )
         statuses = {s.status for s in self.steps}
         for status in order:
-            if status in statuses:
-                return status
-        return self.steps[0].status if len(statuses) == 1 else "completed"
+            if status.value in statuses:
+                return status.value
+        return self.steps[0].status if len(statuses) == 1 else StepState.COMPLETED.value
 
 
 @dataclass(frozen=True)
@@ -126,11 +138,11 @@ def layout(run: WorkflowStatus, expand: set[int] | None = None) -> list[Node]:
     steps = run.steps
     siblings: list[list[str]] = []
     for family in structure.families:
-        alone = [n for n in family if steps[n].status in ("failed", "lost")]
+        alone = [n for n in family if steps[n].status in _BROKEN]
         if alone:
             # A failure is always drawn on its own.
             siblings.extend([n] for n in alone)
-            family = [n for n in family if steps[n].status not in ("failed", "lost")]
+            family = [n for n in family if steps[n].status not in _BROKEN]
         if family:
             siblings.append(family)
     node_of: dict[str, str] = {}
@@ -207,7 +219,7 @@ def draw(
             x1, y1 = parent.x + NODE_W, parent.y + NODE_H / 2
             x2, y2 = node.x, node.y + NODE_H / 2
             bend = (x2 - x1) / 2
-            blocked = " edge-blocked" if parent.status in ("failed", "lost") else ""
+            blocked = " edge-blocked" if parent.status in _BROKEN else ""
             parts.append(
                 f'<path class="edge{blocked}" d="M{x1:.0f},{y1:.0f} C{x1 + bend:.0f},{y1:.0f} '
                 f'{x2 - bend:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"/>'

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flow_tracker import __version__
-from flow_tracker.status import Status
+from flow_tracker.status import RunState, Status
 from flow_tracker.web.params import DEFAULT_LIMIT, MAX_LIMIT, RANGES
 from flow_tracker.web.statistics import WINDOWS
 
@@ -422,7 +422,7 @@ def document(server_url: str = "/") -> dict[str, Any]:
                         _query(
                             "status",
                             "Only runs in this status.",
-                            {"enum": ["running", "completed", "failed", "cancelled"]},
+                            {"enum": [s.value for s in RunState]},
                         ),
                         _query("limit", "Runs per page.", {"type": "integer", "default": 50}),
                         _query("before", "next_cursor of the previous page.", {"type": "string"}),

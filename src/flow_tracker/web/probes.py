@@ -27,8 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flow_tracker.store.engine import Store, TimeBudgetSpentError, error_line
-from flow_tracker.store.migrate import HEAD_REVISION
-from flow_tracker.store.schema import VERSION_TABLE
+from flow_tracker.store.migrate import HEAD_REVISION, answering_revision
 from flow_tracker.web.context import dashboard_of
 
 logger = logging.getLogger("flow_tracker.web")
@@ -51,17 +50,10 @@ def not_ready_reason(store: Store) -> str | None:
         A short reason without addresses or driver messages, or None.
     """
     try:
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-            try:
-                row = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
-            except DBAPIError:
-                # No version table: a database flow-tracker has never migrated.
-                row = None
+        revision = answering_revision(store)
     except (DBAPIError, PoolTimeout, TimeBudgetSpentError) as exc:
         logger.info("flow-tracker: not ready: the database does not answer: %s", error_line(exc))
         return "the database does not answer"
-    revision = None if row is None else str(row[0])
     if revision is None:
         return "the database has no flow-tracker schema (run: flow-tracker db upgrade)"
     if revision != HEAD_REVISION:

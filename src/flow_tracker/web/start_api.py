@@ -24,6 +24,7 @@ from starlette.responses import Response
 from flow_tracker import config
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.redaction import Redactor
+from flow_tracker.status import RunState, StepState
 from flow_tracker.store.engine import Store
 from flow_tracker.web import hiding
 from flow_tracker.web.context import SHOWN_VALUE_LIMIT, dashboard_of, path_for, read_capped
@@ -128,8 +129,9 @@ def _outline(run: StartedRun, context: Any, store: Store) -> dict[str, Any]:
         status, context, queue = stored.status, stored.context, stored.queue
     else:
         statuses = run.first_statuses
-        ended = all(s == "resolved" for s in statuses.values())
-        status, queue = ("completed" if ended else "running"), run.queue
+        ended = all(s == StepState.RESOLVED.value for s in statuses.values())
+        status = RunState.COMPLETED.value if ended else RunState.RUNNING.value
+        queue = run.queue
     return {
         "id": str(run.id),
         "name": run.name,

@@ -14,9 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flow_tracker.records import ProcessRecord
-from flow_tracker.status import UNFINISHED_STATUSES, Status
-from flow_tracker.store import jobs as stored_jobs
-from flow_tracker.store import queries, rollups
+from flow_tracker.status import Status
+from flow_tracker.store import dashboard, queries, rollups
 from flow_tracker.store.engine import Store, is_read_only
 from flow_tracker.store.histogram import percentile
 
@@ -202,8 +201,7 @@ def refresh_rollups(store: Store, now: datetime) -> datetime | None:
             logger.debug("flow-tracker: rollups not refreshed on a read-only server")
         else:
             logger.warning("flow-tracker: could not refresh the dashboard rollups", exc_info=True)
-        with store.engine.connect() as conn:
-            return rollups.read_watermark(conn)
+        return dashboard.watermark(store)
 
 
 def window_span(
@@ -223,9 +221,13 @@ def window_span(
 
 def warm(store: Store, now: datetime, watermark: datetime | None, version: str) -> None:
     """Sum the rolled-up part of every window as seen at ``now``, ahead of the readers."""
-    with store.engine.connect() as conn:
-        for window, (_length, bar_seconds) in WINDOWS.items():
-            rollups.warm(conn, store, window_span(window, now, watermark, version), bar_seconds)
+    dashboard.warm(
+        store,
+        (
+            (window_span(window, now, watermark, version), bar_seconds)
+            for window, (_length, bar_seconds) in WINDOWS.items()
+        ),
+    )
 
 
 def overview(
@@ -254,18 +256,13 @@ def overview(
     now = queries.database_time(store)
     if rollup_state is None:
         refresh_rollups(store, now)
-        with store.engine.connect() as conn:
-            rollup_state = rollups.read_version(conn)
+        rollup_state = rollups.stored_version(store)
     watermark, version = rollup_state
     span = window_span(window, now, watermark, version)
-    with store.engine.connect() as conn:
-        counts = rollups.read_counts(conn, store, span)
-        histograms = rollups.read_histograms(conn, store, span)
-        series = rollups.read_series(conn, store, span, bar_seconds)
-        unfinished = queries.count_by_status(conn, UNFINISHED_STATUSES)
-        # The same definitions as flow_tracker.health() and the health page.
-        stale = stored_jobs.count(conn, stored_jobs.stale_queued(now, stale_after))
-        silent = stored_jobs.count(conn, stored_jobs.silent(now, lost_after))
+    parts = dashboard.overview_parts(
+        store, span, bar_seconds, now, stale_after=stale_after, lost_after=lost_after
+    )
+    counts, histograms = parts.counts, parts.histograms
     finished: dict[str, int] = defaultdict(int)
     by_category: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in counts:
@@ -282,10 +279,10 @@ def overview(
         bar_seconds=bar_seconds,
         finished=dict(finished),
         by_category={k: dict(v) for k, v in sorted(by_category.items())},
-        unfinished=unfinished,
-        stale_queued=int(stale),
-        silent_running=int(silent),
-        bars=_bars(series, span, bar_seconds),
+        unfinished=parts.unfinished,
+        stale_queued=parts.stale_queued,
+        silent_running=parts.silent_running,
+        bars=_bars(parts.series, span, bar_seconds),
         slow_processes=_name_stats(counts, histograms, "p"),
         slow_flows=_name_stats(counts, histograms, "f"),
         recent_failures=failures,

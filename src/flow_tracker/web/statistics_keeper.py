@@ -82,8 +82,7 @@ class StatisticsKeeper:
         if now is None:
             now = queries.database_time(store)
         statistics.refresh_rollups(store, now)
-        with store.engine.connect() as conn:
-            watermark, version = rollups.read_version(conn)
+        watermark, version = rollups.stored_version(store)
         statistics.warm(store, now, watermark, version)
         boundary = rollups.floor_hour(now) + timedelta(hours=1)
         if boundary - now <= timedelta(seconds=2 * self._interval):

@@ -25,7 +25,7 @@ from flow_tracker.ids import parse_id
 from flow_tracker.levels import LEVELS
 from flow_tracker.records import ProcessRecord
 from flow_tracker.status import Status
-from flow_tracker.store import queries
+from flow_tracker.store import queries, retention
 from flow_tracker.store.engine import time_budget
 from flow_tracker.store.workflows import CATEGORY as WORKFLOW_CATEGORY
 from flow_tracker.web import charts, compare_views, hiding, statistics
@@ -188,7 +188,7 @@ def cleanup_form(request: Request) -> Response:
         statuses = _cleanup_statuses(request.query_params.getlist("status"))
     except ParamError as exc:
         error, statuses = str(exc), []
-    count = None if error else queries.count_for_cleanup(board.store, days, statuses or None)
+    count = None if error else retention.count_for_cleanup(board.store, days, statuses or None)
     deleted = request.query_params.get("deleted")
     return render(
         request,
@@ -219,7 +219,7 @@ async def cleanup_run(request: Request) -> Response:
     # Deleting takes as long as what was asked for: out of the request's time
     # budget, each statement still bounded by the store's statement timeout.
     with time_budget(None):
-        deleted = await run_in_threadpool(queries.cleanup, board.store, days, statuses or None)
+        deleted = await run_in_threadpool(retention.cleanup, board.store, days, statuses or None)
     query = f"days={days}&deleted={deleted}" + "".join(f"&status={s}" for s in statuses)
     target = path_for(request, "cleanup") + "?" + query
     return RedirectResponse(target, status_code=303)

@@ -16,7 +16,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flow_tracker.store import queries, rollups
+from flow_tracker.store import dashboard, queries, rollups
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.store.histogram import percentile
@@ -137,13 +137,10 @@ def analytics(
     now = queries.database_time(store)
     if rollup_state is None:
         refresh_rollups(store, now)
-        with store.engine.connect() as conn:
-            rollup_state = rollups.read_version(conn)
+        rollup_state = rollups.stored_version(store)
     span = window_span(window, now, *rollup_state)
-    with store.engine.connect() as conn:
-        totals = rollups.count_totals(conn, store, span, category=CATEGORY)
-        names = set(totals.finished)
-        histograms = rollups.read_histograms(conn, store, span, names=names.__contains__)
+    totals, histograms = dashboard.category_parts(store, span, CATEGORY)
+    names = set(totals.finished)
     # Runs are processes named after their workflow; steps are named <workflow>.<step>.
     # A name that prefixes another one (before a dot) is a workflow.
     workflows = {n for n in names if "." not in n}

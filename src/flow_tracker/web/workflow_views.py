@@ -21,8 +21,8 @@ from starlette.responses import RedirectResponse, Response
 
 from flow_tracker.errors import FlowTrackerError, NotFoundError
 from flow_tracker.ids import parse_id
+from flow_tracker.status import STEP_DONE_STATES, RunState, StepState
 from flow_tracker.store.starting import started_as
-from flow_tracker.store.workflows import DONE
 from flow_tracker.web import dag, hiding, statistics, workflow_statistics
 from flow_tracker.web.access import principal_of
 from flow_tracker.web.context import (
@@ -39,7 +39,7 @@ from flow_tracker.web.tag_filters import tag_filters
 from flow_tracker.workflows import manage
 from flow_tracker.workflows.status import StepStatus, WorkflowStatus, explain
 
-RUN_STATUSES = ("running", "completed", "failed", "cancelled")
+RUN_STATUSES = tuple(s.value for s in RunState)
 PAGE = 50
 REASON_LIMIT = 300
 LISTED = 300  # step rows a run's page lists (every step not done, then done ones)
@@ -186,12 +186,14 @@ def workflow_detail(request: Request) -> Response:
         shown=shown,
         steps=listed,
         unlisted=unlisted,
-        steps_done=sum(1 for s in run.steps.values() if s.status in DONE),
+        steps_done=sum(1 for s in run.steps.values() if s.status in STEP_DONE_STATES),
         steps_total=len(run.steps),
         drawing=drawing,
         # A large run's Mermaid text is a download, not part of every page view.
         mermaid=manage.diagram_text(run) if len(run.steps) <= MERMAID_INLINE else None,
-        failed_steps=[n for n, s in run.steps.items() if s.status == "failed"][:LISTED],
+        failed_steps=[n for n, s in run.steps.items() if s.status == StepState.FAILED.value][
+            :LISTED
+        ],
         started_as=started_as(dashboard_of(request).store, run.id),
         nav="workflows",
         now=now(),
@@ -206,7 +208,7 @@ def _listed(run: WorkflowStatus) -> tuple[list[str], int]:
     """
     if len(run.steps) <= LISTED:
         return list(run.steps), 0
-    keep = [n for n, s in run.steps.items() if s.status not in DONE][:LISTED]
+    keep = [n for n, s in run.steps.items() if s.status not in STEP_DONE_STATES][:LISTED]
     chosen = set(keep)
     for name in run.steps:
         if len(keep) >= LISTED:

@@ -16,7 +16,7 @@ from typing import Any
 
 from flow_tracker import runtime
 from flow_tracker.redaction import clean_text, redact_text
-from flow_tracker.status import Status
+from flow_tracker.status import RunState
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
 from flow_tracker.subscribers import BUS, Event
@@ -43,7 +43,7 @@ def run_started(run_id: uuid.UUID, workflow: str, queue: str, steps: int) -> Non
             "run_id": str(run_id),
             "workflow": workflow,
             "queue": queue,
-            "status": Status.RUNNING.value,
+            "status": RunState.RUNNING.value,
             "steps": steps,
         }
     )
@@ -74,7 +74,7 @@ def run_ended(store: Store, run_id: uuid.UUID, status: str | None, **extra: Any)
         }
         if row is not None and row.created_at is not None and row.finished_at is not None:
             event["duration_ms"] = (row.finished_at - row.created_at).total_seconds() * 1000.0
-        if status == Status.FAILED.value:
+        if status == RunState.FAILED.value:
             # The step that failed first: later failures may be its consequences.
             event["failed_step"] = None if row is None else row.failed_step
             event["error"] = (

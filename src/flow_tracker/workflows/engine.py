@@ -50,7 +50,7 @@ from flow_tracker.errors import (
 from flow_tracker.jobs import finish_job, start_job
 from flow_tracker.redaction import clean_text, redact_text
 from flow_tracker.retry_after import STEP_BACKOFF_MAX, RetryAfter
-from flow_tracker.status import Status
+from flow_tracker.status import RunState, Status
 from flow_tracker.store import outbox, step_writes
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store, error_line, is_transient
@@ -610,7 +610,7 @@ def _next(
     if not done.stored or done.workflow is None or done.queue is None:
         return stored.NOTHING
     if status == Status.RETRYING.value:
-        if done.run_status != Status.RUNNING.value:
+        if done.run_status != RunState.RUNNING.value:
             return stored.NOTHING
         again = Dispatch(
             done.queue,
@@ -624,7 +624,7 @@ def _next(
         )
         return Ended([again], None)
     ended = None
-    if done.run_status == Status.RUNNING.value and done.active <= 0:
+    if done.run_status == RunState.RUNNING.value and done.active <= 0:
         try:
             ended = stored.finish_run(store, run)
         except Exception as exc:  # the reaper ends it (a run with no active step left)

@@ -14,6 +14,7 @@ from flow_tracker import config, delivery
 from flow_tracker.delivery import Delivery
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.redaction import Redactor, clean_text, redact_text
+from flow_tracker.status import RunState, StepState
 from flow_tracker.store import audit
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
@@ -43,8 +44,9 @@ __all__ = [
 ]
 
 REASON_LIMIT = 500
+RUN_STATES = tuple(s.value for s in RunState)
 # The statuses of a step whose message may wait in the outbox (see shown()).
-UNSENT_STATUSES = frozenset({"queued", "retrying"})
+UNSENT_STATUSES = frozenset({StepState.QUEUED.value, StepState.RETRYING.value})
 
 
 def _audit_detail(step: str | None, by: str | None, reason: str | None) -> dict[str, Any]:
@@ -154,10 +156,8 @@ def list_workflows(
     ``before``: the ``(created_at, id)`` of the last run of the previous page.
     ``tags``: only runs carrying every one of these tags.
     """
-    if status is not None and status not in ("running", "completed", "failed", "cancelled"):
-        raise UsageError(
-            f"a run's status is running, completed, failed or cancelled, not {status!r}"
-        )
+    if status is not None and status not in RUN_STATES:
+        raise UsageError(f"a run's status is {', '.join(RUN_STATES)}, not {status!r}")
     if not 1 <= int(limit) <= 1000:
         raise UsageError("limit is between 1 and 1000")
     rows = stored.list_runs(
@@ -311,9 +311,9 @@ def _retry_failed(
 ) -> RetriedSteps:
     run = as_run_id(run_id)
     status = get_workflow_outline(run, store=chosen)
-    if status.status == "cancelled":
+    if status.status == RunState.CANCELLED.value:
         raise UsageError(f"workflow run {run} was cancelled; nothing in it starts again")
-    failed = [name for name, step in status.steps.items() if step.status == "failed"]
+    failed = [name for name, step in status.steps.items() if step.status == StepState.FAILED.value]
     if not failed:
         raise UsageError(f"workflow run {run} has no failed step to retry")
     retried: list[str] = []
@@ -419,24 +419,26 @@ def cancel_workflow(
     if count == stored.ALREADY_CANCELLED:
         notify_ended(run)
         return 0
-    announce.run_ended(chosen, run, "cancelled", by=who(by), reason=reason, cancelled_steps=count)
+    announce.run_ended(
+        chosen, run, RunState.CANCELLED.value, by=who(by), reason=reason, cancelled_steps=count
+    )
     notify_ended(run)
     return count
 
 
 # Mermaid class per step status: fill and stroke that read on light and dark pages.
 # Its keys are the step statuses; anything else is drawn as "unknown".
-_STYLES = {
-    "pending": "fill:#f1f5f9,stroke:#94a3b8,color:#334155",
-    "queued": "fill:#e0f2fe,stroke:#0284c7,color:#0c4a6e",
-    "running": "fill:#dbeafe,stroke:#2563eb,color:#1e3a8a",
-    "retrying": "fill:#fef3c7,stroke:#d97706,color:#78350f",
-    "completed": "fill:#dcfce7,stroke:#16a34a,color:#14532d",
-    "resolved": "fill:#d1fae5,stroke:#059669,color:#064e3b",
-    "skipped": "fill:#f3f4f6,stroke:#6b7280,color:#374151",
-    "failed": "fill:#fee2e2,stroke:#dc2626,color:#7f1d1d",
-    "lost": "fill:#fce7f3,stroke:#db2777,color:#831843",
-    "cancelled": "fill:#e5e7eb,stroke:#4b5563,color:#1f2937",
+_STYLES: dict[str, str] = {
+    StepState.PENDING.value: "fill:#f1f5f9,stroke:#94a3b8,color:#334155",
+    StepState.QUEUED.value: "fill:#e0f2fe,stroke:#0284c7,color:#0c4a6e",
+    StepState.RUNNING.value: "fill:#dbeafe,stroke:#2563eb,color:#1e3a8a",
+    StepState.RETRYING.value: "fill:#fef3c7,stroke:#d97706,color:#78350f",
+    StepState.COMPLETED.value: "fill:#dcfce7,stroke:#16a34a,color:#14532d",
+    StepState.RESOLVED.value: "fill:#d1fae5,stroke:#059669,color:#064e3b",
+    StepState.SKIPPED.value: "fill:#f3f4f6,stroke:#6b7280,color:#374151",
+    StepState.FAILED.value: "fill:#fee2e2,stroke:#dc2626,color:#7f1d1d",
+    StepState.LOST.value: "fill:#fce7f3,stroke:#db2777,color:#831843",
+    StepState.CANCELLED.value: "fill:#e5e7eb,stroke:#4b5563,color:#1f2937",
 }
 UNKNOWN_STATUS = "unknown"
 _UNKNOWN_STYLE = "fill:#fff7ed,stroke:#9a3412,color:#7c2d12,stroke-dasharray:4 2"

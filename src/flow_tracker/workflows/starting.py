@@ -32,6 +32,7 @@ from flow_tracker.delivery import NOTHING_SENT, Delivery
 from flow_tracker.errors import NotFoundError, UsageError
 from flow_tracker.ids import new_id, process_id_for
 from flow_tracker.redaction import clean_text, redact_text
+from flow_tracker.status import StepState
 from flow_tracker.store import audit
 from flow_tracker.store import starting as stored
 from flow_tracker.store.engine import Store, is_transient
@@ -498,7 +499,11 @@ def _start(
     if created.created:
         queued = {d.step for d in created.dispatches}
         first = {
-            name: "resolved" if name in skipped else "queued" if name in queued else "pending"
+            name: StepState.RESOLVED.value
+            if name in skipped
+            else StepState.QUEUED.value
+            if name in queued
+            else StepState.PENDING.value
             for name, _p, _q in plan.steps
         }
     return StartedRun(

@@ -12,13 +12,15 @@ from typing import Any
 
 from flow_tracker import runtime
 from flow_tracker.errors import NotFoundError, UsageError
-from flow_tracker.status import Status
+from flow_tracker.status import RUN_FINISHED_STATES, STEP_DONE_STATES, StepState
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.engine import Store
-from flow_tracker.store.workflows import DONE, PENDING, DagShape, run_status
+from flow_tracker.store.workflows import DagShape, run_status
 from flow_tracker.workflows.database import workflow_store
 
-RUN_FINISHED = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
+# Plain strings (a run's status is read as one): the run states that end it.
+RUN_FINISHED = frozenset(s.value for s in RUN_FINISHED_STATES)
+DONE = frozenset(s.value for s in STEP_DONE_STATES)
 
 # Runs waited on in this interpreter: woken at once when a run ends here (the thread
 # pool's runs), instead of at the next poll of the database.
@@ -153,30 +155,30 @@ class WorkflowStatus:
 
 def explain(run: WorkflowStatus, step: StepStatus) -> str:
     """Why a step is where it is, in a few words (pages and the CLI)."""
-    if step.status == PENDING:
+    if step.status == StepState.PENDING.value:
         if step.blocked_by:
             return f"blocked: upstream {step.blocked_by} failed"
         waiting = [
             p for p in step.depends_on if run.steps.get(p) and run.steps[p].status not in DONE
         ]
         return f"waiting for {', '.join(waiting or step.depends_on)}"
-    if step.status == Status.RETRYING.value:
+    if step.status == StepState.RETRYING.value:
         retries = next(
             (s.get("retries", 0) for s in run.dag.get("steps", []) if s.get("name") == step.name), 0
         )
         when = f" at {step.next_attempt_at:%H:%M:%S}" if step.next_attempt_at else ""
         return f"{_timed_out(step)}retry {step.attempts} of {retries}{when}"
-    if step.status == Status.QUEUED.value:
+    if step.status == StepState.QUEUED.value:
         return "queued: waiting for a worker"
-    if step.status == Status.RUNNING.value:
+    if step.status == StepState.RUNNING.value:
         return f"running, attempt {step.attempts}"
-    if step.status == Status.LOST.value:
+    if step.status == StepState.LOST.value:
         return "its worker was lost: the reaper will send it again"
-    if step.status == Status.CANCELLED.value:
+    if step.status == StepState.CANCELLED.value:
         return "cancelled before it started"
-    if step.status == "resolved":
+    if step.status == StepState.RESOLVED.value:
         return "resolved by hand"
-    if step.status == Status.FAILED.value:
+    if step.status == StepState.FAILED.value:
         why = "the root cause" if run.failed_step == step.name else "failed"
         return f"{_timed_out(step)}{why}"
     return ""
@@ -200,8 +202,8 @@ def build_status(
     by_name = {row.name: row for row in rows}
     statuses = {row.name: str(row.status) for row in rows}
     for name in lost & statuses.keys():
-        statuses[name] = Status.LOST.value
-    retrying = Status.RETRYING.value
+        statuses[name] = StepState.LOST.value
+    retrying = StepState.RETRYING.value
     steps: dict[str, StepStatus] = {}
     order = shape.order
     known = set(order)
@@ -219,7 +221,7 @@ def build_status(
             f"{row.error_class}: {row.error_message}" if row.error_class else None,
             None if process_id is None or row.queued_at is None else _uuid(process_id),
             parents.get(name, []),
-            _blocked_by(name, parents, statuses) if status == PENDING else None,
+            _blocked_by(name, parents, statuses) if status == StepState.PENDING.value else None,
             row.next_attempt_at if status == retrying else None,
             row.queued_at,
             row.started_at,
@@ -256,7 +258,7 @@ def _blocked_by(name: str, parents: dict[str, list[str]], statuses: dict[str, st
             if parent in seen:
                 continue
             seen.add(parent)
-            if statuses.get(parent) in (Status.FAILED.value, Status.LOST.value):
+            if statuses.get(parent) in (StepState.FAILED.value, StepState.LOST.value):
                 return parent
             if statuses.get(parent) not in DONE:
                 following += parents.get(parent, ())
