@@ -116,15 +116,21 @@ def test_a_workflow_on_an_unknown_queue_is_refused_with_the_queues_known_here() 
         flow_tracker.workflow("registry_unknown", queue="sqs")
     with pytest.raises(UsageError, match="name of a queue module"):
         flow_tracker.workflow("registry_dotted", queue="os.path")
-    with pytest.raises(UsageError, match="no queue 'sqs'"):
-        flow_tracker.workflow("registry_named", queue="sqs", queue_name="jobs")
+    # Named in full, a queue of a team's own needs no module here (its workers install it).
+    named = flow_tracker.workflow("registry_named", queue="sqs", queue_name="jobs")
+    assert (named.queue, named.queue_name) == ("sqs", "jobs")
 
 
-def test_a_queue_not_installed_here_still_sends_to_its_own_default_queue() -> None:
-    """A script declaring a Celery workflow without installing Celery: its module is asked."""
+def test_a_queue_not_installed_here_still_sends_to_its_own_default_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A script declaring a Celery workflow without Celery: its module's source is read."""
     job_systems.unregister("celery")
+    # Not imported to find it (a dashboard may not have the queue's library).
+    monkeypatch.delitem(sys.modules, "flow_tracker.integrations.celery", raising=False)
     wf = flow_tracker.workflow("registry_celery_default", queue="celery")
     assert wf.queue_name == "celery"
+    assert "flow_tracker.integrations.celery" not in sys.modules
     assert (
         flow_tracker.workflow("registry_named_queue", queue="rq", queue_name="q").queue_name == "q"
     )
@@ -209,3 +215,13 @@ def test_workflows_are_in_layers_with_one_lazy_start() -> None:
             if module.startswith("flow_tracker.workflows.")
         }
         assert not imported & forbidden, (name, imported & forbidden)
+
+
+def test_an_rq_step_enqueued_under_the_old_path_still_finds_its_function() -> None:
+    """Steps queued by an older version name ``workflows.queues.rq_step``: RQ must import it."""
+    rq_utils = pytest.importorskip("rq.utils")
+    from flow_tracker.integrations import rq as ft_rq
+    from flow_tracker.workflows import queues
+
+    assert rq_utils.import_attribute(queues.LEGACY_RQ_STEP_FUNCTION) is queues.rq_step
+    assert rq_utils.import_attribute(ft_rq.STEP_FUNCTION) is ft_rq.workflow_step

@@ -87,6 +87,11 @@ def register(system: JobSystem) -> None:
         _systems[system.name] = system
         used = sorted(_queues_used.get(system.name, ()))
         listeners = list(_listeners)
+    _announce(system, used, listeners)
+
+
+def _announce(system: JobSystem, used: list[str], listeners: list[Listener]) -> None:
+    """Declare the broker queues steps already use, then tell the listeners (no lock held)."""
     if system.declare_queue is not None:
         for queue_name in used:
             system.declare_queue(queue_name)
@@ -96,9 +101,13 @@ def register(system: JobSystem) -> None:
 
 def update(name: str, **changes: Any) -> JobSystem:
     """Register ``name``'s record with ``changes`` (a new record if there was none)."""
-    current = get(name) or JobSystem(name)
-    system = dataclasses.replace(current, **changes)
-    register(system)
+    with _lock:  # read and replace at once: a concurrent install is not lost
+        current = _systems.get(name) or JobSystem(name)
+        system = dataclasses.replace(current, **changes)
+        _systems[name] = system
+        used = sorted(_queues_used.get(name, ()))
+        listeners = list(_listeners)
+    _announce(system, used, listeners)
     return system
 
 

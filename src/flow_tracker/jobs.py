@@ -93,7 +93,7 @@ def enqueued_together() -> Iterator[None]:
         _COLLECTING.reset(token)
     if events:
         try:
-            runtime.writer().write_now(events)
+            runtime.sink().write_now(events)
         except Exception as exc:
             runtime.report_internal_error(exc, "storing a batch of queued jobs")
 
@@ -159,7 +159,7 @@ def record_enqueued(
         if batch is not None:
             batch.append(event)
         else:
-            runtime.writer().write_now((event,))
+            runtime.sink().write_now((event,))
         return process_id
     except Exception as exc:
         runtime.report_internal_error(exc, f"recording an enqueued {job_system} job")
@@ -180,7 +180,7 @@ def record_publish_failed(job_system: str, job_id: str, exc: BaseException) -> N
             "error": (cls, f"publishing to the broker failed: {message}", trace),
         }
         process_id = process_id_for(job_system, job_id)
-        runtime.writer().put((ev.PROCESS_UPDATE, process_id.int, fields))
+        runtime.sink().put((ev.PROCESS_UPDATE, process_id.int, fields))
     except Exception as internal:
         runtime.report_internal_error(internal, f"recording a failed {job_system} publish")
 

@@ -269,3 +269,19 @@ def test_events_are_the_raw_changes_in_order() -> None:
         job.info("one")
     kinds = [event[0] for event in captured.events]
     assert kinds == [ev.PROCESS_START, ev.LOG, ev.PROCESS_UPDATE]  # the last: its end
+
+
+def test_a_job_enqueued_inside_a_capture_is_captured_and_no_database_is_made(
+    empty_folder: Path,
+) -> None:
+    """The enqueue path records into the capture too (a queue in eager or immediate mode)."""
+    from flow_tracker import jobs
+
+    with capture() as captured:
+        process_id = jobs.record_enqueued(
+            job_system="testq", job_id="job-1", name="send_email", queue="mail", args=(42,)
+        )
+    assert process_id is not None
+    assert [p.name for p in captured.processes] == ["send_email"]
+    assert captured.process("send_email").status == "queued"
+    assert list(empty_folder.iterdir()) == []

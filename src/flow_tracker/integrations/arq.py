@@ -167,6 +167,12 @@ def install(
         if worker_settings is not None:
             _prepare_settings(worker_settings)
             _link = _Link.to(_link, worker_settings, _pool_from_settings)
+            # Steps of a workflow that names no queue go where this worker listens.
+            default_queue = str(_get(worker_settings, "queue_name", DEFAULT_QUEUE))
+        elif pool is not None:
+            default_queue = str(getattr(pool, "default_queue_name", None) or DEFAULT_QUEUE)
+        else:
+            default_queue = DEFAULT_QUEUE
         if pool is not None:
             _wrap_pool(pool)
             _link = _Link.to(_link, pool, _pool_like)
@@ -175,7 +181,7 @@ def install(
     job_systems.register(
         job_systems.JobSystem(
             name=JOB_SYSTEM,
-            default_queue=DEFAULT_QUEUE,
+            default_queue=default_queue,
             requeue=_requeue if can_send else None,
             probe=_probe if can_send else None,
             control_flow={Retry: Status.RETRYING},
@@ -367,10 +373,15 @@ async def _finish(
     """End the job's process; wait until it is stored, off the event loop."""
     finish_job(tracker, status, error, wait=False)
     timeout = config.current().completion_timeout
-    writer = runtime.writer()
+    writer = runtime.sink()
     if timeout > 0 and writer.healthy:
         try:
-            await _off_the_loop(functools.partial(writer.flush, timeout))
+            await asyncio.shield(_off_the_loop(functools.partial(writer.flush, timeout)))
+        except asyncio.CancelledError:
+            # The job has ended and its outcome is decided: a worker stopping, or the
+            # job's timeout, during this wait must not turn a done job into one arq
+            # runs again. The wait goes on in its thread.
+            pass
         except Exception as exc:
             runtime.report_internal_error(exc, "storing the end of an arq job")
 

@@ -58,6 +58,7 @@ from flow_tracker.store.workflows import Dispatch
 from flow_tracker.tracker import outcome_of
 from flow_tracker.workflows import timeouts
 from flow_tracker.workflows.engine import execute_step
+from flow_tracker.workflows.queues import LEGACY_RQ_STEP_FUNCTION
 
 try:
     import rq
@@ -182,7 +183,7 @@ def install(*, track_all: bool = True, connection: Redis | None = None) -> None:
 
 
 def _is_tracked(job: Job) -> bool:
-    if job.func_name == STEP_FUNCTION:
+    if job.func_name in (STEP_FUNCTION, LEGACY_RQ_STEP_FUNCTION):
         return False  # a workflow step: its own process records it
     if _track_all or job.meta.get(META_OPT_IN):
         return True

@@ -13,7 +13,7 @@ declares them, as it imports the module that declares its tasks.
 
 from __future__ import annotations
 
-import importlib
+import ast
 import importlib.util
 import inspect
 import random
@@ -165,8 +165,10 @@ class Workflow:
             checked_name(queue_name, f"workflow {name!r}: queue_name", QUEUE_NAME_LIMIT)
         self.name = name
         self.queue = queue
-        if queue_name:
-            _queue_module(name, queue)  # an unknown queue is refused, named or not
+        # With queue_name given, a queue installed only in the workers (a team's own)
+        # is fine here: its steps wait in the outbox for a worker of it.
+        if queue_name and not (isinstance(queue, str) and queue.isidentifier()):
+            raise UsageError(f"workflow {name!r}: queue must be a name, not {queue!r}")
         self.queue_name = queue_name or default_queue_name(name, queue)
         self.module = module
         """The module that declared the workflow (workers import it to find it)."""
@@ -577,11 +579,12 @@ def _declaring_module() -> str | None:
 def default_queue_name(workflow: str, queue: str) -> str:
     """The broker queue ``queue``'s steps go to when ``workflow`` names none.
 
-    Asked of the queue's :class:`~flow_tracker.job_systems.JobSystem` when its
-    module is installed here; else of the module itself, found by name the way a
-    plugin is (``flow_tracker.integrations.<queue>`` and its ``DEFAULT_QUEUE``), so
-    that a script which declares a workflow without installing the queue sends
-    its runs where the workers listen. An unknown queue is refused here.
+    Asked of the queue's :class:`~flow_tracker.job_systems.JobSystem` when it is
+    installed here; else of its module, found by name the way a plugin is
+    (``flow_tracker.integrations.<queue>`` and its ``DEFAULT_QUEUE``), read from
+    its source without running it: a script or a dashboard that declares a
+    Celery workflow sends its runs where the workers listen, with no Celery
+    installed. An unknown queue is refused here.
     """
     if queue == THREADS:
         return THREADS
@@ -589,19 +592,11 @@ def default_queue_name(workflow: str, queue: str) -> str:
     if system is not None:
         return system.default_queue
     module_name = _queue_module(workflow, queue)
-    where = f"workflow {workflow!r}"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
+    default = _declared_default(module_name)
+    if default is None:
         raise UsageError(
-            f"{where}: queue {queue!r} needs {module_name}, which cannot be imported here"
-            f" ({exc}); install it, or pass queue_name= to name the broker queue"
-        ) from None
-    default = getattr(module, "DEFAULT_QUEUE", None)
-    if not isinstance(default, str):
-        raise UsageError(
-            f"{where}: queue {queue!r} has no default broker queue until it is installed;"
-            " pass queue_name="
+            f"workflow {workflow!r}: queue {queue!r} names its broker queue once installed"
+            f" ({module_name}.install() here), or pass queue_name="
         )
     return default
 
@@ -609,18 +604,42 @@ def default_queue_name(workflow: str, queue: str) -> str:
 def _queue_module(workflow: str, queue: object) -> str:
     """The module of ``queue`` (found, not imported); a clear error when there is none."""
     where = f"workflow {workflow!r}"
-    if queue == THREADS or (isinstance(queue, str) and job_systems.get(queue) is not None):
-        return "" if queue == THREADS else f"flow_tracker.integrations.{queue}"
     if not isinstance(queue, str) or not queue.isidentifier():
         raise UsageError(f"{where}: queue must be the name of a queue module, not {queue!r}")
     module_name = f"flow_tracker.integrations.{queue}"
     if importlib.util.find_spec(module_name) is None:
         known = sorted({THREADS, *(s.name for s in job_systems.registered())})
         raise UsageError(
-            f"{where}: no queue {queue!r} (no module {module_name}, none registered); "
-            f"known here: {', '.join(known)}"
+            f"{where}: no queue {queue!r} (no module {module_name}, none registered; a queue"
+            f" of your own: pass queue_name=, or install it first); known here: {', '.join(known)}"
         )
     return module_name
+
+
+def _declared_default(module_name: str) -> str | None:
+    """``DEFAULT_QUEUE = "..."`` at the top of the module's source, if it says so."""
+    spec = importlib.util.find_spec(module_name)
+    loader = spec.loader if spec is not None else None
+    get_source = getattr(loader, "get_source", None)
+    try:
+        source = get_source(module_name) if get_source is not None else None
+        tree = ast.parse(source) if source else None
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body if tree is not None else ():
+        target, value = None, None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        if (
+            isinstance(target, ast.Name)
+            and target.id == "DEFAULT_QUEUE"
+            and isinstance(value, ast.Constant)
+            and isinstance(value.value, str)
+        ):
+            return value.value
+    return None
 
 
 def find(name: str) -> Workflow | None:

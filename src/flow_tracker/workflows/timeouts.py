@@ -30,7 +30,7 @@ from flow_tracker.errors import StepTimeout
 from flow_tracker.status import Status
 from flow_tracker.store import workflows as stored
 from flow_tracker.store.workflows import Dispatch
-from flow_tracker.workflows.definition import StepSpec, find
+from flow_tracker.workflows.definition import THREADS, StepSpec, find
 
 if TYPE_CHECKING:
     pass
@@ -145,6 +145,8 @@ def pool_deadline(system: str, spec: StepSpec, end: Callable[[], TimedOut]) -> D
     if spec.timeout is None:
         return None
     record = job_systems.get(system)
-    if record is not None and record.time_limits:
-        return None  # the queue stops the step itself (its JobSystem names the error)
+    if system != THREADS and (record is None or record.time_limits):
+        # The queue stops the step itself (its JobSystem names the error), or it is
+        # not installed here and its own limit (sent with the step) does.
+        return None
     return Deadline(spec, spec.timeout, end)
