@@ -6,8 +6,9 @@ PostgreSQL (and SQLite where said):
 * **hand-off**: the median time from a step's end to its child's start in a
   chain of 20 trivial steps, a flow-tracker workflow beside the queue's native
   chaining of the same tasks in the same worker (Celery ``chain``, RQ
-  ``depends_on``, Dramatiq ``pipeline``); every task notes its start and end in
-  Redis, so both are timed the same way. Goal: ≤ 1.5x native.
+  ``depends_on``, Dramatiq ``pipeline``, Huey ``then``; arq has none, so its
+  line has the workflow alone); every task notes its start and end in Redis, so
+  both are timed the same way. Goal: ≤ 1.5x native.
 * **fan-in**: 500 parallel leaves then a join, against a Celery ``chord``: from
   the last leaf's end to the join's start, and how often the join ran. Goal:
   ≤ 2x the chord, the join run once.
@@ -102,20 +103,21 @@ def _handoffs(marks: dict[str, float], length: int) -> list[float]:
 
 
 def handoff(
-    send_native: Callable[[str], None], workflow: flow_tracker.Workflow, runs: int
-) -> tuple[float, float]:
-    """Median hand-off (ms) of native chains and of the workflow's chains, alternating."""
+    send_native: Callable[[str], None] | None, workflow: flow_tracker.Workflow, runs: int
+) -> tuple[float | None, float]:
+    """Median hand-off (ms) of native chains (None: the queue has none) and the workflow's."""
     native: list[float] = []
     ours: list[float] = []
     for _ in range(runs):
-        key = uuid.uuid4().hex
-        send_native(key)
-        native.append(statistics.median(_handoffs(_wait_marks(key, 2 * CHAIN), CHAIN)))
+        if send_native is not None:
+            key = uuid.uuid4().hex
+            send_native(key)
+            native.append(statistics.median(_handoffs(_wait_marks(key, 2 * CHAIN), CHAIN)))
         key = uuid.uuid4().hex
         status = workflow.run(context={"key": key}).wait(WAIT_S)
         assert status.status == "completed", status
         ours.append(statistics.median(_handoffs(_wait_marks(key, 2 * CHAIN), CHAIN)))
-    return statistics.median(native), statistics.median(ours)
+    return (statistics.median(native) if native else None), statistics.median(ours)
 
 
 def _celery_chain(key: str) -> None:
@@ -145,6 +147,15 @@ def _dramatiq_chain(key: str) -> None:
     dramatiq.pipeline(
         wf_dramatiq.step.message_with_options(args=(key, i), pipe_ignore=True) for i in range(CHAIN)
     ).run()  # type: ignore[no-untyped-call]
+
+
+def _huey_chain(key: str) -> None:
+    from benchmarks.apps import wf_huey
+
+    pipe = wf_huey.step.s(key, 0)
+    for i in range(1, CHAIN):
+        pipe = pipe.then(wf_huey.piped, key, i)
+    wf_huey.huey.enqueue(pipe)
 
 
 def _join_delay(marks: dict[str, float], leaves: int) -> float:
@@ -253,9 +264,9 @@ def main(argv: list[str]) -> int:
         "|---|---:|---:|---:|",
     ]
     flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
-    from benchmarks.apps import wf_celery, wf_dramatiq, wf_rq
+    from benchmarks.apps import wf_arq, wf_celery, wf_dramatiq, wf_huey, wf_rq
 
-    setups: list[tuple[str, list[str], Callable[[str], None], flow_tracker.Workflow]] = [
+    setups: list[tuple[str, list[str], Callable[[str], None] | None, flow_tracker.Workflow]] = [
         (
             "Celery prefork (2), `chain`",
             [
@@ -314,6 +325,25 @@ def main(argv: list[str]) -> int:
             _dramatiq_chain,
             wf_dramatiq.CHAIN_WF,
         ),
+        (
+            "Huey (2 threads), `then`",
+            [
+                str(BIN / "huey_consumer"),
+                "benchmarks.apps.wf_huey.huey",
+                "-w",
+                "2",
+                "-k",
+                "thread",
+            ],
+            _huey_chain,
+            wf_huey.CHAIN_WF,
+        ),
+        (
+            "arq (2 jobs at once, polls every 10 ms), no chaining of its own",
+            [str(BIN / "arq"), "benchmarks.apps.wf_arq.WorkerSettings"],
+            None,
+            wf_arq.CHAIN_WF,
+        ),
     ]
     fan_in_result: tuple[float, float, int, int] | None = None
     for label, command, send_native, workflow in setups:
@@ -321,6 +351,10 @@ def main(argv: list[str]) -> int:
             native, ours = handoff(send_native, workflow, runs)
             if label.startswith("Celery"):
                 fan_in_result = fan_in(1 if quick else 3)
+        if native is None:
+            print(f"  {label:45} native       —      workflow {ours:7.2f} ms")
+            handoff_rows.append(f"| {label} | — | {ours:.2f} | — |")
+            continue
         ratio = ours / native
         print(f"  {label:45} native {native:7.2f} ms   workflow {ours:7.2f} ms   {ratio:5.2f}x")
         handoff_rows.append(f"| {label} | {native:.2f} | {ours:.2f} | {_ratio(ours, native)} |")
