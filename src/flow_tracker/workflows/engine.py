@@ -141,9 +141,21 @@ def sending_systems() -> set[str]:
     }
 
 
+# Set once this process's pool has run a step (threads.send): only then does it deliver
+# the outbox's requests for its `threads` workflows. A process that merely declares one
+# (a Celery worker, a web app) polls nothing for it, as before the pool registered itself.
+_pool_live = False
+
+
+def pool_started() -> None:
+    """The in-process pool ran its first step here: it now serves its workflows' requests."""
+    global _pool_live
+    _pool_live = True
+
+
 def served_threads_workflows() -> set[str]:
     """The ``threads`` workflows whose steps this process's pool runs (declared here)."""
-    if job_systems.step_sender("threads") is None:
+    if not _pool_live or job_systems.step_sender("threads") is None:
         return set()
     return {wf.name for wf in declared() if wf.queue == "threads"}
 

@@ -29,7 +29,7 @@ from flow_tracker import delivery, job_systems, runtime
 from flow_tracker.errors import DatabaseUnavailableError
 from flow_tracker.store.workflows import Dispatch
 from flow_tracker.workflows.definitions import record_declared_soon
-from flow_tracker.workflows.engine import execute_step
+from flow_tracker.workflows.engine import execute_step, pool_started
 
 SYSTEM = "threads"
 WORKERS = int(os.environ.get("FLOW_TRACKER_WORKFLOW_THREADS", "8"))
@@ -211,6 +211,7 @@ def send(dispatch: Dispatch) -> None:
             # Running steps here makes this process a live worker of the pool: it
             # delivers the outbox's requests for the workflows it declares, and
             # records their definitions so pages can start them.
+            pool_started()
             delivery.serve()
             record_declared_soon()
     pool.submit(dispatch)
