@@ -22,6 +22,7 @@ from flow_tracker.redaction import Redactor
 from flow_tracker.store.bulk import BatchWriter
 from flow_tracker.store.engine import Store
 from flow_tracker.store.queries import get_process
+from flow_tracker.workflows import threads
 from flow_tracker.writer import Writer
 from tests.support.proxy import TcpProxy
 
@@ -200,6 +201,9 @@ def test_forked_child_records_its_own_processes_without_the_parents_buffer(
         pass  # the parent now holds a pooled connection
     parent = flow_tracker.start("parent")
     parent.info("buffered in the parent only")
+    # A step another test left on this process's pool may be inside the database driver;
+    # forked in that instant, the child would inherit its locks held.
+    assert threads.wait_idle(60.0), threads.describe()
     read_end, write_end = os.pipe()
     child_pid = os.fork()
     if child_pid == 0:  # pragma: no cover - runs in the child

@@ -202,7 +202,8 @@ class _Relay:
             self.wake.wait(POLL_SECONDS)
             self.wake.clear()
             try:
-                deliver_pending()
+                with _POLLING:  # a fork waits for the poll (see _hold_polls_across_fork)
+                    deliver_pending()
             except Exception as exc:
                 # The database away, a schema not made yet: polled again next second.
                 # Logged, not counted: an outage would count once a second for nothing.
@@ -211,6 +212,26 @@ class _Relay:
 
 
 RELAY = _Relay()
+
+# A poll holds the database driver's locks (SQLite's own mutexes among them) while it
+# runs; a fork in that instant would copy them held into the child, whose first query
+# then waits forever. A fork waits for the poll in progress instead (milliseconds).
+_POLLING = threading.RLock()  # re-entrant: a poll that forks must not wait for itself
+
+
+def _hold_polls_across_fork() -> None:
+    _POLLING.acquire()
+
+
+def _release_polls_after_fork() -> None:
+    _POLLING.release()
+
+
+os.register_at_fork(
+    before=_hold_polls_across_fork,
+    after_in_parent=_release_polls_after_fork,
+    after_in_child=_release_polls_after_fork,
+)
 
 
 def serve() -> None:
