@@ -53,7 +53,9 @@ def step_duration_ms(started_at: datetime | None, finished_at: datetime | None) 
     """
     if started_at is None or finished_at is None:
         return None
-    return (finished_at - started_at).total_seconds() * 1000.0
+    # Rounded to the microsecond the stamps carry: a float such as
+    # 238.25199999999998 says no more and reads badly in the JSON API.
+    return round((finished_at - started_at).total_seconds() * 1000.0, 3)
 
 
 @dataclass(frozen=True, slots=True)
