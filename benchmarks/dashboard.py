@@ -85,15 +85,24 @@ def main(argv: list[str]) -> int:
         ).fetchone()
     rng = random.Random(5)
 
+    with psycopg.connect(dsn) as conn:
+        rolled_before = conn.execute(
+            "SELECT 1 FROM flow_tracker_state WHERE key = %s", (rollups.WATERMARK_KEY,)
+        ).fetchone()
     started = time.perf_counter()
     first = client.get("/?window=30d")
     first_ms = (time.perf_counter() - started) * 1000
-    print(
-        f"  first overview (builds the rollups of 30 days): {first_ms:,.0f} ms, "
-        f"status {first.status_code}"
-    )
+    print(f"  first overview: {first_ms:,.0f} ms, status {first.status_code}")
 
     keeper = client.app.state.dashboard.keeper  # type: ignore[attr-defined]
+    newest_s, all_s = _wait_for_first_build(keeper, url, started)
+    if not rolled_before and newest_s is not None:
+        # Once after install: the routes below are timed after it, as a team sees them
+        # every day after; meanwhile pages read what is not rolled up yet from raw rows.
+        print(
+            f"  first build of the rollups, in the background: the newest day after "
+            f"{newest_s:.1f} s, every day after {all_s:.1f} s"
+        )
     keeper_ms: list[float] = []
 
     def after_refresh(path: str) -> str:
@@ -223,6 +232,29 @@ def main(argv: list[str]) -> int:
         return 1
     print("\n  every route within target")
     return 0
+
+
+def _wait_for_first_build(keeper: Any, url: str, started: float) -> tuple[float | None, float]:
+    """Wait until the statistics keeper has published its first state.
+
+    Returns when, in seconds after ``started``, the newest day was rolled up (None
+    if it already was) and when the keeper published.
+    """
+    from flow_tracker.store.engine import Store
+
+    store = Store(url)
+    newest: float | None = None
+    try:
+        deadline = time.monotonic() + 3600
+        while keeper.state is None and time.monotonic() < deadline:
+            if newest is None and rollups.stored_version(store).watermark is not None:
+                newest = time.perf_counter() - started
+            time.sleep(0.1)
+        if keeper.state is None:
+            raise SystemExit("the statistics keeper published nothing within an hour")
+        return newest, time.perf_counter() - started
+    finally:
+        store.dispose()
 
 
 SEARCH_BUDGET_S = 5.0

@@ -278,3 +278,69 @@ def test_totals_by_name_say_what_the_counts_say_rolled_up_and_in_the_tail(store:
         assert totals.retried[name] == retried
     assert sum(totals.finished.values()) == 30 and sum(totals.failed.values()) == 3
     assert sum(totals.retried.values()) == 6
+
+
+def _exact(stats: Any) -> tuple[Any, ...]:
+    return (stats.name, stats.count, stats.failed, stats.p50_ms, stats.p95_ms)
+
+
+def _rollup_rows(store: Store) -> list[tuple[Any, ...]]:
+    with store.engine.connect() as conn:
+        return sorted(
+            tuple(r)
+            for r in conn.execute(
+                select(
+                    rollup_counts.c.grain,
+                    rollup_counts.c.kind,
+                    rollup_counts.c.bucket_start,
+                    rollup_counts.c.name,
+                    rollup_counts.c.status,
+                    rollup_counts.c.count,
+                )
+            )
+        )
+
+
+@pytest.mark.parametrize("window", ["24h", "7d", "30d"])
+def test_a_first_build_half_done_gives_exact_counts_and_the_next_refresh_finishes_it(
+    store: Store, window: str
+) -> None:
+    _history(store, 3_000, days=40)
+    now = queries.database_time(store)
+    # A first build's first transaction: the newest day only (as if it stopped there).
+    rollups._roll_newest(store, rollups.floor_hour(now - rollups.GRACE), now)
+    half_state = rollups.stored_version(store)
+    assert half_state.rolled_from is not None
+    assert half_state.rolled_from <= rollups.floor_hour(now) - timedelta(hours=24)
+    # The day window already reads rollups and no raw head; longer ones read a head.
+    assert statistics.window_span("24h", now, *half_state).head_start is None
+    assert statistics.window_span("24h", now, *half_state).has_rollups
+    half = statistics.overview(store, window, rollup_state=half_state)
+    assert half.finished == _raw_counts(store, rollups.floor_hour(half.start))
+
+    rollups.refresh(store, now)  # goes on from the floor, a chunk per transaction
+    done_state = rollups.stored_version(store)
+    assert done_state.rolled_from is None and done_state.stamp != half_state.stamp
+    done = statistics.overview(store, window, rollup_state=done_state)
+    assert done.finished == half.finished
+    pairs = ((done.slow_processes, half.slow_processes), (done.slow_flows, half.slow_flows))
+    for finished, halfway in pairs:
+        # The same histograms; the averages only differ in the order floats were added.
+        assert [_exact(s) for s in finished] == [_exact(s) for s in halfway]
+        for a, b in zip(finished, halfway, strict=True):
+            assert a.avg_ms == pytest.approx(b.avg_ms, rel=1e-9)
+    assert [b.total for b in done.bars] == [b.total for b in half.bars]
+
+    # Chunk by chunk, newest first, it wrote what one rebuild of every day writes.
+    built = _rollup_rows(store)
+    rollups.rebuild(store, now)
+    assert _rollup_rows(store) == built
+
+
+def test_a_rebuild_of_every_day_ends_a_first_build_half_done(store: Store) -> None:
+    _history(store, 500, days=10)
+    now = queries.database_time(store)
+    rollups._roll_newest(store, rollups.floor_hour(now - rollups.GRACE), now)
+    assert rollups.stored_version(store).rolled_from is not None
+    rollups.rebuild(store, now)
+    assert rollups.stored_version(store).rolled_from is None

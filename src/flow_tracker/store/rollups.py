@@ -15,6 +15,12 @@ later than that (after a long database outage, a restore or an import) are in
 the lists, not in the charts, until :func:`rebuild` (``flow-tracker rollups
 rebuild``) rolls their days up again. Whoever refreshes first does the work; the
 others wait on a lock and find it done.
+
+The first refresh of a database that already holds months of rows rolls up the
+newest day first and then older days a few at a time, each in a transaction of
+its own: the windows the pages read most (an hour, a day) come from rollups
+within seconds rather than after the whole build, and what is not rolled up yet
+(the "head" before :data:`FLOOR_KEY`) is read from the raw rows meanwhile.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -60,6 +66,10 @@ RECHECK = timedelta(hours=2)
 # Hour rows older than this are dropped; longer windows read day rows.
 KEEP_HOURS = timedelta(days=35)
 WATERMARK_KEY = "rollups.hourly_until"
+# Set while a first build still rolls up older days: hours before it are not rolled up.
+FLOOR_KEY = "rollups.hourly_from"
+# Days a first build rolls up per transaction, newest first, after the newest day.
+FILL_CHUNK = timedelta(days=2)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 T = TypeVar("T")
@@ -158,17 +168,42 @@ def _retried(table: Any) -> Any:
     return func.coalesce(func.sum(case((table.c.attempt > 1, 1), else_=0)), 0)
 
 
-def read_version(conn: Connection) -> tuple[datetime | None, str]:
-    """The watermark and a stamp that changes whenever a refresh rewrites rollups."""
-    row = conn.execute(
-        select(state.c.value, state.c.updated_at).where(state.c.key == WATERMARK_KEY)
-    ).first()
-    if row is None:
-        return None, ""
-    return datetime.fromisoformat(row.value), str(row.updated_at)
+class RollupVersion(NamedTuple):
+    """The rollups' state as a reader sees it (see :func:`read_version`)."""
+
+    watermark: datetime | None
+    """Hours before it are rolled up (from :attr:`rolled_from` on); None before any refresh."""
+    stamp: str
+    """Changes whenever a refresh rewrites rollup rows: sums cached under it stay valid."""
+    rolled_from: datetime | None = None
+    """While a first build still rolls up older days: hours before it are not rolled up."""
 
 
-def stored_version(store: Store) -> tuple[datetime | None, str]:
+def read_version(conn: Connection) -> RollupVersion:
+    """The watermark, a stamp that changes whenever a refresh rewrites rollups, the floor."""
+    rows = {
+        r.key: r
+        for r in conn.execute(
+            select(state.c.key, state.c.value, state.c.updated_at).where(
+                state.c.key.in_((WATERMARK_KEY, FLOOR_KEY))
+            )
+        )
+    }
+    mark = rows.get(WATERMARK_KEY)
+    if mark is None:
+        return RollupVersion(None, "")
+    floor = rows.get(FLOOR_KEY)
+    if floor is None:
+        return RollupVersion(datetime.fromisoformat(mark.value), str(mark.updated_at))
+    # Each chunk of a first build moves the floor: the stamp moves with it.
+    return RollupVersion(
+        datetime.fromisoformat(mark.value),
+        f"{mark.updated_at}|{floor.value}",
+        datetime.fromisoformat(floor.value),
+    )
+
+
+def stored_version(store: Store) -> RollupVersion:
     """:func:`read_version` on a connection of its own (no refresh)."""
     store.ensure_schema()
     with store.engine.connect() as conn:
@@ -184,6 +219,34 @@ def read_watermark(conn: Connection) -> datetime | None:
 def _write_watermark(conn: Connection, until: datetime, now: datetime) -> None:
     conn.execute(state.delete().where(state.c.key == WATERMARK_KEY))
     conn.execute(insert(state).values(key=WATERMARK_KEY, value=until.isoformat(), updated_at=now))
+
+
+def _read_floor(conn: Connection) -> datetime | None:
+    value = conn.execute(select(state.c.value).where(state.c.key == FLOOR_KEY)).scalar()
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _write_floor(conn: Connection, floor: datetime | None, now: datetime) -> None:
+    conn.execute(state.delete().where(state.c.key == FLOOR_KEY))
+    if floor is not None:
+        conn.execute(insert(state).values(key=FLOOR_KEY, value=floor.isoformat(), updated_at=now))
+
+
+def _drop_old_hours(conn: Connection, before: datetime) -> None:
+    for table in (rollup_counts, rollup_durations):
+        old = and_(table.c.grain == "h", table.c.bucket_start < before)
+        conn.execute(table.delete().where(old))
+
+
+def _analyze(store: Store) -> None:
+    """Give the planner the rollups' statistics now, not at autovacuum's next pass.
+
+    After a build writes many rows at once, a wrong guess sorts on disk.
+    """
+    if store.dialect == "postgresql":
+        with store.engine.connect() as conn:
+            conn.execute(text(f"ANALYZE {rollup_counts.name}, {rollup_durations.name}"))
+            conn.commit()
 
 
 def _roll_hours(conn: Connection, store: Store, start: datetime, end: datetime) -> None:
@@ -322,6 +385,10 @@ def _earliest_finish(conn: Connection) -> datetime | None:
 def refresh(store: Store, now: datetime) -> datetime:
     """Roll up every closed hour not rolled up yet (and the last few again).
 
+    On a database never rolled up, the newest day is rolled up and committed
+    first, then the older days a chunk at a time (see the module's docstring);
+    a first build interrupted half-way goes on at the next refresh.
+
     Args:
         store: the tracking database.
         now: the database's current time.
@@ -329,8 +396,14 @@ def refresh(store: Store, now: datetime) -> datetime:
     Returns:
         The new watermark: hours before it are in the rollups.
     """
-    closed_until = floor_hour(now - GRACE)
     store.ensure_schema()
+    watermark = _roll_newest(store, floor_hour(now - GRACE), now)
+    _fill_older(store, now)
+    return watermark
+
+
+def _roll_newest(store: Store, closed_until: datetime, now: datetime) -> datetime:
+    """Roll up the hours since the watermark (on a first build: the newest day)."""
     with store.engine.connect() as conn:
         with conn.begin():
             watermark = read_watermark(conn)
@@ -338,34 +411,58 @@ def refresh(store: Store, now: datetime) -> datetime:
             return watermark
         conn = conn.execution_options(flow_tracker_begin="IMMEDIATE")
         with conn.begin():
-            if store.dialect == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
+            _locked(conn, store)
             watermark = read_watermark(conn)  # another reader may have done it meanwhile
             if watermark is not None and watermark >= closed_until:
                 return watermark
             if watermark is None:
                 earliest = _earliest_finish(conn)
-                start = floor_hour(earliest) if earliest is not None else closed_until
+                oldest = floor_hour(earliest) if earliest is not None else closed_until
+                # At least the last whole day, so that the 24-hour window is covered.
+                start = max(oldest, floor_day(closed_until) - DAY)
+                if start > oldest:
+                    _write_floor(conn, start, now)
             else:
                 start = min(watermark - RECHECK, closed_until)
             _roll_hours(conn, store, start, closed_until)
             # Today's day row too (rolled again at every refresh): the category
             # filter lists what ran today, and the row is complete once the day is.
             _roll_days(conn, store, floor_day(start), floor_day(closed_until) + DAY)
-            for table in (rollup_counts, rollup_durations):
-                conn.execute(
-                    table.delete().where(
-                        and_(table.c.grain == "h", table.c.bucket_start < closed_until - KEEP_HOURS)
-                    )
-                )
+            _drop_old_hours(conn, closed_until - KEEP_HOURS)
             _write_watermark(conn, closed_until, now)
-    if store.dialect == "postgresql" and closed_until - start > timedelta(hours=6):
-        # A first build writes many rows at once: give the planner their statistics now
-        # rather than at autovacuum's next pass (a wrong guess sorts on disk).
-        with store.engine.connect() as conn:
-            conn.execute(text(f"ANALYZE {rollup_counts.name}, {rollup_durations.name}"))
-            conn.commit()
+    if closed_until - start > timedelta(hours=6):
+        _analyze(store)
     return closed_until
+
+
+def _fill_older(store: Store, now: datetime) -> None:
+    """Roll up the days before the floor, newest first, a chunk per transaction."""
+    filled = False
+    with store.engine.connect() as conn:
+        while True:
+            with conn.begin():
+                if _read_floor(conn) is None:
+                    break
+            writing = conn.execution_options(flow_tracker_begin="IMMEDIATE")
+            with writing.begin():
+                _locked(writing, store)
+                floor = _read_floor(writing)  # another reader may have rolled it meanwhile
+                watermark = read_watermark(writing)
+                if floor is None or watermark is None:
+                    break
+                earliest = _earliest_finish(writing)
+                oldest = floor_hour(earliest) if earliest is not None else floor
+                # The floor is a midnight: every chunk rolls whole days (hours of a day
+                # before ``oldest`` hold nothing, so its day row is whole too).
+                start = max(oldest, floor - FILL_CHUNK)
+                if start < floor:
+                    _roll_hours(writing, store, start, floor)
+                    _roll_days(writing, store, floor_day(start), floor)
+                    _drop_old_hours(writing, watermark - KEEP_HOURS)
+                _write_floor(writing, start if start > oldest else None, now)
+                filled = True
+    if filled:
+        _analyze(store)
 
 
 @dataclass(frozen=True)
@@ -449,19 +546,21 @@ def rebuild(
             # A new stamp even when the watermark stays: readers' sums of the rolled-up
             # part (cached by version) are made again from the rebuilt rows.
             _write_watermark(conn, closed_until, now)
-    if store.dialect == "postgresql" and len(days) > 1:
-        with store.engine.connect() as conn:
-            conn.execute(text(f"ANALYZE {rollup_counts.name}, {rollup_durations.name}"))
-            conn.commit()
+            if since is None:  # every day since the first finished row: a first build is done
+                _write_floor(conn, None, now)
+    if len(days) > 1:
+        _analyze(store)
     return Rebuilt(start=start, until=closed_until, days=len(days))
 
 
 @dataclass(frozen=True)
 class Span:
-    """A time window split into what the rollups hold and the raw tail after them.
+    """A time window split into what the rollups hold and the raw rows around them.
 
-    Rollups cover [rollup_start, rolled_until) (whole hours); raw rows cover
-    [tail_start, end). A window of an hour or less reads raw rows only.
+    Rollups cover [rollup_start, rolled_until) (whole hours); raw rows cover the
+    tail [tail_start, end) and, while a first build has not reached the window's
+    start yet, the head [head_start, rollup_start). A window of an hour or less
+    reads raw rows only.
     """
 
     start: datetime
@@ -470,6 +569,14 @@ class Span:
     rolled_until: datetime
     tail_start: datetime
     version: str = ""  # read_version's stamp: rollup rows change only when it does
+    head_start: datetime | None = None  # None: no head
+
+    def raw_condition(self, table: Any) -> ColumnElement[bool]:
+        """Finished rows of ``table`` in the parts of the span read from raw rows."""
+        tail = _raw_filter(table, self.tail_start, self.end)
+        if self.head_start is None or self.head_start >= self.rollup_start:
+            return tail
+        return or_(tail, _raw_filter(table, self.head_start, self.rollup_start))
 
     def cache_key(self, store: Store, what: str, *extra: Any) -> tuple[Any, ...]:
         """Identifies the rolled-up part of this span's ``what`` (see :func:`_cached`)."""
@@ -511,23 +618,33 @@ class Span:
 
 
 def make_span(
-    start: datetime, end: datetime, watermark: datetime | None, version: str = ""
+    start: datetime,
+    end: datetime,
+    watermark: datetime | None,
+    version: str = "",
+    rolled_from: datetime | None = None,
 ) -> Span:
-    """Split [start, end) given the rollup watermark (hours before it are rolled up).
+    """Split [start, end) given the rollups' state (see :class:`RollupVersion`).
 
-    The start of a long window is rounded down to the hour it falls in.
+    Hours in [rolled_from, watermark) are rolled up (from the first hour on when
+    ``rolled_from`` is None). The start of a long window is rounded down to the
+    hour it falls in.
     """
     h0 = floor_hour(start)
-    if watermark is None or end - start <= HOUR or watermark <= h0:
+    first = h0 if rolled_from is None else max(h0, rolled_from)
+    if watermark is None or end - start <= HOUR or watermark <= first:
         return Span(start, end, rollup_start=h0, rolled_until=h0, tail_start=start, version=version)
     until = min(watermark, floor_hour(end))
+    if until <= first:
+        return Span(start, end, rollup_start=h0, rolled_until=h0, tail_start=start, version=version)
     return Span(
         start,
         end,
-        rollup_start=h0,
+        rollup_start=first,
         rolled_until=until,
         tail_start=until,
         version=version,
+        head_start=h0 if first > h0 else None,
     )
 
 
@@ -621,7 +738,7 @@ def read_counts(
 
 def _tail_counts(table: Any, category_column: Any, span: Span, category: str | None) -> Any:
     """Counts per name, category and status of the raw rows after the rollups."""
-    where = _raw_filter(table, span.tail_start, span.end)
+    where = span.raw_condition(table)
     if category is not None:
         where = and_(where, table.c.category == category)
     return (
@@ -727,7 +844,7 @@ def read_histograms(
             select(table.c.name, bucket.label("bucket"), func.count().label("n"))
             .where(
                 and_(
-                    _raw_filter(table, span.tail_start, span.end),
+                    span.raw_condition(table),
                     table.c.duration_ms.is_not(None),
                 )
             )
@@ -794,7 +911,7 @@ def read_series(conn: Connection, store: Store, span: Span, bar_seconds: int) ->
     tail_bar = _epoch_bucket(store, processes.c.finished_at, bar_seconds)
     for r in conn.execute(
         select(tail_bar.label("bar"), processes.c.status, func.count().label("n"))
-        .where(_raw_filter(processes, span.tail_start, span.end))
+        .where(span.raw_condition(processes))
         .group_by(tail_bar, processes.c.status)
     ):
         start = datetime.fromtimestamp(int(r.bar) * bar_seconds, timezone.utc)

@@ -74,7 +74,9 @@ UNAVAILABLE = (
 TOO_BROAD = str(SearchTooBroadError())
 TOO_SLOW = (
     "This page's queries ran past the dashboard's time budget; try a shorter window, "
-    "or again in a few seconds."
+    "or again in a few seconds. (The first time the dashboard opens on a database "
+    "that already holds months of runs, it rolls up their statistics in the "
+    "background, newest day first: until then, long windows read the runs themselves.)"
 )
 _SEARCHES = ("/processes", "/api/processes")
 

@@ -205,7 +205,11 @@ def refresh_rollups(store: Store, now: datetime) -> datetime | None:
 
 
 def window_span(
-    window: str, now: datetime, watermark: datetime | None, version: str = ""
+    window: str,
+    now: datetime,
+    watermark: datetime | None,
+    version: str = "",
+    rolled_from: datetime | None = None,
 ) -> rollups.Span:
     """The span the overview of ``window`` reads at ``now``, given the rollups' state."""
     if window not in WINDOWS:
@@ -216,15 +220,15 @@ def window_span(
         # Windows of days are calendar days (UTC), today included: "7d" is today and
         # the six days before. They read one rollup row per day and name.
         start = rollups.floor_day(now) - (length - timedelta(days=1))
-    return rollups.make_span(start, now, watermark, version)
+    return rollups.make_span(start, now, watermark, version, rolled_from)
 
 
-def warm(store: Store, now: datetime, watermark: datetime | None, version: str) -> None:
+def warm(store: Store, now: datetime, rollup_state: rollups.RollupVersion) -> None:
     """Sum the rolled-up part of every window as seen at ``now``, ahead of the readers."""
     dashboard.warm(
         store,
         (
-            (window_span(window, now, watermark, version), bar_seconds)
+            (window_span(window, now, *rollup_state), bar_seconds)
             for window, (_length, bar_seconds) in WINDOWS.items()
         ),
     )
@@ -236,7 +240,7 @@ def overview(
     *,
     stale_after: float = 900.0,
     lost_after: float = 60.0,
-    rollup_state: tuple[datetime | None, str] | None = None,
+    rollup_state: rollups.RollupVersion | None = None,
 ) -> Overview:
     """The overview of the last ``window`` ("1h", "24h", "7d" or "30d").
 
@@ -245,7 +249,7 @@ def overview(
         window: one of :data:`WINDOWS`.
         stale_after: seconds after which a still-queued job counts as stale.
         lost_after: seconds without heartbeat after which a running process is called silent.
-        rollup_state: (watermark, version) of rollups kept fresh by someone else (see
+        rollup_state: the state of rollups kept fresh by someone else (see
             :class:`flow_tracker.web.statistics_keeper.StatisticsKeeper`); by default this
             call refreshes the rollups itself and reads their state.
     """
@@ -257,8 +261,7 @@ def overview(
     if rollup_state is None:
         refresh_rollups(store, now)
         rollup_state = rollups.stored_version(store)
-    watermark, version = rollup_state
-    span = window_span(window, now, watermark, version)
+    span = window_span(window, now, *rollup_state)
     parts = dashboard.overview_parts(
         store, span, bar_seconds, now, stale_after=stale_after, lost_after=lost_after
     )

@@ -24,7 +24,7 @@ from flow_tracker.web import statistics
 
 logger = logging.getLogger("flow_tracker")
 
-RollupState = tuple[datetime | None, str]
+RollupState = rollups.RollupVersion
 _KEEPERS: weakref.WeakSet[StatisticsKeeper] = weakref.WeakSet()
 
 
@@ -82,14 +82,14 @@ class StatisticsKeeper:
         if now is None:
             now = queries.database_time(store)
         statistics.refresh_rollups(store, now)
-        watermark, version = rollups.stored_version(store)
-        statistics.warm(store, now, watermark, version)
+        state = rollups.stored_version(store)
+        statistics.warm(store, now, state)
         boundary = rollups.floor_hour(now) + timedelta(hours=1)
         if boundary - now <= timedelta(seconds=2 * self._interval):
             # A 24-hour window moves its first hour at the boundary: sum it ahead.
-            statistics.warm(store, boundary, watermark, version)
-        self._state = (watermark, version)
-        return self._state
+            statistics.warm(store, boundary, state)
+        self._state = state
+        return state
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -121,7 +121,7 @@ def _workflow_of(name: str, workflows: set[str]) -> str | None:
 def analytics(
     store: Store,
     window: str,
-    rollup_state: tuple[datetime | None, str] | None = None,
+    rollup_state: rollups.RollupVersion | None = None,
     *,
     only: str | None = None,
 ) -> list[WorkflowStats]:
