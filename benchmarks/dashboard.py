@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ TARGET_P95_MS = 100.0
 
 
 def _database(processes: int) -> str | None:
-    name = DB_NAME if processes >= 1_000_000 else f"{DB_NAME}_{processes}"
+    name = DB_NAME if processes == 1_000_000 else f"{DB_NAME}_{processes}"
     try:
         with psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3) as admin:
             exists = admin.execute(
@@ -54,73 +55,94 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main(argv: list[str]) -> int:
-    """Build or reuse the data set, time every route, print the table; 1 if a target is missed."""
-    quick = "--quick" in argv
-    processes = 100_000 if quick else 1_000_000
-    repeats = 15 if quick else 40
-    rows = f"{processes:,} processes, {5 * processes:,} flows, {5 * processes:,} logs"
-    print(f"\n== dashboard: {rows} ==")
-    warnings.simplefilter("ignore")
-    sqlite_missed = _sqlite_search_budget(10_000 if quick else 100_000)
+@dataclass
+class Site:
+    """One dashboard under test: its database, a client of its app, the routes to time."""
+
+    processes: int
+    url: str
+    client: Any
+    routes: list[tuple[str, Callable[[], str]]]
+    keeper_ms: list[float] = field(default_factory=list)
+    build: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dsn(self) -> str:
+        """The database's address for psycopg."""
+        return self.url.replace("postgresql+psycopg://", "postgresql://")
+
+    def time_route(self, make: Callable[[], str], repeats: int) -> list[float] | None:
+        """Server ms of ``repeats`` requests after a warm-up; None if one was not a 200."""
+        self.client.get(make())  # warm-up
+        times = []
+        for _ in range(repeats):
+            response = self.client.get(make())
+            if response.status_code != 200:
+                print(f"  {make()}: HTTP {response.status_code}")
+                return None
+            times.append(_server_ms(response))
+        return times
+
+
+def open_site(processes: int) -> Site | None:
+    """Build or reuse the data set of ``processes``, open the dashboard on it, warm it.
+
+    The first overview starts the statistics keeper; on a data set never rolled
+    up, its first build is waited for (and reported): routes are timed as a team
+    sees them every day after.
+    """
     url = _database(processes)
     if url is None:
-        print("  skipped: no PostgreSQL on 127.0.0.1:5432")
-        return 1 if sqlite_missed else 0
+        return None
     build = ensure_dataset(url, processes)
-
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
     from flow_tracker.web import create_app
 
     client = TestClient(create_app(url))
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn) as conn:
+    site = Site(processes, url, client, [], build=build)
+    with psycopg.connect(site.dsn) as conn:
         sample = conn.execute(
             "SELECT id::text, job_id FROM flow_tracker_processes TABLESAMPLE SYSTEM (1) LIMIT 200"
         ).fetchall()
         running = conn.execute(
             "SELECT id::text FROM flow_tracker_processes WHERE status = 'running' LIMIT 1"
         ).fetchone()
-    rng = random.Random(5)
-
-    with psycopg.connect(dsn) as conn:
         rolled_before = conn.execute(
             "SELECT 1 FROM flow_tracker_state WHERE key = %s", (rollups.WATERMARK_KEY,)
         ).fetchone()
+    rng = random.Random(5)
+
     started = time.perf_counter()
     first = client.get("/?window=30d")
     first_ms = (time.perf_counter() - started) * 1000
-    print(f"  first overview: {first_ms:,.0f} ms, status {first.status_code}")
-
+    print(f"  {processes:,}: first overview {first_ms:,.0f} ms, status {first.status_code}")
     keeper = client.app.state.dashboard.keeper  # type: ignore[attr-defined]
     newest_s, all_s = _wait_for_first_build(keeper, url, started)
     if not rolled_before and newest_s is not None:
-        # Once after install: the routes below are timed after it, as a team sees them
-        # every day after; meanwhile pages read what is not rolled up yet from raw rows.
+        # Once after install; meanwhile pages read what is not rolled up yet from raw rows.
         print(
-            f"  first build of the rollups, in the background: the newest day after "
-            f"{newest_s:.1f} s, every day after {all_s:.1f} s"
+            f"  {processes:,}: first build of the rollups, in the background: the newest "
+            f"day after {newest_s:.1f} s, every day after {all_s:.1f} s"
         )
-    keeper_ms: list[float] = []
 
     def after_refresh(path: str) -> str:
         # What happens once an hour: a refresh rewrites the rollups (a new version, so
         # every remembered sum is stale) and the keeper sums them again in the
         # background before the pages see the new version. Timed apart from the page.
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(site.dsn, autocommit=True) as conn:
             conn.execute(
                 "UPDATE flow_tracker_state SET updated_at = clock_timestamp() WHERE key = %s",
                 (rollups.WATERMARK_KEY,),
             )
         t0 = time.perf_counter()
         keeper.tick()
-        keeper_ms.append((time.perf_counter() - t0) * 1000)
+        site.keeper_ms.append((time.perf_counter() - t0) * 1000)
         return path
 
     cursor = client.get("/api/processes").json()["next_cursor"]
-    routes: list[tuple[str, Callable[[], str]]] = [
+    site.routes = [
         ("overview 1h", lambda: "/?window=1h"),
         ("overview 24h", lambda: "/?window=24h"),
         ("overview 7d", lambda: "/?window=7d"),
@@ -148,6 +170,27 @@ def main(argv: list[str]) -> int:
         ("api stats 24h", lambda: "/api/stats?window=24h"),
         ("api stats 30d", lambda: "/api/stats?window=30d"),
     ]
+    return site
+
+
+def main(argv: list[str]) -> int:
+    """Build or reuse the data set, time every route, print the table; 1 if a target is missed."""
+    if "--scale" in argv:
+        from benchmarks.dashboard_scale import main as scale_main
+
+        return scale_main(argv)
+    quick = "--quick" in argv
+    processes = 100_000 if quick else 1_000_000
+    repeats = 15 if quick else 40
+    rows = f"{processes:,} processes, {5 * processes:,} flows, {5 * processes:,} logs"
+    print(f"\n== dashboard: {rows} ==")
+    warnings.simplefilter("ignore")
+    sqlite_missed = _sqlite_search_budget(10_000 if quick else 100_000)
+    site = open_site(processes)
+    if site is None:
+        print("  skipped: no PostgreSQL on 127.0.0.1:5432")
+        return 1 if sqlite_missed else 0
+    client, dsn, build, keeper_ms = site.client, site.dsn, site.build, site.keeper_ms
     head = f"{'route':<32} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}"
     print(f"\n  {head}  target p95 <= {TARGET_P95_MS:.0f} ms")
     missed = []
@@ -160,17 +203,10 @@ def main(argv: list[str]) -> int:
         "| route | p50 ms | p95 ms |",
         "|---|---:|---:|",
     ]
-    for label, make in routes:
-        client.get(make())  # warm-up
-        times = []
-        for _ in range(repeats):
-            response = client.get(make())
-            if response.status_code != 200:
-                print(f"  {label}: HTTP {response.status_code}")
-                missed.append(label)
-                break
-            times.append(_server_ms(response))
-        if not times:
+    for label, make in site.routes:
+        times = site.time_route(make, repeats)
+        if times is None:
+            missed.append(label)
             continue
         p95 = _p(times, 0.95)
         p95s[label] = p95

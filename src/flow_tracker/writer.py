@@ -107,7 +107,9 @@ class Writer:
         self.buffer.append(event)
         if self._thread is None:
             self._start()
-        if len(self.buffer) >= self.batch_size:
+        # Event.set takes a lock and notifies even when the flag is set already: with
+        # the writer behind, that was a quarter of a step's cost in the job's thread.
+        if len(self.buffer) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
 
     def put_flow(self, event: ev.Change) -> bool:
