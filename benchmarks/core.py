@@ -224,6 +224,9 @@ def bench_floor(url: str, label: str, durable: int) -> Result:
             marks = ", ".join("?" * len(FLOW_COLUMNS))
             log_marks = ", ".join("?" * len(LOG_COLUMNS))
             for procs, flow_rows, log_rows in batches:
+                # flow-tracker's SQLite connections run without the driver's implicit
+                # transactions (they begin their own), as the writer does here.
+                cursor.execute("BEGIN IMMEDIATE")
                 cursor.executemany(
                     f"INSERT INTO flow_tracker_processes ({proc_cols}) VALUES (?,?,?,?,?,?,?,?)",
                     procs,
@@ -237,7 +240,7 @@ def bench_floor(url: str, label: str, durable: int) -> Result:
                     f"VALUES ({log_marks})",
                     log_rows,
                 )
-                raw.commit()
+                cursor.execute("COMMIT")
         elapsed = time.perf_counter() - started
         cursor.execute("SELECT count(*) FROM flow_tracker_log_entries")
         row = cursor.fetchone()
