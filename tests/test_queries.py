@@ -271,3 +271,41 @@ def test_search_pages_equal_a_full_scan_whatever_the_age_of_the_matching_logs(
             if cursor is None:
                 break
         assert seen == expected[::-1]
+
+
+def test_a_cleanup_preview_counts_exactly_up_to_its_cap_and_says_more_than_beyond(
+    tracked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from flow_tracker.store import retention
+    from flow_tracker.web import create_app
+
+    old = [make(f"old{i}") for i in range(9)]
+    running = flow_tracker.start("old but running")
+    flow_tracker.flush()
+    for process_id in [*old, running.process_id]:
+        age(process_id, 10)
+    store = runtime.store()
+    exact = retention.preview_cleanup(store, 7)
+    assert (exact.count, exact.exact) == (9, True) == (retention.count_for_cleanup(store, 7), True)
+    capped = retention.preview_cleanup(store, 7, exact_up_to=4)
+    # 10 older than the cutoff counted as "more than 4", less the running one kept.
+    assert (capped.count, capped.exact) == (3, False)
+    assert capped.count < retention.count_for_cleanup(store, 7)
+    if store.dialect == "postgresql":
+        assert capped.estimate is not None and capped.estimate >= 0
+    else:
+        assert capped.estimate is None
+    by_status = retention.preview_cleanup(store, 7, ["completed"], exact_up_to=4)
+    assert (by_status.count, by_status.exact) == (4, False)
+    assert retention.preview_cleanup(store, 7, ["running"], exact_up_to=4).count == 1
+
+    app = create_app(tracked)
+    with TestClient(app) as client:
+        assert "9 processes will be deleted" in client.get("/cleanup?days=7").text
+        monkeypatch.setattr(retention, "PREVIEW_EXACT_UP_TO", 4)
+        page = client.get("/cleanup?days=7").text
+    app.state.dashboard.store.dispose()
+    assert "More than 3 processes will be deleted" in page and "delete them all" in page
+    running.complete()

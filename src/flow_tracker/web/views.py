@@ -188,7 +188,7 @@ def cleanup_form(request: Request) -> Response:
         statuses = _cleanup_statuses(request.query_params.getlist("status"))
     except ParamError as exc:
         error, statuses = str(exc), []
-    count = None if error else retention.count_for_cleanup(board.store, days, statuses or None)
+    preview = None if error else retention.preview_cleanup(board.store, days, statuses or None)
     deleted = request.query_params.get("deleted")
     return render(
         request,
@@ -197,7 +197,7 @@ def cleanup_form(request: Request) -> Response:
         days=days,
         chosen=statuses,
         statuses=[s.value for s in Status],
-        count=count,
+        preview=preview,
         error=error,
         deleted=clamp_int(deleted, 0, 0, 10**12) if deleted is not None else None,
     )
