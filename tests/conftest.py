@@ -23,7 +23,7 @@ from flow_tracker import heartbeat, runtime, tracker
 from flow_tracker.store import schema
 from flow_tracker.store.engine import Store
 from flow_tracker.web import statistics_keeper
-from flow_tracker.workflows import threads
+from flow_tracker.workflows import definitions, threads
 from tests.support.proxy import TcpProxy
 
 PG_SERVER = os.environ.get("FLOW_TRACKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -107,6 +107,9 @@ def _fresh_runtime() -> Iterator[None]:
     yield
     tracker.CURRENT_NODE.reset(token)
     threads.wait_idle(10.0)  # a test's workflow steps end before its database goes
+    # Definitions recorded in the background go into this test's database, not the
+    # next one's (PostgreSQL's is the same database, emptied between tests).
+    definitions.wait_recorded(30.0)
     heartbeat.HEARTBEAT.clear()  # processes a test left running are not stamped later
     runtime.shutdown(timeout=2.0)
     statistics_keeper.stop_all()  # a dashboard's background thread must not outlive its test

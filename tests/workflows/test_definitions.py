@@ -199,3 +199,30 @@ def test_a_worker_install_records_what_its_process_declares(tracked: str) -> Non
     finally:
         store.dispose()
     assert count == 2
+
+
+def test_a_late_background_recording_goes_into_the_database_that_asked_for_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    first, second = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'second.db'}"
+    flow_tracker.configure(database_url=first, log_to_stdlib=False)
+    two_versions("defs_late")
+    go_on = threading.Event()
+    record = definitions.record_declared
+
+    def slow(store: Any = None) -> int:
+        assert go_on.wait(30), "the test never let the recording go on"
+        return record(store)
+
+    monkeypatch.setattr(definitions, "record_declared", slow)
+    definitions.record_declared_soon()  # as a worker's install does, then it runs late
+    flow_tracker.reset()
+    flow_tracker.configure(database_url=second, log_to_stdlib=False)
+    go_on.set()
+    assert definitions.wait_recorded(30), "the background recording did not end"
+    flow_tracker.reset()
+    names = {row.name for row in _rows(first)}
+    assert "defs_late" in names
+    assert _rows(second) == []

@@ -159,21 +159,29 @@ def record_declared(store: Store | None = None) -> int:
 
 
 _background: threading.Thread | None = None
-_again = threading.Event()
+# Stores asked for and not recorded into yet, by identity, in the order asked.
+_pending: dict[int, Store] = {}
 
 
-def record_declared_soon() -> None:
+def record_declared_soon(store: Store | None = None) -> None:
     """Record this process's declarations in a background thread (a worker's install).
 
-    One thread at a time; a call while it runs makes it go round once more, so a
+    Into the database in force *now* (or ``store``): the thread may run after
+    the process was configured for another one, which never asked for them. One
+    thread at a time; a call while it runs makes it go round once more, so a
     workflow declared after the install is recorded too.
     """
     global _background
     settings = config.in_force()
     if settings is None or not settings.enabled:
         return
+    try:
+        chosen = store or runtime.store()
+    except Exception as exc:  # never the caller's problem: tried again on the next use
+        runtime.report_internal_error(exc, "recording the workflows declared here")
+        return
     with _lock:
-        _again.set()
+        _pending[id(chosen)] = chosen
         # Not alive in a forked child (only the forking thread is copied): start one there.
         if _background is not None and _background.is_alive():
             return
@@ -187,11 +195,26 @@ def _record_in_background() -> None:
     global _background
     while True:
         with _lock:  # decided under the lock: a call now either sees us or starts another
-            if not _again.is_set():
+            if not _pending:
                 _background = None
                 return
-            _again.clear()
-        record_declared()
+            stores = list(_pending.values())
+            _pending.clear()
+        for store in stores:
+            record_declared(store)
+
+
+def wait_recorded(timeout: float | None = None) -> bool:
+    """Wait for the background recording to end; False if it still ran after ``timeout`` s.
+
+    For whoever empties or swaps the database under this process (tests).
+    """
+    with _lock:
+        thread = _background
+    if thread is not None:
+        thread.join(timeout)
+        return not thread.is_alive()
+    return True
 
 
 def clear_recorded() -> None:
