@@ -309,3 +309,39 @@ def test_a_cleanup_preview_counts_exactly_up_to_its_cap_and_says_more_than_beyon
     app.state.dashboard.store.dispose()
     assert "More than 3 processes will be deleted" in page and "delete them all" in page
     running.complete()
+
+
+@pytest.mark.parametrize("window", [3, 20_000])
+def test_metadata_pages_are_the_same_whether_found_among_the_first_rows_or_by_the_index(
+    tracked: str, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flow_tracker.store import queries
+
+    # A window of 3 sends every page's rest to the index; 20,000 finds all in the window.
+    monkeypatch.setattr(queries, "METADATA_WINDOW", window)
+    tenants = ["common"] * 14 + ["rare"] * 3
+    random.Random(4).shuffle(tenants)
+    made: dict[str, list[uuid.UUID]] = {"common": [], "rare": []}
+    failed: set[uuid.UUID] = set()
+    for n, tenant in enumerate(tenants):
+        pid = make(f"job{n}", tenant=tenant, outcome="failed" if n % 2 else "ok")
+        made[tenant].append(pid)
+        if n % 2:
+            failed.add(pid)
+    flow_tracker.flush()
+    store = runtime.store()
+    for tenant, expected in made.items():
+        for order in ("newest", "oldest"):
+            seen: list[uuid.UUID] = []
+            cursor = None
+            while True:
+                page = queries.list_processes(
+                    store, metadata={"tenant": tenant}, limit=2, cursor=cursor, order=order
+                )
+                seen += [p.id for p in page.items]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert seen == (expected if order == "oldest" else expected[::-1]), (tenant, order)
+        both = queries.list_processes(store, metadata={"tenant": tenant, "outcome": "failed"})
+        assert {p.id for p in both.items} == set(expected) & failed
