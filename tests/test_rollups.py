@@ -344,3 +344,39 @@ def test_a_rebuild_of_every_day_ends_a_first_build_half_done(store: Store) -> No
     assert rollups.stored_version(store).rolled_from is not None
     rollups.rebuild(store, now)
     assert rollups.stored_version(store).rolled_from is None
+
+
+@pytest.mark.parametrize("window", ["1h", "24h", "7d"])
+def test_counts_and_histograms_read_together_say_what_they_say_read_apart(
+    store: Store, window: str
+) -> None:
+    _history(store, 2_000, days=8)
+    now = queries.database_time(store)
+    undated = _process("Email", "completed", now - timedelta(minutes=5), 10.0)
+    undated["duration_ms"] = None  # counted, in no histogram
+    with store.engine.begin() as conn:
+        conn.execute(insert(processes), [undated])
+    rollups.refresh(store, now)
+    span = statistics.window_span(window, now, *rollups.stored_version(store))
+    with store.engine.connect() as conn:
+        together_counts, together_histograms = rollups.read_counts_and_histograms(conn, store, span)
+        apart_counts = rollups.read_counts(conn, store, span)
+        apart_histograms = rollups.read_histograms(conn, store, span)
+    assert together_histograms == apart_histograms
+
+    def summed(rows: list[rollups.CountRow]) -> dict[tuple[str, ...], tuple[int, float, int]]:
+        out: dict[tuple[str, ...], tuple[int, float, int]] = {}
+        for r in rows:
+            n, total, retried = out.get((r.kind, r.name, r.category, r.status), (0, 0.0, 0))
+            out[(r.kind, r.name, r.category, r.status)] = (
+                n + r.count,
+                total + r.duration_ms_sum,
+                retried + r.retried,
+            )
+        return out
+
+    together, apart = summed(together_counts), summed(apart_counts)
+    assert together.keys() == apart.keys()
+    for key, (n, total, retried) in apart.items():
+        assert (together[key][0], together[key][2]) == (n, retried), key
+        assert together[key][1] == pytest.approx(total, rel=1e-9), key

@@ -59,9 +59,10 @@ def overview_parts(
     the health page use (:mod:`flow_tracker.store.jobs`).
     """
     with store.engine.connect() as conn:
+        counts, histograms = rollups.read_counts_and_histograms(conn, store, span)
         return OverviewParts(
-            counts=rollups.read_counts(conn, store, span),
-            histograms=rollups.read_histograms(conn, store, span),
+            counts=counts,
+            histograms=histograms,
             series=rollups.read_series(conn, store, span, bar_seconds),
             unfinished=queries.count_by_status(conn, UNFINISHED_STATUSES),
             stale_queued=jobs.count(conn, jobs.stale_queued(now, stale_after)),

@@ -31,7 +31,7 @@ from flow_tracker.records import (
 )
 from flow_tracker.status import Status
 from flow_tracker.store.clock import database_now
-from flow_tracker.store.engine import Store
+from flow_tracker.store.engine import Store, budget_left
 
 # Retention moved to its own module; these names stay importable from here for
 # the callers that read them as ``queries.cleanup`` (the CLI, flow_tracker.reading).
@@ -319,6 +319,10 @@ _WALK_OVER = 5_000  # matching processes past which the list is walked instead
 _WALK_CHUNK = 2_000
 
 
+# What a search leaves of a request's time budget for answering that it was too broad.
+SEARCH_RESERVE = 0.2
+
+
 class _Budget:
     """The time a search may take over all its statements, not each (the store's timeout).
 
@@ -478,7 +482,12 @@ def _search(
         if newest
         else (processes.c.created_at.asc(), processes.c.id.asc())
     )
-    budget = _Budget(conn, store.statement_timeout)
+    seconds = store.statement_timeout
+    left = budget_left()
+    if left is not None:
+        # Inside a request's budget, stop early enough to say "too broad" within it.
+        seconds = left - SEARCH_RESERVE if seconds is None else min(seconds, left - SEARCH_RESERVE)
+    budget = _Budget(conn, seconds)
     try:
         return _search_within(
             conn, store, conditions, search, logs_since, wanted, order, newest, budget

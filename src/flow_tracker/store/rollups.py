@@ -865,6 +865,59 @@ def read_histograms(
     return histograms
 
 
+def read_counts_and_histograms(
+    conn: Connection, store: Store, span: Span
+) -> tuple[list[CountRow], Histograms]:
+    """:func:`read_counts` and :func:`read_histograms` of every kind and name, together.
+
+    The raw rows of the span are read once per table, grouped by name, status and
+    duration bucket, rather than once for the counts and again for the
+    histograms: the overview of the last hour of a busy fleet reads only raw rows
+    (70,000 flows an hour at 10 M processes a month), and each pass over them was
+    a third of its time.
+    """
+    counts = list(_rolled_counts(conn, store, span))
+    histograms: Histograms = dict(_rolled_histograms(conn, store, span))
+    copied: set[tuple[str, str]] = set()
+    for kind, table, category_column in _sources(store):
+        duration = table.c.duration_ms
+        bucket = case((duration.is_(None), None), else_=_bucket(store, duration))
+        query = (
+            select(
+                table.c.name,
+                category_column.label("category"),
+                table.c.status,
+                bucket.label("bucket"),
+                func.count().label("n"),
+                func.coalesce(func.sum(duration), 0.0).label("total"),
+                _retried(table).label("retried"),
+            )
+            .where(span.raw_condition(table))
+            .group_by(table.c.name, category_column, table.c.status, bucket)
+        )
+        summed: dict[tuple[str, str, str], list[float]] = {}
+        for name, category, status, bucket_index, n, total, retried in (
+            row for chunk in conn.execute(query).partitions(1000) for row in chunk
+        ):
+            cell = summed.setdefault((name, category, status), [0, 0.0, 0])
+            cell[0] += int(n)
+            cell[1] += float(total)
+            cell[2] += int(retried)
+            if bucket_index is None:
+                continue
+            key = (kind, name)
+            if key not in copied:  # the rolled-up histograms are shared: copy before adding
+                histograms[key] = dict(histograms.get(key, {}))
+                copied.add(key)
+            target = histograms[key]
+            target[int(bucket_index)] = target.get(int(bucket_index), 0) + int(n)
+        counts.extend(
+            CountRow(kind, name, category, status, int(n), total, int(retried))
+            for (name, category, status), (n, total, retried) in summed.items()
+        )
+    return counts, histograms
+
+
 def _span_rollups(span: Span, table: Any) -> ColumnElement[bool]:
     if not span.has_rollups:
         return ~true()
