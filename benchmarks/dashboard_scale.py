@@ -19,13 +19,13 @@ import time
 import psycopg
 
 from benchmarks.dashboard import (
-    RESULTS,
     TARGET_P95_MS,
     Site,
     _p,
     _search_budget,
     open_site,
 )
+from benchmarks.readme import publish
 
 SIZES = (1_000_000, 10_000_000)
 RATIO = 1.5
@@ -57,6 +57,11 @@ def main(argv: list[str]) -> int:
             f"ready in {time.perf_counter() - started:,.0f} s"
         )
     small, big = sites
+    sizes = "; ".join(
+        f"{site.processes:,} processes: {_disk(site)} on disk"
+        + (f", built in this run in {sum(site.build.values()) / 60:,.0f} min" if site.build else "")
+        for site in sites
+    )
 
     print(
         f"\n  {'route':<32} {'p95 1M':>8} {'p95 10M':>8} {'ratio':>6} {'p50 10M':>8}"
@@ -69,7 +74,8 @@ def main(argv: list[str]) -> int:
         f"{os.cpu_count()} cores, PostgreSQL; {small_n:,} processes ({5 * small_n:,} flows and "
         f"logs) and {big_n:,} ({5 * big_n:,}), each route timed on both in turn; server time "
         f"(`Server-Timing`), {REPEATS} requests per route after a warm-up. Target at "
-        f"{big_n:,}: p95 ≤ {TARGET_P95_MS:.0f} ms and ≤ {RATIO}x the p95 at {small_n:,}.",
+        f"{big_n:,}: p95 ≤ {TARGET_P95_MS:.0f} ms and ≤ {RATIO}x the p95 at {small_n:,}. "
+        f"Data sets: {sizes}.",
         "",
         "| route | p95 ms, 1M | p95 ms, 10M | ratio |",
         "|---|---:|---:|---:|",
@@ -96,9 +102,7 @@ def main(argv: list[str]) -> int:
     budget_missed, budget_report = _search_budget(big.client, big_p95s)
     missed += budget_missed
     report += ["", f"At {big_n:,} processes:", "", *budget_report]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dashboard_scale.md").write_text("\n".join(report) + "\n")
-    print(f"\n  tables for the docs written to {RESULTS / 'dashboard_scale.md'}")
+    publish("dashboard_scale", report, readme="--readme" in argv)
     for site in sites:
         site.client.app.state.dashboard.store.dispose()
     if missed:

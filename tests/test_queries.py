@@ -189,6 +189,10 @@ SEARCH_PATHS = {
     "probe in small chunks": {"_PROBE_CHUNK": 5},
     "full scan": {"_PROBE_CHUNKS": 0},
     "full scan, walking the list": {"_PROBE_CHUNKS": 0, "_WALK_OVER": 2, "_WALK_CHUNK": 7},
+    "full scan, many stretches": {
+        "_PROBE_CHUNKS": 0,
+        "_RECENT_STRETCHES": tuple(timedelta(minutes=m) for m in (5, 30, 180, 720)),
+    },
 }
 
 

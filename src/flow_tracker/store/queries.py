@@ -312,7 +312,7 @@ def _id_time(value: uuid.UUID) -> datetime:
     return datetime.fromtimestamp((value.int >> 80) / 1000, timezone.utc)
 
 
-_RECENT_STRETCH = timedelta(minutes=15)
+_RECENT_STRETCHES = (timedelta(minutes=15), timedelta(hours=1), timedelta(hours=4))
 
 
 _WALK_OVER = 5_000  # matching processes past which the list is walked instead
@@ -474,8 +474,10 @@ def _search(
     million rows. Newest first, the log messages of the last 15 minutes are read
     first: a process is created before it writes a log entry, so once ``wanted``
     matches were created within those minutes, no older log can change the page,
-    and a common term costs a few milliseconds. Otherwise (and oldest first) the
-    window is read in one scan, in parallel on PostgreSQL.
+    and a common term costs a few milliseconds. Otherwise the last hour, the last
+    four hours and then the rest of the window are read, each only while an older
+    log can still change the page; oldest first, the window is read in one scan.
+    Long scans run in parallel on PostgreSQL.
     """
     order = (
         (processes.c.created_at.desc(), processes.c.id.desc())
@@ -529,11 +531,15 @@ def _search_within(
     probed = _probe(conn, conditions, order, newest, matches, floor, search, wanted, budget)
     if probed is not None:
         return probed
-    recent = max(datetime.now(timezone.utc) - _RECENT_STRETCH, floor)
-    # Newest first: the last minutes (open-ended: clocks differ), then the rest.
-    stretches: tuple[tuple[datetime, datetime | None], ...] = (
-        ((recent, None), (floor, recent)) if newest else ((floor, None),)
-    )
+    # Newest first: the last minutes (open-ended: clocks differ), then stretches
+    # four times longer each, then the rest; each one only while an older log can
+    # still change the page (a dense term stops after the stretch that filled it).
+    stretches: list[tuple[datetime, datetime | None]] = [(floor, None)]
+    if newest:
+        now = datetime.now(timezone.utc)
+        bounds = [max(now - back, floor) for back in _RECENT_STRETCHES]
+        stretches = [(bounds[0], None)]
+        stretches += [(lower, upper) for upper, lower in itertools.pairwise([*bounds, floor])]
     for lower, upper in stretches:
         if upper is not None:
             if upper <= floor:
