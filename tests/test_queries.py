@@ -184,7 +184,7 @@ def _v7_at(moment: datetime, rng: random.Random) -> uuid.UUID:
 
 
 # Each way the search may take (see store/queries._search), forced on small data.
-SEARCH_PATHS = {
+SEARCH_PATHS: dict[str, dict[str, Any]] = {
     "probe": {},
     "probe in small chunks": {"_PROBE_CHUNK": 5},
     "full scan": {"_PROBE_CHUNKS": 0},
