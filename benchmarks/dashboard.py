@@ -271,10 +271,11 @@ def main(argv: list[str]) -> int:
 
 
 def _wait_for_first_build(keeper: Any, url: str, started: float) -> tuple[float | None, float]:
-    """Wait until the statistics keeper has published its first state.
+    """Wait until the statistics keeper has published rollups of every day.
 
-    Returns when, in seconds after ``started``, the newest day was rolled up (None
-    if it already was) and when the keeper published.
+    Returns when, in seconds after ``started``, the first rollups were stored
+    (None: before this wait began, the caller knows whether they already were)
+    and when the keeper published the finished build.
     """
     from flow_tracker.store.engine import Store
 
@@ -282,12 +283,15 @@ def _wait_for_first_build(keeper: Any, url: str, started: float) -> tuple[float 
     newest: float | None = None
     try:
         deadline = time.monotonic() + 3600
-        while keeper.state is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            state = keeper.state
+            if state is not None and state.rolled_from is None:
+                break
             if newest is None and rollups.stored_version(store).watermark is not None:
                 newest = time.perf_counter() - started
             time.sleep(0.1)
-        if keeper.state is None:
-            raise SystemExit("the statistics keeper published nothing within an hour")
+        else:
+            raise SystemExit("the statistics keeper did not finish its first build within an hour")
         return newest, time.perf_counter() - started
     finally:
         store.dispose()

@@ -102,6 +102,7 @@ def main(argv: list[str]) -> int:
     budget_missed, budget_report = _search_budget(big.client, big_p95s)
     missed += budget_missed
     report += ["", f"At {big_n:,} processes:", "", *budget_report]
+    report += ["", f"Targets missed in this run: {', '.join(missed) if missed else 'none'}."]
     publish("dashboard_scale", report, readme="--readme" in argv)
     for site in sites:
         site.client.app.state.dashboard.store.dispose()

@@ -380,3 +380,24 @@ def test_counts_and_histograms_read_together_say_what_they_say_read_apart(
     for key, (n, total, retried) in apart.items():
         assert (together[key][0], together[key][2]) == (n, retried), key
         assert together[key][1] == pytest.approx(total, rel=1e-9), key
+
+
+def test_a_first_build_goes_a_slice_per_refresh_and_each_state_gives_exact_counts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _history(store, 1_500, days=12)
+    monkeypatch.setattr(rollups, "FILL_SLICE", 0.0)  # one chunk per refresh
+    now = queries.database_time(store)
+    floors = []
+    for _ in range(20):
+        rollups.refresh(store, now)
+        state = rollups.stored_version(store)
+        floors.append(state.rolled_from)
+        summary = statistics.overview(store, "30d", rollup_state=state)
+        assert summary.finished == _raw_counts(store, rollups.floor_hour(summary.start))
+        if state.rolled_from is None:
+            break
+    # Newest day first, then two days per refresh, each floor older than the last.
+    assert floors[-1] is None and len(floors) >= 4, floors
+    moved = [f for f in floors if f is not None]
+    assert moved == sorted(moved, reverse=True) and len(set(moved)) == len(moved)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, Row, and_, func, not_, or_, select, true
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
@@ -604,28 +604,33 @@ def _list_with_metadata(
     rare among them is looked for in the rest by the index, where it is rare.
     """
     columns = [c for c in processes.c if c.name in {col.name for col in _LIST_COLUMNS}]
-    window = (
-        select(*columns)
-        .where(and_(true(), *conditions))
-        .order_by(*ordering)
-        .limit(METADATA_WINDOW)
-        .subquery("recent")
-    )
-    inner_order = (
-        (window.c.created_at.desc(), window.c.id.desc())
-        if newest
-        else (window.c.created_at.asc(), window.c.id.asc())
-    )
-    head = list(
-        conn.execute(
-            select(*[window.c[c.name] for c in _LIST_COLUMNS])
-            .where(and_(true(), *_metadata_filter(store, metadata, window)))
-            .order_by(*inner_order)
-            .limit(wanted)
-        ).all()
-    )
+
+    def matches_among_first(bound: list[ColumnElement[bool]], rows: int) -> list[Row[Any]]:
+        # The LIMIT keeps the metadata filter out of the subquery: it walks the list.
+        window = (
+            select(*columns)
+            .where(and_(true(), *conditions, *bound))
+            .order_by(*ordering)
+            .limit(rows)
+            .subquery("first_rows")
+        )
+        inner_order = (
+            (window.c.created_at.desc(), window.c.id.desc())
+            if newest
+            else (window.c.created_at.asc(), window.c.id.asc())
+        )
+        return list(
+            conn.execute(
+                select(*[window.c[c.name] for c in _LIST_COLUMNS])
+                .where(and_(true(), *_metadata_filter(store, metadata, window)))
+                .order_by(*inner_order)
+                .limit(wanted)
+            ).all()
+        )
+
+    head = matches_among_first([], METADATA_WINDOW)
     if len(head) >= wanted:
-        return head
+        return head  # one statement: one snapshot
     edge = conn.execute(
         select(processes.c.created_at, processes.c.id)
         .where(and_(true(), *conditions))
@@ -635,16 +640,18 @@ def _list_with_metadata(
     ).first()
     if edge is None:  # the window was the whole list
         return head
+    # Both parts from the same edge, so that rows stored or changed between these
+    # statements (each its own snapshot on PostgreSQL) are neither repeated nor
+    # skipped: the rows up to the edge (room for as many again stored meanwhile),
+    # then the index for the rest.
+    stamp = as_utc(edge.created_at)
+    beyond = _keyset_after(stamp, edge.id, newest)
+    head = matches_among_first([not_(beyond)], 2 * METADATA_WINDOW)
+    if len(head) >= wanted:
+        return head
     rest = conn.execute(
         select(*_LIST_COLUMNS)
-        .where(
-            and_(
-                true(),
-                *conditions,
-                *_metadata_filter(store, metadata),
-                _keyset_after(as_utc(edge.created_at), edge.id, newest),
-            )
-        )
+        .where(and_(true(), *conditions, *_metadata_filter(store, metadata), beyond))
         .order_by(*ordering)
         .limit(wanted - len(head))
     ).all()

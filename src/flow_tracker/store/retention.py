@@ -84,7 +84,12 @@ class CleanupPreview:
     """The exact number, or (``exact`` False) a number there are more than."""
     exact: bool
     estimate: int | None = None
-    """When not exact: the database's own estimate (PostgreSQL's planner), if it has one."""
+    """When not exact: the database's own estimate (PostgreSQL's planner), when it has one
+    above ``count`` (statistics behind the data can guess fewer than were counted)."""
+
+    def __post_init__(self) -> None:
+        if self.estimate is not None and (self.exact or self.estimate <= self.count):
+            object.__setattr__(self, "estimate", None)
 
 
 def _capped_count(conn: Any, condition: ColumnElement[bool], cap: int) -> int:
@@ -140,7 +145,12 @@ def preview_cleanup(
         )
         if older <= exact_up_to:
             return CleanupPreview(older - kept, exact=True)
-        at_least = max(0, exact_up_to - kept)
+        at_least = exact_up_to - kept  # older > exact_up_to: more than this many go
+        if at_least <= 0:  # mostly unfinished, as far as counted: count what would go
+            found = _capped_count(conn, condition, exact_up_to)
+            if found <= exact_up_to:
+                return CleanupPreview(found, exact=True)
+            at_least = exact_up_to
         return CleanupPreview(at_least, exact=False, estimate=_estimate(conn, store, condition))
 
 

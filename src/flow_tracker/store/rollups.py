@@ -18,15 +18,17 @@ others wait on a lock and find it done.
 
 The first refresh of a database that already holds months of rows rolls up the
 newest day first and then older days a few at a time, each in a transaction of
-its own: the windows the pages read most (an hour, a day) come from rollups
-within seconds rather than after the whole build, and what is not rolled up yet
-(the "head" before :data:`FLOOR_KEY`) is read from the raw rows meanwhile.
+its own, a slice of time per refresh: the 24-hour window comes from rollups
+within seconds rather than after the whole build (the hour window always reads
+raw rows), and what is not rolled up yet (the "head" before :data:`FLOOR_KEY`)
+is read from the raw rows meanwhile.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 import typing
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -70,6 +72,9 @@ WATERMARK_KEY = "rollups.hourly_until"
 FLOOR_KEY = "rollups.hourly_from"
 # Days a first build rolls up per transaction, newest first, after the newest day.
 FILL_CHUNK = timedelta(days=2)
+# How long one refresh goes on with a first build before it leaves the rest to the
+# next: the newest hours, the keeper's publishing and a reaper's other work wait meanwhile.
+FILL_SLICE = 10.0
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 T = TypeVar("T")
@@ -386,8 +391,9 @@ def refresh(store: Store, now: datetime) -> datetime:
     """Roll up every closed hour not rolled up yet (and the last few again).
 
     On a database never rolled up, the newest day is rolled up and committed
-    first, then the older days a chunk at a time (see the module's docstring);
-    a first build interrupted half-way goes on at the next refresh.
+    first, then the older days a chunk at a time (see the module's docstring),
+    for :data:`FILL_SLICE` seconds per refresh; the next refresh goes on from
+    where this one (or one interrupted half-way) stopped.
 
     Args:
         store: the tracking database.
@@ -436,10 +442,15 @@ def _roll_newest(store: Store, closed_until: datetime, now: datetime) -> datetim
 
 
 def _fill_older(store: Store, now: datetime) -> None:
-    """Roll up the days before the floor, newest first, a chunk per transaction."""
+    """Roll up the days before the floor, newest first, a chunk per transaction.
+
+    For :data:`FILL_SLICE` seconds at most (a chunk begun is finished); the next
+    refresh goes on from the floor.
+    """
     filled = False
+    stop_at = time.monotonic() + FILL_SLICE
     with store.engine.connect() as conn:
-        while True:
+        while not filled or time.monotonic() < stop_at:
             with conn.begin():
                 if _read_floor(conn) is None:
                     break

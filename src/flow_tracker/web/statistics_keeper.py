@@ -48,7 +48,7 @@ class StatisticsKeeper:
 
     @property
     def state(self) -> RollupState | None:
-        """The published (watermark, version), or None before the first warm-up ends."""
+        """The published rollups' state, or None before the first warm-up ends."""
         return self._state
 
     def ensure_running(self) -> None:
