@@ -301,14 +301,19 @@ def _rollup_rows(store: Store) -> list[tuple[Any, ...]]:
         )
 
 
+def _newest_day_rolled_up(store: Store, count: int, days: float) -> datetime:
+    """A history, then a first build's first transaction only (as if it stopped there)."""
+    _history(store, count, days=days)
+    now = queries.database_time(store)
+    rollups._roll_newest(store, rollups.floor_hour(now - rollups.GRACE), now)
+    return now
+
+
 @pytest.mark.parametrize("window", ["24h", "7d", "30d"])
 def test_a_first_build_half_done_gives_exact_counts_and_the_next_refresh_finishes_it(
     store: Store, window: str
 ) -> None:
-    _history(store, 3_000, days=40)
-    now = queries.database_time(store)
-    # A first build's first transaction: the newest day only (as if it stopped there).
-    rollups._roll_newest(store, rollups.floor_hour(now - rollups.GRACE), now)
+    now = _newest_day_rolled_up(store, 3_000, days=40)
     half_state = rollups.stored_version(store)
     assert half_state.rolled_from is not None
     assert half_state.rolled_from <= rollups.floor_hour(now) - timedelta(hours=24)
@@ -338,9 +343,7 @@ def test_a_first_build_half_done_gives_exact_counts_and_the_next_refresh_finishe
 
 
 def test_a_rebuild_of_every_day_ends_a_first_build_half_done(store: Store) -> None:
-    _history(store, 500, days=10)
-    now = queries.database_time(store)
-    rollups._roll_newest(store, rollups.floor_hour(now - rollups.GRACE), now)
+    now = _newest_day_rolled_up(store, 500, days=10)
     assert rollups.stored_version(store).rolled_from is not None
     rollups.rebuild(store, now)
     assert rollups.stored_version(store).rolled_from is None

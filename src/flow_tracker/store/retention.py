@@ -52,23 +52,7 @@ def count_for_cleanup(store: Store, days: float, statuses: Sequence[str] | None 
     Counted from the indexes alone: everything older than the cutoff (the time
     index) minus the unfinished ones (the status index), not row by row.
     """
-    condition, cutoff = _cleanup_condition(days, statuses)
-    store.ensure_schema()
-    with store.engine.connect() as conn:
-        if statuses:
-            return int(conn.execute(select(func.count()).where(condition)).scalar_one())
-        older = conn.execute(
-            select(func.count()).where(processes.c.created_at < cutoff)
-        ).scalar_one()
-        kept = conn.execute(
-            select(func.count()).where(
-                and_(
-                    processes.c.created_at < cutoff,
-                    processes.c.status.in_([s.value for s in UNFINISHED_STATUSES]),
-                )
-            )
-        ).scalar_one()
-        return int(older) - int(kept)
+    return _preview(store, days, statuses, None).count
 
 
 # A preview counts exactly up to this many processes (an index-only count of as many
@@ -92,7 +76,10 @@ class CleanupPreview:
             object.__setattr__(self, "estimate", None)
 
 
-def _capped_count(conn: Any, condition: ColumnElement[bool], cap: int) -> int:
+def _capped_count(conn: Any, condition: ColumnElement[bool], cap: int | None) -> int:
+    """How many processes meet ``condition``: all of them, or at most ``cap + 1``."""
+    if cap is None:
+        return int(conn.execute(select(func.count()).where(condition)).scalar_one())
     found = select(processes.c.id).where(condition).limit(cap + 1).subquery()
     return int(conn.execute(select(func.count()).select_from(found)).scalar_one())
 
@@ -123,34 +110,38 @@ def preview_cleanup(
     PostgreSQL's estimate of the total; the cleanup itself reports what it deleted.
     ``exact_up_to`` defaults to :data:`PREVIEW_EXACT_UP_TO`.
     """
-    if exact_up_to is None:
-        exact_up_to = PREVIEW_EXACT_UP_TO
+    cap = PREVIEW_EXACT_UP_TO if exact_up_to is None else exact_up_to
+    return _preview(store, days, statuses, cap)
+
+
+def _preview(
+    store: Store, days: float, statuses: Sequence[str] | None, cap: int | None
+) -> CleanupPreview:
+    """Count what a cleanup would delete, up to ``cap`` (None: all of it)."""
     condition, cutoff = _cleanup_condition(days, statuses)
     store.ensure_schema()
     with store.engine.connect() as conn:
         if statuses:
-            found = _capped_count(conn, condition, exact_up_to)
-            if found <= exact_up_to:
+            found = _capped_count(conn, condition, cap)
+            if cap is None or found <= cap:
                 return CleanupPreview(found, exact=True)
-            return CleanupPreview(
-                exact_up_to, exact=False, estimate=_estimate(conn, store, condition)
-            )
-        # As count_for_cleanup: everything older (the time index) minus the unfinished.
-        older = _capped_count(conn, processes.c.created_at < cutoff, exact_up_to)
+            return CleanupPreview(cap, exact=False, estimate=_estimate(conn, store, condition))
+        # Everything older (the time index) minus the unfinished (the status index).
+        older = _capped_count(conn, processes.c.created_at < cutoff, cap)
         unfinished = [s.value for s in UNFINISHED_STATUSES]
         kept = _capped_count(
             conn,
             and_(processes.c.created_at < cutoff, processes.c.status.in_(unfinished)),
-            exact_up_to,
+            cap,
         )
-        if older <= exact_up_to:
+        if cap is None or older <= cap:
             return CleanupPreview(older - kept, exact=True)
-        at_least = exact_up_to - kept  # older > exact_up_to: more than this many go
+        at_least = cap - kept  # older > cap: more than this many go
         if at_least <= 0:  # mostly unfinished, as far as counted: count what would go
-            found = _capped_count(conn, condition, exact_up_to)
-            if found <= exact_up_to:
+            found = _capped_count(conn, condition, cap)
+            if found <= cap:
                 return CleanupPreview(found, exact=True)
-            at_least = exact_up_to
+            at_least = cap
         return CleanupPreview(at_least, exact=False, estimate=_estimate(conn, store, condition))
 
 

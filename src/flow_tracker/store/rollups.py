@@ -643,10 +643,8 @@ def make_span(
     """
     h0 = floor_hour(start)
     first = h0 if rolled_from is None else max(h0, rolled_from)
-    if watermark is None or end - start <= HOUR or watermark <= first:
-        return Span(start, end, rollup_start=h0, rolled_until=h0, tail_start=start, version=version)
-    until = min(watermark, floor_hour(end))
-    if until <= first:
+    until = h0 if watermark is None else min(watermark, floor_hour(end))
+    if end - start <= HOUR or until <= first:
         return Span(start, end, rollup_start=h0, rolled_until=h0, tail_start=start, version=version)
     return Span(
         start,
@@ -867,13 +865,23 @@ def read_histograms(
         ):
             if names is not None and not names(name):
                 continue
-            key = (kind, name)
-            if key not in copied:
-                histograms[key] = dict(histograms.get(key, {}))
-                copied.add(key)
-            target = histograms[key]
-            target[int(bucket_index)] = target.get(int(bucket_index), 0) + int(n)
+            _add_to_histogram(histograms, copied, (kind, name), int(bucket_index), int(n))
     return histograms
+
+
+def _add_to_histogram(
+    histograms: Histograms, copied: set[tuple[str, str]], key: tuple[str, str], bucket: int, n: int
+) -> None:
+    """Add ``n`` to a bucket of ``key``'s histogram, copying it first if it is shared.
+
+    The rolled-up histograms are remembered for other readers: one is copied
+    only when the raw rows add to it (``copied`` says which were).
+    """
+    if key not in copied:
+        histograms[key] = dict(histograms.get(key, {}))
+        copied.add(key)
+    target = histograms[key]
+    target[bucket] = target.get(bucket, 0) + n
 
 
 def read_counts_and_histograms(
@@ -914,14 +922,8 @@ def read_counts_and_histograms(
             cell[0] += int(n)
             cell[1] += float(total)
             cell[2] += int(retried)
-            if bucket_index is None:
-                continue
-            key = (kind, name)
-            if key not in copied:  # the rolled-up histograms are shared: copy before adding
-                histograms[key] = dict(histograms.get(key, {}))
-                copied.add(key)
-            target = histograms[key]
-            target[int(bucket_index)] = target.get(int(bucket_index), 0) + int(n)
+            if bucket_index is not None:
+                _add_to_histogram(histograms, copied, (kind, name), int(bucket_index), int(n))
         counts.extend(
             CountRow(kind, name, category, status, int(n), total, int(retried))
             for (name, category, status), (n, total, retried) in summed.items()
