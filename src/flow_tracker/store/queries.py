@@ -603,12 +603,10 @@ def _list_with_metadata(
     of it): a common value fills the page there in milliseconds. Only a value
     rare among them is looked for in the rest by the index, where it is rare.
     """
-    columns = [c for c in processes.c if c.name in {col.name for col in _LIST_COLUMNS}]
-
     def matches_among_first(bound: list[ColumnElement[bool]], rows: int) -> list[Row[Any]]:
         # The LIMIT keeps the metadata filter out of the subquery: it walks the list.
         window = (
-            select(*columns)
+            select(*_LIST_COLUMNS)
             .where(and_(true(), *conditions, *bound))
             .order_by(*ordering)
             .limit(rows)
