@@ -603,6 +603,7 @@ def _list_with_metadata(
     of it): a common value fills the page there in milliseconds. Only a value
     rare among them is looked for in the rest by the index, where it is rare.
     """
+
     def matches_among_first(bound: list[ColumnElement[bool]], rows: int) -> list[Row[Any]]:
         # The LIMIT keeps the metadata filter out of the subquery: it walks the list.
         window = (
