@@ -1,11 +1,16 @@
 """Run benchmarks by name; none named runs them all.
 
 ``python -m benchmarks [core] [queues] [jobcost] [dashboard] [workflows] [workflow_pages]
-[compare] [scale] [alternatives] [starting]``
+[compare] [scale] [alternatives] [starting] [--quick] [--readme]``
+
+``--quick`` makes a short run; ``--readme`` also writes the run's tables into
+docs/benchmarks.md. Each benchmark's module says what it measures and the
+options of its own (``python -m benchmarks dashboard --scale``, ``jobcost --schemas``).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from benchmarks import (
@@ -25,6 +30,13 @@ from benchmarks import (
 def main() -> int:
     """Run the benchmarks named on the command line (default: all)."""
     args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        return 0
+    # A benchmark stopped by SIGTERM still runs its ``finally`` blocks: the queue
+    # workers it started in sessions of their own are stopped, not left to take
+    # the next run's jobs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [a for a in args if not a.startswith("-")] or [
         "core",
         "queues",

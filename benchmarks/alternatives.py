@@ -32,6 +32,10 @@ from benchmarks.readme import machine_line, publish
 
 ROUNDS = 2
 WORKERS = ("Celery prefork (2)", "Celery threads (4)")
+# Targets: flow-tracker's loss, with its defaults, at most this many points above
+# the floor's loss and above Celery's task events' loss, measured in the same run.
+OVER_FLOOR = 0.10
+OVER_EVENTS = 0.05
 
 
 def _settings(database_url: str) -> dict[str, dict[str, str]]:
@@ -50,7 +54,7 @@ def _settings(database_url: str) -> dict[str, dict[str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    """Run the comparison; always exits 0 (no target here: it says where flow-tracker stands)."""
+    """Run the comparison and check its targets; exit 1 when one is missed."""
     quick = "--quick" in argv
     rounds = 1 if quick else ROUNDS
     database_url = fresh_pg_database()
@@ -64,6 +68,7 @@ def main(argv: list[str]) -> int:
         + " |",
         "|---|---:|" + "---:|---:|---:|" * (len(names) - 1),
     ]
+    checks: list[tuple[str, bool, str]] = []
     for queue in QUEUES:
         if queue.name not in WORKERS:
             continue
@@ -77,6 +82,17 @@ def main(argv: list[str]) -> int:
         off = rates["off"]
         cost = {n: (1 / rates[n] - 1 / off) * 1e3 for n in names}  # ms of worker time per job
         print(f"  {queue.name:20} " + "  ".join(f"{n}: {rates[n]:,.0f} j/s" for n in names))
+        loss = {n: 1 - rates[n] / off for n in names}
+        ours = loss["flow-tracker"]
+        targets = (("floor: 2 commits", OVER_FLOOR), ("Celery task events", OVER_EVENTS))
+        for other, allowed in targets:
+            checks.append(
+                (
+                    f"{queue.name}: loss ≤ {other}'s + {allowed:.0%} points",
+                    ours <= loss[other] + allowed,
+                    f"{ours:.0%} vs {loss[other]:.0%} ({(ours - loss[other]) * 100:+.0f} points)",
+                )
+            )
         rows.append(
             f"| {queue.name} | {off:,.0f} | "
             + " | ".join(
@@ -91,5 +107,10 @@ def main(argv: list[str]) -> int:
         "(`task_track_started=True`) both writing to the same PostgreSQL, and the floor's "
         "two commits per task too."
     )
-    publish("alternatives", [header, "", *rows], readme="--readme" in argv)
-    return 0
+    print("\ntargets:")
+    for label, ok, value in checks:
+        print(f"  {'PASS' if ok else 'MISS'}  {label:56} {value}")
+    verdicts = [f"{label}: {value}, {'met' if ok else 'missed'}." for label, ok, value in checks]
+    lines = [header, "", *rows, "", "Targets: " + " ".join(verdicts)]
+    publish("alternatives", lines, readme="--readme" in argv)
+    return 0 if all(ok for _, ok, _ in checks) else 1

@@ -17,11 +17,13 @@ any tracker does anything else.
 ``--schemas`` adds the database's share of a job queued beforehand (its
 running row then updates the queued one, as in a real worker) under schema
 variants, each on a fresh database: as shipped; without the ``metadata`` GIN
-index; without the four indexes a status change touches, so that the updates
-can be HOT (heap-only: no index entry written); and that without the history
-rows too. They are not options of flow-tracker — the dashboard's filters,
-the reaper and the timeline need what they remove — but what each would save
-is what a different storage of the job's start and end could hope for.
+index; without the name's trigram index (both GIN: several entries per row);
+without the five indexes a status change touches, so that the updates can be
+HOT (heap-only: no index entry written; the run says what share were); and
+that without the history rows too. They are not options of flow-tracker —
+the dashboard's filters, the reaper and the timeline need what they remove —
+but what each would save is what a different storage of the job's start and
+end could hope for.
 
 ``python -m benchmarks jobcost [--schemas]`` (a few seconds). Compare within a run.
 """
@@ -94,11 +96,17 @@ def _floor_job() -> None:
 
 
 # Schema variants of --schemas: SQL run on the fresh database after its migrations.
+# A status change can be a HOT update (no index entry written) only when no index
+# covers a column it changes - in its key, expression or predicate: the running
+# row and the final state change status, started_at, finished_at, heartbeat_at,
+# updated_at, metadata and the error columns.
+_METADATA_INDEX = "ix_flow_tracker_processes_metadata"
 _STATUS_INDEXES = (
-    "ix_flow_tracker_processes_metadata",
+    _METADATA_INDEX,
     "ix_flow_tracker_processes_status_created",
     "ix_flow_tracker_processes_heartbeat",
     "ix_flow_tracker_processes_finished",
+    "ix_flow_tracker_processes_completed_name_started",  # its predicate reads status
 )
 _HOT = [f"DROP INDEX {name}" for name in _STATUS_INDEXES] + [
     "ALTER TABLE flow_tracker_processes SET (fillfactor = 70)"
@@ -110,14 +118,22 @@ _NO_HISTORY = [
 ]
 SCHEMAS: dict[str, list[str]] = {
     "as shipped": [],
-    "without the metadata GIN index": [f"DROP INDEX {_STATUS_INDEXES[0]}"],
-    "HOT: without 4 status-touched indexes": _HOT,
+    "without the metadata GIN index": [f"DROP INDEX {_METADATA_INDEX}"],
+    "without the name trigram index": ["DROP INDEX ix_flow_tracker_processes_name_trgm"],
+    "HOT: without 5 status-touched indexes": _HOT,
     "HOT and without the history rows": _HOT + _NO_HISTORY,
 }
+_HOT_SHARE = (
+    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+    "WHERE relname = 'flow_tracker_processes'"
+)
 
 
 def _schemas(count: int) -> None:
-    print(f"\n  a queued job run, by schema: {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}")
+    print(
+        f"\n  a queued job run, by schema: {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}"
+        f" {'HOT updates':>12}"
+    )
     for label, statements in SCHEMAS.items():
         database_url = fresh_pg_database()
         flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
@@ -134,9 +150,20 @@ def _schemas(count: int) -> None:
                 )
             run = _one_thread(_job(busy=False, job_ids=iter(job_ids)))
             wall, cpu, postgres = _measure(run, count)
-            print(f"  {label:42} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+            hot = _hot_share(database_url)
+            print(f"  {label:42} {wall:7.0f} {cpu:9.0f} {postgres:15.0f} {hot:>12}")
         finally:
             flow_tracker.reset()
+
+
+def _hot_share(database_url: str) -> str:
+    """The share of the process table's updates PostgreSQL made HOT, as counted so far."""
+    time.sleep(0.6)  # the statistics collector's counts lag the writes by up to 500 ms
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(_HOT_SHARE).fetchone()
+    if row is None or not row[0]:
+        return "-"
+    return f"{row[1] / row[0]:.0%}"
 
 
 def _one_thread(work: Callable[[], None]) -> Callable[[int], None]:
