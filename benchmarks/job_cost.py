@@ -25,12 +25,15 @@ the dashboard's filters, the reaper and the timeline need what they remove —
 but what each would save is what a different storage of the job's start and
 end could hope for.
 
-``python -m benchmarks jobcost [--schemas]`` (a few seconds). Compare within a run.
+``python -m benchmarks jobcost [--schemas] [--readme]`` (a minute or two; the
+table goes to ``benchmarks/results/jobcost.md``, with ``--readme`` also into
+docs/benchmarks.md). Compare within a run.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 import uuid
@@ -42,10 +45,12 @@ import psycopg
 import flow_tracker
 from benchmarks.apps import floor
 from benchmarks.queues import fresh_pg_database
+from benchmarks.readme import machine_line, publish
 from flow_tracker import Status, jobs, runtime
 
 JOBS = 1_000
 THREADS = 4
+SCHEMA_ROUNDS = 3
 
 
 def _postgres_cpu_s() -> float:
@@ -129,13 +134,22 @@ _HOT_SHARE = (
 )
 
 
-def _schemas(count: int) -> None:
-    print(
-        f"\n  a queued job run, by schema: {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}"
-        f" {'HOT updates':>12}"
-    )
-    for label, statements in SCHEMAS.items():
-        database_url = fresh_pg_database()
+def _schemas(count: int, rounds: int) -> list[str]:
+    """Run the queued job under each schema variant; its rows of the published table.
+
+    Each variant has a database of its own, set up first; then the variants take
+    turns, ``rounds`` times, and each row is the median of its rounds (a machine
+    that slows down for a while does not land on one variant).
+    """
+    rows = [
+        "| a queued job run, schema | wall µs | this CPU µs | PostgreSQL CPU µs | HOT updates |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    databases: dict[str, str] = {}
+    queued: dict[str, Iterator[str]] = {}
+    for number, (label, statements) in enumerate(SCHEMAS.items()):
+        database_url = fresh_pg_database(f"flow_tracker_bench_schema_{number}")
+        databases[label] = database_url
         flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
         try:
             # A first write makes the schema (its migrations) before it is altered.
@@ -143,17 +157,34 @@ def _schemas(count: int) -> None:
             with psycopg.connect(database_url, autocommit=True) as conn:
                 for statement in statements:
                     conn.execute(statement)
-            job_ids = [uuid.uuid4().hex for _ in range(count + 50 * THREADS)]
+            job_ids = [uuid.uuid4().hex for _ in range((count + 50 * THREADS) * rounds)]
             for job_id in job_ids:
                 jobs.record_enqueued(
                     job_system="celery", job_id=job_id, name="bench.job", queue="celery"
                 )
-            run = _one_thread(_job(busy=False, job_ids=iter(job_ids)))
-            wall, cpu, postgres = _measure(run, count)
-            hot = _hot_share(database_url)
-            print(f"  {label:42} {wall:7.0f} {cpu:9.0f} {postgres:15.0f} {hot:>12}")
+            queued[label] = iter(job_ids)
         finally:
             flow_tracker.reset()
+    measured: dict[str, list[tuple[float, float, float]]] = {label: [] for label in SCHEMAS}
+    for _ in range(rounds):
+        for label, database_url in databases.items():
+            flow_tracker.configure(database_url=database_url, log_to_stdlib=False)
+            try:
+                run = _one_thread(_job(busy=False, job_ids=queued[label]))
+                measured[label].append(_measure(run, count))
+            finally:
+                flow_tracker.reset()
+    print(
+        f"\n  a queued job run, by schema: {'wall':>7} {'this CPU':>9} {'PostgreSQL CPU':>15}"
+        f" {'HOT updates':>12}"
+    )
+    for label, database_url in databases.items():
+        columns = zip(*measured[label], strict=True)
+        wall, cpu, postgres = (statistics.median(part) for part in columns)
+        hot = _hot_share(database_url)
+        print(f"  {label:42} {wall:7.0f} {cpu:9.0f} {postgres:15.0f} {hot:>12}")
+        rows.append(f"| {label} | {wall:,.0f} | {cpu:,.0f} | {postgres:,.0f} | {hot} |")
+    return rows
 
 
 def _hot_share(database_url: str) -> str:
@@ -204,7 +235,12 @@ def _measure(run: Callable[[int], None], count: int) -> tuple[float, float, floa
 
 def main(argv: list[str]) -> int:
     """Print where a tracked job's time goes; always exits 0 (no target here)."""
-    count = JOBS // 5 if "--quick" in argv else JOBS
+    quick = "--quick" in argv
+    count = JOBS // 5 if quick else JOBS
+    rows = [
+        "| one process, PostgreSQL | wall µs | this CPU µs | PostgreSQL CPU µs |",
+        "|---|---:|---:|---:|",
+    ]
     database_url = fresh_pg_database()
     floor.create_table(database_url)
     os.environ["FT_BENCH_FLOOR"] = database_url
@@ -220,19 +256,32 @@ def main(argv: list[str]) -> int:
         ):
             wall, cpu, postgres = _measure(_one_thread(work), count)
             print(f"{label:44} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+            rows.append(f"| {label} | {wall:,.0f} | {cpu:,.0f} | {postgres:,.0f} |")
         # Threads of one worker writing at once share commits (flow_tracker.group_commit).
         group = runtime.writer().group
         groups, requests = group.groups, group.requests
         wall, cpu, postgres = _measure(_on_threads(_job(busy=False), THREADS), count)
         label = f"trivial job, {THREADS} threads at once"
         print(f"{label:44} {wall:7.0f} {cpu:9.0f} {postgres:15.0f}")
+        rows.append(f"| {label} | {wall:,.0f} | {cpu:,.0f} | {postgres:,.0f} |")
         commits = group.groups - groups
-        print(
-            f"\n  with {THREADS} threads: {(group.requests - requests) / max(commits, 1):.2f} "
-            f"durable writes per commit ({commits:,} commits)"
+        shared = (
+            f"With {THREADS} threads, {(group.requests - requests) / max(commits, 1):.2f} "
+            f"durable writes shared each commit ({commits:,} commits)."
         )
+        print(f"\n  {shared}")
     finally:
         flow_tracker.reset()
+    lines = [
+        f"Measured by `python -m benchmarks jobcost{' --quick' if quick else ''}"
+        f"{' --schemas' if '--schemas' in argv else ''}` on {machine_line()}; "
+        f"{count:,} jobs per row, µs per job.",
+        "",
+        *rows,
+        "",
+        shared,
+    ]
     if "--schemas" in argv:
-        _schemas(count)
+        lines += ["", *_schemas(count, 1 if quick else SCHEMA_ROUNDS)]
+    publish("jobcost", lines, readme="--readme" in argv)
     return 0

@@ -292,9 +292,8 @@ def run_one(
     return (queue.jobs - 1) / elapsed, enqueue_us
 
 
-def fresh_pg_database() -> str:
-    """URL of a new, empty PostgreSQL database for this run."""
-    name = "flow_tracker_bench_queues"
+def fresh_pg_database(name: str = "flow_tracker_bench_queues") -> str:
+    """URL of a new, empty PostgreSQL database ``name`` for this run."""
     with psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
