@@ -286,6 +286,7 @@ def run_one(
         elapsed = time.perf_counter() - started
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGCONT)  # a worker held while jobs were sent: let it stop
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
