@@ -81,8 +81,8 @@ def main(argv: list[str]) -> int:
                 rates[name] = max(rate, rates.get(name, 0.0))
         off = rates["off"]
         cost = {n: (1 / rates[n] - 1 / off) * 1e3 for n in names}  # ms of worker time per job
-        print(f"  {queue.name:20} " + "  ".join(f"{n}: {rates[n]:,.0f} j/s" for n in names))
         loss = {n: 1 - rates[n] / off for n in names}
+        print(f"  {queue.name:20} " + "  ".join(f"{n}: {rates[n]:,.0f} j/s" for n in names))
         ours = loss["flow-tracker"]
         targets = (
             ("floor: 2 commits", "the floor's", OVER_FLOOR),
@@ -98,9 +98,7 @@ def main(argv: list[str]) -> int:
             )
         rows.append(
             f"| {queue.name} | {off:,.0f} | "
-            + " | ".join(
-                f"{rates[n]:,.0f} | {1 - rates[n] / off:.0%} | {cost[n]:.2f} ms" for n in names[1:]
-            )
+            + " | ".join(f"{rates[n]:,.0f} | {loss[n]:.0%} | {cost[n]:.2f} ms" for n in names[1:])
             + " |"
         )
     header = (

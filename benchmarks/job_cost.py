@@ -19,7 +19,7 @@ running row then updates the queued one, as in a real worker) under schema
 variants, each on a fresh database: as shipped; without the ``metadata`` GIN
 index; without the name's trigram index (both GIN: several entries per row);
 without the five indexes a status change touches, so that the updates can be
-HOT (heap-only: no index entry written; the run says what share were); and
+HOT (heap-only: no index entry written; the run says what share of them were); and
 that without the history rows too. They are not options of flow-tracker —
 the dashboard's filters, the reaper and the timeline need what they remove —
 but what each would save is what a different storage of the job's start and

@@ -388,8 +388,8 @@ def main(argv: list[str]) -> int:
                     + " |"
                 )
                 limit = TRIVIAL_LOSS.get(queue.name) if kind == "trivial" else BUSY_LOSS
-                in_target = targeted and queue.name in TARGETED and limit is not None
-                if in_target and losses["defaults"] > (limit or 0.0):
+                in_target = targeted and queue.name in TARGETED
+                if in_target and limit is not None and losses["defaults"] > limit:
                     misses.append(
                         f"{queue.name}, {label}: {losses['defaults']:.1%} of throughput "
                         f"(target ≤ {limit:.0%})"
