@@ -71,15 +71,29 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _wait_for_lost(killed: set[uuid.UUID], killed_at: float) -> float:
-    """Reap every REAP_EVERY s until the killed processes are lost; the seconds it took."""
+    """Reap every REAP_EVERY s until the killed processes are lost; the seconds it took.
+
+    The promise checked is the reaper's, not the machine's speed: every reap that
+    starts once ``lost_after`` (and a heartbeat's slack) has passed since the kill
+    finds all of them lost. How long the reaps and the sleeps between them take on
+    a busy machine is not asserted.
+    """
+    due = killed_at + LOST_AFTER + HEARTBEAT + 0.5
     deadline = time.monotonic() + 60
     left = set(killed)
     while left:
+        started = time.monotonic()
         left -= set(flow_tracker.reap().lost)
         for process_id in list(left):
             record = flow_tracker.get_process(process_id)
             if record is not None and record.status is not Status.RUNNING:
                 left.discard(process_id)  # its end was being stored as the kill came
+        if left and started >= due:
+            rows = [flow_tracker.get_process(p) for p in left]
+            raise AssertionError(
+                f"a reap {started - killed_at:.1f} s after the kill (lost_after {LOST_AFTER} s) "
+                f"did not find these killed jobs lost: {rows}"
+            )
         if time.monotonic() > deadline:
             rows = [flow_tracker.get_process(p) for p in left]
             raise AssertionError(f"killed jobs never reaped: {rows}")
@@ -126,9 +140,10 @@ def _all_processes() -> list[ProcessRecord]:
 def kill_reap_requeue(queue: Queue, tmp_path: Path) -> None:
     """Enqueue JOBS jobs, SIGKILL the workers KILLS times mid-job, then recover every job.
 
-    Asserts: kill to lost within lost_after + one reap interval (plus scheduling
-    slack); after reaping and requeueing, every job's chain of runs ends
-    completed; nothing is left running; health is good.
+    Asserts: every reap started once lost_after has passed since a kill finds the
+    killed jobs lost (see :func:`_wait_for_lost`); after reaping and requeueing,
+    every job's chain of runs ends completed; nothing is left running; health is
+    good.
     """
     jobs = {queue.enqueue(i): i for i in range(JOBS)}
     env = {**queue.env, **RECOVERY_ENV}
@@ -160,7 +175,6 @@ def kill_reap_requeue(queue: Queue, tmp_path: Path) -> None:
         if killed:
             delays.append(_wait_for_lost(killed, killed_at))
     assert len(delays) == KILLS, f"only {len(delays)} of {rounds} kills caught a running job"
-    assert max(delays) <= LOST_AFTER + REAP_EVERY + 1.5, delays
 
     for attempt in range(8):
         log = tmp_path / f"drain-{attempt}.log"
