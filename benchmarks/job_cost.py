@@ -19,11 +19,12 @@ running row then updates the queued one, as in a real worker) under schema
 variants, each on a fresh database: as shipped; without the ``metadata`` GIN
 index; without the name's trigram index (both GIN: several entries per row);
 without the five indexes a status change touches, so that the updates can be
-HOT (heap-only: no index entry written; the run says what share of them were); and
-that without the history rows too. They are not options of flow-tracker —
-the dashboard's filters, the reaper and the timeline need what they remove —
-but what each would save is what a different storage of the job's start and
-end could hope for.
+HOT (heap-only: no index entry written; the run says what share of them were);
+that without the history rows too; and no index on the process table but its
+primary key, the most any choice of indexes could save. They are not options
+of flow-tracker — the dashboard's filters, the reaper and the timeline need
+what they remove — but what each would save is what a different storage of
+the job's start and end could hope for.
 
 ``python -m benchmarks jobcost [--schemas] [--readme]`` (a minute or two; the
 table goes to ``benchmarks/results/jobcost.md``, with ``--readme`` also into
@@ -121,12 +122,18 @@ _NO_HISTORY = [
     "CREATE TRIGGER bench_no_history BEFORE INSERT ON flow_tracker_transitions "
     "FOR EACH ROW EXECUTE FUNCTION bench_drop_row()",
 ]
+_KEY_ONLY = [
+    "DO $$DECLARE r record; BEGIN FOR r IN SELECT indexname FROM pg_indexes "
+    "WHERE tablename = 'flow_tracker_processes' AND indexname <> 'flow_tracker_processes_pkey' "
+    "LOOP EXECUTE 'DROP INDEX ' || quote_ident(r.indexname); END LOOP; END$$"
+]
 SCHEMAS: dict[str, list[str]] = {
     "as shipped": [],
     "without the metadata GIN index": [f"DROP INDEX {_METADATA_INDEX}"],
     "without the name trigram index": ["DROP INDEX ix_flow_tracker_processes_name_trgm"],
     "HOT: without 5 status-touched indexes": _HOT,
     "HOT and without the history rows": _HOT + _NO_HISTORY,
+    "no index but the primary key": _KEY_ONLY,
 }
 _HOT_SHARE = (
     "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
