@@ -102,6 +102,18 @@ def _copy_data(data: object) -> object:
     return data
 
 
+# A status's stored text: Enum's ``.value`` is a property, dearer than a lookup, and
+# every flow's end reads it.
+_STATUS_TEXT = {status: status.value for status in Status}
+
+# The logging numbers of the level methods' entries (their stored names are theirs).
+_DEBUG_RANK = logging.DEBUG
+_INFO_RANK = logging.INFO
+_WARNING_RANK = logging.WARNING
+_ERROR_RANK = logging.ERROR
+_CRITICAL_RANK = logging.CRITICAL
+
+
 class _Node:
     """What processes and flows share: logging and opening child flows."""
 
@@ -122,6 +134,11 @@ class _Node:
             UsageError: the level is unknown.
         """
         name, rank = LEVELS.get(level) or resolve_level(level)
+        self._log(name, rank, message, data)
+
+    def _log(self, name: str, rank: int, message: object, data: object) -> None:
+        # The body of every log call, the level already resolved: a job's thread
+        # pays for each line here, so the level methods come straight in.
         tracker = self._tracker
         event = (
             ev.LOG,
@@ -130,7 +147,7 @@ class _Node:
             self._flow_id,
             name,
             message,
-            None if data is None else _copy_data(data),
+            None if data is None else data.copy() if type(data) is dict else _copy_data(data),
             _now(),
             next(tracker._positions),
         )
@@ -141,25 +158,25 @@ class _Node:
 
     def debug(self, message: object, data: object = None) -> None:
         """Write a debug log entry."""
-        self.log(message, "debug", data)
+        self._log("debug", _DEBUG_RANK, message, data)
 
     def info(self, message: object, data: object = None) -> None:
         """Write an info log entry."""
-        self.log(message, "info", data)
+        self._log("info", _INFO_RANK, message, data)
 
     def warning(self, message: object, data: object = None) -> None:
         """Write a warning log entry."""
-        self.log(message, "warning", data)
+        self._log("warning", _WARNING_RANK, message, data)
 
     warn = warning
 
     def error(self, message: object, data: object = None) -> None:
         """Write an error log entry."""
-        self.log(message, "error", data)
+        self._log("error", _ERROR_RANK, message, data)
 
     def critical(self, message: object, data: object = None) -> None:
         """Write a critical log entry."""
-        self.log(message, "critical", data)
+        self._log("critical", _CRITICAL_RANK, message, data)
 
     def flow(self, name: str, metadata: Mapping[str, Any] | None = None) -> Flow:
         """A child flow, to use as ``with node.flow("name") as flow:`` (or ``async with``).
@@ -297,7 +314,10 @@ class Flow(_Node):
         token = self._token
         if token is not None:
             self._token = None
-            reset_current(token, self)
+            try:
+                CURRENT_NODE.reset(token)
+            except ValueError:  # ended in another context than it began
+                reset_current(token, self)
         if not self._finished:
             status, error = (Status.COMPLETED, None) if exc is None else outcome_of(exc)
             self._finish(status, error)
@@ -331,7 +351,7 @@ class Flow(_Node):
         event = (
             ev.FLOW_END,
             self._flow_id,
-            status.value,
+            _STATUS_TEXT[status],
             finished,
             (finished - started) * 1000.0,
             error,
