@@ -197,7 +197,8 @@ def main(argv: list[str]) -> int:
     missed = []
     p95s: dict[str, float] = {}
     report = [
-        f"Measured by `python -m benchmarks dashboard` on {time.strftime('%Y-%m-%d')}, "
+        f"Measured by `python -m benchmarks dashboard{' --quick' if quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} cores, PostgreSQL, {rows}; server time (`Server-Timing`), "
         f"{repeats} requests per route after a warm-up; target p95 ≤ {TARGET_P95_MS:.0f} ms.",
         "",

@@ -21,7 +21,8 @@ index; without the name's trigram index (both GIN: several entries per row);
 without the five indexes a status change touches, so that the updates can be
 HOT (heap-only: no index entry written; the run says what share of them were);
 that without the history rows too; and no index on the process table but its
-primary key, the most any choice of indexes could save. They are not options
+primary key (the history table keeps its own): about what the process table's
+indexes cost together. They are not options
 of flow-tracker — the dashboard's filters, the reaper and the timeline need
 what they remove — but what each would save is what a different storage of
 the job's start and end could hope for.
