@@ -106,12 +106,12 @@ def _copy_data(data: object) -> object:
 # every flow's end reads it.
 _STATUS_TEXT = {status: status.value for status in Status}
 
-# The logging numbers of the level methods' entries (their stored names are theirs).
-_DEBUG_RANK = logging.DEBUG
-_INFO_RANK = logging.INFO
-_WARNING_RANK = logging.WARNING
-_ERROR_RANK = logging.ERROR
-_CRITICAL_RANK = logging.CRITICAL
+# The logging numbers of the level methods' entries, from the one table of levels.
+_DEBUG_RANK = LEVELS["debug"][1]
+_INFO_RANK = LEVELS["info"][1]
+_WARNING_RANK = LEVELS["warning"][1]
+_ERROR_RANK = LEVELS["error"][1]
+_CRITICAL_RANK = LEVELS["critical"][1]
 
 
 class _Node:
