@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import flow_tracker
+from flow_tracker.heartbeat import HEARTBEAT
 from flow_tracker.web import create_app
 
 ORIGIN = "http://testserver"
@@ -56,6 +57,10 @@ def record_sample() -> tuple[str, str, str]:
         with flow_tracker.track("Ping", category="health", metadata={"n": index}):
             pass
     flow_tracker.flush()
+    # The stored sample holds still under the test: the heartbeat thread, started by an
+    # earlier test and beating on its own clock, would otherwise stamp LongJob between
+    # two reads that are compared.
+    HEARTBEAT.clear()
     return imported, charged, running
 
 
