@@ -189,6 +189,8 @@ def assert_quick_tests_keep_nothing(text: str) -> None:
     """The invariants of the quick tests, :func:`may_hold_secret` and the fast path."""
     full = every_rule(text)
     assert redact_text(text) == full
+    # The fused quick test answers what the rules' own quick tests answer.
+    assert may_hold_secret(text) == any(rule.may_match(text) for rule in _RULES)
     if not may_hold_secret(text):
         assert full == text
     assert redact_text(full) == full  # nothing left to cut: redacting twice changes nothing
