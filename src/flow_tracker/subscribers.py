@@ -24,12 +24,12 @@ import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from flow_tracker import events as ev
+from flow_tracker import ids
 from flow_tracker.errors import UsageError
 
 Event = dict[str, Any]
@@ -280,64 +280,82 @@ def _check_pattern(pattern: object) -> str:
 
 
 class _Translator:
-    """Turns the writer's records into event dicts, remembering what their ends need."""
+    """Turns the writer's records into event dicts, remembering what their ends need.
+
+    It runs for every record while anyone subscribes, on the dispatcher thread
+    that shares the interpreter with the jobs: ids are turned into text once
+    (a flow's when it starts) and each event is one dict built once.
+    """
 
     def __init__(self) -> None:
         self.processes: collections.OrderedDict[int, Event] = collections.OrderedDict()
-        self.flows: collections.OrderedDict[int, tuple[str, int, int | None, float, int]] = (
+        # flow id -> (its id as text, name, process id, parent id, started at, depth)
+        self.flows: collections.OrderedDict[int, tuple[str, str, int, int | None, float, int]] = (
             collections.OrderedDict()
         )
 
-    def events_of(self, record: ev.Change) -> Iterable[Event]:
+    def event_of(self, record: ev.Change) -> Event | None:
+        """The event a record makes, or None (a flow's metadata update, a marker)."""
         kind = record[0]
         if kind == ev.LOG:
             _, _log_id, process_id, flow_id, level, message, data, created, _position = record
-            yield {
+            opened = self.flows.get(flow_id) if flow_id is not None else None
+            return {
                 **self._process_part(process_id),
                 "event": "log.written",
                 "time": created,
-                "flow_id": _uuid(flow_id),
-                "flow_name": self.flows[flow_id][0] if flow_id in self.flows else None,
+                "flow_id": opened[0] if opened else _uuid(flow_id),
+                "flow_name": opened[1] if opened else None,
                 "level": level,
                 "message": message if isinstance(message, str) else _safe_str(message),
                 "data": data,
             }
-        elif kind == ev.FLOW_START:
+        if kind == ev.FLOW_START:
             _, flow_id, process_id, parent_id, name, meta, started, _pos, depth, attempt = record
-            self._remember(self.flows, flow_id, (name, process_id, parent_id, started, depth))
-            yield {
+            flow_text = ids.to_text(flow_id)
+            parent = self.flows.get(parent_id) if parent_id is not None else None
+            self._remember(
+                self.flows, flow_id, (flow_text, name, process_id, parent_id, started, depth)
+            )
+            return {
                 **self._process_part(process_id),
                 "event": "flow.started",
                 "time": started,
-                "flow_id": _uuid(flow_id),
+                "flow_id": flow_text,
                 "flow_name": name,
-                "parent_flow_id": _uuid(parent_id),
+                "parent_flow_id": parent[0] if parent else _uuid(parent_id),
                 "depth": depth,
                 "attempt": attempt,
                 "metadata": meta or {},
             }
-        elif kind == ev.FLOW_END:
+        if kind == ev.FLOW_END:
             _, flow_id, status, finished, duration, error, _meta = record
             opened = self.flows.pop(flow_id, None)
-            name, process_id, parent_id, started, depth = opened or ("", 0, None, finished, 0)
-            event = {
-                **(self._process_part(process_id) if opened else {}),
-                "event": f"flow.{status}",
-                "time": finished,
-                "flow_id": _uuid(flow_id),
-                "flow_name": name,
-                "parent_flow_id": _uuid(parent_id),
-                "depth": depth,
-                "started_at": started,
-                "duration_ms": duration,
-            }
+            if opened is None:
+                flow_text = _uuid(flow_id) or ""
+                name, parent_id, started, depth = "", None, finished, 0
+                event: Event = {}
+            else:
+                flow_text, name, process_id, parent_id, started, depth = opened
+                event = dict(self._process_part(process_id))
+            parent = self.flows.get(parent_id) if parent_id is not None else None
+            event.update(
+                event=f"flow.{status}",
+                time=finished,
+                flow_id=flow_text,
+                flow_name=name,
+                parent_flow_id=parent[0] if parent else _uuid(parent_id),
+                depth=depth,
+                started_at=started,
+                duration_ms=duration,
+            )
             if error is not None:
                 event["error"] = _error(error)
-            yield event
-        elif kind == ev.PROCESS_START:
+            return event
+        if kind == ev.PROCESS_START:
             _, process_id, row = record
             known = {
-                "process_id": str(uuid.UUID(int=process_id)),
+                "process_id": ids.to_text(process_id),
                 "name": row.get("name"),
                 "category": row.get("category"),
                 "job_system": row.get("job_system"),
@@ -350,35 +368,34 @@ class _Translator:
             }
             self._remember(self.processes, process_id, known)
             status = row.get("status", "running")
-            yield {
+            return {
                 **known,
                 "event": "process.queued" if status == "queued" else "process.started",
                 "status": status,
                 "time": row.get("started_at") or row.get("created_at") or time.time(),
             }
-        elif kind == ev.PROCESS_UPDATE:
+        if kind == ev.PROCESS_UPDATE:
             _, process_id, fields = record
             status = fields.get("status")
             if status is None:
-                if "progress_current" in fields:
-                    yield {
-                        **self._process_part(process_id),
-                        "event": "process.progress",
-                        "time": fields.get("updated_at") or time.time(),
-                        "current": fields.get("progress_current"),
-                        "total": fields.get("progress_total"),
-                    }
-                return
-            part = self._process_part(process_id)
+                if "progress_current" not in fields:
+                    return None
+                return {
+                    **self._process_part(process_id),
+                    "event": "process.progress",
+                    "time": fields.get("updated_at") or time.time(),
+                    "current": fields.get("progress_current"),
+                    "total": fields.get("progress_total"),
+                }
+            event = dict(self._process_part(process_id))
             if status in FINAL_PROCESS or status == "retrying":
                 self.processes.pop(process_id, None)
-            event = {
-                **part,
-                "event": f"process.{status}",
-                "status": status,
-                "time": fields.get("finished_at") or fields.get("updated_at") or time.time(),
-                "duration_ms": fields.get("duration_ms"),
-            }
+            event.update(
+                event=f"process.{status}",
+                status=status,
+                time=fields.get("finished_at") or fields.get("updated_at") or time.time(),
+                duration_ms=fields.get("duration_ms"),
+            )
             if ev.ENDED_ATTEMPT in fields:
                 event["attempt"] = fields[ev.ENDED_ATTEMPT]
             if fields.get("error") is not None:
@@ -387,13 +404,15 @@ class _Translator:
                 event["reason"] = fields[ev.TRANSITION_REASON]
             if fields.get("dropped_logs"):
                 event["dropped_logs"] = fields["dropped_logs"]
-            yield event
+            return event
+        return None
 
     def _process_part(self, process_id: int) -> Event:
+        """What is known of the process (its id at least): kept, so copy it to change it."""
         known = self.processes.get(process_id)
         if known is None:
-            return {"process_id": str(uuid.UUID(int=process_id))}
-        return dict(known)
+            return {"process_id": ids.to_text(process_id)}
+        return known
 
     @staticmethod
     def _remember(table: collections.OrderedDict[int, Any], key: int, value: Any) -> None:
@@ -406,7 +425,7 @@ def _uuid(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, int):
-        return str(uuid.UUID(int=value))
+        return ids.to_text(value)
     return str(value)
 
 
@@ -525,16 +544,13 @@ class Bus:
                     record.set()
                     continue
                 try:
-                    events = (
-                        (record,)
-                        if isinstance(record, dict)
-                        else self._translator.events_of(record)
+                    event = (
+                        record if isinstance(record, dict) else self._translator.event_of(record)
                     )
-                    scrub = runtime.redactor().redact_event
-                    for event in events:
+                    if event is not None:
                         # Subscribers, the OpenTelemetry spans and the metrics see what
                         # is stored: redacted, here on this thread, never the job's.
-                        self.deliver(scrub(event))
+                        self.deliver(runtime.redactor().redact_event(event))
                 except Exception as exc:  # a record we cannot read: never stop the thread
                     self._report(exc, "translating a record")
 

@@ -201,9 +201,13 @@ class _Spans:
             table.popitem(last=False)[1].end()
 
 
+# Made once: json.dumps with an argument builds an encoder for every call.
+_ENCODE = json.JSONEncoder(default=repr).encode
+
+
 def _json(value: object) -> str:
     try:
-        return json.dumps(value, default=repr)[:4096]
+        return _ENCODE(value)[:4096]
     except Exception:
         return repr(value)[:4096]
 
