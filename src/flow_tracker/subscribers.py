@@ -332,17 +332,17 @@ class _Translator:
             _, flow_id, status, finished, duration, error, _meta = record
             opened = self.flows.pop(flow_id, None)
             if opened is None:
-                flow_text = _uuid(flow_id) or ""
+                ended_id = _uuid(flow_id)
                 name, parent_id, started, depth = "", None, finished, 0
                 event: Event = {}
             else:
-                flow_text, name, process_id, parent_id, started, depth = opened
+                ended_id, name, process_id, parent_id, started, depth = opened
                 event = dict(self._process_part(process_id))
             parent = self.flows.get(parent_id) if parent_id is not None else None
             event.update(
                 event=f"flow.{status}",
                 time=finished,
-                flow_id=flow_text,
+                flow_id=ended_id,
                 flow_name=name,
                 parent_flow_id=parent[0] if parent else _uuid(parent_id),
                 depth=depth,
