@@ -113,6 +113,22 @@ def test_any_value_scrubs_to_valid_json_without_nul_or_surrogates(value: Any) ->
     text.encode("utf-8")  # no lone surrogates
 
 
+flat_plain = st.dictionaries(
+    st.text(max_size=12),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    max_size=8,
+)
+
+
+@given(flat_plain)
+def test_a_flat_dict_is_written_as_the_general_encoder_writes_its_scrubbed_form(
+    value: dict[str, Any],
+) -> None:
+    # Flat dicts of plain values take a faster encoder: the text must not differ.
+    general = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    assert redactor.to_json(value) == general(redactor.scrub(value))
+
+
 @settings(
     max_examples=40,
     deadline=None,

@@ -31,6 +31,7 @@ Runs in the background writer, never in the job's thread. The rules:
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -291,6 +292,33 @@ def _big_int(value: int) -> str:
         return f"[integer of {value.bit_length()} bits]"
 
 
+def _no_default(value: object) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")  # never: a plain dict holds none
+
+
+def _plain_encoder() -> Callable[[Any], str]:
+    """JSON of a flat dict of plain values, as ``Redactor._encode`` writes it, at half its cost.
+
+    ``JSONEncoder.encode`` builds a new C encoder for every call, which costs
+    more than encoding a log entry's few keys; this one is built once. Without
+    the check for circular references: a flat dict of plain values holds none.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    encode = make(
+        None, _no_default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def encode_plain(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return encode_plain
+
+
+_encode_plain = _plain_encoder()
+
+
 class Redactor:
     """Turns values into safe JSON documents under one set of rules.
 
@@ -388,7 +416,7 @@ class Redactor:
         if value is None:
             return None
         # Most data is a small flat dict of plain values: encode it as it is.
-        text = self._encode(value if self._is_plain(value) else self.scrub(value))
+        text = _encode_plain(value) if self._is_plain(value) else self._encode(self.scrub(value))
         if len(text) > self.max_size:
             preview = truncate(text, min(self.max_size // 2, 4_096))
             text = json.dumps(
