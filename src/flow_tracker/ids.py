@@ -59,7 +59,7 @@ def to_hex(value: int) -> str:
 
 
 def to_text(value: int) -> str:
-    """Return an id as text, ``str(uuid.UUID(int=value))`` at a third of the cost."""
+    """Return an id as text: ``str(uuid.UUID(int=value))`` at about half the cost."""
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
